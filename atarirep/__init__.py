@@ -1,0 +1,14 @@
+"""atarirep: learning and measuring state representations of Atari games (the AtariARI benchmark, today).
+
+The names AtariARI users know are importable from here: AtariARIWrapper, get_episodes, ProbeTrainer.
+"""
+from atarirep.envs import AtariARIWrapper, LabelledAtariEnv
+
+__all__ = ["AtariARIWrapper", "LabelledAtariEnv", "get_episodes"]
+
+
+def __getattr__(name):  # torch-backed names load on first use, so `import atarirep` stays light
+    if name == "get_episodes":
+        from atarirep.compat import get_episodes
+        return get_episodes
+    raise AttributeError(f"module 'atarirep' has no attribute {name!r}")

@@ -1,0 +1,281 @@
+"""Collecting labelled episodes: several environments stepped by policies across worker processes,
+written as one stored dataset (atarirep.episodes) with the benchmark's dataset rules applied.
+
+Each environment has its own seed stream and step budget, so the output for a seed is byte-identical
+whatever the number of workers. Frames are compressed as they are produced (memory stays bounded) and
+written atomically: a killed collection leaves no folder that looks finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import multiprocessing as mp
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from atarirep import annotations, episodes, io, splits
+from atarirep.envs import LabelledAtariEnv, get_protocol, resolve_game
+from atarirep.errors import UserError
+from atarirep.policies import RANDOM_ACTIONS, make_policy
+
+PURPOSE_STREAMS = {"pretrain": 0, "probe": 1}  # distinct seed streams for the two datasets of a game
+
+
+def _env_seeds(seed: int, stream: int, rank: int) -> tuple[int, np.random.Generator, np.random.Generator]:
+    """(emulator seed, reset-noop RNG, policy RNG) of environment `rank`: independent, reproducible."""
+    env_seq, policy_seq, ale_seq = np.random.SeedSequence([seed, stream, rank]).spawn(3)
+    ale_seed = int(ale_seq.generate_state(1)[0] % (2**31))
+    return ale_seed, np.random.default_rng(env_seq), np.random.default_rng(policy_seq)
+
+
+def _run_env(job: dict, report: Callable[[int], None]) -> dict:
+    """Step one environment for its budget of frames; frames go compressed to job['part_path']."""
+    env = LabelledAtariEnv(job["game"], job["protocol"], job["annotation_set"])
+    ale_seed, env_rng, policy_rng = _env_seeds(job["seed"], job["stream"], job["rank"])
+    policy = make_policy(job["collect_mode"], env.action_space.n, policy_rng, random_actions=job["random_actions"])
+    budget, num_vars = job["budget"], len(env.annotation.variables)
+    labels = np.empty((budget, num_vars), np.uint8)
+    actions = np.full(budget, -1, np.int16)      # the action that led to this frame; -1 on a first frame
+    rewards = np.zeros(budget, np.float32)       # the (protocol-clipped) reward of that step
+    episode = np.empty(budget, np.int32)
+    hashes = np.empty((budget, 16), np.uint8)    # for removing test frames equal to train/val frames
+    writer = episodes.ChunkWriter(Path(job["part_path"]))
+    obs, _ = env.reset(seed=ale_seed)
+    env.np_random = env_rng  # reset noops draw from this environment's own stream
+    ep, is_first, ended = 0, True, False
+    for i in range(budget):
+        writer.add(obs)
+        labels[i] = env.ram_labels()
+        episode[i] = ep
+        hashes[i] = np.frombuffer(hashlib.blake2b(obs.tobytes(), digest_size=16).digest(), np.uint8)
+        if i % 256 == 255:
+            report(256)
+        if i == budget - 1:
+            break
+        if ended:  # the terminal frame is stored; the reset frame starts the next episode, with its own label
+            writer.end_episode()
+            ep, is_first, ended = ep + 1, True, False
+            obs, _ = env.reset()
+            continue
+        action = policy.act(obs, is_first)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        actions[i + 1], rewards[i + 1] = action, reward
+        is_first, ended = False, terminated or truncated
+    writer.close()
+    env.close()
+    report(budget % 256)
+    return {"rank": job["rank"], "labels": labels, "actions": actions, "rewards": rewards,
+            "episode": episode, "hashes": hashes, "variables": env.annotation.variables,
+            "chunk_frames": np.asarray(writer.chunk_frames, np.int64),
+            "chunk_bytes": np.asarray(writer.chunk_bytes, np.int64)}
+
+
+_progress_counter = None
+
+
+def _init_worker(counter) -> None:
+    global _progress_counter
+    _progress_counter = counter
+
+
+def _report_to_counter(n: int) -> None:
+    with _progress_counter.get_lock():
+        _progress_counter.value += n
+
+
+def _run_envs_in_worker(jobs: list[dict]) -> list[dict]:
+    return [_run_env(job, _report_to_counter) for job in jobs]
+
+
+def _run_all(jobs: list[dict], num_workers: int, progress: bool, description: str) -> list[dict]:
+    total = sum(job["budget"] for job in jobs)
+    bar = tqdm(total=total, desc=description, unit="step", disable=not progress, smoothing=0.1)
+    try:
+        if num_workers == 1:
+            return [_run_env(job, bar.update) for job in jobs]
+        # Environments are dealt to workers round-robin; each environment's output is independent of it.
+        groups = [jobs[w::num_workers] for w in range(num_workers)]
+        ctx = mp.get_context("spawn")  # no fork: worker state never inherits torch/threads from the parent
+        counter = ctx.Value("q", 0)
+        with ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(counter,)) as pool:
+            futures = [pool.submit(_run_envs_in_worker, group) for group in groups]
+            while not all(f.done() for f in futures):
+                time.sleep(0.2)
+                bar.update(counter.value - bar.n)
+            results = [r for f in futures for r in f.result()]
+        bar.update(counter.value - bar.n)
+        return sorted(results, key=lambda r: r["rank"])
+    finally:
+        bar.close()
+
+
+def _too_few_episodes(kept_lengths: list[int], num_short: int, fractions: dict[str, float], steps: int,
+                      num_envs: int, min_episode_length: int) -> UserError:
+    need = splits.min_episodes_for(fractions)
+    typical = float(np.mean(kept_lengths)) if kept_lengths else steps / num_envs
+    suggested = math.ceil(1.5 * need * max(typical, min_episode_length + 1) / num_envs) * num_envs
+    pattern = "/".join(f"{round(100 * f)}" for f in fractions.values())
+    return UserError(f"collected {len(kept_lengths)} episodes longer than {min_episode_length} frames "
+                     f"({num_short} shorter ones dropped), but a {pattern} split needs at least {need}; "
+                     f"raise steps from {steps} to about {max(suggested, steps + num_envs)}")
+
+
+def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractions: dict[str, float],
+            seed: int = 42, purpose: str = "pretrain", num_envs: int = 8, num_workers: int = 1,
+            annotation_set: str = "latest", protocol: str = "atariari", collect_mode: str = "random_agent",
+            random_actions: str = "nonzero", min_episode_length: int = 64, entropy_threshold: float = 0.6,
+            progress: bool = False) -> episodes.EpisodeStore:
+    """Collect `steps` labelled frames of `game` over `num_envs` environments into folder `out_dir`.
+
+    `steps` counts agent steps (stored frames, a reset frame included) over all environments, as
+    AtariARI's get_episodes does; episodes still running when the budget ends are kept if long
+    enough. Episodes of `min_episode_length` frames or fewer are dropped, the rest split by episode
+    with a seeded shuffle, variables with label entropy below `entropy_threshold` nats (pooled over
+    all kept frames) dropped, and test frames equal to a train or val frame removed.
+    Returns the written dataset, opened.
+    """
+    # Check everything before stepping a single emulator frame.
+    ale_name = resolve_game(game, annotation_set)
+    get_protocol(protocol)
+    splits.check_fractions(splits_fractions)
+    if not isinstance(steps, int) or steps <= 0:
+        raise UserError(f"steps must be a positive integer, got {steps!r}; for example steps: 50000")
+    if num_envs < 1 or num_workers < 1:
+        raise UserError(f"num_envs and num_workers must be at least 1, got {num_envs} and {num_workers}")
+    if steps < num_envs:
+        raise UserError(f"steps ({steps}) is smaller than num_envs ({num_envs}); raise steps or lower num_envs")
+    if random_actions not in RANDOM_ACTIONS:
+        raise UserError(f"random_actions {random_actions!r} is unknown; use one of {', '.join(RANDOM_ACTIONS)}")
+    if purpose not in PURPOSE_STREAMS:
+        raise UserError(f"purpose {purpose!r} is unknown; use one of {', '.join(PURPOSE_STREAMS)}")
+    if min_episode_length < 0 or entropy_threshold < 0:
+        raise UserError("min_episode_length and entropy_threshold must not be negative")
+    variables_all = annotations.for_game(game, annotation_set).variables
+
+    with io.atomic_dir(out_dir) as folder:
+        parts = folder / "parts"
+        parts.mkdir()
+        budgets = [steps // num_envs + (rank < steps % num_envs) for rank in range(num_envs)]
+        jobs = [{"game": ale_name, "protocol": protocol, "annotation_set": annotation_set, "seed": seed,
+                 "stream": PURPOSE_STREAMS[purpose], "rank": rank, "budget": budget,
+                 "collect_mode": collect_mode, "random_actions": random_actions,
+                 "part_path": str(parts / f"env{rank}.bin")} for rank, budget in enumerate(budgets)]
+        results = _run_all(jobs, min(num_workers, num_envs), progress, f"collect {ale_name} ({purpose})")
+
+        # One record per collected episode, in (environment, episode) order.
+        records = []
+        for r in results:
+            chunk_starts = np.r_[0, np.cumsum(r["chunk_frames"])]
+            byte_starts = np.r_[0, np.cumsum(r["chunk_bytes"])]
+            chunk_episode = r["episode"][chunk_starts[:-1]]
+            for ep in np.unique(r["episode"]):
+                rows = np.flatnonzero(r["episode"] == ep)
+                chunks = np.flatnonzero(chunk_episode == ep)
+                records.append({"rank": r["rank"], "rows": rows, "chunk_frames": r["chunk_frames"][chunks],
+                                "chunk_bytes": r["chunk_bytes"][chunks],
+                                "byte_range": (byte_starts[chunks[0]], byte_starts[chunks[-1] + 1])})
+        kept = [rec for rec in records if len(rec["rows"]) > min_episode_length]
+        num_short = len(records) - len(kept)
+        if len(kept) < splits.min_episodes_for(splits_fractions):
+            raise _too_few_episodes([len(rec["rows"]) for rec in kept], num_short, splits_fractions,
+                                    steps, num_envs, min_episode_length)
+        by_rank = {r["rank"]: r for r in results}
+
+        def gather(key: str, recs: list[dict]) -> np.ndarray:
+            return np.concatenate([by_rank[rec["rank"]][key][rec["rows"]] for rec in recs])
+
+        # Variables whose labels barely vary carry no signal for a probe (Breakout's block bytes).
+        entropies = splits.label_entropy(gather("labels", kept))
+        keep_var = entropies >= entropy_threshold
+        if not keep_var.any():
+            raise UserError(f"every variable of {ale_name} has label entropy below {entropy_threshold} nats on "
+                            "this data; collect more steps or lower entropy_threshold")
+
+        rng = np.random.default_rng(np.random.SeedSequence([seed, PURPOSE_STREAMS[purpose], 2**20]))
+        split_ids = splits.split_episodes(len(kept), splits_fractions, rng)
+        if "test" in split_ids:  # test frames identical to a train or val frame are removed
+            seen = np.concatenate([gather("hashes", [kept[i] for i in split_ids[s]])
+                                   for s in split_ids if s != "test"])
+        frames_path = folder / "frames.tmp"
+        tables, chunk_frames, chunk_bytes = [], [], []
+        num_removed, next_frame, next_episode = 0, 0, 0
+        handles = {r["rank"]: open(parts / f"env{r['rank']}.bin", "rb") for r in results}
+        try:
+            with open(frames_path, "wb") as out:
+                for split_name, ids in split_ids.items():
+                    for i in ids:
+                        rec = kept[i]
+                        result = by_rank[rec["rank"]]
+                        num_frames = len(rec["rows"])
+                        keep_rows = np.ones(num_frames, bool)
+                        if split_name == "test":
+                            keep_rows = ~splits.duplicate_mask(result["hashes"][rec["rows"]], seen)
+                            num_removed += int((~keep_rows).sum())
+                            if keep_rows.sum() <= 1:  # an episode left with one frame or none is dropped
+                                continue
+                        start, end = rec["byte_range"]
+                        handle = handles[rec["rank"]]
+                        handle.seek(start)
+                        shutil.copyfileobj(_LimitedReader(handle, end - start), out)
+                        chunk_frames += rec["chunk_frames"].tolist()
+                        chunk_bytes += rec["chunk_bytes"].tolist()
+                        rows = rec["rows"][keep_rows]
+                        table = pd.DataFrame({
+                            "split": split_name, "episode": next_episode,
+                            "t": np.flatnonzero(keep_rows), "env": rec["rank"],
+                            "frame": next_frame + np.flatnonzero(keep_rows),
+                            "action": result["actions"][rows], "reward": result["rewards"][rows]})
+                        labels = result["labels"][rows][:, keep_var]
+                        tables.append(pd.concat([table, pd.DataFrame(labels, columns=[
+                            v for v, k in zip(variables_all, keep_var) if k])], axis=1))
+                        next_frame += num_frames
+                        next_episode += 1
+        finally:
+            for handle in handles.values():
+                handle.close()
+        steps_table = pd.concat(tables, ignore_index=True)
+        counts = {name: {"episodes": int(steps_table.loc[steps_table.split == name, "episode"].nunique()),
+                         "frames": int((steps_table.split == name).sum())} for name in split_ids}
+        if any(c["frames"] == 0 for c in counts.values()):
+            raise _too_few_episodes([len(rec["rows"]) for rec in kept], num_short, splits_fractions,
+                                    steps, num_envs, min_episode_length)
+        meta = {
+            "game": ale_name, "annotation_set": annotation_set, "protocol": get_protocol(protocol).as_dict(),
+            "purpose": purpose, "seed": seed, "steps": steps, "num_envs": num_envs,
+            "collect_mode": collect_mode, "random_actions": random_actions,
+            "min_episode_length": min_episode_length, "entropy_threshold": entropy_threshold,
+            "splits": dict(splits_fractions), "counts": counts,
+            "variables": [v for v, k in zip(variables_all, keep_var) if k],
+            "dropped_variables": {v: round(float(e), 6) for v, e, k in zip(variables_all, entropies, keep_var) if not k},
+            "label_entropy": {v: round(float(e), 6) for v, e in zip(variables_all, entropies)},
+            "collected": {"episodes": len(records), "frames": steps, "short_episodes_dropped": num_short,
+                          "duplicate_test_frames_removed": num_removed},
+        }
+        episodes.write_store(folder, frames_path, np.asarray(chunk_frames), np.asarray(chunk_bytes),
+                             steps_table, meta)
+        shutil.rmtree(parts)
+    return episodes.load(out_dir)
+
+
+class _LimitedReader:
+    """A file object that yields at most `remaining` bytes of `handle` (for shutil.copyfileobj)."""
+
+    def __init__(self, handle, remaining: int):
+        self._handle, self._remaining = handle, int(remaining)
+
+    def read(self, size: int = -1) -> bytes:
+        if self._remaining <= 0:
+            return b""
+        size = self._remaining if size < 0 else min(size, self._remaining)
+        data = self._handle.read(size)
+        self._remaining -= len(data)
+        return data

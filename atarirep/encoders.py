@@ -1,0 +1,272 @@
+"""Encoder networks that turn frames into feature vectors, and their one-file storage.
+
+Architectures: `benchmark` (the AtariARI encoder for full-size 1x210x160 frames, PROTOCOLS.md 3),
+`nature` (Nature DQN CNN, 4x84x84), `impala` (IMPALA ResNet, 4x84x84) and `tokenizer` (the discrete
+encoder half of an IRIS-style VQ autoencoder, whose features are its quantized latents).
+`BenchmarkDecoder` mirrors the benchmark encoder for the methods that reconstruct frames.
+This module does not train (atarirep.training) or define losses (atarirep.methods).
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from atarirep.errors import UserError
+from atarirep.io import write_bytes
+
+FORMAT = "atarirep-encoder/1"
+FRAME_SHAPE = (1, 210, 160)
+
+
+def preprocess(frames_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 frames (any shape) -> `dtype` in [0, 1]; the one place pixel scaling happens."""
+    if frames_uint8.dtype != torch.uint8:
+        raise TypeError(f"preprocess expects uint8 frames, got {frames_uint8.dtype}; scale only once")
+    return frames_uint8.to(dtype).div_(255)
+
+
+def _init_orthogonal(module: nn.Module, gain: float = nn.init.calculate_gain("relu")) -> None:
+    """Orthogonal weights with ReLU gain and zero biases on every conv and linear layer (as AtariARI)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.orthogonal_(m.weight, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class BenchmarkEncoder(nn.Module):
+    """AtariARI's encoder for full-size frames: (B, C, 210, 160) float in [0, 1] -> (B, feature_size).
+
+    Conv(C->32, 8, s4) ReLU, Conv(32->64, 4, s2) ReLU, Conv(64->128, 4, s2) ReLU  [local map 128x11x8],
+    Conv(128->64, 3, s1) ReLU, flatten 64x9x6 = 3456, Linear(3456 -> feature_size), no final ReLU.
+    """
+
+    architecture = "benchmark"
+    local_shape = (128, 11, 8)
+
+    def __init__(self, in_channels: int = 1, feature_size: int = 256):
+        super().__init__()
+        self.config = {"in_channels": in_channels, "feature_size": feature_size}
+        self.feature_size = feature_size
+        self.local_layers = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 128, 4, stride=2), nn.ReLU())
+        self.global_layers = nn.Sequential(
+            nn.Conv2d(128, 64, 3, stride=1), nn.ReLU(), nn.Flatten(),
+            nn.Linear(64 * 9 * 6, feature_size))
+        _init_orthogonal(self)
+
+    def local_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, 210, 160) -> the local feature map (B, 128, 11, 8)."""
+        return self.local_layers(x)
+
+    def forward_with_local(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both outputs of one pass: global (B, feature_size) and local (B, 128, 11, 8)."""
+        local = self.local_layers(x)
+        return self.global_layers(local), local
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.global_layers(self.local_layers(x))
+
+
+class BenchmarkDecoder(nn.Module):
+    """The benchmark encoder's mirror: (B, feature_size) -> (B, C, 210, 160) logits (pre-sigmoid).
+
+    Linear(feature_size -> 3456) ReLU, ConvT(64->128, 3) ReLU [128x11x8], ConvT(128->64, 4, s2) ReLU,
+    ConvT(64->32, 4, s2, output_padding 1) ReLU, ConvT(32->C, 8, s4, output_padding (2, 0)).
+    `from_local` decodes a (B, 128, 11, 8) map, for decoders that start there (the tokenizer).
+    """
+
+    def __init__(self, feature_size: int = 256, out_channels: int = 1):
+        super().__init__()
+        self.global_layers = nn.Sequential(
+            nn.Linear(feature_size, 64 * 9 * 6), nn.ReLU(), nn.Unflatten(1, (64, 9, 6)),
+            nn.ConvTranspose2d(64, 128, 3, stride=1), nn.ReLU())
+        self.local_layers = nn.Sequential(
+            nn.ConvTranspose2d(128, 64, 4, stride=2), nn.ReLU(),
+            nn.ConvTranspose2d(64, 32, 4, stride=2, output_padding=(1, 1)), nn.ReLU(),
+            nn.ConvTranspose2d(32, out_channels, 8, stride=4, output_padding=(2, 0)))
+        _init_orthogonal(self)
+
+    def from_local(self, local: torch.Tensor) -> torch.Tensor:
+        return self.local_layers(local)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.local_layers(self.global_layers(z))
+
+
+class NatureCNN(nn.Module):
+    """Nature DQN torso: (B, 4, 84, 84) float in [0, 1] -> (B, 512) after a final ReLU (CleanRL's PPO)."""
+
+    architecture = "nature"
+
+    def __init__(self, in_channels: int = 4, feature_size: int = 512):
+        super().__init__()
+        self.config = {"in_channels": in_channels, "feature_size": feature_size}
+        self.feature_size = feature_size
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten(),
+            nn.Linear(64 * 7 * 7, feature_size), nn.ReLU())
+        _init_orthogonal(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv1(F.relu(self.conv0(F.relu(x))))
+
+
+class ImpalaCNN(nn.Module):
+    """IMPALA ResNet torso (Espeholt et al. 2018, fig. 3): (B, C, H, W) in [0, 1] -> (B, feature_size).
+
+    Per stage (16, 32, 32 channels): Conv 3x3, MaxPool 3x3 stride 2, two residual blocks; then ReLU,
+    flatten, Linear(-> feature_size), ReLU. 84x84 input gives a 32x11x11 map.
+    """
+
+    architecture = "impala"
+
+    def __init__(self, in_channels: int = 4, feature_size: int = 256, channels: tuple[int, ...] = (16, 32, 32),
+                 input_size: tuple[int, int] = (84, 84)):
+        super().__init__()
+        channels, input_size = tuple(channels), tuple(input_size)
+        self.config = {"in_channels": in_channels, "feature_size": feature_size, "channels": list(channels),
+                       "input_size": list(input_size)}
+        self.feature_size = feature_size
+        stages, height, width, previous = [], *input_size, in_channels
+        for c in channels:
+            stages += [nn.Conv2d(previous, c, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1),
+                       _ResidualBlock(c), _ResidualBlock(c)]
+            height, width, previous = (height + 1) // 2, (width + 1) // 2, c
+        self.layers = nn.Sequential(*stages, nn.ReLU(), nn.Flatten(),
+                                    nn.Linear(previous * height * width, feature_size), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class TokenEncoder(nn.Module):
+    """Discrete encoder of an IRIS-style tokenizer: (B, C, 210, 160) -> (B, 16 * embed_dim) quantized latents.
+
+    The benchmark encoder's local layers [128x11x8], Conv(128 -> embed_dim, (5, 2), s2) to a 4x4 grid,
+    then each of the 16 vectors is replaced by its nearest codebook entry (vocab_size x embed_dim).
+    `encode` returns the pre-quantization latents, their quantized values and the tokens.
+    """
+
+    architecture = "tokenizer"
+    grid = (4, 4)
+
+    def __init__(self, in_channels: int = 1, vocab_size: int = 512, embed_dim: int = 512):
+        super().__init__()
+        self.config = {"in_channels": in_channels, "vocab_size": vocab_size, "embed_dim": embed_dim}
+        self.feature_size = self.grid[0] * self.grid[1] * embed_dim
+        self.local_layers = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 128, 4, stride=2), nn.ReLU())
+        self.pre_quant = nn.Conv2d(128, embed_dim, (5, 2), stride=2)  # 11x8 -> 4x4
+        self.codebook = nn.Embedding(vocab_size, embed_dim)
+        _init_orthogonal(self)
+        nn.init.uniform_(self.codebook.weight, -1.0 / vocab_size, 1.0 / vocab_size)  # as IRIS
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> z (B, 16, D) continuous, z_q (B, 16, D) nearest codebook entries, tokens (B, 16) int64."""
+        z = self.pre_quant(self.local_layers(x)).flatten(2).transpose(1, 2)  # (B, 16, D)
+        codes = self.codebook.weight.to(z.dtype)                               # (K, D)
+        distances = (z.pow(2).sum(-1, keepdim=True) - 2 * z @ codes.T
+                     + codes.pow(2).sum(-1))                                   # (B, 16, K)
+        tokens = distances.argmin(-1)                                          # (B, 16)
+        return z, self.codebook(tokens).to(z.dtype), tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)[1].flatten(1)                                    # (B, 16 * D)
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "benchmark": BenchmarkEncoder, "nature": NatureCNN, "impala": ImpalaCNN, "tokenizer": TokenEncoder}
+
+
+def build(architecture: str, **config) -> nn.Module:
+    """A freshly initialised encoder of `architecture` with `config` (the class's keyword arguments)."""
+    if architecture not in ARCHITECTURES:
+        raise UserError(f"encoder architecture {architecture!r} is unknown; use one of {', '.join(ARCHITECTURES)}")
+    try:
+        return ARCHITECTURES[architecture](**config)
+    except TypeError as err:
+        raise UserError(f"bad config for encoder architecture {architecture!r}: {err}") from None
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The bare encoder inside DDP / torch.compile wrappers."""
+    while hasattr(module, "module") or hasattr(module, "_orig_mod"):
+        module = getattr(module, "module", None) or module._orig_mod
+    return module
+
+
+def save(encoder: nn.Module, path: str | os.PathLike, **extra_meta) -> None:
+    """Write `encoder` to one file atomically: {"format", "architecture", "config", "state_dict", "meta"}.
+
+    Weights are stored as float32 CPU tensors; `extra_meta` (plain values) goes to "meta".
+    """
+    encoder = _unwrap(encoder)
+    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in encoder.state_dict().items()}
+    payload = {"format": FORMAT, "architecture": encoder.architecture, "config": dict(encoder.config),
+               "state_dict": state, "meta": dict(extra_meta)}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The file's {"architecture", "config", "meta"} without building the network."""
+    payload = _read(Path(path))
+    return {k: payload[k] for k in ("architecture", "config", "meta")}
+
+
+def _read(path: Path) -> dict:
+    fix = "rerun the stage that makes it (`dvc repro`) or `dvc pull` it"
+    if not path.is_file():
+        raise UserError(f"encoder file {path} is missing; {fix}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a truncated or foreign file
+        raise UserError(f"encoder file {path} is truncated or corrupt ({type(err).__name__}); {fix}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or not {
+            "architecture", "config", "state_dict", "meta"} <= payload.keys():
+        raise UserError(f"encoder file {path} is not an atarirep encoder ({FORMAT}); {fix}")
+    if payload["architecture"] not in ARCHITECTURES:
+        raise UserError(f"encoder file {path} has unknown architecture {payload['architecture']!r} (known: "
+                        f"{', '.join(ARCHITECTURES)}); update atarirep or {fix}")
+    return payload
+
+
+def load(path: str | os.PathLike, expect: str | None = None) -> nn.Module:
+    """Rebuild the encoder saved at `path` (CPU, eval mode); UserError if missing, corrupt or not `expect`."""
+    path = Path(path)
+    payload = _read(path)
+    if expect is not None and payload["architecture"] != expect:
+        raise UserError(f"encoder file {path} holds a {payload['architecture']!r} encoder, expected "
+                        f"{expect!r}; point to a {expect} encoder file")
+    encoder = build(payload["architecture"], **payload["config"])
+    try:
+        encoder.load_state_dict(payload["state_dict"])
+    except RuntimeError:
+        raise UserError(f"encoder file {path} has weights that do not fit its {payload['architecture']!r} "
+                        "config; rerun the stage that makes it (`dvc repro`)") from None
+    encoder.meta = payload["meta"]
+    return encoder.eval()

@@ -1,0 +1,259 @@
+"""Labelled episodes: the one structure that collection, pretraining and probing share, and its storage.
+
+A stored dataset is a folder:
+  frames.bin    uint8 frames (1, 210, 160), zlib-compressed in chunks of at most 32 frames that never
+                span two episodes, so a split or an episode decompresses only its own chunks;
+  steps.csv.gz  one row per frame: split, episode, t, env, frame, action, reward, then one column per
+                kept state variable (the label);
+  meta.json     game, annotation set, protocol, seed, counts, kept and dropped variables, chunk index.
+This module reads and writes that format; it does not collect (atarirep.collection) or split
+(atarirep.splits).
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from atarirep.errors import UserError
+
+FORMAT = "atarirep-episodes/1"
+FRAME_SHAPE = (1, 210, 160)
+FRAME_BYTES = int(np.prod(FRAME_SHAPE))
+CHUNK_FRAMES = 32          # small chunks keep random access cheap; compression barely changes
+COMPRESSION_LEVEL = 3      # zlib: ~30-120x on Atari frames at ~80 us per frame
+SPLITS = ("train", "val", "test")
+STEP_COLUMNS = ("split", "episode", "t", "env", "frame", "action", "reward")
+
+
+class LazyFrames:
+    """Frames of a stored dataset, read and decompressed only when indexed.
+
+    Behaves like a read-only (N, 1, 210, 160) uint8 array: `len`, `shape`, `dtype`, integer, slice
+    and integer-array indexing, and `np.asarray(frames)` to load them all.
+    """
+
+    def __init__(self, path: Path, frame_ids: np.ndarray, chunk_starts: np.ndarray,
+                 chunk_offsets: np.ndarray):
+        self._path = path
+        self.frame_ids = np.asarray(frame_ids, dtype=np.int64)    # row -> frame number in frames.bin
+        self._chunk_starts = chunk_starts                         # (C + 1,) first frame of each chunk
+        self._chunk_offsets = chunk_offsets                       # (C + 1,) byte offset of each chunk
+        self.shape = (len(self.frame_ids), *FRAME_SHAPE)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 4
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.frame_ids)
+
+    def _chunk(self, f, chunk: int) -> np.ndarray:
+        if self._cache is not None and self._cache[0] == chunk:
+            return self._cache[1]
+        start, end = self._chunk_offsets[chunk], self._chunk_offsets[chunk + 1]
+        f.seek(start)
+        raw = f.read(end - start)
+        num_frames = self._chunk_starts[chunk + 1] - self._chunk_starts[chunk]
+        try:
+            data = zlib.decompress(raw)
+        except zlib.error:
+            data = b""
+        if len(data) != num_frames * FRAME_BYTES:
+            raise UserError(f"{self._path} is corrupt (chunk {chunk} does not decompress to "
+                            f"{num_frames} frames); delete it and run `dvc repro collect` (or `dvc pull`)")
+        frames = np.frombuffer(data, np.uint8).reshape(num_frames, *FRAME_SHAPE)
+        self._cache = (chunk, frames)
+        return frames
+
+    def _read(self, frame_ids: np.ndarray) -> np.ndarray:
+        out = np.empty((len(frame_ids), *FRAME_SHAPE), np.uint8)
+        chunks = np.searchsorted(self._chunk_starts, frame_ids, side="right") - 1
+        order = np.argsort(chunks, kind="stable")  # each chunk is decompressed once
+        with open(self._path, "rb") as f:
+            for i in order:
+                chunk = chunks[i]
+                out[i] = self._chunk(f, chunk)[frame_ids[i] - self._chunk_starts[chunk]]
+        return out
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return self._read(self.frame_ids[[index]])[0]
+        return self._read(self.frame_ids[index])
+
+    def __array__(self, dtype=None, copy=None):
+        frames = self._read(self.frame_ids)
+        return frames if dtype is None else frames.astype(dtype)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for start in range(0, len(self), 1024):
+            yield from self[start:start + 1024]
+
+
+@dataclass(frozen=True)
+class Episodes:
+    """Frames and their state labels, episode by episode; checks its own invariants when built.
+
+    frames        (N, 1, 210, 160) uint8 grayscale, one per agent step; an array or LazyFrames
+    labels        (N, V) int16; column j holds variables[j] (RAM bytes, 0..255)
+    variables     the game's kept state variables
+    episode_index (N,) int32; the episode each frame belongs to, frames of an episode contiguous and in order
+    """
+
+    frames: np.ndarray | LazyFrames
+    labels: np.ndarray
+    variables: tuple[str, ...]
+    episode_index: np.ndarray
+
+    def __post_init__(self):
+        n = len(self.frames)
+        if tuple(self.frames.shape[1:]) != FRAME_SHAPE or self.frames.dtype != np.uint8:
+            raise ValueError(f"frames must be (N, 1, 210, 160) uint8, got {self.frames.shape} {self.frames.dtype}")
+        if self.labels.shape != (n, len(self.variables)) or self.labels.dtype != np.int16:
+            raise ValueError(f"labels must be ({n}, {len(self.variables)}) int16, got {self.labels.shape} "
+                             f"{self.labels.dtype}")
+        if self.episode_index.shape != (n,) or self.episode_index.dtype != np.int32:
+            raise ValueError(f"episode_index must be ({n},) int32")
+        if n and np.any(np.diff(self.episode_index) != 0):
+            starts = np.flatnonzero(np.diff(self.episode_index)) + 1
+            if len(np.unique(self.episode_index[np.r_[0, starts]])) != len(starts) + 1:
+                raise ValueError("each episode's frames must be contiguous")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episode_bounds()) - 1
+
+    def episode_bounds(self) -> np.ndarray:
+        """(E + 1,) int64: episode e spans rows bounds[e]:bounds[e + 1]."""
+        starts = np.flatnonzero(np.diff(self.episode_index)) + 1
+        return np.r_[0, starts, len(self)].astype(np.int64)
+
+    def label_dicts(self) -> list[dict[str, int]]:
+        return [dict(zip(self.variables, row)) for row in self.labels.tolist()]
+
+
+# -- writing ----------------------------------------------------------------------------------------
+class ChunkWriter:
+    """Appends frames to a compressed chunk file; a chunk is closed at CHUNK_FRAMES or at `end_episode`."""
+
+    def __init__(self, path: Path):
+        self._file = open(path, "wb")
+        self._pending: list[np.ndarray] = []
+        self.chunk_frames: list[int] = []   # frames in each chunk written
+        self.chunk_bytes: list[int] = []    # compressed size of each chunk written
+
+    def add(self, frame: np.ndarray) -> None:
+        self._pending.append(frame)
+        if len(self._pending) == CHUNK_FRAMES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            data = zlib.compress(np.stack(self._pending).tobytes(), COMPRESSION_LEVEL)
+            self._file.write(data)
+            self.chunk_frames.append(len(self._pending))
+            self.chunk_bytes.append(len(data))
+            self._pending = []
+
+    end_episode = flush
+
+    def close(self) -> None:
+        self.flush()
+        self._file.close()
+
+
+def write_store(folder: Path, frames_bin: Path, chunk_frames: np.ndarray, chunk_bytes: np.ndarray,
+                steps: pd.DataFrame, meta: dict) -> None:
+    """Finish a dataset inside `folder` (a temporary folder the caller will rename into place).
+
+    `frames_bin` already holds the chunks, in order; `steps` has STEP_COLUMNS then label columns.
+    """
+    os.replace(frames_bin, folder / "frames.bin")
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, filename="") as gz:  # mtime 0: same bytes each run
+        gz.write(steps.to_csv(index=False, lineterminator="\n").encode())
+    (folder / "steps.csv.gz").write_bytes(buffer.getvalue())
+    meta = {**meta, "format": FORMAT,
+            "chunks": {"num_frames": [int(x) for x in chunk_frames], "num_bytes": [int(x) for x in chunk_bytes]}}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+# -- reading ----------------------------------------------------------------------------------------
+class EpisodeStore:
+    """A stored dataset opened for reading; frames stay on disk until indexed."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        fix = "run `dvc repro collect` (or `dvc pull`) to recreate it"
+        meta_path = self.folder / "meta.json"
+        if not self.folder.is_dir() or not meta_path.exists():
+            raise UserError(f"episode folder {self.folder} is missing or incomplete (no meta.json); {fix}")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+            if self.meta.get("format") != FORMAT:
+                raise ValueError(f"format {self.meta.get('format')!r}")
+            chunk_frames = np.asarray(self.meta["chunks"]["num_frames"], np.int64)
+            chunk_bytes = np.asarray(self.meta["chunks"]["num_bytes"], np.int64)
+        except (ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{meta_path} is corrupt or of another format ({err}); {fix}") from None
+        self._chunk_starts = np.r_[0, np.cumsum(chunk_frames)]
+        self._chunk_offsets = np.r_[0, np.cumsum(chunk_bytes)]
+        frames_path = self.folder / "frames.bin"
+        size = frames_path.stat().st_size if frames_path.exists() else -1
+        if size != self._chunk_offsets[-1]:
+            raise UserError(f"{frames_path} is truncated or missing ({max(size, 0)} of "
+                            f"{self._chunk_offsets[-1]} bytes); {fix}")
+        try:
+            self.steps = pd.read_csv(self.folder / "steps.csv.gz")
+        except (OSError, EOFError, zlib.error, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise UserError(f"{self.folder / 'steps.csv.gz'} is corrupt or missing ({err}); {fix}") from None
+        self.variables = tuple(self.meta["variables"])
+        expected = [*STEP_COLUMNS, *self.variables]
+        if list(self.steps.columns) != expected or len(self.steps) != sum(
+                c["frames"] for c in self.meta["counts"].values()):
+            raise UserError(f"{self.folder / 'steps.csv.gz'} does not match meta.json (columns or row "
+                            f"count differ); {fix}")
+        if len(self.steps) and self.steps["frame"].max() >= self._chunk_starts[-1]:
+            raise UserError(f"{self.folder} refers to frames beyond frames.bin; {fix}")
+
+    @property
+    def game(self) -> str:
+        return self.meta["game"]
+
+    @property
+    def split_names(self) -> tuple[str, ...]:
+        return tuple(self.meta["counts"])
+
+    def split(self, name: str) -> Episodes:
+        """The frames and labels of split `name` ("train", "val" or "test")."""
+        if name not in self.meta["counts"]:
+            raise UserError(f"{self.folder} has no {name!r} split (it has {', '.join(self.split_names)}); "
+                            "collect it with splits that include it")
+        rows = self.steps[self.steps["split"] == name]
+        frames = LazyFrames(self.folder / "frames.bin", rows["frame"].to_numpy(),
+                            self._chunk_starts, self._chunk_offsets)
+        return Episodes(frames=frames,
+                        labels=rows[list(self.variables)].to_numpy(np.int16),
+                        variables=self.variables,
+                        episode_index=rows["episode"].to_numpy(np.int32))
+
+
+def load(folder: str | os.PathLike) -> EpisodeStore:
+    """Open a stored dataset; UserError (one line, with the fix) if it is missing or corrupt."""
+    return EpisodeStore(folder)
+
+
+def load_splits(folder: str | os.PathLike) -> dict[str, Episodes]:
+    """{split name: Episodes} of a stored dataset, frames read lazily."""
+    store = load(folder)
+    return {name: store.split(name) for name in store.split_names}
