@@ -24,7 +24,7 @@ from tqdm import tqdm
 from atarirep import annotations, episodes, io, splits
 from atarirep.envs import LabelledAtariEnv, get_protocol, resolve_game
 from atarirep.errors import UserError
-from atarirep.policies import RANDOM_ACTIONS, make_policy
+from atarirep.policies import COLLECT_MODES, RANDOM_ACTIONS, make_policy
 
 PURPOSE_STREAMS = {"pretrain": 0, "probe": 1}  # distinct seed streams for the two datasets of a game
 
@@ -129,21 +129,13 @@ def _too_few_episodes(kept_lengths: list[int], num_short: int, fractions: dict[s
                      f"raise steps from {steps} to about {max(suggested, steps + num_envs)}")
 
 
-def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractions: dict[str, float],
-            seed: int = 42, purpose: str = "pretrain", num_envs: int = 8, num_workers: int = 1,
-            annotation_set: str = "latest", protocol: str = "atariari", collect_mode: str = "random_agent",
-            random_actions: str = "nonzero", min_episode_length: int = 64, entropy_threshold: float = 0.6,
-            progress: bool = False) -> episodes.EpisodeStore:
-    """Collect `steps` labelled frames of `game` over `num_envs` environments into folder `out_dir`.
+def validate(game: str, *, steps: int, splits_fractions: dict[str, float], num_envs: int, num_workers: int,
+             annotation_set: str, protocol: str, collect_mode: str, random_actions: str, purpose: str,
+             min_episode_length: int, entropy_threshold: float) -> str:
+    """Check collection arguments before any emulator runs; returns the game's ALE name.
 
-    `steps` counts agent steps (stored frames, a reset frame included) over all environments, as
-    AtariARI's get_episodes does; episodes still running when the budget ends are kept if long
-    enough. Episodes of `min_episode_length` frames or fewer are dropped, the rest split by episode
-    with a seeded shuffle, variables with label entropy below `entropy_threshold` nats (pooled over
-    all kept frames) dropped, and test frames equal to a train or val frame removed.
-    Returns the written dataset, opened.
+    Raises UserError (one line naming the problem and the fix) for any bad argument.
     """
-    # Check everything before stepping a single emulator frame.
     ale_name = resolve_game(game, annotation_set)
     get_protocol(protocol)
     splits.check_fractions(splits_fractions)
@@ -159,6 +151,29 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
         raise UserError(f"purpose {purpose!r} is unknown; use one of {', '.join(PURPOSE_STREAMS)}")
     if min_episode_length < 0 or entropy_threshold < 0:
         raise UserError("min_episode_length and entropy_threshold must not be negative")
+    if collect_mode not in COLLECT_MODES:
+        raise UserError(f"collect_mode {collect_mode!r} is unknown; use one of {', '.join(COLLECT_MODES)}")
+    return ale_name
+
+
+def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractions: dict[str, float],
+            seed: int = 42, purpose: str = "pretrain", num_envs: int = 8, num_workers: int = 1,
+            annotation_set: str = "latest", protocol: str = "atariari", collect_mode: str = "random_agent",
+            random_actions: str = "nonzero", min_episode_length: int = 64, entropy_threshold: float = 0.6,
+            progress: bool = False) -> episodes.EpisodeStore:
+    """Collect `steps` labelled frames of `game` over `num_envs` environments into folder `out_dir`.
+
+    `steps` counts agent steps (stored frames, a reset frame included) over all environments, as
+    AtariARI's get_episodes does; episodes still running when the budget ends are kept if long
+    enough. Episodes of `min_episode_length` frames or fewer are dropped, the rest split by episode
+    with a seeded shuffle, variables with label entropy below `entropy_threshold` nats (pooled over
+    all kept frames) dropped, and test frames equal to a train or val frame removed.
+    Returns the written dataset, opened.
+    """
+    ale_name = validate(game, steps=steps, splits_fractions=splits_fractions, num_envs=num_envs,
+                        num_workers=num_workers, annotation_set=annotation_set, protocol=protocol,
+                        collect_mode=collect_mode, random_actions=random_actions, purpose=purpose,
+                        min_episode_length=min_episode_length, entropy_threshold=entropy_threshold)
     variables_all = annotations.for_game(game, annotation_set).variables
 
     with io.atomic_dir(out_dir) as folder:
@@ -279,3 +294,13 @@ class _LimitedReader:
         data = self._handle.read(size)
         self._remaining -= len(data)
         return data
+
+
+def summary(store: episodes.EpisodeStore) -> dict:
+    """Numbers worth tracking as DVC metrics: frames and episodes per split, variables kept and dropped."""
+    meta = store.meta
+    return {"game": meta["game"],
+            **{f"{split}_{kind}": count[kind] for split, count in meta["counts"].items() for kind in count},
+            "variables_kept": len(meta["variables"]), "variables_dropped": len(meta["dropped_variables"]),
+            "duplicate_test_frames_removed": meta["collected"]["duplicate_test_frames_removed"],
+            "short_episodes_dropped": meta["collected"]["short_episodes_dropped"]}

@@ -1,0 +1,98 @@
+"""Stage parameters: one frozen, validated dataclass per params.yaml section, plus the shared keys.
+
+Only stage scripts call `load(section)`; library functions take plain arguments. params.yaml is the
+composition of conf/ (DVC's Hydra composition writes it on `dvc exp run`); stages see plain values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from atarirep.errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    steps: int                      # agent steps (stored frames) over all environments
+    splits: dict[str, float]        # split name -> fraction of episodes, e.g. {train: 0.8, val: 0.2}
+
+
+@dataclass(frozen=True)
+class Collect:
+    env: str                        # shared: the game, any spelling (Pong, PongNoFrameskip-v4, ALE/Pong-v5)
+    seed: int                       # shared
+    annotations: str                # shared: annotation set, latest or paper
+    collect_mode: str               # random_agent (a trained agent comes with train_agent)
+    random_actions: str             # nonzero: actions 1..n-1 as the reference; all: 0..n-1
+    protocol: str                   # environment protocol, atariari
+    num_envs: int                   # environments, each with its own seed stream (reference: 8)
+    num_workers: int                # processes stepping them; does not change the output
+    min_episode_length: int         # episodes of this many frames or fewer are dropped (reference: 64)
+    entropy_threshold: float        # variables below this label entropy (nats) are dropped (reference: 0.6)
+    pretrain: Dataset               # encoder pretraining data (reference: 100k steps, 80/20)
+    probe: Dataset                  # probing data (reference: 50k steps, 70/10/20)
+
+
+SECTIONS = {"collect": Collect}
+SHARED_KEYS = ("env", "seed", "annotations", "device", "profile")
+
+
+def _check_type(value, kind, where: str):
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, where)
+    if origin is dict:
+        key_type, value_type = typing.get_args(kind)
+        if not isinstance(value, dict):
+            raise UserError(f"params.yaml {where} must be a mapping, got {value!r}")
+        return {_check_type(k, key_type, f"{where} key"): _check_type(v, value_type, f"{where}.{k}")
+                for k, v in value.items()}
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UserError(f"params.yaml {where}={value!r} must be of type {kind.__name__}")
+    return value
+
+
+def _build(cls, mapping, where: str):
+    if not isinstance(mapping, dict):
+        raise UserError(f"params.yaml {where} must be a mapping, got {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(mapping) - set(names))
+    if unknown:
+        raise UserError(f"params.yaml {where} has unknown keys {', '.join(unknown)}; "
+                        f"known keys are {', '.join(names)}")
+    missing = [n for n in names if n not in mapping]
+    if missing:
+        raise UserError(f"params.yaml {where} is missing {', '.join(missing)}; "
+                        "regenerate params.yaml from conf/ (dvc exp run) or add them")
+    return cls(**{n: _check_type(mapping[n], hints[n], f"{where}.{n}") for n in names})
+
+
+def load(section: str, path: str | Path = "params.yaml"):
+    """Section `section` of params.yaml, with the shared keys it declares, as a frozen dataclass.
+
+    Raises UserError (one line) for a missing file, an unknown key, a missing key or a wrong type.
+    """
+    if section not in SECTIONS:
+        raise UserError(f"no params section {section!r}; known sections are {', '.join(SECTIONS)}")
+    path = Path(path)
+    try:
+        everything = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; run stages from the repository root") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    if section not in everything:
+        raise UserError(f"{path} has no {section!r} section; add it (see conf/config.yaml)")
+    cls = SECTIONS[section]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    shared = {k: everything[k] for k in SHARED_KEYS if k in fields and k in everything}
+    return _build(cls, {**shared, **everything[section]}, section)

@@ -1,0 +1,22 @@
+"""collect: labelled episodes of the `env` game, one dataset for encoder pretraining, one for probing."""
+from atarirep import collection, io, params
+from atarirep.errors import run_stage
+
+
+def main(pretrain_dir: str, probe_dir: str, summary_path: str) -> None:
+    p = params.load("collect")
+    datasets = {"pretrain": (p.pretrain, pretrain_dir), "probe": (p.probe, probe_dir)}
+    options = dict(num_envs=p.num_envs, num_workers=p.num_workers, annotation_set=p.annotations,
+                   protocol=p.protocol, collect_mode=p.collect_mode, random_actions=p.random_actions,
+                   min_episode_length=p.min_episode_length, entropy_threshold=p.entropy_threshold)
+    for purpose, (dataset, _) in datasets.items():  # every param checked before any emulator runs
+        collection.validate(p.env, steps=dataset.steps, splits_fractions=dataset.splits, purpose=purpose, **options)
+    stores = {purpose: collection.collect(p.env, out_dir, steps=dataset.steps, splits_fractions=dataset.splits,
+                                          purpose=purpose, seed=p.seed, progress=True,
+                                          **options)
+              for purpose, (dataset, out_dir) in datasets.items()}
+    io.write_json(summary_path, {purpose: collection.summary(store) for purpose, store in stores.items()})
+
+
+if __name__ == "__main__":
+    run_stage(main)
