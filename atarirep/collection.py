@@ -126,7 +126,7 @@ def _too_few_episodes(kept_lengths: list[int], num_short: int, fractions: dict[s
     pattern = "/".join(f"{round(100 * f)}" for f in fractions.values())
     return UserError(f"collected {len(kept_lengths)} episodes longer than {min_episode_length} frames "
                      f"({num_short} shorter ones dropped), but a {pattern} split needs at least {need}; "
-                     f"raise steps from {steps} to about {max(suggested, steps + num_envs)}")
+                     f"raise steps from {steps} to at least {max(suggested, steps + num_envs)}")
 
 
 def validate(game: str, *, steps: int, splits_fractions: dict[str, float], num_envs: int, num_workers: int,
@@ -195,7 +195,7 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
             for ep in np.unique(r["episode"]):
                 rows = np.flatnonzero(r["episode"] == ep)
                 chunks = np.flatnonzero(chunk_episode == ep)
-                records.append({"rank": r["rank"], "rows": rows, "chunk_frames": r["chunk_frames"][chunks],
+                records.append({"rank": r["rank"], "env_episode": int(ep), "rows": rows, "chunk_frames": r["chunk_frames"][chunks],
                                 "chunk_bytes": r["chunk_bytes"][chunks],
                                 "byte_range": (byte_starts[chunks[0]], byte_starts[chunks[-1] + 1])})
         kept = [rec for rec in records if len(rec["rows"]) > min_episode_length]
@@ -247,6 +247,7 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
                         table = pd.DataFrame({
                             "split": split_name, "episode": next_episode,
                             "t": np.flatnonzero(keep_rows), "env": rec["rank"],
+                            "env_episode": rec["env_episode"],
                             "frame": next_frame + np.flatnonzero(keep_rows),
                             "action": result["actions"][rows], "reward": result["rewards"][rows]})
                         labels = result["labels"][rows][:, keep_var]

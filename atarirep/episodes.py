@@ -3,8 +3,10 @@
 A stored dataset is a folder:
   frames.bin    uint8 frames (1, 210, 160), zlib-compressed in chunks of at most 32 frames that never
                 span two episodes, so a split or an episode decompresses only its own chunks;
-  steps.csv.gz  one row per frame: split, episode, t, env, frame, action, reward, then one column per
-                kept state variable (the label);
+  steps.csv.gz  one row per frame: split, episode, t (frame within episode), env and env_episode (which
+                environment produced it, and its episode number there), frame (index in frames.bin),
+                action (that led to the frame, -1 on a first frame), reward, then one column per kept
+                state variable (the label);
   meta.json     game, annotation set, protocol, seed, counts, kept and dropped variables, chunk index.
 This module reads and writes that format; it does not collect (atarirep.collection) or split
 (atarirep.splits).
@@ -31,7 +33,7 @@ FRAME_BYTES = int(np.prod(FRAME_SHAPE))
 CHUNK_FRAMES = 32          # small chunks keep random access cheap; compression barely changes
 COMPRESSION_LEVEL = 3      # zlib: ~30-120x on Atari frames at ~80 us per frame
 SPLITS = ("train", "val", "test")
-STEP_COLUMNS = ("split", "episode", "t", "env", "frame", "action", "reward")
+STEP_COLUMNS = ("split", "episode", "t", "env", "env_episode", "frame", "action", "reward")
 
 
 class LazyFrames:
@@ -232,7 +234,7 @@ class EpisodeStore:
 
     @property
     def split_names(self) -> tuple[str, ...]:
-        return tuple(self.meta["counts"])
+        return tuple(name for name in SPLITS if name in self.meta["counts"])
 
     def split(self, name: str) -> Episodes:
         """The frames and labels of split `name` ("train", "val" or "test")."""

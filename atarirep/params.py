@@ -96,3 +96,18 @@ def load(section: str, path: str | Path = "params.yaml"):
     fields = {f.name for f in dataclasses.fields(cls)}
     shared = {k: everything[k] for k in SHARED_KEYS if k in fields and k in everything}
     return _build(cls, {**shared, **everything[section]}, section)
+
+
+def compose(conf_dir: str | Path = "conf", overrides: list[str] | None = None) -> dict:
+    """The params that DVC's Hydra composition writes for `conf_dir` and `-S` style `overrides`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
+        return OmegaConf.to_container(hydra_compose(config_name="config", overrides=overrides or []))
+
+
+if __name__ == "__main__":  # python -m atarirep.params [overrides...]: rewrite params.yaml from conf/
+    import sys
+    Path("params.yaml").write_text(yaml.safe_dump(compose("conf", sys.argv[1:]), sort_keys=False))
