@@ -174,6 +174,7 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
                         num_workers=num_workers, annotation_set=annotation_set, protocol=protocol,
                         collect_mode=collect_mode, random_actions=random_actions, purpose=purpose,
                         min_episode_length=min_episode_length, entropy_threshold=entropy_threshold)
+    splits_fractions = splits.check_fractions(splits_fractions)  # canonical train, val, test order
     variables_all = annotations.for_game(game, annotation_set).variables
 
     with io.atomic_dir(out_dir) as folder:

@@ -10,9 +10,11 @@ import numpy as np
 from atarirep.errors import UserError
 
 
-def check_fractions(fractions: dict[str, float]) -> None:
-    """UserError unless the split fractions are positive, name known splits, include train and sum to 1."""
+def check_fractions(fractions: dict[str, float]) -> dict[str, float]:
+    """`fractions` in train, val, test order; UserError unless they are positive, name known splits,
+    include train and sum to 1. The order is fixed so that a params file's key order changes nothing."""
     from atarirep.episodes import SPLITS
+    fractions = {name: fractions[name] for name in SPLITS if name in fractions} | dict(fractions)
     unknown = set(fractions) - set(SPLITS)
     if unknown or "train" not in fractions:
         raise UserError(f"splits {dict(fractions)} must name train and optionally val and test "
@@ -20,6 +22,7 @@ def check_fractions(fractions: dict[str, float]) -> None:
     if any(not 0 < f <= 1 for f in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
         raise UserError(f"split fractions {dict(fractions)} must be positive and sum to 1 "
                         f"(they sum to {sum(fractions.values()):g}); for example train: 0.7, val: 0.1, test: 0.2")
+    return fractions
 
 
 def split_sizes(num_episodes: int, fractions: dict[str, float]) -> dict[str, int]:
