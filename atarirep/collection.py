@@ -55,7 +55,7 @@ def _run_env(job: dict, report: Callable[[int], None]) -> dict:
         writer.add(obs)
         labels[i] = env.ram_labels()
         episode[i] = ep
-        hashes[i] = np.frombuffer(hashlib.blake2b(obs.tobytes(), digest_size=16).digest(), np.uint8)
+        hashes[i] = np.frombuffer(hashlib.blake2b(obs, digest_size=16).digest(), np.uint8)
         if i % 256 == 255:
             report(256)
         if i == budget - 1:

@@ -111,7 +111,6 @@ class LabelledAtariEnv(gym.Env):
         self._rgb = np.zeros((2, 210, 160, 3), np.uint8)
         self._is_real_done = True
         self._lives = 0
-        self._seeded = False
 
     # -- the labels -------------------------------------------------------------------------------
     def ram_labels(self) -> np.ndarray:
@@ -126,10 +125,11 @@ class LabelledAtariEnv(gym.Env):
         last, before = self._rgb[1], self._rgb[0]
         gray = np.empty((210, 160), np.uint8)
         self.ale.getScreenGrayscale(gray)  # equals _luminance(last), at a fraction of the cost
-        differs = (last != before).reshape(-1, 3)  # channel-wise or, far faster than any(axis=2)
-        changed = (differs[:, 0] | differs[:, 1] | differs[:, 2]).reshape(210, 160)
-        if changed.any():  # max over RGB channels, then luminance, only where the two frames differ
-            gray[changed] = _luminance(np.maximum(last[changed], before[changed]))
+        # Max over RGB channels, then luminance, redone only on the rows where the two frames differ
+        # (sprites flicker on a few rows; a row test is a fast contiguous reduction).
+        rows = np.flatnonzero((last != before).reshape(210, -1).any(axis=1))
+        if len(rows):
+            gray[rows] = _luminance(np.maximum(last[rows], before[rows]))
         return gray[None]
 
     def _agent_step(self, action_index: int) -> tuple[float, bool]:
@@ -174,10 +174,13 @@ class LabelledAtariEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        if seed is not None or not self._seeded:
-            # Seeds the emulator (sticky actions draw from it) and reloads the ROM.
-            self._ale_env.reset(seed=None if seed is None else int(seed))
-            self._seeded, self._is_real_done = True, True
+        if seed is not None and self.protocol.sticky_action_prob > 0:
+            # The emulator's own RNG drives sticky actions only; seeding it reloads the ROM (~0.1 s),
+            # so it is done only when it matters. Without sticky actions the emulator is deterministic.
+            self._ale_env.reset(seed=int(seed))
+            self._is_real_done = True
+        if seed is not None:
+            self._is_real_done = True
         self._life_reset()
         if self._uses_fire:  # FireResetEnv: FIRE, then action 2, resetting again if either ends it
             for action in (1, 2):
