@@ -1,0 +1,46 @@
+import pytest
+import yaml
+
+from atarirep import params
+from atarirep.errors import UserError
+
+
+def _write(tmp_path, change):
+    everything = yaml.safe_load(open("params.yaml"))
+    everything["collect"] = {**everything["collect"], **change}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(everything))
+    return path
+
+
+def test_collect_section_loads_frozen_with_shared_keys():
+    p = params.load("collect")
+    assert p.env == "Pong" and p.seed == 42 and p.annotations == "latest"
+    assert p.probe.splits == {"train": 0.7, "val": 0.1, "test": 0.2}
+    with pytest.raises(Exception):
+        p.seed = 1
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"num_env": 8}, "params.yaml collect has unknown keys num_env; known keys are"),
+    ({"num_envs": "eight"}, "params.yaml collect.num_envs='eight' must be of type int"),
+    ({"num_envs": True}, "params.yaml collect.num_envs=True must be of type int"),
+    ({"probe": {"steps": 10}}, "params.yaml collect.probe is missing splits"),
+])
+def test_bad_params_are_one_line_errors(tmp_path, change, message):
+    with pytest.raises(UserError) as err:
+        params.load("collect", _write(tmp_path, change))
+    assert str(err.value).startswith(message)
+
+
+def test_integers_are_accepted_where_floats_are_expected(tmp_path):
+    p = params.load("collect", _write(tmp_path, {"entropy_threshold": 1}))
+    assert p.entropy_threshold == 1.0 and isinstance(p.entropy_threshold, float)
+
+
+def test_missing_file_and_section(tmp_path):
+    with pytest.raises(UserError, match="is missing; run stages from the repository root"):
+        params.load("collect", tmp_path / "nope.yaml")
+    (tmp_path / "p.yaml").write_text("env: Pong\n")
+    with pytest.raises(UserError, match="has no 'collect' section"):
+        params.load("collect", tmp_path / "p.yaml")
