@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -187,115 +188,114 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
                  "part_path": str(parts / f"env{rank}.bin")} for rank, budget in enumerate(budgets)]
         results = _run_all(jobs, min(num_workers, num_envs), progress, f"collect {ale_name} ({purpose})")
 
-        # One record per collected episode, in (environment, episode) order.
-        records = []
-        for r in results:
-            chunk_starts = np.r_[0, np.cumsum(r["chunk_frames"])]
-            byte_starts = np.r_[0, np.cumsum(r["chunk_bytes"])]
-            chunk_episode = r["episode"][chunk_starts[:-1]]
-            for ep in np.unique(r["episode"]):
-                rows = np.flatnonzero(r["episode"] == ep)
-                chunks = np.flatnonzero(chunk_episode == ep)
-                records.append({"rank": r["rank"], "env_episode": int(ep), "rows": rows, "chunk_frames": r["chunk_frames"][chunks],
-                                "chunk_bytes": r["chunk_bytes"][chunks],
-                                "byte_range": (byte_starts[chunks[0]], byte_starts[chunks[-1] + 1])})
-        kept = [rec for rec in records if len(rec["rows"]) > min_episode_length]
+        records = _episode_records(results)
+        kept = [rec for rec in records if len(rec.rows) > min_episode_length]
         num_short = len(records) - len(kept)
+        too_few = lambda: _too_few_episodes([len(rec.rows) for rec in kept], num_short, splits_fractions,  # noqa: E731
+                                            steps, num_envs, min_episode_length)
         if len(kept) < splits.min_episodes_for(splits_fractions):
-            raise _too_few_episodes([len(rec["rows"]) for rec in kept], num_short, splits_fractions,
-                                    steps, num_envs, min_episode_length)
-        by_rank = {r["rank"]: r for r in results}
-
-        def gather(key: str, recs: list[dict]) -> np.ndarray:
-            return np.concatenate([by_rank[rec["rank"]][key][rec["rows"]] for rec in recs])
+            raise too_few()
 
         # Variables whose labels barely vary carry no signal for a probe (Breakout's block bytes).
-        entropies = splits.label_entropy(gather("labels", kept))
-        keep_var = entropies >= entropy_threshold
-        if not keep_var.any():
+        entropies = splits.label_entropy(np.concatenate([rec.field(results, "labels") for rec in kept]))
+        kept_variables = [v for v, e in zip(variables_all, entropies) if e >= entropy_threshold]
+        if not kept_variables:
             raise UserError(f"every variable of {ale_name} has label entropy below {entropy_threshold} nats on "
                             "this data; collect more steps or lower entropy_threshold")
 
         rng = np.random.default_rng(np.random.SeedSequence([seed, PURPOSE_STREAMS[purpose], 2**20]))
-        split_ids = splits.split_episodes(len(kept), splits_fractions, rng)
-        if "test" in split_ids:  # test frames identical to a train or val frame are removed
-            seen = np.concatenate([gather("hashes", [kept[i] for i in split_ids[s]])
-                                   for s in split_ids if s != "test"])
-        frames_path = folder / "frames.tmp"
-        tables, chunk_frames, chunk_bytes = [], [], []
-        num_removed, next_frame, next_episode = 0, 0, 0
-        handles = {r["rank"]: open(parts / f"env{r['rank']}.bin", "rb") for r in results}
-        try:
-            with open(frames_path, "wb") as out:
-                for split_name, ids in split_ids.items():
-                    for i in ids:
-                        rec = kept[i]
-                        result = by_rank[rec["rank"]]
-                        num_frames = len(rec["rows"])
-                        keep_rows = np.ones(num_frames, bool)
-                        if split_name == "test":
-                            keep_rows = ~splits.duplicate_mask(result["hashes"][rec["rows"]], seen)
-                            num_removed += int((~keep_rows).sum())
-                            if keep_rows.sum() <= 1:  # an episode left with one frame or none is dropped
-                                continue
-                        start, end = rec["byte_range"]
-                        handle = handles[rec["rank"]]
-                        handle.seek(start)
-                        shutil.copyfileobj(_LimitedReader(handle, end - start), out)
-                        chunk_frames += rec["chunk_frames"].tolist()
-                        chunk_bytes += rec["chunk_bytes"].tolist()
-                        rows = rec["rows"][keep_rows]
-                        table = pd.DataFrame({
-                            "split": split_name, "episode": next_episode,
-                            "t": np.flatnonzero(keep_rows), "env": rec["rank"],
-                            "env_episode": rec["env_episode"],
-                            "frame": next_frame + np.flatnonzero(keep_rows),
-                            "action": result["actions"][rows], "reward": result["rewards"][rows]})
-                        labels = result["labels"][rows][:, keep_var]
-                        tables.append(pd.concat([table, pd.DataFrame(labels, columns=[
-                            v for v, k in zip(variables_all, keep_var) if k])], axis=1))
-                        next_frame += num_frames
-                        next_episode += 1
-        finally:
-            for handle in handles.values():
-                handle.close()
-        steps_table = pd.concat(tables, ignore_index=True)
+        split_episodes = {name: [kept[i] for i in ids]
+                          for name, ids in splits.split_episodes(len(kept), splits_fractions, rng).items()}
+        steps_table, chunk_frames, chunk_bytes, num_removed = _write_frames(
+            folder / "frames.tmp", parts, results, split_episodes, variables_all, kept_variables)
         counts = {name: {"episodes": int(steps_table.loc[steps_table.split == name, "episode"].nunique()),
-                         "frames": int((steps_table.split == name).sum())} for name in split_ids}
+                         "frames": int((steps_table.split == name).sum())} for name in split_episodes}
         if any(c["frames"] == 0 for c in counts.values()):
-            raise _too_few_episodes([len(rec["rows"]) for rec in kept], num_short, splits_fractions,
-                                    steps, num_envs, min_episode_length)
+            raise too_few()
         meta = {
             "game": ale_name, "annotation_set": annotation_set, "protocol": get_protocol(protocol).as_dict(),
             "purpose": purpose, "seed": seed, "steps": steps, "num_envs": num_envs,
             "collect_mode": collect_mode, "random_actions": random_actions,
             "min_episode_length": min_episode_length, "entropy_threshold": entropy_threshold,
-            "splits": dict(splits_fractions), "counts": counts,
-            "variables": [v for v, k in zip(variables_all, keep_var) if k],
-            "dropped_variables": {v: round(float(e), 6) for v, e, k in zip(variables_all, entropies, keep_var) if not k},
+            "splits": dict(splits_fractions), "counts": counts, "variables": kept_variables,
+            "dropped_variables": {v: round(float(e), 6) for v, e in zip(variables_all, entropies)
+                                  if v not in kept_variables},
             "label_entropy": {v: round(float(e), 6) for v, e in zip(variables_all, entropies)},
             "collected": {"episodes": len(records), "frames": steps, "short_episodes_dropped": num_short,
                           "duplicate_test_frames_removed": num_removed},
         }
-        episodes.write_store(folder, frames_path, np.asarray(chunk_frames), np.asarray(chunk_bytes),
-                             steps_table, meta)
+        episodes.write_store(folder, folder / "frames.tmp", chunk_frames, chunk_bytes, steps_table, meta)
         shutil.rmtree(parts)
     return episodes.load(out_dir)
 
 
-class _LimitedReader:
-    """A file object that yields at most `remaining` bytes of `handle` (for shutil.copyfileobj)."""
+@dataclass(frozen=True)
+class _EpisodeRecord:
+    """Where one collected episode lies: its rows in its environment's arrays and its chunks' bytes."""
 
-    def __init__(self, handle, remaining: int):
-        self._handle, self._remaining = handle, int(remaining)
+    rank: int                       # the environment
+    env_episode: int                # the episode's number in that environment
+    rows: np.ndarray                # (T,) rows of the environment's result arrays
+    chunk_frames: np.ndarray        # frames per compressed chunk
+    chunk_bytes: np.ndarray         # bytes per compressed chunk
+    byte_range: tuple[int, int]     # the chunks' span in the environment's part file
 
-    def read(self, size: int = -1) -> bytes:
-        if self._remaining <= 0:
-            return b""
-        size = self._remaining if size < 0 else min(size, self._remaining)
-        data = self._handle.read(size)
-        self._remaining -= len(data)
-        return data
+    def field(self, results: list[dict], key: str) -> np.ndarray:
+        return results[self.rank][key][self.rows]
+
+
+def _episode_records(results: list[dict]) -> list[_EpisodeRecord]:
+    """One record per collected episode, in (environment, episode) order; chunks never span episodes."""
+    records = []
+    for r in results:
+        chunk_starts = np.r_[0, np.cumsum(r["chunk_frames"])]
+        byte_starts = np.r_[0, np.cumsum(r["chunk_bytes"])]
+        chunk_episode = r["episode"][chunk_starts[:-1]]
+        for ep in np.unique(r["episode"]):
+            chunks = np.flatnonzero(chunk_episode == ep)
+            records.append(_EpisodeRecord(r["rank"], int(ep), np.flatnonzero(r["episode"] == ep),
+                                          r["chunk_frames"][chunks], r["chunk_bytes"][chunks],
+                                          (int(byte_starts[chunks[0]]), int(byte_starts[chunks[-1] + 1]))))
+    return records
+
+
+def _write_frames(frames_path: Path, parts: Path, results: list[dict],
+                  split_episodes: dict[str, list[_EpisodeRecord]], variables: tuple[str, ...],
+                  kept_variables: list[str]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, int]:
+    """Copy the split episodes' compressed chunks into one file, split by split, without recompressing.
+
+    Test frames equal to a train or val frame are left out of the table (their bytes stay in their
+    chunk); a test episode left with one frame or none is dropped. Returns (steps table, frames per
+    chunk, bytes per chunk, number of test frames removed).
+    """
+    seen = np.concatenate([rec.field(results, "hashes") for name, recs in split_episodes.items()
+                           if name != "test" for rec in recs])
+    label_columns = [variables.index(v) for v in kept_variables]
+    tables, chunk_frames, chunk_bytes = [], [], []
+    num_removed, next_frame = 0, 0
+    with open(frames_path, "wb") as out:
+        for split_name, recs in split_episodes.items():
+            for rec in recs:
+                keep = np.ones(len(rec.rows), bool)
+                if split_name == "test":
+                    keep = ~splits.duplicate_mask(rec.field(results, "hashes"), seen)
+                    num_removed += int((~keep).sum())
+                    if keep.sum() <= 1:
+                        continue
+                with open(parts / f"env{rec.rank}.bin", "rb") as part:
+                    part.seek(rec.byte_range[0])
+                    out.write(part.read(rec.byte_range[1] - rec.byte_range[0]))
+                chunk_frames += rec.chunk_frames.tolist()
+                chunk_bytes += rec.chunk_bytes.tolist()
+                t = np.flatnonzero(keep)
+                table = pd.DataFrame({"split": split_name, "episode": len(tables), "t": t, "env": rec.rank,
+                                      "env_episode": rec.env_episode, "frame": next_frame + t,
+                                      "action": rec.field(results, "actions")[keep],
+                                      "reward": rec.field(results, "rewards")[keep]})
+                labels = rec.field(results, "labels")[keep][:, label_columns]
+                tables.append(pd.concat([table, pd.DataFrame(labels, columns=kept_variables)], axis=1))
+                next_frame += len(rec.rows)
+    return pd.concat(tables, ignore_index=True), np.asarray(chunk_frames), np.asarray(chunk_bytes), num_removed
 
 
 def summary(store: episodes.EpisodeStore) -> dict:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from atarirep.episodes import SPLITS
 from atarirep.errors import UserError
 
 
 def check_fractions(fractions: dict[str, float]) -> dict[str, float]:
     """`fractions` in train, val, test order; UserError unless they are positive, name known splits,
     include train and sum to 1. The order is fixed so that a params file's key order changes nothing."""
-    from atarirep.episodes import SPLITS
     fractions = {name: fractions[name] for name in SPLITS if name in fractions} | dict(fractions)
     unknown = set(fractions) - set(SPLITS)
     if unknown or "train" not in fractions:
