@@ -39,6 +39,44 @@ def _init_orthogonal(module: nn.Module, gain: float = nn.init.calculate_gain("re
                 nn.init.zeros_(m.bias)
 
 
+class SpaceToDepthConv2d(nn.Conv2d):
+    """Conv2d(k=8, stride 4, no padding) computed as a 2x2 conv over 4x4 space-to-depth blocks.
+
+    Same parameters and function as nn.Conv2d (tests check it); a 1-channel strided conv vectorises
+    badly, while the 16-channel form runs ~2.5x faster on CPU. Rows and columns past the last full
+    4-pixel block (210 -> 208) are never covered by a window, so cropping them changes nothing.
+    Set `use_space_to_depth = False` on an instance for the plain nn.Conv2d path.
+    """
+
+    use_space_to_depth = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.use_space_to_depth:
+            return super().forward(x)
+        b, c, h, w = x.shape
+        hb, wb = h // 4, w // 4
+        blocks = (x[:, :, :4 * hb, :4 * wb].reshape(b, c, hb, 4, wb, 4)
+                  .permute(0, 1, 3, 5, 2, 4).reshape(b, c * 16, hb, wb))             # (B, 16C, H/4, W/4)
+        o = self.out_channels
+        weight = self.weight.reshape(o, c, 2, 4, 2, 4).permute(0, 1, 3, 5, 2, 4).reshape(o, c * 16, 2, 2)
+        return F.conv2d(blocks, weight, self.bias)
+
+
+def _conv8x8s4(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return SpaceToDepthConv2d(in_channels, out_channels, 8, stride=4)
+
+
+def local_decoder(out_channels: int = 1) -> nn.Sequential:
+    """(B, 128, 11, 8) -> (B, out_channels, 210, 160) logits: the benchmark encoder's local layers mirrored.
+
+    ConvT(128->64, 4, s2) ReLU, ConvT(64->32, 4, s2, output_padding 1) ReLU, ConvT(32->C, 8, s4, output_padding (2, 0)).
+    """
+    return nn.Sequential(
+        nn.ConvTranspose2d(128, 64, 4, stride=2), nn.ReLU(),
+        nn.ConvTranspose2d(64, 32, 4, stride=2, output_padding=(1, 1)), nn.ReLU(),
+        nn.ConvTranspose2d(32, out_channels, 8, stride=4, output_padding=(2, 0)))
+
+
 class BenchmarkEncoder(nn.Module):
     """AtariARI's encoder for full-size frames: (B, C, 210, 160) float in [0, 1] -> (B, feature_size).
 
@@ -54,7 +92,7 @@ class BenchmarkEncoder(nn.Module):
         self.config = {"in_channels": in_channels, "feature_size": feature_size}
         self.feature_size = feature_size
         self.local_layers = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+            _conv8x8s4(in_channels, 32), nn.ReLU(),
             nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
             nn.Conv2d(64, 128, 4, stride=2), nn.ReLU())
         self.global_layers = nn.Sequential(
@@ -78,27 +116,19 @@ class BenchmarkEncoder(nn.Module):
 class BenchmarkDecoder(nn.Module):
     """The benchmark encoder's mirror: (B, feature_size) -> (B, C, 210, 160) logits (pre-sigmoid).
 
-    Linear(feature_size -> 3456) ReLU, ConvT(64->128, 3) ReLU [128x11x8], ConvT(128->64, 4, s2) ReLU,
-    ConvT(64->32, 4, s2, output_padding 1) ReLU, ConvT(32->C, 8, s4, output_padding (2, 0)).
-    `from_local` decodes a (B, 128, 11, 8) map, for decoders that start there (the tokenizer).
+    Linear(feature_size -> 3456) ReLU, ConvT(64->128, 3) ReLU [128x11x8], then `local_decoder`.
     """
 
     def __init__(self, feature_size: int = 256, out_channels: int = 1):
         super().__init__()
-        self.global_layers = nn.Sequential(
+        self.layers = nn.Sequential(
             nn.Linear(feature_size, 64 * 9 * 6), nn.ReLU(), nn.Unflatten(1, (64, 9, 6)),
-            nn.ConvTranspose2d(64, 128, 3, stride=1), nn.ReLU())
-        self.local_layers = nn.Sequential(
-            nn.ConvTranspose2d(128, 64, 4, stride=2), nn.ReLU(),
-            nn.ConvTranspose2d(64, 32, 4, stride=2, output_padding=(1, 1)), nn.ReLU(),
-            nn.ConvTranspose2d(32, out_channels, 8, stride=4, output_padding=(2, 0)))
+            nn.ConvTranspose2d(64, 128, 3, stride=1), nn.ReLU(),
+            *local_decoder(out_channels))
         _init_orthogonal(self)
 
-    def from_local(self, local: torch.Tensor) -> torch.Tensor:
-        return self.local_layers(local)
-
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.local_layers(self.global_layers(z))
+        return self.layers(z)
 
 
 class NatureCNN(nn.Module):
@@ -111,7 +141,7 @@ class NatureCNN(nn.Module):
         self.config = {"in_channels": in_channels, "feature_size": feature_size}
         self.feature_size = feature_size
         self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+            _conv8x8s4(in_channels, 32), nn.ReLU(),
             nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
             nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten(),
             nn.Linear(64 * 7 * 7, feature_size), nn.ReLU())
@@ -175,7 +205,7 @@ class TokenEncoder(nn.Module):
         self.config = {"in_channels": in_channels, "vocab_size": vocab_size, "embed_dim": embed_dim}
         self.feature_size = self.grid[0] * self.grid[1] * embed_dim
         self.local_layers = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+            _conv8x8s4(in_channels, 32), nn.ReLU(),
             nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
             nn.Conv2d(64, 128, 4, stride=2), nn.ReLU())
         self.pre_quant = nn.Conv2d(128, embed_dim, (5, 2), stride=2)  # 11x8 -> 4x4
@@ -185,12 +215,13 @@ class TokenEncoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> z (B, 16, D) continuous, z_q (B, 16, D) nearest codebook entries, tokens (B, 16) int64."""
-        z = self.pre_quant(self.local_layers(x)).flatten(2).transpose(1, 2)  # (B, 16, D)
-        codes = self.codebook.weight.to(z.dtype)                               # (K, D)
-        distances = (z.pow(2).sum(-1, keepdim=True) - 2 * z @ codes.T
-                     + codes.pow(2).sum(-1))                                   # (B, 16, K)
+        z = self.pre_quant(self.local_layers(x)).flatten(2).transpose(1, 2).float()  # (B, 16, D)
+        codes = self.codebook.weight.float()                                   # (K, D)
+        with torch.autocast(z.device.type, enabled=False):                    # nearest code in float32
+            distances = (z.pow(2).sum(-1, keepdim=True) - 2 * z @ codes.T
+                         + codes.pow(2).sum(-1))                               # (B, 16, K)
         tokens = distances.argmin(-1)                                          # (B, 16)
-        return z, self.codebook(tokens).to(z.dtype), tokens
+        return z, self.codebook(tokens), tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode(x)[1].flatten(1)                                    # (B, 16 * D)

@@ -39,14 +39,60 @@ class Collect:
     probe: Dataset                  # probing data (reference: 50k steps, 70/10/20)
 
 
-SECTIONS = {"collect": Collect}
-SHARED_KEYS = ("env", "seed", "annotations", "device", "profile")
+@dataclass(frozen=True)
+class Pretrain:
+    seed: int                       # shared
+    device: str                     # shared: auto, cpu or cuda
+    methods: list[str]              # one pretrain stage per method (a DVC matrix)
+    epochs: int                     # reference: 100
+    batch_size: int                 # reference: 64
+    lr: float                       # Adam, reference: 3e-4 (eps 1e-5)
+    patience: int                   # early stop on validation loss, reference: 15
+    keep: str                       # last (reference) or best encoder
+    method_config: dict[str, dict]  # method -> its settings (feature_size, CPC offsets, ...)
+
+    def __post_init__(self):
+        if self.keep not in ("last", "best"):
+            raise UserError(f"params.yaml pretrain.keep={self.keep!r} must be last or best")
+        missing = [m for m in self.methods if m not in self.method_config]
+        if missing:
+            raise UserError(f"params.yaml pretrain.method_config has no entry for {', '.join(missing)}; "
+                            "add one (for example {feature_size: 256})")
+
+
+@dataclass(frozen=True)
+class Probe:
+    seed: int                       # shared
+    device: str                     # shared
+    baselines: list[str]            # majority and supervised need no pretrained encoder
+    lr: float                       # Adam, reference: 3e-4
+    batch_size: int                 # reference: 64
+    epochs: int                     # reference: 100
+    patience: int                   # early stop on validation accuracy, reference: 15
+    fast: bool                      # encode once, all variables' probes as one batched layer (same results)
+    supervised_per_variable: bool   # reference: one end-to-end encoder per variable; false: one shared encoder
+    supervised_epochs: int          # the supervised baseline's epochs, reference: 100
+
+
+@dataclass(frozen=True)
+class Report:
+    env: str                        # shared
+    games: list[str]                # more games for the multi-game tables, each probed like env
+
+
+SECTIONS = {"collect": Collect, "pretrain": Pretrain, "probe": Probe, "report": Report}
+SHARED_KEYS = ("env", "seed", "annotations", "device", "profile", "games")
 
 
 def _check_type(value, kind, where: str):
     origin = typing.get_origin(kind)
     if dataclasses.is_dataclass(kind):
         return _build(kind, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"params.yaml {where} must be a list, got {value!r}")
+        (item_type,) = typing.get_args(kind)
+        return [_check_type(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         key_type, value_type = typing.get_args(kind)
         if not isinstance(value, dict):
@@ -90,12 +136,15 @@ def load(section: str, path: str | Path = "params.yaml"):
         raise UserError(f"{path} is missing; run stages from the repository root") from None
     except yaml.YAMLError as err:
         raise UserError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
-    if section not in everything:
+    if section not in everything and section != "report":
         raise UserError(f"{path} has no {section!r} section; add it (see conf/config.yaml)")
     cls = SECTIONS[section]
     fields = {f.name for f in dataclasses.fields(cls)}
     shared = {k: everything[k] for k in SHARED_KEYS if k in fields and k in everything}
-    return _build(cls, {**shared, **everything[section]}, section)
+    p = _build(cls, {**shared, **(everything.get(section) or {})}, section)
+    if "device" in fields and p.device not in DEVICES:
+        raise UserError(f"params.yaml device={p.device!r} must be one of {', '.join(DEVICES)}")
+    return p
 
 
 def compose(conf_dir: str | Path = "conf", overrides: list[str] | None = None) -> dict:

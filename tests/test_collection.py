@@ -1,4 +1,6 @@
 import hashlib
+import os
+import stat
 import json
 
 import numpy as np
@@ -172,3 +174,9 @@ def test_meta_of_another_format_is_refused(tmp_path, breakout_probe_dir):
     (folder / "meta.json").write_text(json.dumps({**meta, "format": "other/9"}))
     with pytest.raises(UserError, match="meta.json is corrupt or of another format"):
         episodes.load(folder)
+
+
+def test_artifacts_get_the_usual_permissions(breakout_probe_dir):
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(breakout_probe_dir.stat().st_mode) == 0o777 & ~umask

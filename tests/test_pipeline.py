@@ -16,8 +16,11 @@ from atarirep import params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY = {"env": "Breakout", "collect": {"num_envs": 4, "num_workers": 2, "min_episode_length": 16,
-                                       "pretrain": {"steps": 800}, "probe": {"steps": 1200}}}
+TINY = {"env": "Breakout",
+        "collect": {"num_envs": 4, "num_workers": 2, "min_episode_length": 16,
+                    "pretrain": {"steps": 800}, "probe": {"steps": 1200}},
+        "pretrain": {"methods": ["random_cnn", "stdim"], "epochs": 1, "batch_size": 16},
+        "probe": {"baselines": ["majority"], "epochs": 2, "patience": 1}}
 
 
 def run(args, cwd, check=True, **kwargs):
@@ -47,6 +50,8 @@ def repo(tmp_path_factory):
     run(["dvc", "init", "-q"], root)
     run(["dvc", "config", "core.analytics", "false"], root)
     run(["dvc", "config", "hydra.enabled", "true"], root)
+    shutil.copytree(REPO / ".dvc/plots", root / ".dvc/plots")  # the offline plots page
+    run(["dvc", "config", "plots.html_template", "plots/offline.html"], root)
     run(["dvc", "remote", "add", "-d", "local", str(tmp_path_factory.mktemp("remote"))], root)
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], root)
@@ -65,15 +70,32 @@ def test_paper_profile_is_the_reference_protocol():
             paper["collect"]["entropy_threshold"], paper["collect"]["random_actions"]) == (8, 64, 0.6, "nonzero")
 
 
-def test_dvc_repro_collects_then_is_a_no_op(repo):
-    first = run(["dvc", "repro"], repo)
-    assert "Running stage 'collect'" in first.stdout
+def test_dvc_repro_runs_the_whole_chain_then_is_a_no_op(repo):
+    first = run(["dvc", "repro"], repo, timeout=600)
+    for stage in ("collect", "pretrain@stdim", "probe@stdim", "probe@random_cnn", "probe_baseline@majority", "report"):
+        assert f"Running stage '{stage}'" in first.stdout
     summary = json.loads((repo / "reports/collect.json").read_text())
     assert summary["probe"]["game"] == "Breakout" and summary["probe"]["test_frames"] > 0
+    table = (repo / "reports/probe/tables/f1_by_game.csv").read_text()
+    assert table.splitlines()[0].split(",")[1:] == ["majority", "random_cnn", "stdim"]
     second = run(["dvc", "repro"], repo)
     assert "didn't change" in second.stdout and "Running stage" not in second.stdout
     metrics = run(["dvc", "metrics", "show", "--json"], repo)
-    assert "train_frames" in metrics.stdout
+    assert "train_frames" in metrics.stdout and "across_categories" in metrics.stdout
+
+
+def test_changing_a_probe_param_reruns_only_probe_and_report(repo):
+    run(["dvc", "repro"], repo, timeout=600)
+    result = run(["dvc", "exp", "run", "-S", "probe.lr=0.002"], repo, timeout=600)
+    ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"probe@random_cnn", "probe@stdim", "probe_baseline@majority", "report"}
+
+
+def test_plots_page_renders_offline(repo):
+    run(["dvc", "repro"], repo, timeout=600)
+    run(["dvc", "plots", "show", "-o", "plots_page"], repo)
+    page = (repo / "plots_page/index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "vegaEmbed" in page and "f1_by_category" in page
 
 
 def test_push_and_pull_through_the_local_remote(repo):

@@ -1,0 +1,67 @@
+"""Pretraining methods: each is an nn.Module holding an `encoder` and offering `loss(batch) -> (loss, metrics)`.
+
+A method also says what samples it needs: `window` consecutive frames of one episode, and whether
+it `uses_negatives` (a random frame of the same episode); `is_trainable` is False for baselines whose
+encoder is saved untrained. An optional `sample_stride` (CPC: its sequence length) makes an epoch
+draw one sample per that many windows, so long windows do not multiply an epoch's cost.
+One loop (atarirep.training) trains them all.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from torch import nn
+
+from atarirep.errors import UserError
+from atarirep.methods.batch import Batch
+from atarirep.methods.cpc import CPC
+from atarirep.methods.infonce import info_nce
+from atarirep.methods.jsd_stdim import JSDSTDIM
+from atarirep.methods.pixel_pred import PixelPrediction
+from atarirep.methods.stdim import STDIM, GlobalTDIM, StaticDIM
+from atarirep.methods.tokenizer import Tokenizer
+from atarirep.methods.untrained import RandomCNN, Supervised
+from atarirep.methods.vae import VAE
+
+_FACTORIES: dict[str, Callable[..., nn.Module]] = {
+    "stdim": STDIM,
+    "global_local_stdim": functools.partial(STDIM, local_local=False),
+    "global_t_dim": GlobalTDIM,
+    "jsd_stdim": JSDSTDIM,
+    "static_dim": StaticDIM,
+    "random_cnn": RandomCNN,
+    "vae": VAE,
+    "pixel_pred": PixelPrediction,
+    "cpc": CPC,
+    "tokenizer": Tokenizer,
+    "supervised": Supervised,
+}
+METHODS: tuple[str, ...] = tuple(_FACTORIES)
+
+# The AtariARI command-line names, so `--method infonce-stdim` habits keep working.
+ATARIARI_NAMES = {
+    "infonce-stdim": "stdim", "global-local-infonce-stdim": "global_local_stdim",
+    "global-infonce-stdim": "global_t_dim", "jsd-stdim": "jsd_stdim", "dim": "static_dim",
+    "random-cnn": "random_cnn", "naff": "pixel_pred",
+}
+
+
+def canonical_name(name: str) -> str:
+    """`name` or its AtariARI spelling -> the name in METHODS; UserError listing the known ones."""
+    name = ATARIARI_NAMES.get(name, name)
+    if name not in _FACTORIES:
+        raise UserError(f"pretraining method {name!r} is unknown; use one of {', '.join(METHODS)}")
+    return name
+
+
+def make(name: str, **config) -> nn.Module:
+    """A freshly initialised method `name` with its hyperparameters `config` (the paper's by default)."""
+    name = canonical_name(name)
+    try:
+        return _FACTORIES[name](**config)
+    except TypeError as err:
+        raise UserError(f"bad settings for method {name!r} ({err}); see atarirep/methods for its arguments") from None
+
+
+__all__ = ["Batch", "METHODS", "ATARIARI_NAMES", "canonical_name", "make", "info_nce"]

@@ -1,0 +1,32 @@
+"""Pixel-prediction baseline: encode frame t, decode frame t+1."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from atarirep import encoders
+from atarirep.methods.batch import Batch
+
+
+class PixelPrediction(nn.Module):
+    """Next-frame pixel prediction through the benchmark encoder's features (Anand et al. 2019, sec. 5)."""
+
+    window = 2
+    uses_negatives = False
+    is_trainable = True
+
+    def __init__(self, feature_size: int = 256):
+        super().__init__()
+        self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
+        self.decoder = encoders.BenchmarkDecoder(feature_size)
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L = sum_pixels (sigmoid(dec(f(x_t))) - x_{t+1})^2, averaged over the batch.
+
+        Each sample's loss depends on that sample only, so a data-parallel run's averaged gradient
+        equals the one-process gradient on the whole batch.
+        """
+        x_t, x_next = batch.frames[:, 0], batch.frames[:, 1]               # (B, 1, 210, 160) each
+        prediction = torch.sigmoid(self.decoder(self.encoder(x_t)).float())  # (B, 1, 210, 160)
+        loss = (prediction - x_next).pow(2).flatten(1).sum(1).mean()
+        return loss, {"mse_per_pixel": (loss / x_next[0].numel()).detach()}

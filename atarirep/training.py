@@ -1,0 +1,448 @@
+"""The one pretraining loop: optimise any method's `loss(batch)` on episodes, resumably, on CPU, CUDA or DDP.
+
+`pretrain` is the stage's library function (episodes folder in, encoder file and training log out);
+`fit` is the loop itself. Losses live in atarirep.methods, networks in atarirep.encoders; this module
+reads no params file (the stage passes plain arguments).
+
+Samples: a method needs `window` consecutive frames of ONE episode per sample (2 for ST-DIM pairs,
+the sequence length for CPC); `windows` lists every such place, so no sample crosses an episode
+boundary. An epoch is one pass over them in a seeded random order; the last partial batch is dropped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from atarirep import devices, encoders
+from atarirep import episodes as episodes_lib
+from atarirep import methods
+from atarirep.episodes import Episodes
+from atarirep.errors import UserError
+from atarirep.io import atomic_dir, write_bytes, write_json
+from atarirep.methods import Batch
+
+KEEP = ("last", "best")
+LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "samples_per_s")
+CHECKPOINT_FORMAT = "atarirep-pretrain-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the loop optimises; the defaults are AtariARI's (PROTOCOLS.md 3)."""
+
+    epochs: int = 100        # passes over the train split's samples
+    batch_size: int = 64     # samples per step and process; InfoNCE negatives are the batch's other samples
+    lr: float = 3e-4         # Adam learning rate (eps 1e-5)
+    patience: int = 15       # stop after this many epochs without a lower val loss
+    keep: str = "last"       # encoder returned: the last epoch's (AtariARI) or the lowest val loss's
+    seed: int = 0            # model init, sample order, negatives, noise
+    device: str = "auto"     # auto | cpu | cuda
+
+    def check(self) -> None:
+        """UserError, one line, for a bad value."""
+        def bad(name, rule):
+            raise UserError(f"pretrain {name}={getattr(self, name)!r} is invalid; it must be {rule}")
+        for name in ("epochs", "batch_size", "patience", "seed"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                bad(name, "an integer")
+        if self.epochs < 0:
+            bad("epochs", ">= 0")
+        if self.batch_size < 2:
+            bad("batch_size", ">= 2 (contrastive losses need negatives)")
+        if self.patience < 1:
+            bad("patience", ">= 1")
+        if not isinstance(self.lr, (int, float)) or not (self.lr > 0 and math.isfinite(self.lr)):
+            bad("lr", "a positive number")
+        if self.keep not in KEEP:
+            bad("keep", f"one of {', '.join(KEEP)}")
+        if self.device not in devices.DEVICES:
+            bad("device", f"one of {', '.join(devices.DEVICES)}")
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Every place a `window`-frame sample fits inside one episode, as rows of an Episodes."""
+
+    starts: np.ndarray          # (S,) int64 row of each sample's first frame
+    episode_start: np.ndarray   # (S,) int64 first row of the sample's episode
+    episode_length: np.ndarray  # (S,) int64 frames in the sample's episode
+    window: int
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def rows(self, samples: np.ndarray) -> np.ndarray:
+        """(len(samples), window) int64: the frame rows of the given samples, t, t + 1, ..."""
+        return self.starts[samples, None] + np.arange(self.window)
+
+
+def windows(episodes: Episodes, window: int) -> Windows:
+    """All windows of `window` consecutive frames that stay inside one episode (never wrap, never cross)."""
+    bounds = episodes.episode_bounds()
+    lengths = np.diff(bounds)
+    counts = np.maximum(lengths - window + 1, 0)                     # windows per episode
+    episode_of = np.repeat(np.arange(len(lengths)), counts)          # (S,)
+    first = np.repeat(bounds[:-1], counts)
+    offsets = np.arange(len(episode_of)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return Windows(starts=(first + offsets).astype(np.int64), episode_start=first.astype(np.int64),
+                   episode_length=lengths[episode_of].astype(np.int64), window=window)
+
+
+def epoch_plan(windows_: Windows, rng: np.random.Generator, batch_size: int, uses_negatives: bool,
+               place: devices.Distributed, sample_stride: int = 1) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """This process's (frame rows (B, W), negative rows (B,) or None) for each step of one epoch.
+
+    An epoch draws len(windows) // sample_stride windows without replacement (a stride of the
+    window length visits each frame about once). All processes draw the same global order, then take
+    their own slice of each global batch.
+    """
+    order = rng.permutation(len(windows_))[:len(windows_) // sample_stride]
+    negatives = None
+    if uses_negatives:  # a uniformly random frame of the same episode (may be t itself, as in AtariARI)
+        negatives = windows_.episode_start[order] + rng.integers(0, windows_.episode_length[order])
+    global_batch = batch_size * place.world_size
+    plan = []
+    for step in range(len(order) // global_batch):
+        mine = slice(step * global_batch + place.rank * batch_size,
+                     step * global_batch + (place.rank + 1) * batch_size)
+        plan.append((windows_.rows(order[mine]), None if negatives is None else negatives[mine]))
+    return plan
+
+
+class _FrameSource:
+    """uint8 frames where batches are gathered: on the GPU when they fit (batches sampled there), else in host
+    memory, with a background thread gathering each batch into pinned memory ahead of the step."""
+
+    def __init__(self, frames_uint8: np.ndarray, device: torch.device, use_background: bool):
+        host = torch.from_numpy(frames_uint8)                         # (N, C, 210, 160) uint8, no copy
+        self.device = device
+        self.use_background = use_background
+        self.frames = host if use_background else host.to(device)
+        self.memory_format = devices.memory_format(device)
+
+    def _gather(self, rows: np.ndarray, negatives: np.ndarray | None) -> torch.Tensor:
+        """uint8 (B W [+ B], C, 210, 160): the rows' frames, then the negatives'; pinned when streamed to a GPU."""
+        index = np.concatenate([rows.reshape(-1), [] if negatives is None else negatives]).astype(np.int64)
+        index = torch.from_numpy(index).to(self.frames.device)
+        if not self.use_background:
+            return self.frames.index_select(0, index)
+        out = torch.empty((len(index), *self.frames.shape[1:]), dtype=torch.uint8,
+                          pin_memory=self.device.type == "cuda")
+        return torch.index_select(self.frames, 0, index, out=out)
+
+    def _batch(self, gathered: torch.Tensor, shape: tuple[int, int], generator) -> Batch:
+        frames = encoders.preprocess(gathered.to(self.device, non_blocking=True))   # (B W [+ B], C, 210, 160)
+        frames = frames.contiguous(memory_format=self.memory_format)
+        b, w = shape
+        negatives = frames[b * w:] if len(frames) > b * w else None
+        return Batch(frames[:b * w].view(b, w, *frames.shape[1:]), negatives, generator)
+
+    def batches(self, plan, generator: torch.Generator):
+        """Yield a Batch per step of `plan`."""
+        if not self.use_background:
+            for rows, negatives in plan:
+                yield self._batch(self._gather(rows, negatives), rows.shape, generator)
+            return
+        ready: queue.Queue = queue.Queue(maxsize=3)
+        stop = threading.Event()
+
+        def work():
+            for rows, negatives in plan:
+                if stop.is_set():
+                    return
+                ready.put(self._gather(rows, negatives))
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        try:
+            for rows, _ in plan:
+                yield self._batch(ready.get(), rows.shape, generator)
+        finally:
+            stop.set()
+            while worker.is_alive():          # unblock a worker waiting on a full queue
+                try:
+                    ready.get_nowait()
+                except queue.Empty:
+                    worker.join(0.01)
+
+
+class Objective(nn.Module):
+    """method.loss as a forward(), so DistributedDataParallel sees the call and averages gradients."""
+
+    def __init__(self, method: nn.Module):
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch: Batch):
+        return self.method.loss(batch)
+
+
+def build_method(name: str, seed: int, **method_config) -> nn.Module:
+    """methods.make(name, **method_config) with weights drawn from `seed` (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return methods.make(name, **method_config)
+
+
+@dataclass
+class FitResult:
+    method: nn.Module          # trained; method.encoder holds the kept weights
+    history: list[dict]        # one row per epoch: LOG_COLUMNS then the method's metrics (train means)
+    kept_epoch: int            # epoch whose encoder is kept (0: untrained)
+    best_val_loss: float
+    stopped_early: bool
+
+
+def _state_to_cpu(module: nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _read_checkpoint(path: Path, fingerprint: str, log) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        assert state["format"] == CHECKPOINT_FORMAT
+    except Exception as err:  # torch raises many types for a foreign or damaged file
+        log(f"ignoring checkpoint {path}: unreadable ({type(err).__name__}); starting from epoch 0")
+        return None
+    if state["fingerprint"] != fingerprint:
+        log(f"ignoring checkpoint {path}: made with other data or settings; starting from epoch 0")
+        return None
+    log(f"resuming from {path} after epoch {state['epoch']}")
+    return state
+
+
+def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, *,
+        checkpoint_path: str | os.PathLike | None = None, fingerprint: str = "", progress: bool = False,
+        loader: str = "auto") -> FitResult:
+    """Train `method` (built with `build_method`) on `train`, early-stopping on the val loss.
+
+    Adam (lr, eps 1e-5), `config.batch_size` samples per step and process. After every epoch a
+    checkpoint (method and optimizer weights, RNG states, epoch, history) replaces `checkpoint_path`
+    atomically; a run given a checkpoint with the same `fingerprint` and config resumes from it and
+    ends, on CPU, with the same weights as an uninterrupted run. Under torchrun each process takes
+    its slice of every global batch and gradients are averaged (DDP).
+    `loader`: "auto" (frames on the GPU when they fit), "resident" or "background".
+    Raises UserError if a split has fewer than batch_size samples of the method's window.
+    """
+    config.check()
+    place, device = devices.init_distributed(devices.resolve(config.device))
+    log = (lambda message: print(message, file=sys.stderr)) if place.is_main else (lambda message: None)
+    if not method.is_trainable or config.epochs == 0:
+        return FitResult(method, [], 0, math.nan, False)
+
+    split_windows, stride = {}, getattr(method, "sample_stride", 1)
+    for name, split in (("train", train), ("val", val)):
+        split_windows[name] = windows(split, method.window)
+        if len(split_windows[name]) // stride < config.batch_size * place.world_size:
+            longest = int(np.diff(split.episode_bounds()).max(initial=0))
+            raise UserError(f"the {name} split has {len(split_windows[name]) // stride} samples of {method.window} "
+                            f"consecutive frames (longest episode: {longest} frames), fewer than one batch of "
+                            f"{config.batch_size * place.world_size}; lower pretrain batch_size "
+                            f"(or the method's sequence length) or collect more steps")
+    frames = {name: np.asarray(split.frames) for name, split in (("train", train), ("val", val))}
+    num_bytes = sum(f.nbytes for f in frames.values())
+    use_background = {"auto": device.type == "cuda" and num_bytes > devices.free_bytes(device) // 2,
+                      "resident": False, "background": True}[loader]
+    sources = {name: _FrameSource(f, device, use_background) for name, f in frames.items()}
+
+    method.to(device, memory_format=devices.memory_format(device))
+    model = devices.wrap(Objective(method), place, device)
+    optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, eps=1e-5)
+    sampling_rng = np.random.default_rng(config.seed)
+    noise = torch.Generator(device=device).manual_seed(config.seed * 1000 + place.rank)
+    # `epochs` is left out: a longer run resumes a shorter one's checkpoint (no LR schedule depends on it).
+    fingerprint = json.dumps({"config": {**dataclasses.asdict(config), "epochs": None},
+                              "world_size": place.world_size,
+                              "device": device.type, "data": fingerprint})
+    history, best = [], {"val_loss": math.inf, "epoch": 0, "encoder": None}
+    start_epoch, bad_epochs, is_finished = 0, 0, False
+    checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
+    state = None if checkpoint_path is None else _read_checkpoint(checkpoint_path, fingerprint, log)
+    if state is not None and state["epoch"] > config.epochs:
+        log(f"ignoring checkpoint {checkpoint_path}: it is past epoch {config.epochs}; starting from epoch 0")
+        state = None
+    if state is not None:
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampling_rng.bit_generator.state = state["rng"]["sampling"]
+        noise.set_state(state["rng"]["noise"][place.rank])
+        history, best, bad_epochs = state["history"], state["best"], state["bad_epochs"]
+        start_epoch = state["epoch"]
+        is_finished = bad_epochs >= config.patience or start_epoch >= config.epochs
+
+    # Validation: the same batches and noise every epoch, so epochs compare on equal terms.
+    val_plan = epoch_plan(split_windows["val"], np.random.default_rng([config.seed, 1]), config.batch_size,
+                          method.uses_negatives, place, stride)
+    samples_per_step = config.batch_size * place.world_size
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        if is_finished:
+            break
+        method.train()
+        plan = epoch_plan(split_windows["train"], sampling_rng, config.batch_size, method.uses_negatives, place,
+                          stride)
+        bar = tqdm(total=len(plan), desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=False,
+                   disable=not (progress and place.is_main), file=sys.stderr)
+        loss_sum, metric_sums, started = torch.zeros((), device=device), {}, time.perf_counter()
+        for step, batch in enumerate(sources["train"].batches(plan, noise), start=1):
+            with devices.autocast(device):
+                loss, metrics = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().float()
+            for key, value in metrics.items():
+                metric_sums[key] = metric_sums.get(key, 0.0) + value.float().to(device)
+            bar.update()
+            if step % 10 == 0 or step == len(plan):  # .item() waits for the GPU: not every step
+                seconds = time.perf_counter() - started
+                bar.set_postfix(loss=f"{loss_sum.item() / step:.4f}",
+                                samples_per_s=f"{step * samples_per_step / seconds:.0f}")
+        bar.close()
+        seconds = time.perf_counter() - started
+        row = {"epoch": epoch,
+               "train_loss": devices.all_mean(loss_sum.item() / len(plan), place, device),
+               "val_loss": _validate(method, sources["val"], val_plan, device, place, config.seed),
+               "samples_per_s": len(plan) * samples_per_step / seconds}
+        row.update({f"train_{k}": devices.all_mean(float(v) / len(plan), place, device)
+                    for k, v in sorted(metric_sums.items())})
+        history.append(row)
+        if row["val_loss"] < best["val_loss"]:
+            bad_epochs = 0
+            best = {"val_loss": row["val_loss"], "epoch": epoch,
+                    "encoder": _state_to_cpu(method.encoder) if config.keep == "best" else None}
+        else:
+            bad_epochs += 1
+        is_finished = bad_epochs >= config.patience or epoch == config.epochs
+        log(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
+            f"samples/s {row['samples_per_s']:.1f}" + (" (early stop)" if bad_epochs >= config.patience else ""))
+        if checkpoint_path is not None:
+            _write_checkpoint(checkpoint_path, place, {
+                "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch,
+                "method": _state_to_cpu(method), "optimizer": optimizer.state_dict(),
+                "rng": {"sampling": sampling_rng.bit_generator.state, "noise": noise.get_state()},
+                "history": history, "best": best, "bad_epochs": bad_epochs, "is_finished": is_finished})
+
+    kept_epoch = history[-1]["epoch"] if history else 0
+    if config.keep == "best" and best["encoder"] is not None:
+        method.encoder.load_state_dict(best["encoder"])
+        kept_epoch = best["epoch"]
+    stopped_early = bool(history) and history[-1]["epoch"] < config.epochs
+    return FitResult(method.cpu().eval(), history, kept_epoch, float(best["val_loss"]), stopped_early)
+
+
+@torch.no_grad()
+def _validate(method: nn.Module, source: _FrameSource, plan, device: torch.device,
+              place: devices.Distributed, seed: int) -> float:
+    """Mean loss over the fixed validation batches (each process evaluates its slice of each)."""
+    method.eval()
+    noise = torch.Generator(device=device).manual_seed(seed * 1000 + 999 - place.rank)
+    total = torch.zeros((), device=device)
+    for batch in source.batches(plan, noise):
+        with devices.autocast(device):
+            total += method.loss(batch)[0].float()
+    method.train()
+    return devices.all_mean(total.item() / len(plan), place, device)
+
+
+def _write_checkpoint(path: Path, place: devices.Distributed, state: dict) -> None:
+    """Rank 0 writes one file atomically, holding every rank's noise-generator state."""
+    noise_states = [state["rng"]["noise"]]
+    if place.is_distributed:
+        noise_states = [None] * place.world_size
+        dist.all_gather_object(noise_states, state["rng"]["noise"])
+    if place.is_main:
+        state["rng"] = {**state["rng"], "noise": noise_states}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_bytes(path, buffer.getvalue())
+    if place.is_distributed:
+        dist.barrier()
+
+
+# -- the stage's library function --------------------------------------------------------------------
+def _data_fingerprint(folder: Path) -> str:
+    """Changes whenever the episodes folder's content does (meta.json and the files' sizes)."""
+    digest = hashlib.sha256((folder / "meta.json").read_bytes())
+    for name in ("frames.bin", "steps.csv.gz"):
+        digest.update(f"{name}:{(folder / name).stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+def default_checkpoint_path(out_dir: str | os.PathLike) -> Path:
+    """Where `pretrain` keeps its resume checkpoint: a hidden file beside out_dir (`.<name>.checkpoint.pt`)."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f".{out_dir.name}.checkpoint.pt")
+
+
+def write_log(path: str | os.PathLike, history: list[dict], columns: tuple[str, ...] = LOG_COLUMNS) -> None:
+    """Write the per-epoch rows as TSV (header first), atomically; `dvc plots show` draws it."""
+    extra = sorted({k for row in history for k in row} - set(columns))
+    header = [*columns, *extra]
+    lines = ["\t".join(header)]
+    for row in history:
+        lines.append("\t".join(str(row["epoch"]) if k == "epoch" else f"{row.get(k, math.nan):.6g}"
+                               for k in header))
+    write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def pretrain(method: str, episodes_dir: str | os.PathLike, out_dir: str | os.PathLike, *, epochs: int = 100,
+             batch_size: int = 64, lr: float = 3e-4, patience: int = 15, keep: str = "last", seed: int = 0,
+             device: str = "auto", method_config: dict | None = None,
+             checkpoint_path: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Learn an encoder with `method` from the episodes in `episodes_dir`; returns out_dir.
+
+    out_dir (written whole and atomically, by process 0) holds:
+      encoder.pt    the encoder (atarirep.encoders.load), meta: method, method_config, game, kept epoch
+      log.tsv       per epoch: epoch, train_loss, val_loss, samples_per_s, train_<metric>...
+      metrics.json  epochs_run, kept_epoch, best_val_loss, stopped_early
+    The resume checkpoint (default: `default_checkpoint_path(out_dir)`) is deleted once out_dir exists.
+    Bad input (unknown method, bad value, missing/corrupt episodes, too little data) raises UserError
+    before anything is written.
+    """
+    name = methods.canonical_name(method)
+    method_config = dict(method_config or {})
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, keep=keep,
+                         seed=seed, device=device)
+    config.check()
+    devices.resolve(device)
+    module = build_method(name, seed, **method_config)
+    store = episodes_lib.load(episodes_dir)
+    for split in ("train", "val"):
+        if split not in store.split_names:
+            raise UserError(f"{episodes_dir} has no {split!r} split (it has {', '.join(store.split_names)}); "
+                            "collect with splits that include train and val")
+    train, val = store.split("train"), store.split("val")
+    checkpoint_path = default_checkpoint_path(out_dir) if checkpoint_path is None else Path(checkpoint_path)
+    fingerprint = json.dumps({"method": name, "method_config": method_config,
+                              "data": _data_fingerprint(Path(episodes_dir))}, sort_keys=True, default=str)
+    result = fit(module, train, val, config, checkpoint_path=checkpoint_path, fingerprint=fingerprint,
+                 progress=progress)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        encoders.save(result.method.encoder, tmp / "encoder.pt", method=name, method_config=method_config,
+                      game=store.game, seed=seed, kept_epoch=result.kept_epoch, epochs_run=len(result.history))
+        write_log(tmp / "log.tsv", result.history)
+        write_json(tmp / "metrics.json", {
+            "epochs_run": len(result.history), "kept_epoch": result.kept_epoch,
+            "best_val_loss": None if math.isnan(result.best_val_loss) or math.isinf(result.best_val_loss)
+            else result.best_val_loss, "stopped_early": result.stopped_early})
+    checkpoint_path.unlink(missing_ok=True)
+    return Path(out_dir)

@@ -1,0 +1,142 @@
+"""Reports: tables worked out by hand, their Markdown/CSV/LaTeX renderings, figures, reading probe outputs."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from atarirep import annotations, reports
+from atarirep.errors import UserError
+
+# f1 per (game, method) for the variables of each game; accuracy is f1 / 2 throughout.
+VARIABLES = {"Breakout": ["ball_x", "player_x", "score", "foo"],      # small, agent, score, none
+             "Pong": ["ball_y", "player_y", "enemy_score", "clock_count"]}  # small, agent, score, score+misc
+F1 = {("Breakout", "stdim"): [0.5, 0.6, 0.9, 0.4], ("Breakout", "majority"): [0.1, 0.2, 0.3, 0.0],
+      ("Pong", "stdim"): [0.7, 0.8, 0.6, 0.2], ("Pong", "majority"): [0.2, 0.1, 0.3, 0.5]}
+
+
+def hand_results(f1=F1) -> pd.DataFrame:
+    return pd.DataFrame([{"game": game, "method": method, "variable": v, "categories": annotations.categories(v),
+                          "f1": x, "accuracy": x / 2}
+                         for (game, method), values in f1.items() for v, x in zip(VARIABLES[game], values)])
+
+
+def test_game_table_is_each_games_mean_of_category_means_with_a_mean_row():
+    table = reports.game_table(hand_results())
+    assert list(table.columns) == ["majority", "stdim"]                 # majority first
+    assert list(table.index) == ["Breakout", "Pong", "mean"]
+    breakout_stdim = (0.5 + 0.6 + 0.9) / 3                             # foo is in no category
+    pong_stdim = (0.7 + 0.8 + (0.6 + 0.2) / 2 + 0.2) / 4                # clock_count: score and misc
+    assert table.loc["Breakout", "stdim"] == pytest.approx(breakout_stdim)
+    assert table.loc["Pong", "stdim"] == pytest.approx(pong_stdim)
+    assert table.loc["mean", "stdim"] == pytest.approx((breakout_stdim + pong_stdim) / 2)
+    accuracy = reports.game_table(hand_results(), "accuracy")
+    assert accuracy.loc["Pong", "stdim"] == pytest.approx(pong_stdim / 2)
+
+
+def test_the_mean_row_is_missing_for_a_method_that_lacks_a_game():
+    table = reports.game_table(hand_results({**F1, ("Breakout", "supervised"): [1.0, 1.0, 1.0, 1.0]}))
+    assert list(table.columns) == ["majority", "stdim", "supervised"]   # supervised last
+    assert table.loc["Breakout", "supervised"] == 1.0
+    assert math.isnan(table.loc["Pong", "supervised"]) and math.isnan(table.loc["mean", "supervised"])
+
+
+def test_category_table_averages_each_category_over_the_games_that_have_it():
+    table = reports.category_table(hand_results())
+    assert list(table.index) == ["agent_localization", "small_object_localization", "score_clock_lives_display",
+                                 "misc", "across_categories"]
+    assert table.loc["agent_localization", "stdim"] == pytest.approx((0.6 + 0.8) / 2)
+    assert table.loc["score_clock_lives_display", "stdim"] == pytest.approx((0.9 + (0.6 + 0.2) / 2) / 2)
+    assert table.loc["misc", "stdim"] == pytest.approx(0.2)            # only Pong has a misc variable
+    assert table.loc["across_categories", "majority"] == pytest.approx(
+        reports.game_table(hand_results()).loc["mean", "majority"])
+
+
+def test_variable_table_lists_one_games_variables_with_their_categories():
+    table = reports.variable_table(hand_results(), "Pong")
+    assert list(table.index) == VARIABLES["Pong"]
+    assert list(table.columns) == ["categories", "majority", "stdim"]
+    assert table.loc["clock_count", "categories"] == "score_clock_lives_display, misc"
+    assert table["stdim"].tolist() == [0.7, 0.8, 0.6, 0.2]
+    assert set(reports.tables(hand_results())) == {
+        f"{m}_by_{k}" for m in ("f1", "accuracy") for k in ("game", "category", "variable_Breakout", "variable_Pong")}
+
+
+def test_tables_render_as_markdown_latex_and_csv():
+    table = pd.DataFrame({"st_dim": [0.5, float("nan")], "notes": ["a&b", "c"]},
+                         index=pd.Index(["Pong", "mean"], name="game"))
+    assert reports.to_markdown(table) == ("| game | st_dim | notes |\n|:--|--:|:--|\n"
+                                          "| Pong | 0.500 | a&b |\n| mean | - | c |\n")
+    assert reports.to_latex(table) == ("\\begin{tabular}{lrl}\n\\toprule\ngame & st\\_dim & notes \\\\\n\\midrule\n"
+                                       "Pong & 0.500 & a\\&b \\\\\n\\midrule\nmean & -- & c \\\\\n"
+                                       "\\bottomrule\n\\end{tabular}\n")
+    assert reports.to_csv(table) == "game,st_dim,notes\nPong,0.500000,a&b\nmean,,c\n"
+
+
+def test_figures_show_the_table_values():
+    results = hand_results()
+    bars = reports.category_bars(results)
+    assert isinstance(bars, Figure)
+    ax = bars.axes[0]
+    table = reports.category_table(results)
+    assert [c.get_label() for c in ax.containers] == ["majority", "stdim"]
+    heights = [[bar.get_height() for bar in container] for container in ax.containers]
+    np.testing.assert_allclose(np.array(heights).T, table.to_numpy())
+    heatmap = reports.game_heatmap(results)
+    np.testing.assert_allclose(heatmap.axes[0].images[0].get_array(), reports.game_table(results).to_numpy())
+
+
+def test_save_writes_every_table_format_figure_and_the_summary(tmp_path):
+    results = hand_results()
+    summary = reports.summary(results)
+    assert summary["games"] == ["Breakout", "Pong"]
+    assert summary["f1"]["stdim"]["across_categories"] == pytest.approx(
+        reports.game_table(results).loc["mean", "stdim"])
+    assert summary["f1"]["majority"]["overall"] == pytest.approx((0.6 / 4 + 1.1 / 4) / 2)
+    reports.save(tmp_path / "report", reports.tables(results), reports.figures(results), summary)
+    names = {p.relative_to(tmp_path / "report").as_posix() for p in (tmp_path / "report").rglob("*") if p.is_file()}
+    assert {"tables/f1_by_game.md", "tables/f1_by_game.csv", "tables/f1_by_game.tex",
+            "tables/accuracy_by_variable_Pong.tex", "figures/f1_by_category.png", "figures/f1_by_game.png",
+            "figures/accuracy_by_game.png", "summary.json"} <= names
+    assert json.loads((tmp_path / "report" / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert (tmp_path / "report" / "figures" / "f1_by_game.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]           # no temporary folder left
+
+
+def write_scores(folder, game, method, f1):
+    folder.mkdir(parents=True)
+    pd.DataFrame({"game": game, "method": method, "variable": VARIABLES[game],
+                  "categories": [";".join(annotations.categories(v)) for v in VARIABLES[game]],
+                  "f1": f1, "accuracy": [x / 2 for x in f1], "num_epochs": 3}).to_csv(folder / "scores.csv", index=False)
+
+
+def test_load_results_reads_probe_outputs_and_filters_games(tmp_path):
+    for (game, method), f1 in F1.items():
+        write_scores(tmp_path / game / method, game, method, f1)
+    results = reports.load_results(tmp_path)
+    expected = hand_results().sort_values(["game", "method", "variable"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(results.sort_values(["game", "method", "variable"]).reset_index(drop=True),
+                                  expected)
+    assert set(reports.load_results(tmp_path, games=["pong"])["game"]) == {"Pong"}
+    assert set(reports.load_results(tmp_path, games=[])["game"]) == {"Breakout", "Pong"}   # empty: every game
+
+
+def test_missing_or_unwanted_results_are_refused_in_one_line(tmp_path):
+    with pytest.raises(UserError) as err:
+        reports.load_results(tmp_path)
+    assert str(err.value) == (f"no probe results (scores.csv) under {tmp_path}; run the probe stages first "
+                              "(dvc repro)")
+    write_scores(tmp_path / "Pong" / "stdim", "Pong", "stdim", F1[("Pong", "stdim")])
+    with pytest.raises(UserError) as err:
+        reports.load_results(tmp_path, games=["Pong", "MsPacman"])
+    assert str(err.value) == (f"no probe results for game MsPacman under {tmp_path} (found Pong); probe it first "
+                              "(dvc exp run -S env=MsPacman) or drop it from games")
+    (tmp_path / "Pong" / "stdim" / "scores.csv").write_text("game,method\nPong,stdim\n")
+    with pytest.raises(UserError) as err:
+        reports.load_results(tmp_path)
+    assert str(err.value) == (f"probe results {tmp_path / 'Pong' / 'stdim' / 'scores.csv'} lack columns variable, "
+                              "categories, f1, accuracy; rerun its probe stage (dvc repro)")
