@@ -72,16 +72,8 @@ def load_results(probes_dir: str | os.PathLike, games: list[str] | None = None) 
 
 
 def study_games(env: str, games: list[str]) -> list[str]:
-    """The games a report covers: `env` (the per-game chain) then `games` (the multi-game chain).
-
-    UserError if a game is listed twice, `env` included: it would be probed twice, in two places.
-    """
-    keys = [annotations.game_key(g) for g in [env, *games]]
-    repeated = sorted({g for g, k in zip([env, *games], keys) if keys.count(k) > 1})
-    if repeated:
-        raise UserError(f"params.yaml games repeats {', '.join(repeated)} (env={env!r} is always probed); "
-                        "list each other game once")
-    return [env, *games]
+    """The games a report covers: `env` (the per-game chain) then `games` (the multi-game chain)."""
+    return annotations.check_distinct([env, *games])
 
 
 def method_order(methods) -> list[str]:

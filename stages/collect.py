@@ -1,11 +1,13 @@
 """collect: labelled episodes of a game (`env`, or one of `games`), one dataset for encoder pretraining,
 one for probing."""
-from atarirep import collection, io, params
+from atarirep import annotations, collection, io, params
 from atarirep.errors import run_stage
 
 
 def main(pretrain_dir: str, probe_dir: str, summary_path: str, game: str | None = None) -> None:
     p = params.load("collect")
+    if game:  # a game of the multi-game chain must not repeat env
+        annotations.check_distinct([p.env, game])
     game = game or p.env
     datasets = {"pretrain": (p.pretrain, pretrain_dir), "probe": (p.probe, probe_dir)}
     options = dict(num_envs=p.num_envs, num_workers=p.num_workers, annotation_set=p.annotations,

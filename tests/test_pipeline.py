@@ -180,3 +180,19 @@ def test_push_and_pull_through_an_s3_compatible_server(repo, s3_server, monkeypa
     shutil.rmtree(repo / ".dvc/cache")
     run(["dvc", "pull", "-r", "s3"], repo)
     assert (repo / "data/episodes/pretrain/steps.csv.gz").read_bytes() == before
+
+
+def test_games_list_adds_games_to_the_tables(repo):
+    result = run(["dvc", "exp", "run", "-S", "games=[SpaceInvaders]", "-S", "collect.probe.steps=1600"], repo,
+                 timeout=900)
+    assert "Running stage 'probe_game@SpaceInvaders-stdim'" in result.stdout
+    rows = [line.split(",")[0] for line in (repo / "reports/probe/tables/f1_by_game.csv").read_text().splitlines()]
+    assert rows == ["game", "Breakout", "SpaceInvaders", "mean"]
+    assert (repo / "reports/probe/tables/f1_by_variable_SpaceInvaders.md").exists()
+
+
+def test_env_listed_again_in_games_is_refused(repo):
+    result = run(["dvc", "exp", "run", "-S", "games=[breakout]"], repo, check=False, timeout=900)
+    assert result.returncode != 0
+    assert "error: params.yaml games repeats Breakout, breakout (env='Breakout' is always probed)" in result.stderr
+    assert "Running stage 'pretrain_game" not in result.stdout  # refused by the chain's first stage
