@@ -4,11 +4,14 @@ The names AtariARI users know are importable from here: AtariARIWrapper, get_epi
 """
 from atarirep.envs import AtariARIWrapper, LabelledAtariEnv
 
-__all__ = ["AtariARIWrapper", "LabelledAtariEnv", "get_episodes"]
+__all__ = ["AtariARIWrapper", "LabelledAtariEnv", "ProbeTrainer", "get_episodes"]
 
 
 def __getattr__(name):  # torch-backed names load on first use, so `import atarirep` stays light
     if name == "get_episodes":
         from atarirep.compat import get_episodes
         return get_episodes
+    if name == "ProbeTrainer":
+        from atarirep.probe import ProbeTrainer
+        return ProbeTrainer
     raise AttributeError(f"module 'atarirep' has no attribute {name!r}")

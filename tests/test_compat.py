@@ -30,3 +30,12 @@ def test_train_encoder_mode_returns_two_splits():
 def test_downsampling_is_refused_because_it_breaks_labels():
     with pytest.raises(UserError, match="full-size grayscale frames only"):
         get_episodes("Pong", steps=100, downsample=True)
+
+
+def test_the_reference_names_import_from_the_package():
+    import subprocess
+    import sys
+    code = ("import sys, atarirep; assert 'torch' not in sys.modules; "
+            "from atarirep import AtariARIWrapper, get_episodes, ProbeTrainer; print(ProbeTrainer.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "atarirep.probe"
