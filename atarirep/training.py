@@ -217,7 +217,8 @@ def _read_checkpoint(path: Path, fingerprint: str, log) -> dict | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        assert state["format"] == CHECKPOINT_FORMAT
+        if state["format"] != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {state['format']!r}")
     except Exception as err:  # torch raises many types for a foreign or damaged file
         log(f"ignoring checkpoint {path}: unreadable ({type(err).__name__}); starting from epoch 0")
         return None
