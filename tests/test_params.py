@@ -44,3 +44,25 @@ def test_missing_file_and_section(tmp_path):
     (tmp_path / "p.yaml").write_text("env: Pong\n")
     with pytest.raises(UserError, match="has no 'collect' section"):
         params.load("collect", tmp_path / "p.yaml")
+
+
+@pytest.mark.parametrize("profile", ["default", "paper"])
+def test_every_section_loads_under_each_profile(tmp_path, profile):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params.compose("conf", [f"profile={profile}"])))
+    loaded = {section: params.load(section, path) for section in params.SECTIONS}
+    if profile == "paper":  # the reference protocol
+        assert (loaded["pretrain"].epochs, loaded["pretrain"].batch_size, loaded["pretrain"].lr) == (100, 64, 3e-4)
+        assert (loaded["probe"].epochs, loaded["probe"].patience, loaded["probe"].lr) == (100, 15, 3e-4)
+        assert loaded["probe"].supervised_per_variable and loaded["pretrain"].keep == "last"
+        assert len(loaded["pretrain"].methods) == 10
+
+
+def test_a_method_without_its_config_is_refused(tmp_path):
+    everything = yaml.safe_load(open("params.yaml"))
+    everything["pretrain"]["methods"].append("pixel_pred")
+    del everything["pretrain"]["method_config"]["pixel_pred"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(everything))
+    with pytest.raises(UserError, match="pretrain.method_config has no entry for pixel_pred"):
+        params.load("pretrain", path)
