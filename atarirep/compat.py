@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from atarirep import collection
@@ -19,7 +20,7 @@ TRAIN_MODES = ("train_encoder", "probe", "dry_run")
 
 
 def _per_episode(episodes: Episodes) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    frames = torch.from_numpy(episodes.frames[:] if len(episodes) else episodes.frames)
+    frames = torch.from_numpy(np.asarray(episodes.frames))
     bounds = episodes.episode_bounds()
     frame_list = [frames[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     labels = torch.from_numpy(episodes.labels.astype("int64"))

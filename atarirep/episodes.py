@@ -123,10 +123,9 @@ class Episodes:
                              f"{self.labels.dtype}")
         if self.episode_index.shape != (n,) or self.episode_index.dtype != np.int32:
             raise ValueError(f"episode_index must be ({n},) int32")
-        if n and np.any(np.diff(self.episode_index) != 0):
-            starts = np.flatnonzero(np.diff(self.episode_index)) + 1
-            if len(np.unique(self.episode_index[np.r_[0, starts]])) != len(starts) + 1:
-                raise ValueError("each episode's frames must be contiguous")
+        first_rows = self.episode_bounds()[:-1]
+        if n and len(np.unique(self.episode_index[first_rows])) != len(first_rows):
+            raise ValueError("each episode's frames must be contiguous")
 
     def __len__(self) -> int:
         return len(self.labels)

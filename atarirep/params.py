@@ -136,10 +136,10 @@ def load(section: str, path: str | Path = "params.yaml"):
         raise UserError(f"{path} is missing; run stages from the repository root") from None
     except yaml.YAMLError as err:
         raise UserError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
-    if section not in everything and section != "report":
-        raise UserError(f"{path} has no {section!r} section; add it (see conf/config.yaml)")
     cls = SECTIONS[section]
     fields = {f.name for f in dataclasses.fields(cls)}
+    if section not in everything and not fields <= set(SHARED_KEYS):  # report reads shared keys only
+        raise UserError(f"{path} has no {section!r} section; add it (see conf/config.yaml)")
     shared = {k: everything[k] for k in SHARED_KEYS if k in fields and k in everything}
     p = _build(cls, {**shared, **(everything.get(section) or {})}, section)
     if "device" in fields and p.device not in DEVICES:

@@ -180,3 +180,16 @@ def test_artifacts_get_the_usual_permissions(breakout_probe_dir):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(breakout_probe_dir.stat().st_mode) == 0o777 & ~umask
+
+
+def test_episodes_checks_its_invariants():
+    frames = np.zeros((4, 1, 210, 160), np.uint8)
+    labels = np.zeros((4, 2), np.int16)
+    ok = episodes.Episodes(frames, labels, ("a", "b"), np.array([0, 0, 1, 1], np.int32))
+    assert ok.num_episodes == 2 and list(ok.episode_bounds()) == [0, 2, 4]
+    with pytest.raises(ValueError, match="contiguous"):
+        episodes.Episodes(frames, labels, ("a", "b"), np.array([0, 1, 0, 1], np.int32))
+    with pytest.raises(ValueError, match="labels must be"):
+        episodes.Episodes(frames, labels.astype(np.int64), ("a", "b"), np.array([0, 0, 1, 1], np.int32))
+    with pytest.raises(ValueError, match="frames must be"):
+        episodes.Episodes(frames[:, :, :84, :84], labels, ("a", "b"), np.array([0, 0, 1, 1], np.int32))
