@@ -14,8 +14,6 @@ import yaml
 
 from atarirep.errors import UserError
 
-DEVICES = ("auto", "cpu", "cuda")
-
 
 @dataclass(frozen=True)
 class Dataset:
@@ -25,9 +23,8 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Collect:
-    env: str                        # shared: the game, any spelling (Pong, PongNoFrameskip-v4, ALE/Pong-v5)
     seed: int                       # shared
-    annotations: str                # shared: annotation set, latest or paper
+    annotations: str                # shared: annotation set, paper or latest
     collect_mode: str               # random_agent (a trained agent comes with train_agent)
     random_actions: str             # nonzero: actions 1..n-1 as the reference; all: 0..n-1
     protocol: str                   # environment protocol, atariari
@@ -37,6 +34,12 @@ class Collect:
     entropy_threshold: float        # variables below this label entropy (nats) are dropped (reference: 0.6)
     pretrain: Dataset               # encoder pretraining data (reference: 100k steps, 80/20)
     probe: Dataset                  # probing data (reference: 50k steps, 70/10/20)
+
+    def dataset(self, name: str) -> Dataset:
+        """The `pretrain` or `probe` dataset's settings; UserError for another name."""
+        if name not in DATASETS:
+            raise UserError(f"dataset {name!r} is unknown; use one of {', '.join(DATASETS)}")
+        return getattr(self, name)
 
 
 @dataclass(frozen=True)
@@ -50,14 +53,6 @@ class Pretrain:
     patience: int                   # early stop on validation loss, reference: 15
     keep: str                       # last (reference) or best encoder
     method_config: dict[str, dict]  # method -> its settings (feature_size, CPC offsets, ...)
-
-    def __post_init__(self):
-        if self.keep not in ("last", "best"):
-            raise UserError(f"params.yaml pretrain.keep={self.keep!r} must be last or best")
-        missing = [m for m in self.methods if m not in self.method_config]
-        if missing:
-            raise UserError(f"params.yaml pretrain.method_config has no entry for {', '.join(missing)}; "
-                            "add one (for example {feature_size: 256})")
 
 
 @dataclass(frozen=True)
@@ -76,11 +71,25 @@ class Probe:
 
 @dataclass(frozen=True)
 class Report:
-    env: str                        # shared
-    games: list[str]                # more games for the multi-game tables, each probed like env
+    games: list[str]                # shared: the games of the tables, in their order
+    methods: list[str]              # pretrained encoders shown (default: pretrain.methods)
+    baselines: list[str]            # baselines shown (default: probe.baselines)
 
 
-SECTIONS = {"collect": Collect, "pretrain": Pretrain, "probe": Probe, "report": Report}
+@dataclass(frozen=True)
+class Study:
+    """The shared keys: what the whole pipeline covers."""
+
+    env: str                        # the single-game study's game (the default profile's `games`)
+    games: list[str]                # every game collected, pretrained, probed and reported
+    seed: int
+    device: str                     # auto, cpu or cuda
+    annotations: str                # paper or latest
+    profile: str                    # default or paper
+
+
+DATASETS = ("pretrain", "probe")
+SECTIONS = {"collect": Collect, "pretrain": Pretrain, "probe": Probe, "report": Report, "study": Study}
 SHARED_KEYS = ("env", "seed", "annotations", "device", "profile", "games")
 
 
@@ -138,13 +147,10 @@ def load(section: str, path: str | Path = "params.yaml"):
         raise UserError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
     cls = SECTIONS[section]
     fields = {f.name for f in dataclasses.fields(cls)}
-    if section not in everything and not fields <= set(SHARED_KEYS):  # report reads shared keys only
+    if section not in everything and not fields <= set(SHARED_KEYS):  # study reads shared keys only
         raise UserError(f"{path} has no {section!r} section; add it (see conf/config.yaml)")
     shared = {k: everything[k] for k in SHARED_KEYS if k in fields and k in everything}
-    p = _build(cls, {**shared, **(everything.get(section) or {})}, section)
-    if "device" in fields and p.device not in DEVICES:
-        raise UserError(f"params.yaml device={p.device!r} must be one of {', '.join(DEVICES)}")
-    return p
+    return _build(cls, {**shared, **(everything.get(section) or {})}, section)
 
 
 def compose(conf_dir: str | Path = "conf", overrides: list[str] | None = None) -> dict:
@@ -154,7 +160,9 @@ def compose(conf_dir: str | Path = "conf", overrides: list[str] | None = None) -
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
-        return OmegaConf.to_container(hydra_compose(config_name="config", overrides=overrides or []))
+        # resolve=True as DVC does when it writes params.yaml: `games: ["${env}"]` becomes `[Pong]`
+        return OmegaConf.to_container(hydra_compose(config_name="config", overrides=overrides or []),
+                                      resolve=True)
 
 
 if __name__ == "__main__":  # python -m atarirep.params [overrides...]: rewrite params.yaml from conf/

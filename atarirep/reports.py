@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import os
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from matplotlib.figure import Figure   # no pyplot: no global figure state, no backend to choose
 
 from atarirep import annotations, io
@@ -20,67 +22,80 @@ from atarirep.errors import UserError
 from atarirep.probe import METRICS, aggregate
 
 SCORE_COLUMNS = ("game", "method", "variable", "categories", "f1", "accuracy")
-FIRST_METHODS, LAST_METHODS = ("majority",), ("supervised",)   # baselines frame the table, as in the paper
+# Table 2's columns in the paper's order, then our extra encoders; ST-DIM's ablations have a table of their own.
+PAPER_METHODS = ("majority", "random_cnn", "vae", "pixel_pred", "cpc", "stdim", "supervised")
+EXTRA_METHODS = ("tokenizer",)
+ABLATIONS = ("stdim", "global_local_stdim", "global_t_dim", "jsd_stdim", "static_dim")   # ST-DIM first, for reference
+DISPLAY_NAMES = {"majority": "majority", "random_cnn": "random-CNN", "vae": "VAE", "pixel_pred": "pixel prediction",
+                 "cpc": "CPC", "stdim": "ST-DIM", "supervised": "supervised", "tokenizer": "tokenizer (IRIS)",
+                 "global_local_stdim": "ST-DIM, global-local only", "global_t_dim": "Global-T-DIM",
+                 "jsd_stdim": "JSD-ST-DIM", "static_dim": "static DIM"}
 MISSING = "-"
+PAPER_REFERENCE = ("Anand et al. 2019, Unsupervised State Representation Learning in Atari (NeurIPS), "
+                   "random-agent data")
 
 
 # -- reading probe results -------------------------------------------------------------------------
-def load_results(probes_dir: str | os.PathLike, games: list[str] | None = None) -> pd.DataFrame:
-    """Every scores.csv under `probes_dir` (the probe stage's outputs) as one table.
+def load_results(probes_dir: str | os.PathLike, games: list[str], methods: list[str]) -> pd.DataFrame:
+    """The probe stage's scores for exactly `games` x `methods`: `probes_dir/<game>/<method>/scores.csv`.
 
     One row per (game, method, variable); columns game, method, variable, categories (tuple of str),
-    f1, accuracy. With `games` (non-empty), only those games (any spelling), each required to be present.
+    f1, accuracy. Results of other games or methods on disk are not read; a missing or corrupt one is
+    a UserError naming the stage to run.
     """
     probes_dir = Path(probes_dir)
-    files = sorted(probes_dir.rglob("scores.csv"))
-    if not files:
-        raise UserError(f"no probe results (scores.csv) under {probes_dir}; run the probe stages first (dvc repro)")
     parts = []
-    for path in files:
-        try:
-            part = pd.read_csv(path, dtype={"categories": str, "variable": str, "game": str, "method": str},
-                               keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
-            raise UserError(f"probe results {path} are corrupt ({type(err).__name__}); rerun its probe stage "
-                            "(dvc repro) or dvc pull") from None
-        missing = [c for c in SCORE_COLUMNS if c not in part.columns]
-        if missing or not len(part):
-            raise UserError(f"probe results {path} lack columns {', '.join(missing) or '(no rows)'}; rerun its "
-                            "probe stage (dvc repro)")
-        parts.append(part[list(SCORE_COLUMNS)])
+    for game in games:
+        for method in methods:
+            parts.append(_read_scores(probes_dir / game / method / "scores.csv", game, method))
+    if not parts:
+        raise UserError("the report has no games or no methods to show; list them in params.yaml (games, "
+                        "report.methods, report.baselines)")
     results = pd.concat(parts, ignore_index=True)
     results["categories"] = results["categories"].map(lambda s: tuple(c for c in s.split(";") if c))
-    for metric in METRICS:
-        results[metric] = pd.to_numeric(results[metric], errors="coerce")
-    if results[list(METRICS)].isna().any().any():
-        raise UserError(f"probe results under {probes_dir} hold non-numeric scores; rerun the probe stages")
-    duplicated = results.duplicated(["game", "method", "variable"])
-    if duplicated.any():
-        game, method = results.loc[duplicated, ["game", "method"]].iloc[0]
-        raise UserError(f"two probe results for game {game} and method {method} under {probes_dir}; "
-                        "remove the stale one")
-    if games:
-        keys = {annotations.game_key(g): g for g in results["game"].unique()}
-        absent = [g for g in games if annotations.game_key(g) not in keys]
-        if absent:
-            raise UserError(f"no probe results for game {absent[0]} under {probes_dir} (found "
-                            f"{', '.join(sorted(keys.values()))}); probe it first (dvc exp run -S env={absent[0]}) "
-                            "or drop it from games")
-        wanted = [keys[annotations.game_key(g)] for g in games]
-        results = results[results["game"].isin(wanted)].reset_index(drop=True)
     return results
 
 
-def study_games(env: str, games: list[str]) -> list[str]:
-    """The games a report covers: `env` (the per-game chain) then `games` (the multi-game chain)."""
-    return annotations.check_distinct([env, *games])
+def _read_scores(path: Path, game: str, method: str) -> pd.DataFrame:
+    stage = "probe_baseline" if method in ("majority", "supervised") else "probe"
+    if not path.exists():
+        raise UserError(f"no probe results {path} for game {game} and method {method}; run its stage "
+                        f"(dvc repro {stage}@{game}-{method}) or dvc pull")
+    try:
+        part = pd.read_csv(path, dtype={"categories": str, "variable": str, "game": str, "method": str},
+                           keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"probe results {path} are corrupt ({type(err).__name__}); rerun its stage "
+                        f"(dvc repro -f {stage}@{game}-{method}) or dvc pull") from None
+    missing = [c for c in SCORE_COLUMNS if c not in part.columns]
+    if missing or not len(part):
+        raise UserError(f"probe results {path} lack columns {', '.join(missing) or '(no rows)'}; rerun its stage "
+                        f"(dvc repro -f {stage}@{game}-{method})")
+    part = part[list(SCORE_COLUMNS)]
+    if set(part["game"]) != {game} or set(part["method"]) != {method}:
+        raise UserError(f"probe results {path} hold game {part['game'].iloc[0]} and method {part['method'].iloc[0]}, "
+                        f"not {game} and {method}; rerun its stage (dvc repro -f {stage}@{game}-{method})")
+    for metric in METRICS:
+        part[metric] = pd.to_numeric(part[metric], errors="coerce")
+    if part[list(METRICS)].isna().any().any() or part["variable"].duplicated().any():
+        raise UserError(f"probe results {path} hold non-numeric scores or a variable twice; rerun its stage "
+                        f"(dvc repro -f {stage}@{game}-{method})")
+    return part
 
 
 def method_order(methods) -> list[str]:
-    """Methods in table order: majority first, supervised last, the rest alphabetically."""
+    """Methods in table order: the paper's columns (majority ... supervised), then our extra encoders, then
+    any other method alphabetically. Ablations are ordered by `ABLATIONS`."""
     methods = list(dict.fromkeys(methods))
-    middle = sorted(m for m in methods if m not in FIRST_METHODS + LAST_METHODS)
-    return [m for m in FIRST_METHODS if m in methods] + middle + [m for m in LAST_METHODS if m in methods]
+    known = [m for m in (*PAPER_METHODS, *EXTRA_METHODS, *ABLATIONS[1:]) if m in methods]
+    return known + sorted(m for m in methods if m not in known)
+
+
+def main_and_ablations(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(results of the main table's methods, results of ST-DIM and its ablations or None if no ablation ran)."""
+    is_ablation = results["method"].isin(ABLATIONS[1:])
+    ablations = results[results["method"].isin(ABLATIONS)] if is_ablation.any() else None
+    return results[~is_ablation].reset_index(drop=True), ablations
 
 
 # -- tables ----------------------------------------------------------------------------------------
@@ -127,27 +142,80 @@ def variable_table(results: pd.DataFrame, game: str, metric: str = "f1") -> pd.D
 
 
 def tables(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Every table, by name: <metric>_by_game, <metric>_by_category, <metric>_by_variable_<game>."""
+    """Every table, by name: <metric>_by_game, <metric>_by_category, <metric>_by_variable_<game> (the main
+    methods and our extra encoders); <metric>_ablations_by_{game,category} (ST-DIM and its ablations, when
+    any ran); f1_by_{game,category}_vs_paper (ours minus the paper's, `paper_difference`)."""
+    main, ablations = main_and_ablations(results)
+    games = list(dict.fromkeys(results["game"]))
     out = {}
     for metric in METRICS:
-        out[f"{metric}_by_game"] = game_table(results, metric)
-        out[f"{metric}_by_category"] = category_table(results, metric)
-        for game in sorted(results["game"].unique()):
+        out[f"{metric}_by_game"] = game_table(main, metric)
+        out[f"{metric}_by_category"] = category_table(main, metric)
+        for game in games:
             out[f"{metric}_by_variable_{game}"] = variable_table(results, game, metric)
+        if ablations is not None:
+            out[f"{metric}_ablations_by_game"] = game_table(ablations, metric)
+            out[f"{metric}_ablations_by_category"] = category_table(ablations, metric)
+    paper = paper_tables()
+    for name in ("f1_by_game", "f1_by_category"):
+        difference = paper_difference(out[name], paper[name], games)
+        if difference is not None:
+            out[f"{name}_vs_paper"] = difference
     return out
+
+
+def paper_tables() -> dict[str, pd.DataFrame]:
+    """The paper's Table 2 (`f1_by_game`: its 22 games and mean row x 7 methods) and Table 3
+    (`f1_by_category`: 5 categories x 7 methods), from atarirep/data/paper_tables.yaml."""
+    data = yaml.safe_load(resources.files("atarirep.data").joinpath("paper_tables.yaml").read_text())
+    return {name: pd.DataFrame.from_dict(data[name], orient="index", columns=data["methods"])
+            for name in ("f1_by_game", "f1_by_category")}
+
+
+def paper_difference(ours: pd.DataFrame, paper: pd.DataFrame, games) -> pd.DataFrame | None:
+    """Our value minus the paper's for every cell in both tables, then a `mean_abs_difference` row per method
+    (over the compared cells of its column); None if no cell is in both.
+
+    `games`: the games `ours` averages. A summary row (the mean over games, or Table 3's per-category means)
+    averages the paper's 22 games, so it is compared only when `games` are those same games;
+    `across_categories` is not in the paper.
+    """
+    ours = ours.drop(index="across_categories", errors="ignore")
+    is_summary_table = "mean" not in paper.index         # Table 3: every row averages the 22 games
+    same_games = sorted(games) == sorted(g for g in paper_tables()["f1_by_game"].index if g != "mean")
+    rows = [r for r in ours.index if r in paper.index and ((r != "mean" and not is_summary_table) or same_games)]
+    columns = [m for m in ours.columns if m in paper.columns]
+    if not rows or not columns:
+        return None
+    difference = ours.loc[rows, columns] - paper.loc[rows, columns]
+    cells = difference.drop(index="mean", errors="ignore")
+    difference.loc["mean_abs_difference"] = cells.abs().mean()
+    difference.index.name = ours.index.name
+    return difference
 
 
 def summary(results: pd.DataFrame) -> dict:
-    """Metrics for `dvc metrics show`: per metric and method, the mean over games of across-categories
-    and of the plain per-game mean over variables; plus the games covered."""
-    across = aggregate(results, by="across_categories")
-    overall = aggregate(results, by="overall")
-    out: dict = {"games": sorted(results["game"].unique().tolist())}
+    """Metrics for `dvc metrics show`, per metric and method: `across_categories`, the game table's mean row
+    (the same rule: missing if a game lacks the method), and `overall`, the mean over games of the plain
+    per-game mean over variables; plus the games covered and, for F1, the mean absolute difference from
+    the paper's Table 2 per method where comparable."""
+    overall = aggregate(results, by="overall").pivot(index="game", columns="method")
+    out: dict = {"games": list(dict.fromkeys(results["game"]))}
     for metric in METRICS:
-        out[metric] = {method: {"across_categories": float(across.loc[across["method"] == method, metric].mean()),
-                                "overall": float(overall.loc[overall["method"] == method, metric].mean())}
-                       for method in method_order(results["method"])}
+        table = game_table(results, metric)
+        out[metric] = {method: {"across_categories": _number(table.loc["mean", method]),
+                                "overall": _number(overall[metric][method].mean(skipna=False))}
+                       for method in table.columns}
+    difference = paper_difference(game_table(results, "f1"), paper_tables()["f1_by_game"], out["games"])
+    if difference is not None:
+        out["f1_vs_paper_mean_abs_difference"] = {m: _number(v) for m, v in
+                                                  difference.loc["mean_abs_difference"].items()}
     return out
+
+
+def _number(value) -> float | None:
+    """A float for JSON, None for a missing value (JSON has no NaN)."""
+    return None if pd.isna(value) else float(value)
 
 
 # -- rendering -------------------------------------------------------------------------------------
@@ -188,7 +256,7 @@ def to_latex(table: pd.DataFrame, digits: int = 3) -> str:
     lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(map(_latex_escape, header)) + r" \\",
              r"\midrule"]
     for row in _cells(table, digits):
-        if row[0] in ("mean", "across_categories"):
+        if row[0] in ("mean", "across_categories", "mean_abs_difference"):
             lines.append(r"\midrule")
         lines.append(" & ".join("--" if c == MISSING else _latex_escape(c) for c in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -210,7 +278,7 @@ def category_bars(results: pd.DataFrame, metric: str = "f1") -> Figure:
     width = 0.8 / max(num_methods, 1)
     x = np.arange(num_groups)
     for i, method in enumerate(table.columns):
-        ax.bar(x - 0.4 + width * (i + 0.5), table[method].to_numpy(dtype=float), width, label=method)
+        ax.bar(x - 0.4 + width * (i + 0.5), table[method].to_numpy(dtype=float), width, label=DISPLAY_NAMES.get(method, method))
     ax.set_xticks(x, [c.replace("_", " ") for c in table.index], rotation=20, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel(metric)
@@ -229,7 +297,7 @@ def game_heatmap(results: pd.DataFrame, metric: str = "f1") -> Figure:
                  layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(values), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(table.shape[1]), table.columns, rotation=30, ha="right")
+    ax.set_xticks(range(table.shape[1]), [DISPLAY_NAMES.get(m, m) for m in table.columns], rotation=30, ha="right")
     ax.set_yticks(range(table.shape[0]), table.index)
     for (row, col), value in np.ndenumerate(values):
         if not math.isnan(value):
@@ -241,7 +309,9 @@ def game_heatmap(results: pd.DataFrame, metric: str = "f1") -> Figure:
 
 
 def figures(results: pd.DataFrame) -> dict[str, Figure]:
-    """Every figure, by name: <metric>_by_category (grouped bars), <metric>_by_game (heatmap)."""
+    """Every figure, by name: <metric>_by_category (grouped bars), <metric>_by_game (heatmap); the main
+    table's methods (ablations are in their tables)."""
+    results, _ = main_and_ablations(results)
     out = {}
     for metric in METRICS:
         out[f"{metric}_by_category"] = category_bars(results, metric)
@@ -257,9 +327,10 @@ def save(out_dir: str | os.PathLike, tables_by_name: dict[str, pd.DataFrame], fi
         (folder / "tables").mkdir()
         (folder / "figures").mkdir()
         for name, table in tables_by_name.items():
-            (folder / "tables" / f"{name}.md").write_text(to_markdown(table))
+            shown = table.rename(columns=DISPLAY_NAMES)   # the paper's names; the CSV keeps the method keys
+            (folder / "tables" / f"{name}.md").write_text(to_markdown(shown))
             (folder / "tables" / f"{name}.csv").write_text(to_csv(table))
-            (folder / "tables" / f"{name}.tex").write_text(to_latex(table))
+            (folder / "tables" / f"{name}.tex").write_text(to_latex(shown))
         for name, fig in figures_by_name.items():
             fig.savefig(folder / "figures" / f"{name}.png", dpi=120, metadata={"Software": None})
         io.write_json(folder / "summary.json", metrics)

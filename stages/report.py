@@ -1,11 +1,11 @@
-"""report: tables and figures of the probe scores of every game and method, from the probe stages' outputs."""
+"""report: the benchmark's tables and figures for exactly the games, methods and baselines in params."""
 from atarirep import params, reports
 from atarirep.errors import run_stage
 
 
 def main(probes_dir: str, out_dir: str) -> None:
     p = params.load("report")
-    results = reports.load_results(probes_dir, games=reports.study_games(p.env, p.games))
+    results = reports.load_results(probes_dir, p.games, [*p.baselines, *p.methods])
     reports.save(out_dir, reports.tables(results), reports.figures(results), reports.summary(results))
 
 

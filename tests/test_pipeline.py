@@ -1,5 +1,9 @@
-"""The collect stage as users drive it: the stage script, `dvc repro`, `dvc exp run -S`, push and pull
-to a local remote and to an S3-compatible server (moto's, started from the registry package)."""
+"""The pipeline as users drive it: `dvc repro`, `dvc exp run -S`, bad params, stale results, plots, and push
+and pull to a local remote and to an S3-compatible server (moto's, started from the registry package).
+
+One tiny `dvc repro` runs once per session; each test gets its own copy of that repository (git, DVC cache,
+outputs), so no test depends on another or on their order."""
+import ast
 import json
 import os
 import shutil
@@ -36,13 +40,21 @@ def _merge(base: dict, update: dict) -> dict:
     return {**base, **{k: _merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in update.items()}}
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A fresh git + DVC copy of this project with tiny default-profile amounts."""
-    root = tmp_path_factory.mktemp("repo")
-    for name in ("atarirep", "stages", "conf", "dvc.yaml", ".dvcignore", "pyproject.toml"):
+ROOT_FILES = ("atarirep", "stages", "conf", "dvc.yaml", ".dvcignore", "pyproject.toml")
+
+
+@pytest.fixture(scope="session")
+def built_repo(tmp_path_factory):
+    """A git + DVC copy of this project at tiny default-profile amounts, after one `dvc repro` (committed).
+
+    Returns (root, stdout of that first repro)."""
+    root = tmp_path_factory.mktemp("built") / "repo"
+    root.mkdir()
+    for name in ROOT_FILES:
         src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name,
+                                                           **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                                              if src.is_dir() else {}))
     default = yaml.safe_load((root / "conf/profile/default.yaml").read_text())
     (root / "conf/profile/default.yaml").write_text("# @package _global_\n" + yaml.safe_dump(_merge(default, TINY)))
     (root / "params.yaml").write_text(yaml.safe_dump(params.compose(root / "conf"), sort_keys=False))
@@ -52,32 +64,115 @@ def repo(tmp_path_factory):
     run(["dvc", "config", "hydra.enabled", "true"], root)
     shutil.copytree(REPO / ".dvc/plots", root / ".dvc/plots")  # the offline plots page
     run(["dvc", "config", "plots.html_template", "plots/offline.html"], root)
-    run(["dvc", "remote", "add", "-d", "local", str(tmp_path_factory.mktemp("remote"))], root)
+    run(["dvc", "remote", "add", "-d", "local", "../../remote"], root)   # beside the repo, relative to .dvc/
+    first = run(["dvc", "repro"], root, timeout=900)
+    _commit(root, "repro")
+    return root, first.stdout
+
+
+def _commit(root, message):
     run(["git", "add", "-A"], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], root)
+
+
+@pytest.fixture
+def repo(built_repo, tmp_path):
+    """This test's own copy of the built repository (its remote is its own ../remote folder)."""
+    root = tmp_path / "repo"
+    shutil.copytree(built_repo[0], root, symlinks=True)
     return root
+
+
+def ran_stages(stdout: str) -> set[str]:
+    return {line.split("'")[1] for line in stdout.splitlines() if line.startswith("Running stage")}
 
 
 def test_committed_params_equal_the_composed_default_profile():
     assert yaml.safe_load((REPO / "params.yaml").read_text()) == params.compose(REPO / "conf")
 
 
-def test_paper_profile_is_the_reference_protocol():
+def test_default_games_follow_env_and_paper_profile_is_the_22_game_reference():
+    assert params.compose(REPO / "conf", ["env=Breakout"])["games"] == ["Breakout"]
+    assert params.compose(REPO / "conf", ["games=[Breakout,MsPacman]"])["games"] == ["Breakout", "MsPacman"]
     paper = params.compose(REPO / "conf", ["profile=paper"])
+    paper_tables = yaml.safe_load((REPO / "atarirep/data/paper_tables.yaml").read_text())
+    assert paper["games"] == [g for g in paper_tables["f1_by_game"] if g != "mean"] and len(paper["games"]) == 22
+    assert paper["annotations"] == "paper"
+    assert paper["pretrain"]["methods"] == ["random_cnn", "stdim", "global_local_stdim", "global_t_dim", "jsd_stdim",
+                                            "static_dim", "vae", "pixel_pred", "cpc", "tokenizer"]
+    assert paper["probe"]["baselines"] == ["majority", "supervised"]
+    assert paper["report"] == {"methods": paper["pretrain"]["methods"], "baselines": ["majority", "supervised"]}
     assert paper["collect"]["pretrain"] == {"steps": 100000, "splits": {"train": 0.8, "val": 0.2}}
     assert paper["collect"]["probe"] == {"steps": 50000, "splits": {"train": 0.7, "val": 0.1, "test": 0.2}}
     assert (paper["collect"]["num_envs"], paper["collect"]["min_episode_length"],
             paper["collect"]["entropy_threshold"], paper["collect"]["random_actions"]) == (8, 64, 0.6, "nonzero")
+    assert (paper["pretrain"]["epochs"], paper["pretrain"]["patience"], paper["probe"]["epochs"],
+            paper["probe"]["patience"], paper["probe"]["lr"], paper["probe"]["supervised_per_variable"]) == (
+        100, 15, 100, 15, 0.0003, True)
 
 
-def test_dvc_repro_runs_the_whole_chain_then_is_a_no_op(repo):
-    first = run(["dvc", "repro"], repo, timeout=600)
-    for stage in ("collect", "pretrain@stdim", "probe@stdim", "probe@random_cnn", "probe_baseline@majority", "report"):
-        assert f"Running stage '{stage}'" in first.stdout
-    summary = json.loads((repo / "reports/collect.json").read_text())
-    assert summary["probe"]["game"] == "Breakout" and summary["probe"]["test_frames"] > 0
+def test_default_profile_shows_all_seven_columns_of_table_2():
+    default = params.compose(REPO / "conf")
+    assert set(default["pretrain"]["methods"]) | set(default["probe"]["baselines"]) >= {
+        "majority", "random_cnn", "vae", "pixel_pred", "cpc", "stdim", "supervised"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """atarirep modules a file imports anywhere (function-level imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("atarirep.")}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("atarirep"):
+            found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return found
+
+
+def _module_file(name: str) -> Path | None:
+    path = REPO / Path(*name.split("."))
+    return next((p for p in (path / "__init__.py", path.with_suffix(".py")) if p.exists()), None)
+
+
+def _code_read_by(script: Path) -> set[Path]:
+    """The stage script and every atarirep file it imports, directly or through other modules (the package's
+    top-level __init__, a list of re-exports, aside), plus atarirep/data where annotations or reports read it."""
+    seen, todo = set(), [script]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imported_modules(path):
+            parts = name.split(".")
+            todo += [f for f in (_module_file(".".join(parts[:i])) for i in range(2, len(parts) + 1)) if f]
+    if {REPO / "atarirep/annotations.py", REPO / "atarirep/reports.py"} & seen:
+        seen.add(REPO / "atarirep/data")
+    return seen
+
+
+def test_every_stage_depends_on_all_the_code_it_reads():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        script = REPO / stage["cmd"].split()[1]
+        deps = [REPO / d for d in stage["deps"] if not d.startswith("data/")]
+        uncovered = sorted(str(f.relative_to(REPO)) for f in _code_read_by(script)
+                           if not any(f == d or d in f.parents for d in deps))
+        assert not uncovered, f"stage {name} reads {uncovered} but does not list them as deps"
+
+
+def test_dvc_repro_runs_the_whole_chain_then_is_a_no_op(repo, built_repo):
+    first = built_repo[1]
+    assert ran_stages(first) == {"check_params", "collect@Breakout-pretrain", "collect@Breakout-probe",
+                                 "pretrain@Breakout-random_cnn", "pretrain@Breakout-stdim",
+                                 "probe@Breakout-random_cnn", "probe@Breakout-stdim",
+                                 "probe_baseline@Breakout-majority", "report"}
+    assert first.index("Running stage 'check_params'") < first.index("Running stage 'collect@")
+    summary = json.loads((repo / "reports/collect/Breakout/probe.json").read_text())
+    assert summary["game"] == "Breakout" and summary["test_frames"] > 0
     table = (repo / "reports/probe/tables/f1_by_game.csv").read_text()
-    assert table.splitlines()[0].split(",")[1:] == ["majority", "random_cnn", "stdim"]
+    assert table.splitlines()[0].split(",")[1:] == ["majority", "random_cnn", "stdim"]   # the paper's order
+    assert (repo / "reports/probe/tables/f1_by_game.md").read_text().splitlines()[0] == (
+        "| game | majority | random-CNN | ST-DIM |")                                    # and its names
     second = run(["dvc", "repro"], repo)
     assert "didn't change" in second.stdout and "Running stage" not in second.stdout
     metrics = run(["dvc", "metrics", "show", "--json"], repo)
@@ -85,56 +180,105 @@ def test_dvc_repro_runs_the_whole_chain_then_is_a_no_op(repo):
 
 
 def test_changing_a_probe_param_reruns_only_probe_and_report(repo):
-    run(["dvc", "repro"], repo, timeout=600)
     result = run(["dvc", "exp", "run", "-S", "probe.lr=0.002"], repo, timeout=600)
-    ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"probe@random_cnn", "probe@stdim", "probe_baseline@majority", "report"}
+    assert ran_stages(result.stdout) == {"check_params", "probe@Breakout-random_cnn", "probe@Breakout-stdim",
+                                         "probe_baseline@Breakout-majority", "report"}
+
+
+def test_changing_one_datasets_steps_recollects_only_that_dataset(repo):
+    result = run(["dvc", "status", "--json"], repo)
+    assert json.loads(result.stdout) == {}
+    params_yaml = yaml.safe_load((repo / "params.yaml").read_text())
+    params_yaml["collect"]["probe"]["steps"] += 8
+    (repo / "params.yaml").write_text(yaml.safe_dump(params_yaml, sort_keys=False))
+    changed = set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
+    assert "collect@Breakout-probe" in changed and "collect@Breakout-pretrain" not in changed
+    assert not any(stage.startswith("pretrain@") for stage in changed)
+
+
+def test_a_category_rule_change_reruns_the_probes_and_the_report(repo):
+    path = repo / "atarirep/annotations.py"
+    path.write_text(path.read_text().replace('_MISC = ("count",', '_MISC = ("count", "score",'))
+    changed = set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
+    assert {"probe@Breakout-stdim", "probe_baseline@Breakout-majority", "report"} <= changed
+
+
+def test_the_chain_follows_env_and_the_games_list(repo):
+    both = run(["dvc", "exp", "run", "-S", "games=[Breakout,SpaceInvaders]", "-S", "collect.probe.steps=1600"],
+               repo, timeout=900)
+    ran = ran_stages(both.stdout)
+    assert {"collect@SpaceInvaders-probe", "pretrain@SpaceInvaders-stdim", "probe@SpaceInvaders-stdim",
+            "probe_baseline@SpaceInvaders-majority", "report"} <= ran
+    assert "pretrain@Breakout-stdim" not in ran                     # Breakout's encoders are reused
+    rows = [line.split(",")[0] for line in (repo / "reports/probe/tables/f1_by_game.csv").read_text().splitlines()]
+    assert rows == ["game", "Breakout", "SpaceInvaders", "mean"]
+    assert (repo / "reports/probe/tables/f1_by_variable_SpaceInvaders.md").exists()
+    alone = run(["dvc", "exp", "run", "-S", "env=SpaceInvaders", "-S", "collect.probe.steps=1600"], repo, timeout=900)
+    assert "Running stage 'collect@" not in alone.stdout            # the same stages: nothing to recompute
+    rows = [line.split(",")[0] for line in (repo / "reports/probe/tables/f1_by_game.csv").read_text().splitlines()]
+    assert rows == ["game", "SpaceInvaders", "mean"]
+    assert "SpaceInvaders" in run(["dvc", "exp", "show", "--json"], repo).stdout
+
+
+def test_the_report_shows_exactly_the_methods_in_params(repo):
+    run(["dvc", "exp", "run", "-S", "pretrain.methods=[stdim]"], repo, timeout=600)
+    assert (repo / "data/probes/Breakout/random_cnn/scores.csv").exists()   # an old result left on disk...
+    header = (repo / "reports/probe/tables/f1_by_game.csv").read_text().splitlines()[0]
+    assert header == "game,majority,stdim"                                  # ...is not shown
+    assert set(json.loads((repo / "reports/probe/summary.json").read_text())["f1"]) == {"majority", "stdim"}
+
+
+RESTORE = "(after a failed `dvc exp run -S ...`, `git checkout params.yaml && dvc checkout` restores the workspace)"
+
+
+@pytest.mark.parametrize("change, line", [
+    ({"env": "Pongg", "games": ["Pongg"]}, "error: params.yaml env has 'Pongg', which has no RAM annotations in "
+                                           "the 'latest' set; use one of Asteroids, BattleZone,"),
+    ({"pretrain": {"methods": ["stdim", "simclr"]}}, "error: pretraining method 'simclr' is unknown; use one of"),
+    ({"collect": {"num_envs": "eight"}}, "error: params.yaml collect.num_envs='eight' must be of type int"),
+    ({"games": ["Breakout", "Breakout"]}, "error: params.yaml games lists Breakout more than once; list each once"),
+    ({"probe": {"epochs": 0}}, "error: params.yaml probe.epochs=0 must be at least 1"),
+])
+def test_bad_params_stop_dvc_repro_before_any_output_is_touched(repo, change, line):
+    before = {p: p.stat().st_mtime_ns for p in (repo / "data").rglob("*") if p.is_file() and p.name != "params.ok"}
+    lock = (repo / "dvc.lock").read_text()
+    bad = _merge(yaml.safe_load((repo / "params.yaml").read_text()), change)
+    (repo / "params.yaml").write_text(yaml.safe_dump(bad, sort_keys=False))
+    result = run(["dvc", "repro"], repo, check=False, timeout=600)
+    assert result.returncode != 0
+    errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(line) and errors[0].endswith(RESTORE)
+    assert "Running stage 'check_params'" in result.stdout and ran_stages(result.stdout) == {"check_params"}
+    after = {p: p.stat().st_mtime_ns for p in (repo / "data").rglob("*") if p.is_file() and p.name != "params.ok"}
+    assert after == before and (repo / "dvc.lock").read_text() == lock
+
+
+def test_a_typo_in_exp_run_says_how_to_restore_and_the_restore_works(repo):
+    result = run(["dvc", "exp", "run", "-S", "env=NotAGame"], repo, check=False, timeout=600)
+    assert result.returncode != 0 and ran_stages(result.stdout) == {"check_params"}
+    assert any(l.startswith("error: params.yaml env has 'NotAGame'") and l.endswith(RESTORE)
+               for l in result.stderr.splitlines())
+    run(["git", "checkout", "params.yaml"], repo)
+    run(["dvc", "checkout"], repo)
+    assert (repo / "data/episodes/Breakout/probe/frames.bin").exists()
+    assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
 
 
 def test_plots_page_renders_offline(repo):
-    run(["dvc", "repro"], repo, timeout=600)
     run(["dvc", "plots", "show", "-o", "plots_page"], repo)
     page = (repo / "plots_page/index.html").read_text()
     assert "cdn.jsdelivr" not in page and "vegaEmbed" in page and "f1_by_category" in page
 
 
 def test_push_and_pull_through_the_local_remote(repo):
-    run(["dvc", "repro"], repo)
     run(["dvc", "push"], repo)
-    before = (repo / "data/episodes/probe/frames.bin").read_bytes()
+    assert any((repo.parent / "remote").rglob("*"))
+    before = (repo / "data/episodes/Breakout/probe/frames.bin").read_bytes()
     shutil.rmtree(repo / "data/episodes")
     shutil.rmtree(repo / ".dvc/cache")
     run(["dvc", "pull"], repo)
-    assert (repo / "data/episodes/probe/frames.bin").read_bytes() == before
-
-
-def test_exp_run_switches_the_game(repo):
-    result = run(["dvc", "exp", "run", "-S", "env=SpaceInvaders", "-S", "collect.probe.steps=1600"], repo,
-                 timeout=600)
-    assert "Running stage 'collect'" in result.stdout
-    assert json.loads((repo / "reports/collect.json").read_text())["probe"]["game"] == "SpaceInvaders"
-    shown = run(["dvc", "exp", "show", "--json"], repo)
-    assert "SpaceInvaders" in shown.stdout
-
-
-@pytest.mark.parametrize("change, line", [
-    ({"env": "Pongg"}, "error: game 'Pongg' has no RAM annotations in the 'latest' set; use one of asteroids"),
-    ({"annotations": "newest"}, "error: annotation set 'newest' is unknown; use one of latest, paper"),
-    ({"collect": {"probe": {"steps": -5}}}, "error: steps must be a positive integer, got -5"),
-    ({"collect": {"probe": {"splits": {"train": 0.7, "val": 0.1, "test": 0.1}}}},
-     "error: split fractions {'train': 0.7, 'val': 0.1, 'test': 0.1} must be positive and sum to 1"),
-    ({"collect": {"num_env": 3}}, "error: params.yaml collect has unknown keys num_env"),
-])
-def test_stage_fails_on_bad_params_with_one_line_and_no_output(tmp_path, change, line):
-    shutil.copytree(REPO / "stages", tmp_path / "stages")
-    shutil.copytree(REPO / "atarirep", tmp_path / "atarirep")
-    bad = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), change)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
-    result = run([sys.executable, "stages/collect.py", "out/pretrain", "out/probe", "out/summary.json"],
-                 tmp_path, check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().startswith(line) and len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert (repo / "data/episodes/Breakout/probe/frames.bin").read_bytes() == before
+    assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
 
 
 def _free_port() -> int:
@@ -169,30 +313,13 @@ def test_push_and_pull_through_an_s3_compatible_server(repo, s3_server, monkeypa
     for key, value in creds.items():
         monkeypatch.setenv(key, value)
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="atarirep")
-    run(["dvc", "repro"], repo)
     run(["dvc", "remote", "add", "-f", "s3", "s3://atarirep/cache"], repo)
     run(["dvc", "remote", "modify", "s3", "endpointurl", s3_server], repo)
     run(["dvc", "push", "-r", "s3"], repo)
     listed = boto3.client("s3", endpoint_url=s3_server).list_objects_v2(Bucket="atarirep")
     assert listed["KeyCount"] > 0
-    before = (repo / "data/episodes/pretrain/steps.csv.gz").read_bytes()
+    before = (repo / "data/episodes/Breakout/pretrain/steps.csv.gz").read_bytes()
     shutil.rmtree(repo / "data/episodes")
     shutil.rmtree(repo / ".dvc/cache")
     run(["dvc", "pull", "-r", "s3"], repo)
-    assert (repo / "data/episodes/pretrain/steps.csv.gz").read_bytes() == before
-
-
-def test_games_list_adds_games_to_the_tables(repo):
-    result = run(["dvc", "exp", "run", "-S", "games=[SpaceInvaders]", "-S", "collect.probe.steps=1600"], repo,
-                 timeout=900)
-    assert "Running stage 'probe_game@SpaceInvaders-stdim'" in result.stdout
-    rows = [line.split(",")[0] for line in (repo / "reports/probe/tables/f1_by_game.csv").read_text().splitlines()]
-    assert rows == ["game", "Breakout", "SpaceInvaders", "mean"]
-    assert (repo / "reports/probe/tables/f1_by_variable_SpaceInvaders.md").exists()
-
-
-def test_env_listed_again_in_games_is_refused(repo):
-    result = run(["dvc", "exp", "run", "-S", "games=[breakout]"], repo, check=False, timeout=900)
-    assert result.returncode != 0
-    assert "error: params.yaml games repeats Breakout, breakout (env='Breakout' is always probed)" in result.stderr
-    assert "Running stage 'pretrain_game" not in result.stdout  # refused by the chain's first stage
+    assert (repo / "data/episodes/Breakout/pretrain/steps.csv.gz").read_bytes() == before

@@ -43,6 +43,9 @@ def test_the_mean_row_is_missing_for_a_method_that_lacks_a_game():
     assert list(table.columns) == ["majority", "stdim", "supervised"]   # supervised last
     assert table.loc["Breakout", "supervised"] == 1.0
     assert math.isnan(table.loc["Pong", "supervised"]) and math.isnan(table.loc["mean", "supervised"])
+    summary = reports.summary(hand_results({**F1, ("Breakout", "supervised"): [1.0, 1.0, 1.0, 1.0]}))
+    assert summary["f1"]["supervised"] == {"across_categories": None, "overall": None}   # the table's rule
+    assert summary["f1"]["stdim"]["across_categories"] == pytest.approx(table.loc["mean", "stdim"])
 
 
 def test_category_table_averages_each_category_over_the_games_that_have_it():
@@ -63,7 +66,8 @@ def test_variable_table_lists_one_games_variables_with_their_categories():
     assert table.loc["clock_count", "categories"] == "score_clock_lives_display, misc"
     assert table["stdim"].tolist() == [0.7, 0.8, 0.6, 0.2]
     assert set(reports.tables(hand_results())) == {
-        f"{m}_by_{k}" for m in ("f1", "accuracy") for k in ("game", "category", "variable_Breakout", "variable_Pong")}
+        f"{m}_by_{k}" for m in ("f1", "accuracy") for k in ("game", "category", "variable_Breakout", "variable_Pong")
+    } | {"f1_by_game_vs_paper"}
 
 
 def test_tables_render_as_markdown_latex_and_csv():
@@ -83,7 +87,7 @@ def test_figures_show_the_table_values():
     assert isinstance(bars, Figure)
     ax = bars.axes[0]
     table = reports.category_table(results)
-    assert [c.get_label() for c in ax.containers] == ["majority", "stdim"]
+    assert [c.get_label() for c in ax.containers] == ["majority", "ST-DIM"]   # the paper's names
     heights = [[bar.get_height() for bar in container] for container in ax.containers]
     np.testing.assert_allclose(np.array(heights).T, table.to_numpy())
     heatmap = reports.game_heatmap(results)
@@ -114,29 +118,77 @@ def write_scores(folder, game, method, f1):
                   "f1": f1, "accuracy": [x / 2 for x in f1], "num_epochs": 3}).to_csv(folder / "scores.csv", index=False)
 
 
-def test_load_results_reads_probe_outputs_and_filters_games(tmp_path):
+def test_load_results_reads_exactly_the_games_and_methods_asked_for(tmp_path):
     for (game, method), f1 in F1.items():
         write_scores(tmp_path / game / method, game, method, f1)
-    results = reports.load_results(tmp_path)
+    write_scores(tmp_path / "Pong" / "cpc", "Pong", "cpc", [0.0] * 4)            # on disk, not asked for
+    results = reports.load_results(tmp_path, ["Breakout", "Pong"], ["majority", "stdim"])
     expected = hand_results().sort_values(["game", "method", "variable"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(results.sort_values(["game", "method", "variable"]).reset_index(drop=True),
                                   expected)
-    assert set(reports.load_results(tmp_path, games=["pong"])["game"]) == {"Pong"}
-    assert set(reports.load_results(tmp_path, games=[])["game"]) == {"Breakout", "Pong"}   # empty: every game
+    assert set(reports.load_results(tmp_path, ["Pong"], ["stdim"])["game"]) == {"Pong"}
 
 
-def test_missing_or_unwanted_results_are_refused_in_one_line(tmp_path):
+def test_missing_or_corrupt_results_are_refused_in_one_line(tmp_path):
     with pytest.raises(UserError) as err:
-        reports.load_results(tmp_path)
-    assert str(err.value) == (f"no probe results (scores.csv) under {tmp_path}; run the probe stages first "
-                              "(dvc repro)")
-    write_scores(tmp_path / "Pong" / "stdim", "Pong", "stdim", F1[("Pong", "stdim")])
+        reports.load_results(tmp_path, ["Pong"], ["stdim"])
+    assert str(err.value) == (f"no probe results {tmp_path / 'Pong' / 'stdim' / 'scores.csv'} for game Pong and "
+                              "method stdim; run its stage (dvc repro probe@Pong-stdim) or dvc pull")
+    write_scores(tmp_path / "Pong" / "majority", "Pong", "majority", F1[("Pong", "majority")])
+    (tmp_path / "Pong" / "majority" / "scores.csv").write_text("game,method\nPong,majority\n")
     with pytest.raises(UserError) as err:
-        reports.load_results(tmp_path, games=["Pong", "MsPacman"])
-    assert str(err.value) == (f"no probe results for game MsPacman under {tmp_path} (found Pong); probe it first "
-                              "(dvc exp run -S env=MsPacman) or drop it from games")
-    (tmp_path / "Pong" / "stdim" / "scores.csv").write_text("game,method\nPong,stdim\n")
+        reports.load_results(tmp_path, ["Pong"], ["majority"])
+    assert str(err.value) == (f"probe results {tmp_path / 'Pong' / 'majority' / 'scores.csv'} lack columns variable, "
+                              "categories, f1, accuracy; rerun its stage (dvc repro -f probe_baseline@Pong-majority)")
+    write_scores(tmp_path / "Pong" / "stdim", "Breakout", "stdim", F1[("Pong", "stdim")])
     with pytest.raises(UserError) as err:
-        reports.load_results(tmp_path)
-    assert str(err.value) == (f"probe results {tmp_path / 'Pong' / 'stdim' / 'scores.csv'} lack columns variable, "
-                              "categories, f1, accuracy; rerun its probe stage (dvc repro)")
+        reports.load_results(tmp_path, ["Pong"], ["stdim"])
+    assert "hold game Breakout and method stdim, not Pong and stdim" in str(err.value)
+
+
+def test_methods_follow_the_papers_columns_then_extras_and_ablations_get_their_own_table():
+    assert reports.method_order(["tokenizer", "stdim", "supervised", "cpc", "majority", "vae", "pixel_pred",
+                                 "random_cnn"]) == ["majority", "random_cnn", "vae", "pixel_pred", "cpc", "stdim",
+                                                    "supervised", "tokenizer"]
+    f1 = {**F1, ("Pong", "jsd_stdim"): [0.1, 0.1, 0.1, 0.1], ("Breakout", "jsd_stdim"): [0.2, 0.2, 0.2, 0.2]}
+    built = reports.tables(hand_results(f1))
+    assert list(built["f1_by_game"].columns) == ["majority", "stdim"]
+    assert list(built["f1_ablations_by_game"].columns) == ["stdim", "jsd_stdim"]
+    assert built["f1_ablations_by_game"].loc["Pong", "jsd_stdim"] == pytest.approx(0.1)
+    assert "f1_ablations_by_game" not in reports.tables(hand_results())
+
+
+def test_difference_from_the_paper_is_ours_minus_theirs_with_a_mean_absolute_row():
+    ours = reports.game_table(hand_results())
+    paper = reports.paper_tables()["f1_by_game"]
+    assert paper.loc["Pong", "stdim"] == 0.81 and paper.loc["mean", "supervised"] == 0.82    # Table 2
+    assert reports.paper_tables()["f1_by_category"].loc["misc", "majority"] == 0.26           # Table 3
+    difference = reports.paper_difference(ours, paper, ["Breakout", "Pong"])
+    assert list(difference.index) == ["Breakout", "Pong", "mean_abs_difference"]   # 2 of 22 games: no mean row
+    assert difference.loc["Pong", "stdim"] == pytest.approx(ours.loc["Pong", "stdim"] - 0.81)
+    assert difference.loc["Breakout", "majority"] == pytest.approx(ours.loc["Breakout", "majority"] - 0.17)
+    assert difference.loc["mean_abs_difference", "stdim"] == pytest.approx(
+        (abs(ours.loc["Pong", "stdim"] - 0.81) + abs(ours.loc["Breakout", "stdim"] - 0.88)) / 2)
+    # Table 3 averages the paper's 22 games: two games' category means are not compared with it.
+    assert reports.paper_difference(reports.category_table(hand_results()),
+                                    reports.paper_tables()["f1_by_category"], ["Breakout", "Pong"]) is None
+    built = reports.tables(hand_results())
+    assert "f1_by_game_vs_paper" in built and "f1_by_category_vs_paper" not in built
+    summary = reports.summary(hand_results())
+    assert summary["f1_vs_paper_mean_abs_difference"]["stdim"] == pytest.approx(
+        difference.loc["mean_abs_difference", "stdim"])
+
+
+def test_all_22_games_compare_the_mean_row_and_every_category():
+    games = [g for g in reports.paper_tables()["f1_by_game"].index if g != "mean"]
+    rows = [{"game": g, "method": "stdim", "variable": v, "categories": annotations.categories(v), "f1": 0.5,
+             "accuracy": 0.5} for g in games for v in ("ball_x", "player_x", "enemy_x", "score", "room")]
+    results = pd.DataFrame(rows)
+    by_game = reports.paper_difference(reports.game_table(results), reports.paper_tables()["f1_by_game"], games)
+    assert by_game.loc["mean", "stdim"] == pytest.approx(0.5 - 0.68)
+    by_category = reports.paper_difference(reports.category_table(results), reports.paper_tables()["f1_by_category"],
+                                           games)
+    assert list(by_category.index) == [*annotations.CATEGORIES, "mean_abs_difference"]
+    assert by_category.loc["misc", "stdim"] == pytest.approx(0.5 - 0.75)
+    assert by_category.loc["mean_abs_difference", "stdim"] == pytest.approx(
+        np.mean(np.abs(0.5 - np.array([0.58, 0.51, 0.69, 0.87, 0.75]))))

@@ -1,0 +1,94 @@
+"""The study a params.yaml describes, checked whole: every section's types, ranges, games and methods.
+
+`check` runs every stage's own validation at once, so that one bad value stops the pipeline in its
+first stage, before any stage that writes outputs has started. It does not run anything else.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from atarirep import annotations, collection, devices, envs, methods, params, training
+from atarirep.errors import UserError
+
+BASELINES = ("majority", "supervised")   # probe methods that train their own model (no encoder file)
+
+
+def _distinct(values: list[str], where: str) -> None:
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise UserError(f"params.yaml {where} lists {', '.join(repeated)} more than once; list each once")
+
+
+def check_games(study: params.Study) -> list[str]:
+    """The study's games as given, if each is annotated in the study's set, has a ROM, is written as its ALE
+    name (stage names and data paths use it) and appears once; UserError naming the first bad one otherwise."""
+    known = [envs.resolve_game(key, study.annotations) for key in annotations.annotated_games(study.annotations)]
+    for where, game in (("env", study.env), *(("games", g) for g in study.games)):
+        if annotations.game_key(game) not in map(annotations.game_key, known):
+            raise UserError(f"params.yaml {where} has {game!r}, which has no RAM annotations in the "
+                            f"{study.annotations!r} set; use one of {', '.join(known)}")
+    if not study.games:
+        raise UserError("params.yaml games is empty; list at least one game, e.g. games: [Pong]")
+    for game in study.games:
+        ale_name = envs.resolve_game(game, study.annotations)
+        if game != ale_name:
+            raise UserError(f"params.yaml games has {game!r}; write its ALE name {ale_name!r} (stage names and "
+                            "data paths are made from it)")
+    _distinct(study.games, "games")
+    return study.games
+
+
+def check_methods(pretrain: params.Pretrain, probe: params.Probe, report: params.Report) -> None:
+    """UserError unless every method and baseline is known, written canonically, listed once, and every
+    method/baseline the report shows is one the pipeline computes."""
+    for name in pretrain.methods:
+        if methods.canonical_name(name) != name:
+            raise UserError(f"params.yaml pretrain.methods has {name!r}; write {methods.canonical_name(name)!r}")
+        if name not in pretrain.method_config:
+            raise UserError(f"params.yaml pretrain.method_config has no entry for {name}; add one (for example "
+                            "{feature_size: 256})")
+    _distinct(pretrain.methods, "pretrain.methods")
+    config = training.TrainConfig(epochs=pretrain.epochs, batch_size=pretrain.batch_size, lr=pretrain.lr,
+                                  patience=pretrain.patience, keep=pretrain.keep, seed=pretrain.seed,
+                                  device=pretrain.device)
+    config.check()
+    for name in pretrain.methods:   # builds each method: its method_config must be accepted
+        training.build_method(name, pretrain.seed, **pretrain.method_config[name])
+    unknown = [b for b in probe.baselines if b not in BASELINES]
+    if unknown:
+        raise UserError(f"params.yaml probe.baselines has {unknown[0]!r}; use some of {', '.join(BASELINES)}")
+    _distinct(probe.baselines, "probe.baselines")
+    for name in ("batch_size", "epochs", "patience", "supervised_epochs"):
+        if getattr(probe, name) < 1:
+            raise UserError(f"params.yaml probe.{name}={getattr(probe, name)} must be at least 1")
+    if not probe.lr > 0:
+        raise UserError(f"params.yaml probe.lr={probe.lr} must be positive, for example 0.0003")
+    for shown, computed, where in ((report.methods, pretrain.methods, "pretrain.methods"),
+                                   (report.baselines, probe.baselines, "probe.baselines")):
+        missing = [m for m in shown if m not in computed]
+        if missing:
+            raise UserError(f"params.yaml report shows {missing[0]!r}, which {where} does not compute; add it "
+                            f"there or drop it from the report")
+
+
+def check(path: str | os.PathLike = "params.yaml") -> params.Study:
+    """Every section of `path` loaded and validated; returns the shared keys. UserError (one line) at the
+    first problem: a wrong type, an unknown key, a bad range, an unknown game, method or device."""
+    path = Path(path)
+    study = params.load("study", path)
+    if study.device not in devices.DEVICES:
+        raise UserError(f"params.yaml device={study.device!r} must be one of {', '.join(devices.DEVICES)}")
+    games = check_games(study)
+    collect = params.load("collect", path)
+    for game in games:
+        for purpose in params.DATASETS:
+            dataset = collect.dataset(purpose)
+            collection.validate(game, steps=dataset.steps, splits_fractions=dataset.splits, purpose=purpose,
+                                num_envs=collect.num_envs, num_workers=collect.num_workers,
+                                annotation_set=collect.annotations, protocol=collect.protocol,
+                                collect_mode=collect.collect_mode, random_actions=collect.random_actions,
+                                min_episode_length=collect.min_episode_length,
+                                entropy_threshold=collect.entropy_threshold)
+    check_methods(params.load("pretrain", path), params.load("probe", path), params.load("report", path))
+    return study

@@ -1,0 +1,18 @@
+"""check_params: validate the whole params.yaml before any stage that writes data runs."""
+from atarirep import io, study
+from atarirep.errors import UserError, run_stage
+
+RESTORE = "(after a failed `dvc exp run -S ...`, `git checkout params.yaml && dvc checkout` restores the workspace)"
+
+
+def main(out_path: str) -> None:
+    try:
+        study.check("params.yaml")
+    except UserError as err:
+        raise UserError(f"{err} {RESTORE}") from None
+    # Constant content: downstream stages depend on this file for their order, not for its value.
+    io.write_bytes(out_path, b"params.yaml passed atarirep.study.check\n")
+
+
+if __name__ == "__main__":
+    run_stage(main)

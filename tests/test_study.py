@@ -1,0 +1,53 @@
+"""The whole-params check that runs before any stage writes: each kind of bad value, one line."""
+import pytest
+import yaml
+
+from atarirep import params, study
+from atarirep.errors import UserError
+
+
+def _params(tmp_path, *overrides, edit=None):
+    everything = params.compose("conf", list(overrides))
+    if edit:
+        edit(everything)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(everything, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("profile", ["default", "paper"])
+def test_both_profiles_pass(tmp_path, profile):
+    checked = study.check(_params(tmp_path, f"profile={profile}"))
+    assert checked.games == (["Pong"] if profile == "default" else params.compose("conf", ["profile=paper"])["games"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["games=[Pong,Skiing]", "annotations=paper"],
+     "params.yaml games has 'Skiing', which has no RAM annotations in the 'paper' set; use one of Asteroids, "),
+    (["games=[ALE/Breakout-v5]"], "params.yaml games has 'ALE/Breakout-v5'; write its ALE name 'Breakout'"),
+    (["games=[]"], "params.yaml games is empty; list at least one game"),
+    (["pretrain.methods=[infonce-stdim]"], "params.yaml pretrain.methods has 'infonce-stdim'; write 'stdim'"),
+    (["pretrain.methods=[stdim,stdim]"], "params.yaml pretrain.methods lists stdim more than once"),
+    (["probe.baselines=[majority,oracle]"], "params.yaml probe.baselines has 'oracle'; use some of majority, "),
+    (["report.methods=[stdim,cpc]", "pretrain.methods=[stdim]"],
+     "params.yaml report shows 'cpc', which pretrain.methods does not compute"),
+    (["pretrain.batch_size=1"], "pretrain batch_size=1 is invalid; it must be >= 2"),
+    (["probe.lr=0"], "params.yaml probe.lr=0.0 must be positive"),
+    (["collect.probe.splits.test=0.3"], "split fractions {'train': 0.7, 'val': 0.1, 'test': 0.3} must be positive"),
+    (["device=tpu"], "params.yaml device='tpu' must be one of auto, cpu, cuda"),
+])
+def test_each_bad_value_is_one_line_naming_it(tmp_path, overrides, message):
+    with pytest.raises(UserError) as err:
+        study.check(_params(tmp_path, *overrides))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_a_method_config_the_method_refuses_is_caught(tmp_path):
+    def edit(everything):
+        everything["pretrain"]["method_config"]["cpc"]["hidden"] = 3
+    with pytest.raises(UserError, match="bad settings for method 'cpc'"):
+        study.check(_params(tmp_path, edit=edit))
+    def drop(everything):
+        del everything["pretrain"]["method_config"]["vae"]
+    with pytest.raises(UserError, match="pretrain.method_config has no entry for vae"):
+        study.check(_params(tmp_path, edit=drop))
