@@ -4,6 +4,8 @@ A method also says what samples it needs: `window` consecutive frames of one epi
 it `uses_negatives` (a random frame of the same episode); `is_trainable` is False for baselines whose
 encoder is saved untrained. An optional `sample_stride` (CPC: its sequence length) makes an epoch
 draw one sample per that many windows, so long windows do not multiply an epoch's cost.
+An optional `early_stop_metric = "accuracy"` (CPC, JSD-ST-DIM, as AtariARI) makes the loop early-stop
+on the validation mean of `metrics["accuracy"]` (higher is better) instead of the validation loss.
 One loop (atarirep.training) trains them all.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from atarirep.methods.jsd_stdim import JSDSTDIM
 from atarirep.methods.pixel_pred import PixelPrediction
 from atarirep.methods.stdim import STDIM, GlobalTDIM, StaticDIM
 from atarirep.methods.tokenizer import Tokenizer
-from atarirep.methods.untrained import RandomCNN, Supervised
+from atarirep.methods.untrained import RandomCNN
 from atarirep.methods.vae import VAE
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {
@@ -35,7 +37,6 @@ _FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "pixel_pred": PixelPrediction,
     "cpc": CPC,
     "tokenizer": Tokenizer,
-    "supervised": Supervised,
 }
 METHODS: tuple[str, ...] = tuple(_FACTORIES)
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from atarirep import encoders
 from atarirep.errors import UserError
 from atarirep.methods.batch import Batch
-from atarirep.methods.infonce import info_nce
 
 # AtariARI's CPC: sequences of 100 steps, predictions at offsets 1, 5, ..., 97 (steps 0..98 by 4, plus 1).
 PAPER_OFFSETS = tuple(range(1, 100, 4))
@@ -18,19 +18,22 @@ class CPC(nn.Module):
 
     uses_negatives = False
     is_trainable = True
+    early_stop_metric = "accuracy"   # as AtariARI's CPCTrainer: the mean over offsets of the val accuracy
 
     def __init__(self, feature_size: int = 256, sequence_length: int = 100,
-                 offsets: tuple[int, ...] = PAPER_OFFSETS):
+                 offsets: tuple[int, ...] = PAPER_OFFSETS, gru_layers: int = 2):
         super().__init__()
         offsets = tuple(int(k) for k in offsets)
         if not offsets or min(offsets) < 1 or max(offsets) >= sequence_length:
             raise UserError(f"cpc offsets {list(offsets)} must be between 1 and sequence_length - 1 = "
                             f"{sequence_length - 1}; lower the offsets or raise sequence_length")
+        if int(gru_layers) < 1:
+            raise UserError(f"cpc gru_layers={gru_layers} must be at least 1 (the reference uses 2)")
         self.window = sequence_length         # samples are whole sequences of one episode
         self.sample_stride = sequence_length  # an epoch: one sequence per L windows, each frame seen ~once
         self.offsets = offsets
         self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
-        self.gru = nn.GRU(feature_size, feature_size, batch_first=True)
+        self.gru = nn.GRU(feature_size, feature_size, num_layers=int(gru_layers), batch_first=True)
         self.predictors = nn.ModuleList(nn.Linear(feature_size, feature_size) for _ in offsets)  # W_k
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -38,18 +41,24 @@ class CPC(nn.Module):
 
           L_k = -log exp(z_{t+k}^T W_k c_t) / sum_{z*} exp(z*^T W_k c_t)
         with z_t = f(x_t), c_t = GRU(z_1..z_t); the negatives z* are the targets at every other
-        (sample, time) pair of the batch for the same offset.
+        (sample, time) pair of the batch for the same offset. metrics["accuracy"]: the fraction of
+        predictions whose own target scores highest among those B(L-k), averaged over k (AtariARI's
+        early-stopping figure).
         """
         frames = batch.frames                                              # (B, L, 1, 210, 160)
         b, length = frames.shape[:2]
         latents = self.encoder(frames.flatten(0, 1)).view(b, length, -1)  # (B, L, D)
         with torch.autocast(latents.device.type, enabled=False):          # the GRU stays float32
             contexts, _ = self.gru(latents.float())                        # (B, L, D)
-        losses = []
+        losses, accuracies = [], []
         for k, predictor in zip(self.offsets, self.predictors):
-            predictions = predictor(contexts[:, :length - k]).reshape(-1, latents.shape[-1])  # (B(L-k), D)
-            targets = latents[:, k:].reshape(-1, latents.shape[-1])        # (B(L-k), D)
-            losses.append(info_nce(predictions, targets.to(predictions.dtype)))
+            predictions = predictor(contexts[:, :length - k]).reshape(-1, latents.shape[-1])  # (B(L-k), D): c_t
+            targets = latents[:, k:].reshape(-1, latents.shape[-1])        # (B(L-k), D): z_{t+k}, same row order
+            logits = (predictions @ targets.to(predictions.dtype).T).float()  # (B(L-k), B(L-k))
+            positives = torch.arange(logits.shape[0], device=logits.device)   # row i's positive is column i
+            losses.append(F.cross_entropy(logits, positives))
+            accuracies.append((logits.argmax(1) == positives).float().mean())
         losses = torch.stack(losses)                                       # (K,)
         metrics = {f"offset_{k}": value.detach() for k, value in zip(self.offsets, losses)}
+        metrics["accuracy"] = torch.stack(accuracies).mean().detach()
         return losses.mean(), metrics

@@ -16,6 +16,7 @@ class JSDSTDIM(nn.Module):
     window = 2             # (x_t, x_{t+1})
     uses_negatives = True  # plus a random frame of the same episode
     is_trainable = True
+    early_stop_metric = "accuracy"   # as AtariARI's SpatioTemporalTrainer: the classifiers' val accuracy
 
     def __init__(self, feature_size: int = 256):
         super().__init__()
@@ -24,14 +25,15 @@ class JSDSTDIM(nn.Module):
         self.local_local = nn.Bilinear(LOCAL_DEPTH, LOCAL_DEPTH, 1)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """L = BCE(T(pos), 1) + BCE(T(neg), 0) per term, i.e. the JSD bound -E_P[-sp(-T)] + E_N[sp(T)] + const.
+        """L = L_GL + L_LL, each BCE(T(pos), 1) + BCE(T(neg), 0) averaged over the 2B x P pairs, i.e. the
+        JSD bound -E_P[-sp(-T)] + E_N[sp(T)] + const (Hjelm et al. 2019, eq. 4); AtariARI sums both terms.
 
         Positive pair: (x_{t+1}, x_t); negative pair: (x_{t+1}, x_hat), x_hat a random frame of the same
         episode. Scores, at each of the P = 11x8 positions mn:
           global-local  T = f(x_{t+1})^T W_g f_mn(x)        local-local  T = f_mn(x_{t+1})^T W_l f_mn(x)
+        metrics["accuracy"]: the fraction of the 2B x P pairs each classifier gets right (T >= 0 on
+        positives, T < 0 on negatives), the mean of the two terms' fractions.
         """
-        # Departs from AtariARI: the reference's JSD trainer scores global-local only; here both terms,
-        # as ST-DIM's objective is defined, so the ablation changes only the estimator.
         x_t, x_next, x_hat = batch.frames[:, 0], batch.frames[:, 1], batch.negatives  # (B, 1, 210, 160) each
         b = x_t.shape[0]
         global_all, local_all = self.encoder.forward_with_local(torch.cat([x_t, x_next, x_hat]))
@@ -44,10 +46,14 @@ class JSDSTDIM(nn.Module):
             projected = anchor @ bilinear.weight[0]                        # (B, P or 1, 128)
             logits = torch.cat([(projected * positive).sum(-1),
                                 (projected * negative).sum(-1)]) + bilinear.bias  # (2B, P)
-            targets = torch.cat([torch.ones(b, logits.shape[1]), torch.zeros(b, logits.shape[1])])
-            return F.binary_cross_entropy_with_logits(logits.float(), targets.to(logits.device))
+            targets = torch.cat([torch.ones(b, logits.shape[1]), torch.zeros(b, logits.shape[1])]).to(logits.device)
+            accuracy = ((logits >= 0) == (targets >= 0.5)).float().mean()  # sigmoid(T) >= 0.5, as AtariARI
+            return F.binary_cross_entropy_with_logits(logits.float(), targets), accuracy.detach()
 
-        global_local = jsd(self.global_local, global_next, local_t, local_hat)
-        local_local = jsd(self.local_local, local_next, local_t, local_hat)
+        global_local, accuracy_gl = jsd(self.global_local, global_next, local_t, local_hat)
+        local_local, accuracy_ll = jsd(self.local_local, local_next, local_t, local_hat)
+        # Departs from AtariARI: its early-stopping figure is the SUM of the two accuracies (0..2); the mean
+        # ranks epochs identically and reads as an accuracy.
         return global_local + local_local, {"global_local": global_local.detach(),
-                                            "local_local": local_local.detach()}
+                                            "local_local": local_local.detach(),
+                                            "accuracy": (accuracy_gl + accuracy_ll) / 2}

@@ -18,15 +18,19 @@ class PixelPrediction(nn.Module):
     def __init__(self, feature_size: int = 256):
         super().__init__()
         self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
+        self.predictor = nn.Linear(feature_size, feature_size)   # AtariARI's NaFFPredictor.fc_layers, no activation
         self.decoder = encoders.BenchmarkDecoder(feature_size)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """L = sum_pixels (sigmoid(dec(f(x_t))) - x_{t+1})^2, averaged over the batch.
+        """L = sum_pixels (sigmoid(dec(W f(x_t) + b)) - x_{t+1})^2, averaged over the batch.
+
+        W, b: a linear layer between the encoder and the decoder, as AtariARI's NaFFPredictor has.
 
         Each sample's loss depends on that sample only, so a data-parallel run's averaged gradient
         equals the one-process gradient on the whole batch.
         """
         x_t, x_next = batch.frames[:, 0], batch.frames[:, 1]               # (B, 1, 210, 160) each
-        prediction = torch.sigmoid(self.decoder(self.encoder(x_t)).float())  # (B, 1, 210, 160)
+        features = self.predictor(self.encoder(x_t))                      # (B, 256)
+        prediction = torch.sigmoid(self.decoder(features).float())         # (B, 1, 210, 160)
         loss = (prediction - x_next).pow(2).flatten(1).sum(1).mean()
         return loss, {"mse_per_pixel": (loss / x_next[0].numel()).detach()}

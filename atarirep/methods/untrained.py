@@ -1,4 +1,7 @@
-"""Methods whose encoder is not pretrained: the random-CNN baseline and the supervised baseline's encoder."""
+"""The random-CNN baseline: a method whose encoder is saved untrained.
+
+The supervised baseline is not here: atarirep.probe builds and trains its own encoder.
+"""
 from __future__ import annotations
 
 from torch import nn
@@ -20,7 +23,3 @@ class RandomCNN(nn.Module):
         super().__init__()
         self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
 
-
-class Supervised(RandomCNN):
-    """The supervised baseline's starting point: a fresh benchmark encoder that the probe stage trains
-    end to end with each variable's linear head (PROTOCOLS.md 2); pretraining leaves it untouched."""
