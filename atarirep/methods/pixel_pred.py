@@ -32,5 +32,8 @@ class PixelPrediction(nn.Module):
         x_t, x_next = batch.frames[:, 0], batch.frames[:, 1]               # (B, 1, 210, 160) each
         features = self.predictor(self.encoder(x_t))                      # (B, 256)
         prediction = torch.sigmoid(self.decoder(features).float())         # (B, 1, 210, 160)
+        # Departs from AtariARI: its NaFF loss is nn.MSELoss() (the mean over pixels too, 33,600x smaller); here
+        # the sum over pixels as in the VAE's reconstruction, because Adam divides out a constant scale and only
+        # its eps (1e-5) sees it; the effect of that eps on the reference's tiny gradients is not measured.
         loss = (prediction - x_next).pow(2).flatten(1).sum(1).mean()
         return loss, {"mse_per_pixel": (loss / x_next[0].numel()).detach()}
