@@ -8,10 +8,7 @@ __all__ = ["AtariARIWrapper", "LabelledAtariEnv", "ProbeTrainer", "get_episodes"
 
 
 def __getattr__(name):  # torch-backed names load on first use, so `import atarirep` stays light
-    if name == "get_episodes":
-        from atarirep.compat import get_episodes
-        return get_episodes
-    if name == "ProbeTrainer":
-        from atarirep.probe import ProbeTrainer
-        return ProbeTrainer
+    if name in ("get_episodes", "ProbeTrainer"):
+        from atarirep import compat
+        return getattr(compat, name)
     raise AttributeError(f"module 'atarirep' has no attribute {name!r}")

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure   # no pyplot: no global figure state, no b
 
 from atarirep import annotations, io
 from atarirep.errors import UserError
-from atarirep.probe import METRICS, aggregate
+from atarirep.scores import METRICS, aggregate
 
 SCORE_COLUMNS = ("game", "method", "variable", "categories", "f1", "accuracy")
 # Table 2's columns in the paper's order, then our extra encoders; ST-DIM's ablations have a table of their own.

@@ -1,0 +1,110 @@
+"""The probe stage's entry point: probe one (game, method) of a stored dataset and write its scores.
+
+`run` checks its settings before reading data, then probes an encoder file (features once, batched
+probes; or the reference loop) or trains a baseline, and writes scores.csv and metrics.json
+atomically. It does not read params (stages/probe.py) or build tables (atarirep.reports).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from atarirep import annotations, devices, encoders, episodes, io
+from atarirep.errors import UserError
+from atarirep.probe.baselines import BASELINES, fit_supervised, majority_predictions, predict_supervised
+from atarirep.probe.features import encode
+from atarirep.probe.linear import fit_probes, predict
+from atarirep.probe.reference import fit_probes_reference, predict_reference
+from atarirep.scores import score, summarize
+
+
+def check_settings(*, method: str, encoder_path, lr: float, batch_size: int, epochs: int, patience: int) -> None:
+    """UserError (one line) for settings that cannot work, before any data is read."""
+    if method in BASELINES and encoder_path is not None:
+        raise UserError(f"method {method!r} trains its own model and takes no encoder file; "
+                        f"drop the encoder path {encoder_path}")
+    if method not in BASELINES and encoder_path is None:
+        raise UserError(f"method {method!r} needs an encoder file to probe (or use one of {', '.join(BASELINES)})")
+    for name, value in (("batch_size", batch_size), ("epochs", epochs), ("patience", patience)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"probe.{name} must be a positive integer, got {value!r}; fix it in params.yaml")
+    if not lr > 0:
+        raise UserError(f"probe.lr must be positive, got {lr!r}; for example lr: 0.0003")
+
+
+def load_probe_data(episodes_dir: str | os.PathLike) -> tuple[str, dict[str, episodes.Episodes]]:
+    """(game, {"train", "val", "test": Episodes}) of a stored dataset; UserError if a split is missing or empty."""
+    store = episodes.load(episodes_dir)
+    splits = {name: store.split(name) for name in ("train", "val", "test")}
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise UserError(f"episodes {episodes_dir} have an empty {name!r} split; collect more steps "
+                            "(collect.probe.steps) so every split gets episodes")
+    return store.game, splits
+
+
+def check_same_game(encoder: nn.Module, encoder_path, game: str, episodes_dir) -> None:
+    """UserError if the encoder file says it was trained on another game than the episodes'."""
+    encoder_game = getattr(encoder, "meta", {}).get("game")
+    if encoder_game is not None and annotations.game_key(encoder_game) != annotations.game_key(game):
+        raise UserError(f"encoder {encoder_path} was trained on {encoder_game} but episodes {episodes_dir} are "
+                        f"{game}; probe an encoder of the same game (data/encoders/{game}/...)")
+
+
+def run(episodes_dir: str | os.PathLike, encoder_path: str | os.PathLike | None, out_dir: str | os.PathLike, *,
+        method: str, lr: float = 3e-4, batch_size: int = 64, epochs: int = 100, patience: int = 15,
+        seed: int = 0, device: str = "auto", fast: bool = True, supervised_per_variable: bool = True,
+        supervised_epochs: int | None = None, progress: bool = False) -> pd.DataFrame:
+    """Probe one (game, method) and write out_dir/scores.csv then out_dir/metrics.json, atomically.
+
+    method "majority" and "supervised" need no encoder (encoder_path None); any other method name
+    probes the encoder file at `encoder_path`. `fast` uses the batched path; fast=False the
+    reference loop (same results, far slower). The supervised baseline trains for at most
+    `supervised_epochs` (default `epochs`), one encoder per variable if `supervised_per_variable`.
+    Returns the scores (one row per variable).
+    scores.csv: game, method, variable, categories (";"-joined), f1, accuracy, num_epochs.
+    metrics.json: game, method, `summarize`'s f1 and accuracy figures, num_variables, num_test_frames.
+    """
+    check_settings(method=method, encoder_path=encoder_path, lr=lr, batch_size=batch_size, patience=patience,
+                   epochs=supervised_epochs if method == "supervised" and supervised_epochs is not None else epochs)
+    devices.resolve(device)   # a bad device is refused before any data is read
+    game, data = load_probe_data(episodes_dir)
+    train, val, test = data["train"], data["val"], data["test"]
+    settings = dict(lr=lr, batch_size=batch_size, epochs=epochs, patience=patience, seed=seed, device=device)
+    if method == "majority":
+        predictions = majority_predictions(train.labels, len(test))
+        num_epochs = np.zeros(len(train.variables), int)
+    elif method == "supervised":
+        settings["epochs"] = epochs if supervised_epochs is None else supervised_epochs
+        model = fit_supervised(lambda: encoders.build("benchmark"), train.frames, train.labels, val.frames,
+                               val.labels, per_variable=supervised_per_variable, progress=progress, **settings)
+        predictions, num_epochs = predict_supervised(model, test.frames), model.num_epochs
+    else:
+        encoder = encoders.load(encoder_path)
+        check_same_game(encoder, encoder_path, game, episodes_dir)
+        if fast:
+            features = {name: encode(encoder, split.frames, device=device, progress=progress, what=f"{name} frames")
+                        for name, split in data.items()}
+            probes = fit_probes(features["train"], train.labels, features["val"], val.labels, progress=progress,
+                                **settings)
+            predictions, num_epochs = predict(probes, features["test"]), probes.num_epochs
+        else:
+            encode(encoder, test.frames[:1], device=device)   # the same shape checks as the fast path
+            probes = fit_probes_reference(train.frames, train.labels, val.frames, val.labels, encoder=encoder,
+                                          **settings)
+            predictions = predict_reference(probes, test.frames, encoder=encoder, device=device)
+            num_epochs = np.full(len(train.variables), -1)   # not tracked by the reference loop
+    scores = score(predictions, test.labels, test.variables)
+    scores.insert(0, "method", method)
+    scores.insert(0, "game", game)
+    scores["num_epochs"] = np.asarray(num_epochs, int)
+    metrics = {"game": game, "method": method, **summarize(scores), "num_test_frames": len(test)}
+    out_dir = Path(out_dir)
+    table = scores.assign(categories=scores["categories"].map(";".join))
+    io.write_bytes(out_dir / "scores.csv", table.to_csv(index=False, lineterminator="\n").encode())
+    io.write_json(out_dir / "metrics.json", metrics)   # last: a folder with metrics.json is complete
+    return scores
