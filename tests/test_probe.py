@@ -1,10 +1,14 @@
-"""Probing: learnable and unlearnable variables, baselines, means by hand, fast path against the
-reference loop, AtariARI's ProbeTrainer, the stage entry point and its one-line errors."""
+"""Probing and scores: learnable and unlearnable variables, baselines and scores worked out by hand, the
+batched probes bitwise against the reference loop, the stage entry point and its one-line errors.
+(AtariARI's ProbeTrainer is tested in test_compat.py.)"""
 from __future__ import annotations
 
 import gzip
 import json
 import shutil
+import subprocess
+import sys
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -13,8 +17,9 @@ import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
-from atarirep import annotations, collection, encoders, episodes, probe, reports
+from atarirep import annotations, collection, encoders, episodes, probe, reports, scores
 from atarirep.errors import UserError, run_stage
+from atarirep.probe import linear
 
 FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
@@ -71,57 +76,146 @@ def test_probe_reads_a_linear_variable_near_perfectly_and_noise_only_at_the_majo
     x, y = synthetic(3000)
     (xt, yt), (xv, yv), (xs, ys) = split(x, y, 2000, 400)
     probes = probe.fit_probes(xt, yt, xv, yv, lr=1e-2, epochs=40, patience=8, seed=0)
-    scores = probe.score(probe.predict(probes, xs), ys, ["a_x", "noise", "constant", "b_x"])
-    assert scores.loc[0, "f1"] > 0.93 and scores.loc[3, "f1"] > 0.95
-    assert scores.loc[2, "f1"] == 1.0
+    table = scores.score(probe.predict(probes, xs), ys, ["a_x", "noise", "constant", "b_x"])
+    assert table.loc[0, "f1"] > 0.93 and table.loc[3, "f1"] > 0.95
+    assert table.loc[2, "f1"] == 1.0
     majority_rate = np.mean(ys[:, 1] == 3)
-    assert abs(scores.loc[1, "accuracy"] - majority_rate) < 0.03     # no better than always saying 3
-    assert probes.num_epochs.min() < probes.num_epochs.max()           # probes stopped each on its own
+    assert abs(table.loc[1, "accuracy"] - majority_rate) < 0.03     # no better than always saying 3
+    assert probes.num_epochs.min() < probes.num_epochs.max()          # probes stopped each on its own
 
 
-def test_majority_baseline_is_exact_on_a_hand_example():
-    train = np.array([[1, 5], [2, 5], [2, 7], [3, 7]])          # modes: 2; 5 and 7 tie -> 5
+def test_probe_on_linearly_separable_features_is_exact():
+    """Three well-separated clusters per variable, two variables with different class values: every
+    test frame right, so a probe that mixes up variables, classes or columns scores below 1."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[4, 0, 0], [0, 4, 0], [0, 0, 4]], np.float32)
+    first, second = rng.integers(0, 3, size=600), rng.integers(0, 3, size=600)
+    x = np.concatenate([centres[first], centres[second]], axis=1) + rng.normal(0, 0.3, (600, 6)).astype(np.float32)
+    y = np.stack([np.array([5, 120, 255])[first], np.array([0, 1, 2])[second]], axis=1)
+    (xt, yt), (xv, yv), (xs, ys) = split(x, y, 400, 100)
+    probes = probe.fit_probes(xt, yt, xv, yv, lr=1e-2, epochs=30, patience=30, seed=0)
+    assert probes.val_accuracy.tolist() == [1.0, 1.0]
+    assert np.array_equal(probe.predict(probes, xs), ys)
+    assert scores.score(probe.predict(probes, xs), ys, ["a_x", "b_x"])["f1"].tolist() == [1.0, 1.0]
+
+
+def test_a_probe_stops_after_patience_epochs_without_val_improvement():
+    """Val labels of a class the train labels never show: val accuracy is 0 from epoch 1 on, epoch 1
+    is the best, and the probe stops after 1 + patience epochs (an off-by-one stops at 4 or 6)."""
+    x, _ = synthetic(400)
+    train_labels, val_labels = np.full((300, 1), 17), np.full((100, 1), 200)
+    probes = probe.fit_probes(x[:300], train_labels, x[300:], val_labels, lr=1e-2, epochs=20, patience=4, seed=0)
+    assert probes.num_epochs.tolist() == [5] and probes.val_accuracy.tolist() == [0.0]
+
+
+# -- baselines -------------------------------------------------------------------------------------
+def test_majority_baseline_breaks_a_tie_for_the_label_seen_first_as_the_reference():
+    train = np.array([[1, 7], [2, 5], [2, 5], [3, 7]])          # modes: 2; 7 and 5 tie, 7 seen first
     test = np.array([[2, 5], [2, 7], [1, 7], [4, 7]])
     predictions = probe.majority_predictions(train, len(test))
-    assert predictions.tolist() == [[2, 5]] * 4
-    scores = probe.score(predictions, test, ["player_x", "score"])
+    assert predictions.tolist() == [[2, 7]] * 4                  # not 5, the smaller label
+    table = scores.score(predictions, test, ["player_x", "score"])
     # player_x: class 2 has precision 2/4, recall 1 -> F1 2/3, weight 2/4; classes 1 and 4 score 0.
-    # score: class 5 has precision 1/4, recall 1 -> F1 0.4, weight 1/4; class 7 scores 0.
-    assert scores["f1"].tolist() == pytest.approx([1 / 3, 0.1], abs=1e-12)
-    assert scores["accuracy"].tolist() == [0.5, 0.25]
-    assert scores["categories"].tolist() == [("agent_localization",), ("score_clock_lives_display",)]
+    # score: class 7 has precision 3/4, recall 1 -> F1 6/7, weight 3/4; class 5 scores 0.
+    assert table["f1"].tolist() == pytest.approx([1 / 3, 9 / 14], abs=1e-12)
+    assert table["accuracy"].tolist() == [0.5, 0.75]
+    assert table["categories"].tolist() == [("agent_localization",), ("score_clock_lives_display",)]
+
+
+def test_supervised_baseline_learns_a_position_end_to_end():
+    rng = np.random.default_rng(0)
+    position = rng.integers(0, 3, size=300)                          # where a bright block is drawn
+    frames = np.zeros((300, 1, 210, 160), np.uint8)
+    for i, p in enumerate(position):
+        frames[i, 0, 50:90, 20 + 50 * p:60 + 50 * p] = 255
+    labels = np.stack([10 * position, np.full(300, 7)], axis=1)
+    model = probe.fit_supervised(TinyEncoder, frames[:200], labels[:200], frames[200:250], labels[200:250],
+                                 per_variable=True, lr=1e-2, epochs=15, patience=5, seed=0)
+    assert len(model.models) == 2                                      # one encoder per variable
+    predictions = probe.predict_supervised(model, frames[250:])
+    assert np.array_equal(predictions, labels[250:])
+
+
+class CountingFrames:
+    """Frames that record how many rows each read asks for, and refuse to be read whole (no __array__)."""
+
+    def __init__(self, frames: np.ndarray):
+        self.frames, self.reads = frames, []
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __getitem__(self, index):
+        out = self.frames[index]
+        self.reads.append(len(out))
+        return out
+
+
+def test_supervised_baseline_reads_frames_a_batch_at_a_time(breakout_dir):
+    train = episodes.load_splits(breakout_dir)["train"]                 # ~1,100 frames: 300 train, 300 val
+    frames = {"train": np.asarray(train.frames[:300]), "val": np.asarray(train.frames[300:600])}
+    labels = {"train": train.labels[:300, :2], "val": train.labels[300:600, :2]}
+    settings = dict(per_variable=False, lr=1e-3, batch_size=64, epochs=2, patience=5, seed=0)
+    counted = {k: CountingFrames(v) for k, v in frames.items()}
+    lazily = probe.fit_supervised(TinyEncoder, counted["train"], labels["train"], counted["val"], labels["val"],
+                                  **settings)
+    assert max(counted["train"].reads) == 64 and max(counted["val"].reads) == 256      # never the whole split
+    assert sum(counted["train"].reads) == 1 + 2 * 300                                  # shape check + 2 epochs
+    assert sum(counted["val"].reads) == 2 * 300                                        # one pass an epoch
+    in_memory = probe.fit_supervised(TinyEncoder, frames["train"], labels["train"], frames["val"], labels["val"],
+                                     **settings)
+    for a, b in zip(lazily.models[0].state_dict().values(), in_memory.models[0].state_dict().values()):
+        assert torch.equal(a, b)                                                      # the same batches
+
+
+# -- scores ----------------------------------------------------------------------------------------
+def test_weighted_f1_and_accuracy_are_exact_on_a_hand_example():
+    labels = np.array([[0, 9], [0, 9], [1, 9], [2, 8]])
+    predictions = np.array([[0, 9], [1, 9], [1, 8], [2, 8]])
+    table = scores.score(predictions, labels, ["ball_x", "lives"])
+    # ball_x: class 0 P 1 R 1/2 -> 2/3 (weight 2/4); class 1 P 1/2 R 1 -> 2/3 (1/4); class 2 -> 1 (1/4).
+    # lives: class 9 P 1 R 2/3 -> 4/5 (weight 3/4); class 8 P 1/2 R 1 -> 2/3 (1/4).
+    assert table["f1"].tolist() == pytest.approx([0.75, 0.6 + 1 / 6], abs=1e-12)
+    assert table["accuracy"].tolist() == [0.75, 0.75]
 
 
 def test_category_and_across_category_means_are_exact_on_a_hand_example():
     f1 = {"player_x": 0.9, "ball_x": 0.2, "ball_y": 0.4, "score": 1.0, "clock_count": 0.5, "foo": 0.0}
-    scores = pd.DataFrame({"variable": list(f1), "categories": [annotations.categories(v) for v in f1],
-                           "f1": list(f1.values()), "accuracy": [v / 2 for v in f1.values()]})
-    assert scores["categories"].tolist() == [("agent_localization",), ("small_object_localization",),
-                                             ("small_object_localization",), ("score_clock_lives_display",),
-                                             ("score_clock_lives_display", "misc"), ()]
-    by_category = probe.aggregate(scores, "category").set_index("category")
+    table = pd.DataFrame({"variable": list(f1), "categories": [annotations.categories(v) for v in f1],
+                          "f1": list(f1.values()), "accuracy": [v / 2 for v in f1.values()]})
+    assert table["categories"].tolist() == [("agent_localization",), ("small_object_localization",),
+                                            ("small_object_localization",), ("score_clock_lives_display",),
+                                            ("score_clock_lives_display", "misc"), ()]
+    by_category = scores.aggregate(table, "category").set_index("category")
     assert by_category["f1"].to_dict() == pytest.approx({
         "agent_localization": 0.9, "small_object_localization": 0.3, "score_clock_lives_display": 0.75,
         "misc": 0.5})
     assert by_category["num_variables"].tolist() == [1, 2, 2, 1]
-    assert probe.aggregate(scores, "across_categories")["f1"].item() == pytest.approx((0.9 + 0.3 + 0.75 + 0.5) / 4)
-    assert probe.aggregate(scores, "overall")["f1"].item() == pytest.approx(3.0 / 6)
-    summary = probe.summarize(scores)
-    assert summary["f1"]["across_categories"] == pytest.approx(0.6125)
+    assert scores.aggregate(table, "across_categories")["f1"].item() == pytest.approx((0.9 + 0.3 + 0.75 + 0.5) / 4)
+    assert scores.aggregate(table, "overall")["f1"].item() == pytest.approx(3.0 / 6)
+    summary = scores.summarize(table)
+    assert summary["f1"] == pytest.approx({"across_categories": 0.6125, "overall": 0.5, "agent_localization": 0.9,
+                                           "small_object_localization": 0.3, "score_clock_lives_display": 0.75,
+                                           "misc": 0.5})       # other_localization absent, not counted as zero
     assert summary["accuracy"]["across_categories"] == pytest.approx(0.6125 / 2)
-    assert "other_localization" not in summary["f1"]          # absent, not counted as zero
+    assert summary["num_variables"] == 6
 
-    two = pd.concat([scores.assign(game="G", method="m1"), scores.assign(game="G", method="m2", f1=0.0)])
-    across = probe.aggregate(two, "across_categories").set_index("method")["f1"]
+    two = pd.concat([table.assign(game="G", method="m1"), table.assign(game="G", method="m2", f1=0.0)])
+    across = scores.aggregate(two, "across_categories").set_index("method")["f1"]
     assert across.to_dict() == pytest.approx({"m1": 0.6125, "m2": 0.0})
 
 
-# -- the fast path against the reference ----------------------------------------------------------
+def test_reports_read_scores_without_importing_torch_or_sklearn():
+    code = "import atarirep.reports, sys; assert 'torch' not in sys.modules and 'sklearn' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the batched probes against the reference loop ----------------------------------------------------
 def test_per_variable_schedules_follow_torchs_plateau_and_the_reference_early_stop():
     accuracies = np.array([[0.1, 0.5], [0.2, 0.5], [0.2, 0.4], [0.2, 0.5], [0.2, 0.50001], [0.2, 0.5],
                            [0.2, 0.3], [0.2, 0.5], [0.3, 0.5], [0.3, 0.5], [0.3, 0.5], [0.3, 0.5],
                            [0.3, 0.5], [0.3, 0.5], [0.3, 0.5], [0.3, 0.5], [0.3, 0.5], [0.3, 0.5]])
-    schedules = probe._Schedules(2, lr=1e-3, patience=9)
+    schedules = linear.Schedules(2, lr=1e-3, patience=9)
     optimizers = [torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-3) for _ in range(2)]
     plateaus = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="max", patience=5, factor=0.2, min_lr=1e-5)
                 for o in optimizers]
@@ -145,18 +239,43 @@ def test_per_variable_schedules_follow_torchs_plateau_and_the_reference_early_st
     assert stopped_at == [17, 13] and schedules.lr[0] < 1e-3 > schedules.lr[1]   # both plateaued and stopped
 
 
-def test_fast_path_matches_one_probe_at_a_time_on_the_same_features():
+def test_batched_adam_steps_each_variable_exactly_as_its_own_torch_adam():
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(3, 5, 4, generator=generator)
+    learning_rates = [1e-2, 3e-4, 0.0]                        # lr 0: a stopped probe stays frozen
+    singles = [start[v].clone().requires_grad_() for v in range(3)]
+    optimizers = [torch.optim.Adam([p], lr=lr, eps=linear.ADAM_EPS) for p, lr in zip(singles, learning_rates)]
+    batched = start.clone()
+    adam = linear.BatchedAdam([batched])
+    for _ in range(30):
+        grads = torch.randn(3, 5, 4, generator=generator)
+        for v in range(3):
+            singles[v].grad = grads[v].clone()
+            optimizers[v].step()
+        adam.step([grads], np.array(learning_rates))
+    assert all(torch.equal(batched[v], singles[v].detach()) for v in range(3))
+    assert torch.equal(batched[2], start[2]) and not torch.equal(batched[0], start[0])
+
+
+def test_fast_path_equals_one_probe_at_a_time_on_the_same_features():
+    """Same init, batches and schedules, and the same float operations per probe: bitwise the same
+    probes, so the same val accuracies, epochs trained and test predictions. The settings make probes
+    stop at different epochs (masking), cut their lr on plateaus (patience 8 > 5) and end each epoch
+    with a short batch (700 = 10 x 64 + 60)."""
     x, y = synthetic(1000, seed=1)
     (xt, yt), (xv, yv), (xs, ys) = split(x, y, 700, 150)
-    settings = dict(lr=1e-2, batch_size=64, epochs=25, patience=8, seed=3)   # > 6: plateaus come first
+    settings = dict(lr=1e-2, batch_size=64, epochs=25, patience=8, seed=3)
     fast = probe.fit_probes(xt, yt, xv, yv, **settings)
     slow = probe.fit_probes_reference(xt, yt, xv, yv, **settings)
-    names = ["a_x", "noise", "constant", "b_x"]
-    f1_fast = probe.score(probe.predict(fast, xs), ys, names)["f1"].to_numpy()
-    f1_slow = probe.score(probe.predict_reference(slow, xs), ys, names)["f1"].to_numpy()
-    np.testing.assert_allclose(f1_fast, f1_slow, atol=0.02)
+    for v, reference in enumerate(slow):
+        assert torch.equal(fast.weight[v], reference.weight.detach())
+        assert torch.equal(fast.bias[v], reference.bias.detach())
+    assert np.array_equal(probe.predict(fast, xs), probe.predict_reference(slow, xs))
+    slow_val_accuracy = (probe.predict_reference(slow, xv) == yv).mean(axis=0)
+    np.testing.assert_allclose(fast.val_accuracy, slow_val_accuracy, rtol=0, atol=1e-6)
     assert fast.num_epochs.min() < fast.num_epochs.max()              # early stops and masking exercised
-    assert f1_fast[0] > 0.6                                           # and it learned (chance: 0.25)
+    f1 = scores.score(probe.predict(fast, xs), ys, ["a_x", "noise", "constant", "b_x"])["f1"]
+    assert f1[0] > 0.6                                                 # and it learned (chance: 0.25)
 
 
 def test_reference_loop_re_encoding_frames_matches_the_fast_path(breakout_dir):
@@ -170,68 +289,8 @@ def test_reference_loop_re_encoding_frames_matches_the_fast_path(breakout_dir):
     fast = probe.fit_probes(features["train"], labels["train"], features["val"], labels["val"], **settings)
     slow = probe.fit_probes_reference(frames["train"], labels["train"], frames["val"], labels["val"],
                                       encoder=encoder, **settings)
-    agreement = (probe.predict(fast, features["test"])
-                 == probe.predict_reference(slow, frames["test"], encoder=encoder)).mean(axis=0)
-    assert agreement.min() >= 0.97     # equal here; rounding may flip a rare prediction elsewhere
-
-
-def test_supervised_baseline_learns_a_position_end_to_end():
-    rng = np.random.default_rng(0)
-    position = rng.integers(0, 3, size=300)                          # where a bright block is drawn
-    frames = np.zeros((300, 1, 210, 160), np.uint8)
-    for i, p in enumerate(position):
-        frames[i, 0, 50:90, 20 + 50 * p:60 + 50 * p] = 255
-    labels = np.stack([10 * position, np.full(300, 7)], axis=1)
-    model = probe.fit_supervised(TinyEncoder, frames[:200], labels[:200], frames[200:250], labels[200:250],
-                                 per_variable=True, lr=1e-2, epochs=15, patience=5, seed=0)
-    assert len(model.models) == 2                                      # one encoder per variable
-    scores = probe.score(probe.predict_supervised(model, frames[250:]), labels[250:], ["player_x", "lives"])
-    assert scores["f1"].tolist() == pytest.approx([1.0, 1.0], abs=0.05)
-
-
-# -- AtariARI's ProbeTrainer --------------------------------------------------------------------
-def atariari_episodes(split: episodes.Episodes):
-    """The reference get_episodes layout: per-episode frame tensors and per-episode lists of label dicts."""
-    bounds = split.episode_bounds()
-    frames = torch.from_numpy(np.asarray(split.frames))
-    label_dicts = split.label_dicts()
-    return ([frames[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
-            [label_dicts[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
-
-
-def test_probe_trainer_round_trip_with_atariari_episodes(breakout_dir):
-    data = episodes.load_splits(breakout_dir)
-    (tr_eps, tr_labels), (val_eps, val_labels), (test_eps, test_labels) = (
-        atariari_episodes(data[k]) for k in ("train", "val", "test"))
-    torch.manual_seed(0)
-    encoder = TinyEncoder()
-    trainer = probe.ProbeTrainer(encoder, representation_len=encoder.feature_size, epochs=2, lr=3e-3,
-                                 device="cpu")
-    trainer.train(tr_eps, val_eps, tr_labels, val_labels)
-    acc, f1 = trainer.test(test_eps, test_labels)
-    variables = data["train"].variables
-    assert [k for k in f1 if k[:-3] in variables] == [f"{v}_f1" for v in variables]
-    assert {"overall_avg_f1", "across_categories_avg_f1", "overall_avg_acc", "across_categories_avg_acc",
-            "small_object_localization_avg_f1", "agent_localization_avg_f1"} <= set(f1) | set(acc)
-    assert f1["overall_avg_f1"] == pytest.approx(np.mean([f1[f"{v}_f1"] for v in variables]))
-    assert all(0 <= value <= 1 for value in [*acc.values(), *f1.values()])
-    # the same episodes as labelled by atarirep.compat.get_episodes ({variable: (T,) tensor} per episode)
-    as_columns = [{v: torch.tensor([step[v] for step in ep]) for v in variables} for ep in test_labels]
-    assert trainer.test(test_eps, as_columns) == (acc, f1)
-
-
-def test_probe_trainer_fully_supervised_trains_copies_and_leaves_the_encoder_alone(breakout_dir):
-    data = episodes.load_splits(breakout_dir)
-    (tr_eps, tr_labels), (val_eps, val_labels) = atariari_episodes(data["train"]), atariari_episodes(data["val"])
-    torch.manual_seed(0)
-    encoder = TinyEncoder()
-    before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    trainer = probe.ProbeTrainer(encoder, representation_len=16, fully_supervised=True, epochs=1, device="cpu")
-    trainer.train(tr_eps, val_eps, tr_labels, val_labels)
-    acc, f1 = trainer.test(val_eps, val_labels)
-    assert len(trainer._probes.models) == len(data["train"].variables)    # one end-to-end model per variable
-    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
-    assert 0 <= f1["across_categories_avg_f1"] <= 1
+    assert np.array_equal(probe.predict(fast, features["test"]),
+                          probe.predict_reference(slow, frames["test"], encoder=encoder))
 
 
 # -- the stage's entry point --------------------------------------------------------------------
@@ -242,36 +301,54 @@ def run_settings(**overrides):
 
 def test_run_writes_scores_and_metrics_for_the_majority_baseline(breakout_dir, tmp_path):
     out = tmp_path / "probes" / "Breakout" / "majority"
-    scores = probe.run(breakout_dir, None, out, **run_settings())
+    table_returned = probe.run(breakout_dir, None, out, **run_settings())
     table = pd.read_csv(out / "scores.csv", keep_default_na=False)
     metrics = json.loads((out / "metrics.json").read_text())
     data = episodes.load_splits(breakout_dir)
-    expected = [f1_score(data["test"].labels[:, j],
-                         np.full(len(data["test"]), np.bincount(data["train"].labels[:, j]).argmax()),
-                         average="weighted", zero_division=0) for j in range(len(data["test"].variables))]
+    expected = []
+    for j in range(len(data["test"].variables)):
+        counts = Counter(data["train"].labels[:, j].tolist())
+        majority = max(counts, key=counts.get)                          # AtariARI's rule, ties included
+        expected.append(f1_score(data["test"].labels[:, j], np.full(len(data["test"]), majority),
+                                 average="weighted", zero_division=0))
     assert table["f1"].tolist() == pytest.approx(expected)
     assert list(table.columns) == ["game", "method", "variable", "categories", "f1", "accuracy", "num_epochs"]
-    assert table["categories"].tolist() == [";".join(c) for c in scores["categories"]]
+    assert table["categories"].tolist() == [";".join(c) for c in table_returned["categories"]]
     assert metrics["game"] == "Breakout" and metrics["method"] == "majority"
     assert metrics["f1"]["overall"] == pytest.approx(np.mean(expected))
     assert metrics["f1"]["across_categories"] == pytest.approx(
-        probe.aggregate(scores, "across_categories")["f1"].item())
+        scores.aggregate(table_returned, "across_categories")["f1"].item())
     assert metrics["num_test_frames"] == len(data["test"])
-    read_back = reports.load_results(tmp_path / "probes")               # what the report stage reads
-    pd.testing.assert_frame_equal(read_back, scores.drop(columns="num_epochs"))
+    read_back = reports.load_results(tmp_path / "probes", ["Breakout"], ["majority"])   # as the report stage
+    pd.testing.assert_frame_equal(read_back, table_returned.drop(columns="num_epochs"))
 
 
-def test_run_probes_an_encoder_file_and_the_supervised_baseline(breakout_dir, tmp_path):
+def test_run_probes_an_encoder_file_on_its_train_val_and_test_splits(breakout_dir, tmp_path):
     torch.manual_seed(0)
-    encoders.save(encoders.build("benchmark", feature_size=32), tmp_path / "enc.pt", game="Breakout")
-    scores = probe.run(breakout_dir, tmp_path / "enc.pt", tmp_path / "random-cnn",
-                       **run_settings(method="random-cnn"))
-    assert scores["num_epochs"].tolist() == [2] * len(scores)
+    encoder = encoders.build("benchmark", feature_size=32)
+    encoders.save(encoder, tmp_path / "enc.pt", game="Breakout")
+    table = probe.run(breakout_dir, tmp_path / "enc.pt", tmp_path / "random-cnn", **run_settings(method="random-cnn"))
+    data = episodes.load_splits(breakout_dir)
+    features = {k: probe.encode(encoder, split.frames) for k, split in data.items()}
+    probes = probe.fit_probes(features["train"], data["train"].labels, features["val"], data["val"].labels,
+                              lr=3e-3, batch_size=64, epochs=2, patience=15, seed=0)
+    expected = scores.score(probe.predict(probes, features["test"]), data["test"].labels, data["test"].variables)
+    assert table["f1"].tolist() == expected["f1"].tolist()
+    assert table["accuracy"].tolist() == expected["accuracy"].tolist()
     assert json.loads((tmp_path / "random-cnn" / "metrics.json").read_text())["method"] == "random-cnn"
-    scores = probe.run(breakout_dir, None, tmp_path / "supervised", **run_settings(
+
+
+def test_run_trains_the_supervised_baseline_for_supervised_epochs(breakout_dir, tmp_path):
+    table = probe.run(breakout_dir, None, tmp_path / "supervised", **run_settings(
         method="supervised", supervised_per_variable=False, supervised_epochs=1))
-    assert scores["num_epochs"].tolist() == [1] * len(scores)
-    assert scores["f1"].between(0, 1).all()
+    data = episodes.load_splits(breakout_dir)
+    model = probe.fit_supervised(lambda: encoders.build("benchmark"), data["train"].frames, data["train"].labels,
+                                 data["val"].frames, data["val"].labels, per_variable=False, lr=3e-3,
+                                 batch_size=64, epochs=1, patience=15, seed=0)
+    expected = scores.score(probe.predict_supervised(model, data["test"].frames), data["test"].labels,
+                            data["test"].variables)
+    assert table["f1"].tolist() == expected["f1"].tolist()
+    assert table["num_epochs"].tolist() == [1] * len(table)            # supervised_epochs, not epochs (2)
 
 
 # -- errors: one line, exit code 2, nothing written --------------------------------------------
@@ -298,28 +375,6 @@ def test_an_encoder_that_does_not_take_full_size_frames_is_refused(breakout_dir,
     assert err == ("error: encoder NatureCNN does not take (B, 1, 210, 160) frames; probe an encoder built for "
                    "full-size frames (architecture benchmark)\n")
     assert not (tmp_path / "out").exists()
-
-
-def test_an_encoder_whose_feature_size_differs_from_representation_len_is_refused(breakout_dir):
-    (tr_eps, tr_labels) = atariari_episodes(episodes.load_splits(breakout_dir)["train"])
-    trainer = probe.ProbeTrainer(TinyEncoder(), representation_len=256, device="cpu")
-    with pytest.raises(UserError) as err:
-        trainer.train(tr_eps, tr_eps, tr_labels, tr_labels)
-    assert str(err.value) == ("encoder TinyEncoder returns (256, 16) for a batch of 256 frames, expected (256, 256); "
-                              "probe an encoder whose output is one feature vector per frame (or fix "
-                              "representation_len/feature_size)")
-
-
-def test_a_variable_missing_from_the_test_labels_is_refused(breakout_dir):
-    data = episodes.load_splits(breakout_dir)
-    (tr_eps, tr_labels), (val_eps, val_labels) = atariari_episodes(data["train"]), atariari_episodes(data["val"])
-    trainer = probe.ProbeTrainer(TinyEncoder(), representation_len=16, epochs=1, device="cpu")
-    trainer.train(tr_eps, val_eps, tr_labels, val_labels)
-    test_labels = [[{k: v for k, v in step.items() if k != "player_x"} for step in ep] for ep in val_labels]
-    with pytest.raises(UserError) as err:
-        trainer.test(val_eps, test_labels)
-    assert str(err.value) == ("test labels lack variable 'player_x' that the probes were trained on; pass labels "
-                              "of the same game and annotation set as the train labels")
 
 
 def test_an_empty_split_is_refused(breakout_dir, tmp_path, capsys):
