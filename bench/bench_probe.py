@@ -1,9 +1,9 @@
 """Benchmark: probing one game's variables with the fast path against a reference-style loop.
 
 Same collected frames, same encoder, same settings, same process. The fast path encodes every frame
-once and trains all probes as one batched layer; the reference loop (atarirep.probe.
-fit_probes_reference, AtariARI's structure) trains one probe per variable and re-encodes each batch
-for every probe. Prints one JSON object: wall times, speedup, mean test F1 of each.
+once and trains all probes as one batched layer (atarirep.probe.linear); the reference loop
+(atarirep.probe.reference, AtariARI's structure) trains one probe per variable and re-encodes each
+batch for every probe. Prints one JSON object: wall times, speedup, mean test F1 of each.
 
     python bench/bench_probe.py [--game Breakout] [--steps 1200] [--epochs 10] [--threads 1]
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atarirep import collection, encoders, episodes, probe
+from atarirep import collection, devices, encoders, episodes, probe, scores
 
 
 def main() -> None:
@@ -40,9 +40,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadiest on a shared box)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = probe.resolve_device(args.device)
+    device = devices.resolve(args.device)   # checked once; the library takes the param's spelling
     settings = dict(lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, patience=args.patience,
-                    seed=args.seed, device=device)
+                    seed=args.seed, device=args.device)
 
     with tempfile.TemporaryDirectory(prefix="bench-probe-") as tmp:
         folder = Path(tmp) / "episodes"
@@ -58,14 +58,14 @@ def main() -> None:
     encoder.register_forward_hook(lambda module, inputs, output: encoded.__setitem__(0, encoded[0] + len(output)))
 
     def fast_path() -> np.ndarray:
-        features = {name: probe.encode(encoder, x, device=device) for name, x in frames.items()}
+        features = {name: probe.encode(encoder, x, device=args.device) for name, x in frames.items()}
         probes = probe.fit_probes(features["train"], labels["train"], features["val"], labels["val"], **settings)
         return probe.predict(probes, features["test"])
 
     def reference_loop() -> np.ndarray:
         probes = probe.fit_probes_reference(frames["train"], labels["train"], frames["val"], labels["val"],
                                             encoder=encoder, **settings)
-        return probe.predict_reference(probes, frames["test"], encoder=encoder, device=device)
+        return probe.predict_reference(probes, frames["test"], encoder=encoder, device=args.device)
 
     # The fast path is timed before and twice after the reference loop and its median kept, so that a
     # burst of load from other jobs on a shared machine does not decide the ratio.
@@ -84,8 +84,8 @@ def main() -> None:
         fast_runs.append(time.perf_counter() - start)
     fast_seconds = float(np.median(fast_runs))
 
-    fast_f1 = probe.score(fast_predictions, labels["test"], variables)["f1"].to_numpy()
-    reference_f1 = probe.score(reference_predictions, labels["test"], variables)["f1"].to_numpy()
+    fast_f1 = scores.score(fast_predictions, labels["test"], variables)["f1"].to_numpy()
+    reference_f1 = scores.score(reference_predictions, labels["test"], variables)["f1"].to_numpy()
     print(json.dumps({
         "game": args.game, "num_variables": len(variables),
         "num_frames": {name: len(x) for name, x in frames.items()}, "epochs": args.epochs,
