@@ -10,8 +10,7 @@ from pathlib import Path
 
 from atarirep import annotations, collection, devices, envs, methods, params, training
 from atarirep.errors import UserError
-
-BASELINES = ("majority", "supervised")   # probe methods that train their own model (no encoder file)
+from atarirep.probe import BASELINES
 
 
 def _distinct(values: list[str], where: str) -> None:

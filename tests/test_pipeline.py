@@ -64,7 +64,7 @@ def built_repo(tmp_path_factory):
     run(["dvc", "config", "hydra.enabled", "true"], root)
     shutil.copytree(REPO / ".dvc/plots", root / ".dvc/plots")  # the offline plots page
     run(["dvc", "config", "plots.html_template", "plots/offline.html"], root)
-    run(["dvc", "remote", "add", "-d", "local", "../../remote"], root)   # beside the repo, relative to .dvc/
+    run(["dvc", "remote", "add", "-d", "local", "../remote"], root)   # beside the repo
     first = run(["dvc", "repro"], root, timeout=900)
     _commit(root, "repro")
     return root, first.stdout
@@ -228,7 +228,7 @@ def test_the_report_shows_exactly_the_methods_in_params(repo):
     assert set(json.loads((repo / "reports/probe/summary.json").read_text())["f1"]) == {"majority", "stdim"}
 
 
-RESTORE = "(after a failed `dvc exp run -S ...`, `git checkout params.yaml && dvc checkout` restores the workspace)"
+RESTORE = "(after a failed `dvc exp run -S ...`, `git checkout HEAD -- params.yaml && dvc checkout` restores the workspace)"
 
 
 @pytest.mark.parametrize("change, line", [
@@ -254,11 +254,12 @@ def test_bad_params_stop_dvc_repro_before_any_output_is_touched(repo, change, li
 
 
 def test_a_typo_in_exp_run_says_how_to_restore_and_the_restore_works(repo):
-    result = run(["dvc", "exp", "run", "-S", "env=NotAGame"], repo, check=False, timeout=600)
+    result = run(["dvc", "exp", "run", "-S", "env=Breakoutt"], repo, check=False, timeout=600)
     assert result.returncode != 0 and ran_stages(result.stdout) == {"check_params"}
-    assert any(l.startswith("error: params.yaml env has 'NotAGame'") and l.endswith(RESTORE)
+    assert any(l.startswith("error: params.yaml env has 'Breakoutt'") and l.endswith(RESTORE)
                for l in result.stderr.splitlines())
-    run(["git", "checkout", "params.yaml"], repo)
+    # (`dvc exp run` has removed Breakout's outputs from the workspace: its stages left the pipeline)
+    run(["git", "checkout", "HEAD", "--", "params.yaml"], repo)
     run(["dvc", "checkout"], repo)
     assert (repo / "data/episodes/Breakout/probe/frames.bin").exists()
     assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
