@@ -252,7 +252,7 @@ def test_batched_adam_steps_each_variable_exactly_as_its_own_torch_adam():
         for v in range(3):
             singles[v].grad = grads[v].clone()
             optimizers[v].step()
-        adam.step([grads], np.array(learning_rates))
+        adam.step([grads], torch.tensor(learning_rates, dtype=torch.float64))
     assert all(torch.equal(batched[v], singles[v].detach()) for v in range(3))
     assert torch.equal(batched[2], start[2]) and not torch.equal(batched[0], start[0])
 

@@ -147,14 +147,13 @@ class BatchedAdam:
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
 
     @torch.no_grad()
-    def step(self, grads: Sequence[torch.Tensor], lr: np.ndarray) -> None:
-        """One step with (V,) learning rates (float64, as torch keeps an lr)."""
+    def step(self, grads: Sequence[torch.Tensor], lr: torch.Tensor) -> None:
+        """One step with (V,) float64 learning rates on the parameters' device (torch keeps an lr in float64)."""
         self.step_count += 1
         bias_correction1 = 1 - self.beta1 ** self.step_count
         bias_correction2_sqrt = (1 - self.beta2 ** self.step_count) ** 0.5
         # torch's addcdiv_(m, denom, value=-lr / bias_correction1) rounds the step size to float32 once
-        neg_step_size = torch.as_tensor(-np.asarray(lr, np.float64) / bias_correction1, dtype=torch.float32,
-                                        device=self.params[0].device)
+        neg_step_size = (-lr / bias_correction1).float()
         for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
             m.lerp_(g, 1 - self.beta1)
             v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
@@ -196,7 +195,7 @@ def fit_probes(train_features, train_labels, val_features, val_labels, *, lr: fl
     for _ in tqdm(range(epochs), desc="probe epochs", disable=not progress, leave=False):
         if not schedules.active.any():
             break
-        lr_now = np.where(schedules.active, schedules.lr, 0.0)                               # (V,)
+        lr_now = torch.as_tensor(np.where(schedules.active, schedules.lr, 0.0), device=dev)   # (V,) float64
         for rows in epoch_batches(order_rng, num_rows, batch_size):
             rows = rows.to(dev)
             logits = current.logits(x[rows])                                                 # (B, V, C)
