@@ -9,7 +9,13 @@ from atarirep.methods.batch import Batch
 
 
 class VAE(nn.Module):
-    """Variational autoencoder (Kingma & Welling 2014) as AtariARI's VAE baseline uses it."""
+    """Variational autoencoder (Kingma & Welling 2014) as AtariARI's VAE baseline uses it.
+
+    Its loss is the reference's (squared error and KL both summed; AtariARI also sums over the batch,
+    here the batch mean, a constant scale Adam divides out). On Pong its posterior collapses (sigma ~ 1,
+    mu nearly constant, the decoder ignores z), as the reference's does: Anand et al. 2019 report VAE
+    F1 0.09 on Pong against 0.10 for the majority baseline.
+    """
 
     window = 1
     uses_negatives = False
