@@ -20,7 +20,6 @@ from atarirep.errors import UserError
 from atarirep.io import write_bytes
 
 FORMAT = "atarirep-encoder/1"
-FRAME_SHAPE = (1, 210, 160)
 
 
 def preprocess(frames_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -42,16 +41,19 @@ def _init_orthogonal(module: nn.Module, gain: float = nn.init.calculate_gain("re
 class SpaceToDepthConv2d(nn.Conv2d):
     """Conv2d(k=8, stride 4, no padding) computed as a 2x2 conv over 4x4 space-to-depth blocks.
 
-    Same parameters and function as nn.Conv2d (tests check it); a 1-channel strided conv vectorises
-    badly, while the 16-channel form runs ~2.5x faster on CPU. Rows and columns past the last full
-    4-pixel block (210 -> 208) are never covered by a window, so cropping them changes nothing.
-    Set `use_space_to_depth = False` on an instance for the plain nn.Conv2d path.
+    Same parameters and function as nn.Conv2d (tests check it). In the contiguous (NCHW) layout a
+    1-channel strided conv vectorises badly and the 16-channel form is faster on CPU; once the module
+    is channels-last (`module.to(memory_format=torch.channels_last)`, as the training loop does)
+    oneDNN's plain conv is faster again (bench/bench_pretrain.py), so that layout takes the plain path.
+    Rows and columns past the last full 4-pixel block (210 -> 208) are never covered by a window, so
+    cropping them changes nothing. Set `use_space_to_depth = False` on an instance for the plain path.
     """
 
     use_space_to_depth = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.use_space_to_depth:
+        is_channels_last = self.weight.stride(1) == 1   # (O, C, 8, 8) weights restrided by .to(channels_last)
+        if not self.use_space_to_depth or is_channels_last:
             return super().forward(x)
         b, c, h, w = x.shape
         hb, wb = h // 4, w // 4

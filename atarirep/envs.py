@@ -14,11 +14,10 @@ import gymnasium as gym
 import numpy as np
 
 from atarirep import annotations
+from atarirep.episodes import FRAME_SHAPE
 from atarirep.errors import UserError
 
 gym.register_envs(ale_py)
-
-FRAME_SHAPE = (1, 210, 160)  # full-size grayscale; downsampling would break the labels' meaning
 
 
 @dataclass(frozen=True)

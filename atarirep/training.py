@@ -7,6 +7,14 @@ reads no params file (the stage passes plain arguments).
 Samples: a method needs `window` consecutive frames of ONE episode per sample (2 for ST-DIM pairs,
 the sequence length for CPC); `windows` lists every such place, so no sample crosses an episode
 boundary. An epoch is one pass over them in a seeded random order; the last partial batch is dropped.
+
+Frames: a stored dataset's frames are streamed by default, held compressed one frame per zlib stream
+(episodes.CompressedFrames, ~30-120x smaller) and decompressed batch by batch in a background thread,
+so memory does not grow with the dataset; "resident" decompresses them all up front (into GPU memory
+on CUDA when they fit, the default there).
+
+Early stopping: on the val loss, or on a val metric (higher is better) named by the method's
+`early_stop_metric` class attribute (e.g. "accuracy", which its loss() then returns in its metrics).
 """
 from __future__ import annotations
 
@@ -32,14 +40,15 @@ from tqdm import tqdm
 from atarirep import devices, encoders
 from atarirep import episodes as episodes_lib
 from atarirep import methods
-from atarirep.episodes import Episodes
+from atarirep.episodes import CompressedFrames, Episodes, LazyFrames
 from atarirep.errors import UserError
 from atarirep.io import atomic_dir, write_bytes, write_json
 from atarirep.methods import Batch
 
 KEEP = ("last", "best")
+LOADERS = ("auto", "resident", "streamed")
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "samples_per_s")
-CHECKPOINT_FORMAT = "atarirep-pretrain-checkpoint/1"
+CHECKPOINT_FORMAT = "atarirep-pretrain-checkpoint/2"  # /2: `best` holds the early-stopping metric
 
 
 @dataclass(frozen=True)
@@ -49,8 +58,8 @@ class TrainConfig:
     epochs: int = 100        # passes over the train split's samples
     batch_size: int = 64     # samples per step and process; InfoNCE negatives are the batch's other samples
     lr: float = 3e-4         # Adam learning rate (eps 1e-5)
-    patience: int = 15       # stop after this many epochs without a lower val loss
-    keep: str = "last"       # encoder returned: the last epoch's (AtariARI) or the lowest val loss's
+    patience: int = 15       # stop after this many epochs without a better val loss (or early_stop_metric)
+    keep: str = "last"       # encoder returned: the last epoch's (AtariARI) or the best val epoch's
     seed: int = 0            # model init, sample order, negatives, noise
     device: str = "auto"     # auto | cpu | cuda
 
@@ -125,26 +134,42 @@ def epoch_plan(windows_: Windows, rng: np.random.Generator, batch_size: int, use
     return plan
 
 
-class _FrameSource:
-    """uint8 frames where batches are gathered: on the GPU when they fit (batches sampled there), else in host
-    memory, with a background thread gathering each batch into pinned memory ahead of the step."""
+def _resident_tensor(frames: np.ndarray | LazyFrames | CompressedFrames, device: torch.device,
+                     block_frames: int = 4096) -> torch.Tensor:
+    """(N, C, 210, 160) uint8 on `device`; an in-memory array on CPU is used without a copy, anything else is
+    filled block by block, so host memory holds one block at a time on the way to a GPU."""
+    if isinstance(frames, np.ndarray):
+        return torch.from_numpy(frames).to(device)
+    out = torch.empty(tuple(frames.shape), dtype=torch.uint8, device=device)
+    for start in range(0, len(frames), block_frames):
+        out[start:start + block_frames] = torch.from_numpy(np.asarray(frames[start:start + block_frames]))
+    return out
 
-    def __init__(self, frames_uint8: np.ndarray, device: torch.device, use_background: bool):
-        host = torch.from_numpy(frames_uint8)                         # (N, C, 210, 160) uint8, no copy
+
+class _FrameSource:
+    """Where batches are gathered from: `resident` uint8 frames on the device (host RAM on CPU, GPU memory on
+    CUDA), or `streamed` CompressedFrames in host memory, each batch decompressed by a background thread
+    ahead of the step (into pinned memory for a GPU), so the working set is a few batches."""
+
+    def __init__(self, frames: np.ndarray | LazyFrames | CompressedFrames, device: torch.device,
+                 is_streamed: bool):
         self.device = device
-        self.use_background = use_background
-        self.frames = host if use_background else host.to(device)
+        self.is_streamed = is_streamed
+        if is_streamed:
+            self.frames = frames if isinstance(frames, CompressedFrames) else CompressedFrames(frames)
+        else:
+            self.frames = _resident_tensor(frames, device)
         self.memory_format = devices.memory_format(device)
 
     def _gather(self, rows: np.ndarray, negatives: np.ndarray | None) -> torch.Tensor:
-        """uint8 (B W [+ B], C, 210, 160): the rows' frames, then the negatives'; pinned when streamed to a GPU."""
+        """uint8 (B W [+ B], C, 210, 160): the rows' frames, then the negatives'."""
         index = np.concatenate([rows.reshape(-1), [] if negatives is None else negatives]).astype(np.int64)
-        index = torch.from_numpy(index).to(self.frames.device)
-        if not self.use_background:
-            return self.frames.index_select(0, index)
+        if not self.is_streamed:
+            return self.frames.index_select(0, torch.from_numpy(index).to(self.frames.device))
         out = torch.empty((len(index), *self.frames.shape[1:]), dtype=torch.uint8,
                           pin_memory=self.device.type == "cuda")
-        return torch.index_select(self.frames, 0, index, out=out)
+        self.frames.read_into(index, out.numpy())
+        return out
 
     def _batch(self, gathered: torch.Tensor, shape: tuple[int, int], generator) -> Batch:
         frames = encoders.preprocess(gathered.to(self.device, non_blocking=True))   # (B W [+ B], C, 210, 160)
@@ -155,7 +180,7 @@ class _FrameSource:
 
     def batches(self, plan, generator: torch.Generator):
         """Yield a Batch per step of `plan`."""
-        if not self.use_background:
+        if not self.is_streamed:
             for rows, negatives in plan:
                 yield self._batch(self._gather(rows, negatives), rows.shape, generator)
             return
@@ -163,15 +188,21 @@ class _FrameSource:
         stop = threading.Event()
 
         def work():
-            for rows, negatives in plan:
-                if stop.is_set():
-                    return
-                ready.put(self._gather(rows, negatives))
+            try:
+                for rows, negatives in plan:
+                    if stop.is_set():
+                        return
+                    ready.put(self._gather(rows, negatives))
+            except BaseException as err:  # re-raised in the training thread, which would otherwise wait forever
+                ready.put(err)
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
         try:
             for rows, _ in plan:
-                yield self._batch(ready.get(), rows.shape, generator)
+                gathered = ready.get()
+                if isinstance(gathered, BaseException):
+                    raise gathered
+                yield self._batch(gathered, rows.shape, generator)
         finally:
             stop.set()
             while worker.is_alive():          # unblock a worker waiting on a full queue
@@ -179,6 +210,19 @@ class _FrameSource:
                     ready.get_nowait()
                 except queue.Empty:
                     worker.join(0.01)
+
+
+def _is_streamed(loader: str, frames: dict, device: torch.device) -> bool:
+    """The `loader` choice for these frames; "auto": on CPU, stream what is stored on disk (an array given in
+    memory stays resident); on CUDA, keep resident in GPU memory when all fit in half the free memory."""
+    if loader not in LOADERS:
+        raise UserError(f"pretrain loader={loader!r} is invalid; it must be one of {', '.join(LOADERS)}")
+    if loader != "auto":
+        return loader == "streamed"
+    if device.type == "cuda":
+        num_bytes = sum(len(f) * episodes_lib.FRAME_BYTES for f in frames.values())
+        return num_bytes > devices.free_bytes(device) // 2
+    return not all(isinstance(f, np.ndarray) for f in frames.values())
 
 
 class Objective(nn.Module):
@@ -202,10 +246,24 @@ def build_method(name: str, seed: int, **method_config) -> nn.Module:
 @dataclass
 class FitResult:
     method: nn.Module          # trained; method.encoder holds the kept weights
-    history: list[dict]        # one row per epoch: LOG_COLUMNS then the method's metrics (train means)
+    history: list[dict]        # one row per epoch: LOG_COLUMNS, val_<metric> of early_stop_metric, train means
     kept_epoch: int            # epoch whose encoder is kept (0: untrained)
-    best_val_loss: float
+    best_val_loss: float       # the lowest val loss of any epoch
     stopped_early: bool
+    early_stop_metric: str = "loss"      # what early stopping and keep=best compared: "loss" or a val metric
+    best_val_metric: float = math.nan    # its best value (lowest loss or highest metric)
+
+
+def early_stop_metric(method: nn.Module) -> str:
+    """The val figure early stopping watches: "loss" (lower is better) unless the method's class names one of
+    its metrics in `early_stop_metric` (higher is better; AtariARI stops CPC and JSD-ST-DIM on val accuracy)."""
+    return getattr(method, "early_stop_metric", "loss")
+
+
+def _is_better(value: float, best: float, metric: str) -> bool:
+    if math.isnan(value):
+        return False
+    return value < best if metric == "loss" else value > best
 
 
 def _state_to_cpu(module: nn.Module) -> dict:
@@ -232,14 +290,16 @@ def _read_checkpoint(path: Path, fingerprint: str, log) -> dict | None:
 def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, *,
         checkpoint_path: str | os.PathLike | None = None, fingerprint: str = "", progress: bool = False,
         loader: str = "auto") -> FitResult:
-    """Train `method` (built with `build_method`) on `train`, early-stopping on the val loss.
+    """Train `method` (built with `build_method`) on `train`, early-stopping on the val loss or the method's
+    `early_stop_metric`.
 
     Adam (lr, eps 1e-5), `config.batch_size` samples per step and process. After every epoch a
     checkpoint (method and optimizer weights, RNG states, epoch, history) replaces `checkpoint_path`
     atomically; a run given a checkpoint with the same `fingerprint` and config resumes from it and
     ends, on CPU, with the same weights as an uninterrupted run. Under torchrun each process takes
     its slice of every global batch and gradients are averaged (DDP).
-    `loader`: "auto" (frames on the GPU when they fit), "resident" or "background".
+    `loader`: "auto", "resident" (every frame decompressed up front) or "streamed" (frames held compressed,
+    decompressed per batch in a background thread); see _is_streamed.
     Raises UserError if a split has fewer than batch_size samples of the method's window.
     """
     config.check()
@@ -257,11 +317,10 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
                             f"consecutive frames (longest episode: {longest} frames), fewer than one batch of "
                             f"{config.batch_size * place.world_size}; lower pretrain batch_size "
                             f"(or the method's sequence length) or collect more steps")
-    frames = {name: np.asarray(split.frames) for name, split in (("train", train), ("val", val))}
-    num_bytes = sum(f.nbytes for f in frames.values())
-    use_background = {"auto": device.type == "cuda" and num_bytes > devices.free_bytes(device) // 2,
-                      "resident": False, "background": True}[loader]
-    sources = {name: _FrameSource(f, device, use_background) for name, f in frames.items()}
+    frames = {"train": train.frames, "val": val.frames}
+    is_streamed = _is_streamed(loader, frames, device)
+    sources = {name: _FrameSource(f, device, is_streamed) for name, f in frames.items()}
+    metric = early_stop_metric(method)
 
     method.to(device, memory_format=devices.memory_format(device))
     model = devices.wrap(Objective(method), place, device)
@@ -272,7 +331,8 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
     fingerprint = json.dumps({"config": {**dataclasses.asdict(config), "epochs": None},
                               "world_size": place.world_size,
                               "device": device.type, "data": fingerprint})
-    history, best = [], {"val_loss": math.inf, "epoch": 0, "encoder": None}
+    history, best_val_loss = [], math.inf
+    best = {"value": math.inf if metric == "loss" else -math.inf, "epoch": 0, "encoder": None}
     start_epoch, bad_epochs, is_finished = 0, 0, False
     checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
     state = None if checkpoint_path is None else _read_checkpoint(checkpoint_path, fingerprint, log)
@@ -285,6 +345,7 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
         sampling_rng.bit_generator.state = state["rng"]["sampling"]
         noise.set_state(state["rng"]["noise"][place.rank])
         history, best, bad_epochs = state["history"], state["best"], state["bad_epochs"]
+        best_val_loss = min((row["val_loss"] for row in history), default=math.inf)
         start_epoch = state["epoch"]
         is_finished = bad_epochs >= config.patience or start_epoch >= config.epochs
 
@@ -317,22 +378,30 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
                                 samples_per_s=f"{step * samples_per_step / seconds:.0f}")
         bar.close()
         seconds = time.perf_counter() - started
+        val = _validate(method, sources["val"], val_plan, device, place, config.seed)
+        if metric not in val:
+            raise ValueError(f"{type(method).__name__}.early_stop_metric is {metric!r}, which its loss() "
+                             f"does not return (it returns {', '.join(sorted(val))})")
         row = {"epoch": epoch,
                "train_loss": devices.all_mean(loss_sum.item() / len(plan), place, device),
-               "val_loss": _validate(method, sources["val"], val_plan, device, place, config.seed),
+               "val_loss": val["loss"],
                "samples_per_s": len(plan) * samples_per_step / seconds}
+        if metric != "loss":
+            row[f"val_{metric}"] = val[metric]
         row.update({f"train_{k}": devices.all_mean(float(v) / len(plan), place, device)
                     for k, v in sorted(metric_sums.items())})
         history.append(row)
-        if row["val_loss"] < best["val_loss"]:
+        best_val_loss = min(best_val_loss, row["val_loss"])
+        if _is_better(val[metric], best["value"], metric):
             bad_epochs = 0
-            best = {"val_loss": row["val_loss"], "epoch": epoch,
+            best = {"value": val[metric], "epoch": epoch,
                     "encoder": _state_to_cpu(method.encoder) if config.keep == "best" else None}
         else:
             bad_epochs += 1
         is_finished = bad_epochs >= config.patience or epoch == config.epochs
         log(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
-            f"samples/s {row['samples_per_s']:.1f}" + (" (early stop)" if bad_epochs >= config.patience else ""))
+            + (f"val_{metric} {val[metric]:.4f} " if metric != "loss" else "")
+            + f"samples/s {row['samples_per_s']:.1f}" + (" (early stop)" if bad_epochs >= config.patience else ""))
         if checkpoint_path is not None:
             _write_checkpoint(checkpoint_path, place, {
                 "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch,
@@ -345,21 +414,25 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
         method.encoder.load_state_dict(best["encoder"])
         kept_epoch = best["epoch"]
     stopped_early = bool(history) and history[-1]["epoch"] < config.epochs
-    return FitResult(method.cpu().eval(), history, kept_epoch, float(best["val_loss"]), stopped_early)
+    return FitResult(method.cpu().eval(), history, kept_epoch, float(best_val_loss), stopped_early,
+                     metric, float(best["value"]) if history else math.nan)
 
 
 @torch.no_grad()
 def _validate(method: nn.Module, source: _FrameSource, plan, device: torch.device,
-              place: devices.Distributed, seed: int) -> float:
-    """Mean loss over the fixed validation batches (each process evaluates its slice of each)."""
+              place: devices.Distributed, seed: int) -> dict[str, float]:
+    """{"loss": mean loss, metric: mean of each of the loss's metrics} over the fixed validation batches (each
+    process evaluates its slice of each; the means are over all processes)."""
     method.eval()
     noise = torch.Generator(device=device).manual_seed(seed * 1000 + 999 - place.rank)
-    total = torch.zeros((), device=device)
+    sums: dict[str, torch.Tensor] = {}
     for batch in source.batches(plan, noise):
         with devices.autocast(device):
-            total += method.loss(batch)[0].float()
+            loss, metrics = method.loss(batch)
+        for key, value in {**metrics, "loss": loss}.items():
+            sums[key] = sums.get(key, 0.0) + value.detach().float()
     method.train()
-    return devices.all_mean(total.item() / len(plan), place, device)
+    return {key: devices.all_mean(float(total) / len(plan), place, device) for key, total in sorted(sums.items())}
 
 
 def _write_checkpoint(path: Path, place: devices.Distributed, state: dict) -> None:
@@ -412,7 +485,8 @@ def pretrain(method: str, episodes_dir: str | os.PathLike, out_dir: str | os.Pat
     out_dir (written whole and atomically, by process 0) holds:
       encoder.pt    the encoder (atarirep.encoders.load), meta: method, method_config, game, kept epoch
       log.tsv       per epoch: epoch, train_loss, val_loss, samples_per_s, train_<metric>...
-      metrics.json  epochs_run, kept_epoch, best_val_loss, stopped_early
+      metrics.json  epochs_run, kept_epoch, best_val_loss, stopped_early, early_stop_metric, and
+                    best_val_<metric> for a method that early-stops on a metric (e.g. best_val_accuracy)
     The resume checkpoint (default: `default_checkpoint_path(out_dir)`) is deleted once out_dir exists.
     Bad input (unknown method, bad value, missing/corrupt episodes, too little data) raises UserError
     before anything is written.
@@ -444,6 +518,9 @@ def pretrain(method: str, episodes_dir: str | os.PathLike, out_dir: str | os.Pat
         write_json(tmp / "metrics.json", {
             "epochs_run": len(result.history), "kept_epoch": result.kept_epoch,
             "best_val_loss": None if math.isnan(result.best_val_loss) or math.isinf(result.best_val_loss)
-            else result.best_val_loss, "stopped_early": result.stopped_early})
+            else result.best_val_loss, "stopped_early": result.stopped_early,
+            "early_stop_metric": result.early_stop_metric,
+            **({} if result.early_stop_metric == "loss" or not result.history
+               else {f"best_val_{result.early_stop_metric}": result.best_val_metric})})
     checkpoint_path.unlink(missing_ok=True)
     return Path(out_dir)

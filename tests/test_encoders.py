@@ -37,6 +37,19 @@ def test_space_to_depth_conv_equals_plain_strided_conv_in_values_and_gradients()
     torch.testing.assert_close(fast_grad, conv.weight.grad, rtol=1e-3, atol=1e-3)
 
 
+def test_channels_last_encoder_takes_the_plain_first_conv_and_computes_the_same_function():
+    encoder = encoders.BenchmarkEncoder()
+    x = torch.rand(3, 1, 210, 160)
+    expected = encoder(x)
+    conv = encoder.local_layers[0]
+    calls = []
+    conv.register_forward_hook(lambda module, inputs, output: calls.append(output.is_contiguous()))
+    encoder.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(encoder(x.contiguous(memory_format=torch.channels_last)), expected,
+                               rtol=1e-4, atol=1e-4)
+    assert calls == [False]                       # the plain conv's channels-last output, not space-to-depth's NCHW
+
+
 @pytest.mark.parametrize("architecture", list(SMALL_CONFIGS))
 def test_each_architecture_maps_its_input_to_feature_size(architecture):
     encoder = encoders.build(architecture, **SMALL_CONFIGS[architecture])

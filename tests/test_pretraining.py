@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
 
 from atarirep import devices, encoders, episodes, methods, training
 from atarirep.collection import collect
@@ -54,7 +55,7 @@ def test_loop_batches_hold_consecutive_frames_and_same_episode_negatives(tiny):
     stored = np.asarray(split.frames)
     found = training.windows(split, 2)
     plan = training.epoch_plan(found, np.random.default_rng(0), 8, True, devices.Distributed())
-    source = training._FrameSource(stored, torch.device("cpu"), use_background=False)
+    source = training._FrameSource(stored, torch.device("cpu"), is_streamed=False)
     assert len(plan) == len(found) // 8
     for (rows, negatives), batch in zip(plan, source.batches(plan, torch.Generator())):
         assert (rows[:, 1] == rows[:, 0] + 1).all()
@@ -74,9 +75,28 @@ def _assert_same_weights(a, b):
     assert not different, different
 
 
-def test_background_loader_trains_to_the_same_weights_as_resident_frames(tiny):
+def test_streamed_batches_equal_resident_batches_frame_for_frame(tiny):
+    split = tiny["train"]
+    plan = training.epoch_plan(training.windows(split, 2), np.random.default_rng(0), 8, True, devices.Distributed())
+    resident = training._FrameSource(np.asarray(split.frames), torch.device("cpu"), is_streamed=False)
+    streamed = training._FrameSource(split.frames, torch.device("cpu"), is_streamed=True)
+    pairs = list(zip(resident.batches(plan, torch.Generator()), streamed.batches(plan, torch.Generator())))
+    assert len(pairs) == len(plan) > 1
+    for a, b in pairs:
+        assert torch.equal(a.frames, b.frames) and torch.equal(a.negatives, b.negatives)
+
+
+def test_auto_loader_streams_stored_frames_and_keeps_arrays_resident(tiny):
+    cpu = torch.device("cpu")
+    assert training._is_streamed("auto", {"train": tiny["train"].frames}, cpu)
+    assert not training._is_streamed("auto", {"train": np.asarray(tiny["train"].frames)}, cpu)
+    with pytest.raises(UserError, match="pretrain loader='disk' is invalid; it must be one of auto, resident"):
+        training._is_streamed("disk", {}, cpu)
+
+
+def test_streamed_loader_trains_to_the_same_weights_as_resident_frames(tiny):
     results = []
-    for loader in ("resident", "background"):
+    for loader in ("resident", "streamed"):
         method = training.build_method("static_dim", seed=0)
         config = training.TrainConfig(epochs=1, batch_size=16, seed=0, device="cpu")
         results.append(training.fit(method, tiny["train"], tiny["val"], config, loader=loader))
@@ -90,6 +110,58 @@ def test_early_stopping_and_keep_best(tiny):
     result = training.fit(method, tiny["train"], tiny["val"], config)
     assert [row["epoch"] for row in result.history] == [1, 2]                  # epoch 2 did not lower val loss
     assert result.stopped_early and result.kept_epoch == 1
+
+
+class _DriftingMethod(nn.Module):
+    """A method whose one encoder weight w rises by ~lr per Adam step (loss -w); its val loss falls every epoch
+    while its "accuracy" exp(-(w - peak)^2) peaks when w reaches `peak`."""
+
+    window = 1
+    uses_negatives = False
+    is_trainable = True
+
+    def __init__(self, peak: float):
+        super().__init__()
+        self.encoder = nn.Linear(1, 1, bias=False)
+        nn.init.zeros_(self.encoder.weight)
+        self.peak = peak
+
+    def loss(self, batch):
+        w = self.encoder.weight.sum() + 0 * batch.frames.mean()
+        return -w, {"accuracy": torch.exp(-(w - self.peak) ** 2).detach()}
+
+
+class _DriftingAccuracyMethod(_DriftingMethod):
+    early_stop_metric = "accuracy"
+
+
+@pytest.mark.parametrize("method_class", [_DriftingMethod, _DriftingAccuracyMethod])
+def test_early_stop_metric_accuracy_keeps_the_highest_val_accuracy_epoch(tiny, method_class):
+    lr, steps_per_epoch = 0.1, len(training.windows(tiny["train"], 1)) // 16
+    method = method_class(peak=2 * steps_per_epoch * lr)                       # accuracy peaks after epoch 2
+    config = training.TrainConfig(epochs=5, batch_size=16, lr=lr, patience=2, keep="best", seed=0, device="cpu")
+    result = training.fit(method, tiny["train"], tiny["val"], config)
+    epochs = [row["epoch"] for row in result.history]
+    if method_class is _DriftingAccuracyMethod:                                # accuracy: up, up, down, down
+        assert epochs == [1, 2, 3, 4] and result.stopped_early and result.kept_epoch == 2
+        accuracies = [row["val_accuracy"] for row in result.history]
+        assert max(accuracies) == accuracies[1] == result.best_val_metric
+        assert result.early_stop_metric == "accuracy"
+        assert result.method.encoder.weight.item() == pytest.approx(2 * steps_per_epoch * lr, rel=1e-3)
+    else:                                                                      # val loss falls every epoch
+        assert epochs == [1, 2, 3, 4, 5] and not result.stopped_early and result.kept_epoch == 5
+        assert "val_accuracy" not in result.history[0] and result.early_stop_metric == "loss"
+    assert result.best_val_loss == min(row["val_loss"] for row in result.history)
+
+
+def test_info_nce_is_float32_for_bf16_inputs_and_under_bf16_autocast():
+    queries, keys = torch.randn(3, 8, 16), torch.randn(3, 8, 16)
+    loss = methods.info_nce(queries.bfloat16(), keys.bfloat16())
+    assert loss.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = methods.info_nce(queries, keys)
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, methods.info_nce(queries, keys), rtol=0, atol=0)
 
 
 def test_resume_after_a_kill_ends_with_the_same_weights_as_a_straight_run(tiny_dir, tmp_path, capsys):
