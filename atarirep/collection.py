@@ -198,7 +198,7 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
 
         # Variables whose labels barely vary carry no signal for a probe (Breakout's block bytes).
         entropies = splits.label_entropy(np.concatenate([rec.field(results, "labels") for rec in kept]))
-        kept_variables = [v for v, e in zip(variables_all, entropies) if e >= entropy_threshold]
+        kept_variables = splits.variables_to_keep(variables_all, entropies, entropy_threshold)
         if not kept_variables:
             raise UserError(f"every variable of {ale_name} has label entropy below {entropy_threshold} nats on "
                             "this data; collect more steps or lower entropy_threshold")
@@ -206,7 +206,7 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
         rng = np.random.default_rng(np.random.SeedSequence([seed, PURPOSE_STREAMS[purpose], 2**20]))
         split_episodes = {name: [kept[i] for i in ids]
                           for name, ids in splits.split_episodes(len(kept), splits_fractions, rng).items()}
-        steps_table, chunk_frames, chunk_bytes, num_removed = _write_frames(
+        steps_table, chunk_frames, chunk_bytes, num_removed, num_test_dropped = _write_frames(
             folder / "frames.tmp", parts, results, split_episodes, variables_all, kept_variables)
         counts = {name: {"episodes": int(steps_table.loc[steps_table.split == name, "episode"].nunique()),
                          "frames": int((steps_table.split == name).sum())} for name in split_episodes}
@@ -222,7 +222,8 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
                                   if v not in kept_variables},
             "label_entropy": {v: round(float(e), 6) for v, e in zip(variables_all, entropies)},
             "collected": {"episodes": len(records), "frames": steps, "short_episodes_dropped": num_short,
-                          "duplicate_test_frames_removed": num_removed},
+                          "duplicate_test_frames_removed": num_removed,
+                          "test_episodes_dropped_after_dedup": num_test_dropped},
         }
         episodes.write_store(folder, folder / "frames.tmp", chunk_frames, chunk_bytes, steps_table, meta)
         shutil.rmtree(parts)
@@ -261,27 +262,27 @@ def _episode_records(results: list[dict]) -> list[_EpisodeRecord]:
 
 def _write_frames(frames_path: Path, parts: Path, results: list[dict],
                   split_episodes: dict[str, list[_EpisodeRecord]], variables: tuple[str, ...],
-                  kept_variables: list[str]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, int]:
+                  kept_variables: list[str]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, int, int]:
     """Copy the split episodes' compressed chunks into one file, split by split, without recompressing.
 
     Test frames equal to a train or val frame are left out of the table (their bytes stay in their
     chunk); a test episode left with one frame or none is dropped. Returns (steps table, frames per
-    chunk, bytes per chunk, number of test frames removed).
+    chunk, bytes per chunk, number of test frames removed (a dropped episode's lone frame included),
+    number of test episodes dropped).
     """
-    seen = np.concatenate([rec.field(results, "hashes") for name, recs in split_episodes.items()
-                           if name != "test" for rec in recs])
+    seen = splits.hash_set(np.concatenate([rec.field(results, "hashes") for name, recs in split_episodes.items()
+                                           if name != "test" for rec in recs]))
+    test_keeps, num_removed, num_dropped = splits.dedupe_test_episodes(
+        [rec.field(results, "hashes") for rec in split_episodes.get("test", [])], seen)
     label_columns = [variables.index(v) for v in kept_variables]
     tables, chunk_frames, chunk_bytes = [], [], []
-    num_removed, next_frame = 0, 0
+    next_frame = 0
     with open(frames_path, "wb") as out:
         for split_name, recs in split_episodes.items():
-            for rec in recs:
-                keep = np.ones(len(rec.rows), bool)
-                if split_name == "test":
-                    keep = ~splits.duplicate_mask(rec.field(results, "hashes"), seen)
-                    num_removed += int((~keep).sum())
-                    if keep.sum() <= 1:
-                        continue
+            for i, rec in enumerate(recs):
+                keep = test_keeps[i] if split_name == "test" else np.ones(len(rec.rows), bool)
+                if keep is None:  # a test episode left with one frame or none
+                    continue
                 with open(parts / f"env{rec.rank}.bin", "rb") as part:
                     part.seek(rec.byte_range[0])
                     out.write(part.read(rec.byte_range[1] - rec.byte_range[0]))
@@ -295,7 +296,8 @@ def _write_frames(frames_path: Path, parts: Path, results: list[dict],
                 labels = rec.field(results, "labels")[keep][:, label_columns]
                 tables.append(pd.concat([table, pd.DataFrame(labels, columns=kept_variables)], axis=1))
                 next_frame += len(rec.rows)
-    return pd.concat(tables, ignore_index=True), np.asarray(chunk_frames), np.asarray(chunk_bytes), num_removed
+    return (pd.concat(tables, ignore_index=True), np.asarray(chunk_frames), np.asarray(chunk_bytes), num_removed,
+            num_dropped)
 
 
 def summary(store: episodes.EpisodeStore) -> dict:
@@ -305,4 +307,5 @@ def summary(store: episodes.EpisodeStore) -> dict:
             **{f"{split}_{kind}": count[kind] for split, count in meta["counts"].items() for kind in count},
             "variables_kept": len(meta["variables"]), "variables_dropped": len(meta["dropped_variables"]),
             "duplicate_test_frames_removed": meta["collected"]["duplicate_test_frames_removed"],
+            "test_episodes_dropped_after_dedup": meta["collected"]["test_episodes_dropped_after_dedup"],
             "short_episodes_dropped": meta["collected"]["short_episodes_dropped"]}

@@ -66,7 +66,37 @@ def label_entropy(labels: np.ndarray) -> np.ndarray:
     return entropies
 
 
-def duplicate_mask(frame_hashes: np.ndarray, reference_hashes: np.ndarray) -> np.ndarray:
-    """(N,) bool: which of `frame_hashes` (N, 16) uint8 also occur in `reference_hashes` (M, 16)."""
-    seen = {row.tobytes() for row in reference_hashes}
+def variables_to_keep(variables, entropies: np.ndarray, threshold: float) -> list[str]:
+    """The variables whose label entropy (nats) is at least `threshold`: one below it is dropped (PROTOCOLS.md 1)."""
+    return [v for v, e in zip(variables, entropies) if e >= threshold]
+
+
+def hash_set(frame_hashes: np.ndarray) -> set[bytes]:
+    """The rows of (M, 16) uint8 frame hashes as a set, built once and looked up by every test episode."""
+    return {row.tobytes() for row in frame_hashes}
+
+
+def duplicate_mask(frame_hashes: np.ndarray, seen: set[bytes]) -> np.ndarray:
+    """(N,) bool: which rows of `frame_hashes` (N, 16) uint8 are in `seen` (a `hash_set`)."""
     return np.fromiter((row.tobytes() in seen for row in frame_hashes), bool, len(frame_hashes))
+
+
+def dedupe_test_episodes(test_hashes: list[np.ndarray], seen: set[bytes]) -> tuple[list[np.ndarray | None], int, int]:
+    """Remove test frames equal to a train or val frame (hashes in `seen`), episode by episode.
+
+    test_hashes: one (T, 16) uint8 array per test episode. Returns (per episode the (T,) bool mask of
+    frames kept, or None where the episode is dropped because one frame or none is left; the number
+    of test frames removed, the lone frames of dropped episodes included; the number of test
+    episodes dropped). PROTOCOLS.md 1: test episodes left with 1 frame are dropped.
+    """
+    keeps, num_removed, num_dropped = [], 0, 0
+    for hashes in test_hashes:
+        keep = ~duplicate_mask(hashes, seen)
+        if keep.sum() <= 1:
+            keeps.append(None)
+            num_removed += len(keep)
+            num_dropped += 1
+        else:
+            keeps.append(keep)
+            num_removed += int((~keep).sum())
+    return keeps, num_removed, num_dropped
