@@ -48,16 +48,18 @@ class CPC(nn.Module):
         frames = batch.frames                                              # (B, L, 1, 210, 160)
         b, length = frames.shape[:2]
         latents = self.encoder(frames.flatten(0, 1)).view(b, length, -1)  # (B, L, D)
-        with torch.autocast(latents.device.type, enabled=False):          # the GRU stays float32
-            contexts, _ = self.gru(latents.float())                        # (B, L, D)
-        losses, accuracies = [], []
-        for k, predictor in zip(self.offsets, self.predictors):
-            predictions = predictor(contexts[:, :length - k]).reshape(-1, latents.shape[-1])  # (B(L-k), D): c_t
-            targets = latents[:, k:].reshape(-1, latents.shape[-1])        # (B(L-k), D): z_{t+k}, same row order
-            logits = (predictions @ targets.to(predictions.dtype).T).float()  # (B(L-k), B(L-k))
-            positives = torch.arange(logits.shape[0], device=logits.device)   # row i's positive is column i
-            losses.append(F.cross_entropy(logits, positives))
-            accuracies.append((logits.argmax(1) == positives).float().mean())
+        # The GRU, predictions and logits stay float32 under bf16 autocast, as info_nce's logits do.
+        with torch.autocast(latents.device.type, enabled=False):
+            latents = latents.float()                                      # (B, L, D)
+            contexts, _ = self.gru(latents)                                # (B, L, D)
+            losses, accuracies = [], []
+            for k, predictor in zip(self.offsets, self.predictors):
+                predictions = predictor(contexts[:, :length - k]).reshape(-1, latents.shape[-1])  # (B(L-k), D): c_t
+                targets = latents[:, k:].reshape(-1, latents.shape[-1])    # (B(L-k), D): z_{t+k}, same row order
+                logits = predictions @ targets.T                           # (B(L-k), B(L-k))
+                positives = torch.arange(logits.shape[0], device=logits.device)  # row i's positive is column i
+                losses.append(F.cross_entropy(logits, positives))
+                accuracies.append((logits.argmax(1) == positives).float().mean())
         losses = torch.stack(losses)                                       # (K,)
         metrics = {f"offset_{k}": value.detach() for k, value in zip(self.offsets, losses)}
         metrics["accuracy"] = torch.stack(accuracies).mean().detach()
