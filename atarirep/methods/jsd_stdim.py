@@ -42,13 +42,15 @@ class JSDSTDIM(nn.Module):
         global_next = global_all[b:2 * b, None]                            # (B, 1, 256), broadcast over P
 
         def jsd(bilinear: nn.Bilinear, anchor, positive, negative):
-            # a^T W x + c as (a W) . x: the same score as bilinear(a, x), without its slow kernel
-            projected = anchor @ bilinear.weight[0]                        # (B, P or 1, 128)
-            logits = torch.cat([(projected * positive).sum(-1),
-                                (projected * negative).sum(-1)]) + bilinear.bias  # (2B, P)
+            # a^T W x + c as (a W) . x: the same score as bilinear(a, x), without its slow kernel;
+            # in float32 under bf16 autocast, as info_nce's logits are
+            with torch.autocast(anchor.device.type, enabled=False):
+                projected = anchor.float() @ bilinear.weight[0].float()    # (B, P or 1, 128)
+                logits = torch.cat([(projected * positive.float()).sum(-1),
+                                    (projected * negative.float()).sum(-1)]) + bilinear.bias.float()  # (2B, P)
             targets = torch.cat([torch.ones(b, logits.shape[1]), torch.zeros(b, logits.shape[1])]).to(logits.device)
             accuracy = ((logits >= 0) == (targets >= 0.5)).float().mean()  # sigmoid(T) >= 0.5, as AtariARI
-            return F.binary_cross_entropy_with_logits(logits.float(), targets), accuracy.detach()
+            return F.binary_cross_entropy_with_logits(logits, targets), accuracy.detach()
 
         global_local, accuracy_gl = jsd(self.global_local, global_next, local_t, local_hat)
         local_local, accuracy_ll = jsd(self.local_local, local_next, local_t, local_hat)
