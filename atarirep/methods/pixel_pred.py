@@ -22,7 +22,7 @@ class PixelPrediction(nn.Module):
         self.decoder = encoders.BenchmarkDecoder(feature_size)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """L = sum_pixels (sigmoid(dec(W f(x_t) + b)) - x_{t+1})^2, averaged over the batch.
+        """L = mean over pixels and batch of (sigmoid(dec(W f(x_t) + b)) - x_{t+1})^2, AtariARI's nn.MSELoss().
 
         W, b: a linear layer between the encoder and the decoder, as AtariARI's NaFFPredictor has.
 
@@ -32,8 +32,6 @@ class PixelPrediction(nn.Module):
         x_t, x_next = batch.frames[:, 0], batch.frames[:, 1]               # (B, 1, 210, 160) each
         features = self.predictor(self.encoder(x_t))                      # (B, 256)
         prediction = torch.sigmoid(self.decoder(features).float())         # (B, 1, 210, 160)
-        # Departs from AtariARI: its NaFF loss is nn.MSELoss() (the mean over pixels too, 33,600x smaller); here
-        # the sum over pixels as in the VAE's reconstruction, because Adam divides out a constant scale and only
-        # its eps (1e-5) sees it; the effect of that eps on the reference's tiny gradients is not measured.
-        loss = (prediction - x_next).pow(2).flatten(1).sum(1).mean()
-        return loss, {"mse_per_pixel": (loss / x_next[0].numel()).detach()}
+        # The mean over pixels, as the reference: Adam divides out a constant scale but its eps (1e-5) does not.
+        loss = (prediction - x_next).pow(2).mean()
+        return loss, {"mse_per_pixel": loss.detach()}
