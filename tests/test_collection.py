@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from atarirep import episodes
-from atarirep.collection import _env_seeds, collect
+from atarirep.collection import _env_seeds, collect, summary
 from atarirep.envs import LabelledAtariEnv
 from atarirep.errors import UserError
 from atarirep.policies import make_policy
@@ -65,6 +65,8 @@ def test_no_test_frame_equals_a_train_or_val_frame(breakout_probe_dir):
     seen = digest(store.split("train").frames) | digest(store.split("val").frames)
     assert not digest(store.split("test").frames) & seen
     assert store.meta["collected"]["duplicate_test_frames_removed"] > 0  # Breakout repeats frames often
+    numbers = summary(store)
+    assert numbers["test_episodes_dropped_after_dedup"] == store.meta["collected"]["test_episodes_dropped_after_dedup"]
 
 
 def test_every_episode_starts_with_its_own_reset_frame_and_label(breakout_probe_dir):
