@@ -1,7 +1,8 @@
-"""Shared fixtures: small, real collections of ALE games (session-scoped: collected once per run)."""
+"""Shared fixtures: small, real collections of ALE games (session-scoped: collected once per run), a tiny encoder."""
 import os
 
 import pytest
+from torch import nn
 
 from atarirep.collection import collect
 
@@ -25,3 +26,31 @@ def breakout_pretrain_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("episodes") / "breakout_pretrain"
     collect("Breakout", out, splits_fractions={"train": 0.8, "val": 0.2}, purpose="pretrain", **SMALL_BREAKOUT)
     return out
+
+
+@pytest.fixture(scope="session")
+def breakout_dir(tmp_path_factory):
+    """About 1,500 real Breakout frames (random agent, 2 envs), split 70/10/20 by episode: ~2 s to collect."""
+    out = tmp_path_factory.mktemp("episodes") / "breakout"
+    collect("Breakout", out, steps=1600, splits_fractions={"train": 0.7, "val": 0.1, "test": 0.2}, num_envs=2,
+            min_episode_length=16, seed=0)
+    return out
+
+
+class TinyEncoder(nn.Module):
+    """A cheap stand-in for a trained encoder: 10x10 average pooling, then a linear map to 16 features."""
+
+    feature_size = 16
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(nn.AvgPool2d(10), nn.Flatten(), nn.Linear(21 * 16, 16))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder():
+    """The TinyEncoder class: call it for a fresh encoder (or pass it as a factory)."""
+    return TinyEncoder

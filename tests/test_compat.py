@@ -4,9 +4,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from atarirep import collection, episodes, get_episodes, probe, scores
+from atarirep import episodes, get_episodes, probe, scores
 from atarirep.compat import ProbeTrainer
 from atarirep.errors import UserError
 
@@ -47,26 +46,6 @@ def test_the_reference_names_import_from_the_package():
 
 
 # -- ProbeTrainer ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def breakout_dir(tmp_path_factory):
-    """About 1,500 real Breakout frames (random agent), split 70/10/20 by episode: ~2 s to collect."""
-    out = tmp_path_factory.mktemp("episodes") / "breakout"
-    collection.collect("Breakout", out, steps=1600, splits_fractions={"train": 0.7, "val": 0.1, "test": 0.2},
-                       num_envs=2, min_episode_length=16, seed=0)
-    return out
-
-
-class TinyEncoder(nn.Module):
-    """A cheap stand-in for a trained encoder: 10x10 average pooling, then a linear map to 16 features."""
-
-    feature_size = 16
-
-    def __init__(self):
-        super().__init__()
-        self.layers = nn.Sequential(nn.AvgPool2d(10), nn.Flatten(), nn.Linear(21 * 16, 16))
-
-    def forward(self, x):
-        return self.layers(x)
 
 
 def atariari_episodes(split: episodes.Episodes):
@@ -117,12 +96,12 @@ def test_probe_trainer_test_returns_atariari_keys_in_its_order_with_hand_compute
         assert metrics[f"across_categories_avg{suffix}"] == pytest.approx((0.5 + 1 + 1 + 0.5 + 0.5) / 5)
 
 
-def test_probe_trainer_round_trip_with_atariari_episodes_equals_the_probes_it_wraps(breakout_dir):
+def test_probe_trainer_round_trip_with_atariari_episodes_equals_the_probes_it_wraps(breakout_dir, tiny_encoder):
     data = episodes.load_splits(breakout_dir)
     (tr_eps, tr_labels), (val_eps, val_labels), (test_eps, test_labels) = (
         atariari_episodes(data[k]) for k in ("train", "val", "test"))
     torch.manual_seed(0)
-    encoder = TinyEncoder()
+    encoder = tiny_encoder()
     trainer = ProbeTrainer(encoder, representation_len=encoder.feature_size, epochs=2, lr=3e-3, device="cpu")
     trainer.train(tr_eps, val_eps, tr_labels, val_labels)
     acc, f1 = trainer.test(test_eps, test_labels)
@@ -139,11 +118,11 @@ def test_probe_trainer_round_trip_with_atariari_episodes_equals_the_probes_it_wr
     assert trainer.test(test_eps, as_columns) == (acc, f1)
 
 
-def test_probe_trainer_fully_supervised_trains_copies_and_leaves_the_encoder_alone(breakout_dir):
+def test_probe_trainer_fully_supervised_trains_copies_and_leaves_the_encoder_alone(breakout_dir, tiny_encoder):
     data = episodes.load_splits(breakout_dir)
     (tr_eps, tr_labels), (val_eps, val_labels) = atariari_episodes(data["train"]), atariari_episodes(data["val"])
     torch.manual_seed(0)
-    encoder = TinyEncoder()
+    encoder = tiny_encoder()
     before = copy.deepcopy(encoder.state_dict())
     trainer = ProbeTrainer(encoder, representation_len=16, fully_supervised=True, epochs=1, device="cpu")
     trainer.train(tr_eps, val_eps, tr_labels, val_labels)
@@ -158,9 +137,9 @@ def test_probe_trainer_fully_supervised_trains_copies_and_leaves_the_encoder_alo
     assert [f1[f"{v}_f1"] for v in data["val"].variables] == expected["f1"].tolist()
 
 
-def test_an_encoder_whose_feature_size_differs_from_representation_len_is_refused(breakout_dir):
+def test_an_encoder_whose_feature_size_differs_from_representation_len_is_refused(breakout_dir, tiny_encoder):
     (tr_eps, tr_labels) = atariari_episodes(episodes.load_splits(breakout_dir)["train"])
-    trainer = ProbeTrainer(TinyEncoder(), representation_len=256, device="cpu")
+    trainer = ProbeTrainer(tiny_encoder(), representation_len=256, device="cpu")
     with pytest.raises(UserError) as err:
         trainer.train(tr_eps, tr_eps, tr_labels, tr_labels)
     assert str(err.value) == ("encoder TinyEncoder returns (256, 16) for a batch of 256 frames, expected (256, 256); "
@@ -168,10 +147,10 @@ def test_an_encoder_whose_feature_size_differs_from_representation_len_is_refuse
                               "representation_len/feature_size)")
 
 
-def test_a_variable_missing_from_the_test_labels_is_refused(breakout_dir):
+def test_a_variable_missing_from_the_test_labels_is_refused(breakout_dir, tiny_encoder):
     data = episodes.load_splits(breakout_dir)
     (tr_eps, tr_labels), (val_eps, val_labels) = atariari_episodes(data["train"]), atariari_episodes(data["val"])
-    trainer = ProbeTrainer(TinyEncoder(), representation_len=16, epochs=1, device="cpu")
+    trainer = ProbeTrainer(tiny_encoder(), representation_len=16, epochs=1, device="cpu")
     trainer.train(tr_eps, val_eps, tr_labels, val_labels)
     test_labels = [[{k: v for k, v in step.items() if k != "player_x"} for step in ep] for ep in val_labels]
     with pytest.raises(UserError) as err:

@@ -17,11 +17,9 @@ import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
-from atarirep import annotations, collection, encoders, episodes, probe, reports, scores
+from atarirep import annotations, encoders, episodes, probe, reports, scores
 from atarirep.errors import UserError, run_stage
 from atarirep.probe import linear
-
-FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -31,28 +29,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def breakout_dir(tmp_path_factory):
-    """About 1,500 real Breakout frames (random agent), split 70/10/20 by episode: ~2 s to collect."""
-    out = tmp_path_factory.mktemp("episodes") / "breakout"
-    collection.collect("Breakout", out, steps=1600, splits_fractions=FRACTIONS, num_envs=2,
-                       min_episode_length=16, seed=0)
-    return out
-
-
-class TinyEncoder(nn.Module):
-    """A cheap stand-in for a trained encoder: 10x10 average pooling, then a linear map to 16 features."""
-
-    feature_size = 16
-
-    def __init__(self):
-        super().__init__()
-        self.layers = nn.Sequential(nn.AvgPool2d(10), nn.Flatten(), nn.Linear(21 * 16, 16))
-
-    def forward(self, x):
-        return self.layers(x)
 
 
 def synthetic(num_rows: int, seed: int = 0):
@@ -122,14 +98,14 @@ def test_majority_baseline_breaks_a_tie_for_the_label_seen_first_as_the_referenc
     assert table["categories"].tolist() == [("agent_localization",), ("score_clock_lives_display",)]
 
 
-def test_supervised_baseline_learns_a_position_end_to_end():
+def test_supervised_baseline_learns_a_position_end_to_end(tiny_encoder):
     rng = np.random.default_rng(0)
     position = rng.integers(0, 3, size=300)                          # where a bright block is drawn
     frames = np.zeros((300, 1, 210, 160), np.uint8)
     for i, p in enumerate(position):
         frames[i, 0, 50:90, 20 + 50 * p:60 + 50 * p] = 255
     labels = np.stack([10 * position, np.full(300, 7)], axis=1)
-    model = probe.fit_supervised(TinyEncoder, frames[:200], labels[:200], frames[200:250], labels[200:250],
+    model = probe.fit_supervised(tiny_encoder, frames[:200], labels[:200], frames[200:250], labels[200:250],
                                  per_variable=True, lr=1e-2, epochs=15, patience=5, seed=0)
     assert len(model.models) == 2                                      # one encoder per variable
     predictions = probe.predict_supervised(model, frames[250:])
@@ -151,18 +127,18 @@ class CountingFrames:
         return out
 
 
-def test_supervised_baseline_reads_frames_a_batch_at_a_time(breakout_dir):
+def test_supervised_baseline_reads_frames_a_batch_at_a_time(breakout_dir, tiny_encoder):
     train = episodes.load_splits(breakout_dir)["train"]                 # ~1,100 frames: 300 train, 300 val
     frames = {"train": np.asarray(train.frames[:300]), "val": np.asarray(train.frames[300:600])}
     labels = {"train": train.labels[:300, :2], "val": train.labels[300:600, :2]}
     settings = dict(per_variable=False, lr=1e-3, batch_size=64, epochs=2, patience=5, seed=0)
     counted = {k: CountingFrames(v) for k, v in frames.items()}
-    lazily = probe.fit_supervised(TinyEncoder, counted["train"], labels["train"], counted["val"], labels["val"],
+    lazily = probe.fit_supervised(tiny_encoder, counted["train"], labels["train"], counted["val"], labels["val"],
                                   **settings)
     assert max(counted["train"].reads) == 64 and max(counted["val"].reads) == 256      # never the whole split
     assert sum(counted["train"].reads) == 1 + 2 * 300                                  # shape check + 2 epochs
     assert sum(counted["val"].reads) == 2 * 300                                        # one pass an epoch
-    in_memory = probe.fit_supervised(TinyEncoder, frames["train"], labels["train"], frames["val"], labels["val"],
+    in_memory = probe.fit_supervised(tiny_encoder, frames["train"], labels["train"], frames["val"], labels["val"],
                                      **settings)
     for a, b in zip(lazily.models[0].state_dict().values(), in_memory.models[0].state_dict().values()):
         assert torch.equal(a, b)                                                      # the same batches
@@ -278,10 +254,10 @@ def test_fast_path_equals_one_probe_at_a_time_on_the_same_features():
     assert f1[0] > 0.6                                                 # and it learned (chance: 0.25)
 
 
-def test_reference_loop_re_encoding_frames_matches_the_fast_path(breakout_dir):
+def test_reference_loop_re_encoding_frames_matches_the_fast_path(breakout_dir, tiny_encoder):
     data = episodes.load_splits(breakout_dir)
     torch.manual_seed(0)
-    encoder = TinyEncoder()
+    encoder = tiny_encoder()
     frames = {k: np.asarray(data[k].frames[:256]) for k in ("train", "val", "test")}
     labels = {k: data[k].labels[:256] for k in frames}
     settings = dict(lr=3e-3, batch_size=64, epochs=3, patience=15, seed=0)
