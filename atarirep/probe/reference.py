@@ -94,11 +94,12 @@ def predict_reference(probes: list[nn.Linear], x, *, encoder: nn.Module | None =
 def _featurizer(encoder: nn.Module | None, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     if encoder is None:
         return lambda batch: batch.float()
-    encoder.eval().to(device)
+    layout = devices.memory_format(device)   # the fast path's layout: the same features, bit for bit
+    encoder.eval().to(device, memory_format=layout)
 
     def featurize(batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return encoder(encoders.preprocess(batch))
+            return encoder(encoders.preprocess(batch).contiguous(memory_format=layout))
     return featurize
 
 
