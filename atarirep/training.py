@@ -1,6 +1,6 @@
 """The one pretraining loop: optimise any method's `loss(batch)` on episodes, resumably, on CPU, CUDA or DDP.
 
-`pretrain` is the stage's library function (episodes folder in, encoder file and training log out);
+`pretrain` is the stage's library function (episodes folder in, encoder file and dvclive training log out);
 `fit` is the loop itself. Losses live in atarirep.methods, networks in atarirep.encoders; this module
 reads no params file (the stage passes plain arguments).
 
@@ -28,12 +28,13 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from dvclive import Live
 from torch import nn
 from tqdm import tqdm
 
@@ -47,8 +48,10 @@ from atarirep.methods import Batch
 
 KEEP = ("last", "best")
 LOADERS = ("auto", "resident", "streamed")
-LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "samples_per_s")
-CHECKPOINT_FORMAT = "atarirep-pretrain-checkpoint/2"  # /2: `best` holds the early-stopping metric
+LOG_EVERY = 10   # optimizer steps per point of the step log (a 255-step epoch draws 26 points)
+CHECKPOINT_FORMAT = "atarirep-pretrain-checkpoint/3"  # /3: history rows hold "step"; the step log
+LIVE_DIR = "live"                                     # pretrain's dvclive folder inside out_dir
+LIVE_PLOTS = ("train/loss", "val/loss")               # the curves dvc.yaml plots; written even if empty
 
 
 @dataclass(frozen=True)
@@ -246,12 +249,15 @@ def build_method(name: str, seed: int, **method_config) -> nn.Module:
 @dataclass
 class FitResult:
     method: nn.Module          # trained; method.encoder holds the kept weights
-    history: list[dict]        # one row per epoch: LOG_COLUMNS, val_<metric> of early_stop_metric, train means
+    history: list[dict]        # one row per epoch: epoch, step (optimizer steps so far), train_loss, val_loss,
+                               # samples_per_s, val_<metric> of early_stop_metric, train_<metric> means
     kept_epoch: int            # epoch whose encoder is kept (0: untrained)
     best_val_loss: float       # the lowest val loss of any epoch
     stopped_early: bool
     early_stop_metric: str = "loss"      # what early stopping and keep=best compared: "loss" or a val metric
     best_val_metric: float = math.nan    # its best value (lowest loss or highest metric)
+    steps: list[dict] = field(default_factory=list)  # the step log: one point every log_every optimizer steps
+                                                     # and at each epoch's end: step, epoch, loss, samples_per_s
 
 
 def early_stop_metric(method: nn.Module) -> str:
@@ -289,7 +295,7 @@ def _read_checkpoint(path: Path, fingerprint: str, log) -> dict | None:
 
 def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, *,
         checkpoint_path: str | os.PathLike | None = None, fingerprint: str = "", progress: bool = False,
-        loader: str = "auto") -> FitResult:
+        loader: str = "auto", log_every: int = LOG_EVERY) -> FitResult:
     """Train `method` (built with `build_method`) on `train`, early-stopping on the val loss or the method's
     `early_stop_metric`.
 
@@ -300,9 +306,14 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
     its slice of every global batch and gradients are averaged (DDP).
     `loader`: "auto", "resident" (every frame decompressed up front) or "streamed" (frames held compressed,
     decompressed per batch in a background thread); see _is_streamed.
+    `log_every`: optimizer steps per point of the step log (FitResult.steps): the mean train loss and the
+    samples/s of the steps since the previous point, also taken at each epoch's last step (so validation time
+    never counts and a resumed run logs the same steps as a straight one).
     Raises UserError if a split has fewer than batch_size samples of the method's window.
     """
     config.check()
+    if not isinstance(log_every, int) or isinstance(log_every, bool) or log_every < 1:
+        raise UserError(f"pretrain log_every={log_every!r} is invalid; it must be an integer >= 1")
     place, device = devices.init_distributed(devices.resolve(config.device))
     log = (lambda message: print(message, file=sys.stderr)) if place.is_main else (lambda message: None)
     if not method.is_trainable or config.epochs == 0:
@@ -331,7 +342,7 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
     fingerprint = json.dumps({"config": {**dataclasses.asdict(config), "epochs": None},
                               "world_size": place.world_size,
                               "device": device.type, "data": fingerprint})
-    history, best_val_loss = [], math.inf
+    history, steps, best_val_loss = [], [], math.inf
     best = {"value": math.inf if metric == "loss" else -math.inf, "epoch": 0, "encoder": None}
     start_epoch, bad_epochs, is_finished = 0, 0, False
     checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
@@ -344,7 +355,7 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
         optimizer.load_state_dict(state["optimizer"])
         sampling_rng.bit_generator.state = state["rng"]["sampling"]
         noise.set_state(state["rng"]["noise"][place.rank])
-        history, best, bad_epochs = state["history"], state["best"], state["bad_epochs"]
+        history, steps, best, bad_epochs = state["history"], state["steps"], state["best"], state["bad_epochs"]
         best_val_loss = min((row["val_loss"] for row in history), default=math.inf)
         start_epoch = state["epoch"]
         is_finished = bad_epochs >= config.patience or start_epoch >= config.epochs
@@ -353,6 +364,7 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
     val_plan = epoch_plan(split_windows["val"], np.random.default_rng([config.seed, 1]), config.batch_size,
                           method.uses_negatives, place, stride)
     samples_per_step = config.batch_size * place.world_size
+    global_step = history[-1]["step"] if history else 0           # optimizer steps taken so far
     for epoch in range(start_epoch + 1, config.epochs + 1):
         if is_finished:
             break
@@ -362,27 +374,36 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
         bar = tqdm(total=len(plan), desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=False,
                    disable=not (progress and place.is_main), file=sys.stderr)
         loss_sum, metric_sums, started = torch.zeros((), device=device), {}, time.perf_counter()
+        window_sum, window_steps, window_started = torch.zeros((), device=device), 0, started
         for step, batch in enumerate(sources["train"].batches(plan, noise), start=1):
             with devices.autocast(device):
                 loss, metrics = model(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            global_step += 1
             loss_sum += loss.detach().float()
+            window_sum += loss.detach().float()
+            window_steps += 1
             for key, value in metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0.0) + value.float().to(device)
             bar.update()
-            if step % 10 == 0 or step == len(plan):  # .item() waits for the GPU: not every step
-                seconds = time.perf_counter() - started
+            if global_step % log_every == 0 or step == len(plan):  # .item() waits for the GPU: not every step
+                now = time.perf_counter()
+                steps.append({"step": global_step, "epoch": epoch,
+                              "loss": devices.all_mean(window_sum.item() / window_steps, place, device),
+                              "samples_per_s": window_steps * samples_per_step / (now - window_started)})
+                window_sum.zero_()
+                window_steps, window_started = 0, now
                 bar.set_postfix(loss=f"{loss_sum.item() / step:.4f}",
-                                samples_per_s=f"{step * samples_per_step / seconds:.0f}")
+                                samples_per_s=f"{step * samples_per_step / (now - started):.0f}")
         bar.close()
         seconds = time.perf_counter() - started
         val = _validate(method, sources["val"], val_plan, device, place, config.seed)
         if metric not in val:
             raise ValueError(f"{type(method).__name__}.early_stop_metric is {metric!r}, which its loss() "
                              f"does not return (it returns {', '.join(sorted(val))})")
-        row = {"epoch": epoch,
+        row = {"epoch": epoch, "step": global_step,
                "train_loss": devices.all_mean(loss_sum.item() / len(plan), place, device),
                "val_loss": val["loss"],
                "samples_per_s": len(plan) * samples_per_step / seconds}
@@ -407,7 +428,7 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
                 "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch,
                 "method": _state_to_cpu(method), "optimizer": optimizer.state_dict(),
                 "rng": {"sampling": sampling_rng.bit_generator.state, "noise": noise.get_state()},
-                "history": history, "best": best, "bad_epochs": bad_epochs, "is_finished": is_finished})
+                "history": history, "steps": steps, "best": best, "bad_epochs": bad_epochs, "is_finished": is_finished})
 
     kept_epoch = history[-1]["epoch"] if history else 0
     if config.keep == "best" and best["encoder"] is not None:
@@ -415,7 +436,7 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
         kept_epoch = best["epoch"]
     stopped_early = bool(history) and history[-1]["epoch"] < config.epochs
     return FitResult(method.cpu().eval(), history, kept_epoch, float(best_val_loss), stopped_early,
-                     metric, float(best["value"]) if history else math.nan)
+                     metric, float(best["value"]) if history else math.nan, steps)
 
 
 @torch.no_grad()
@@ -465,26 +486,62 @@ def default_checkpoint_path(out_dir: str | os.PathLike) -> Path:
     return out_dir.with_name(f".{out_dir.name}.checkpoint.pt")
 
 
-def write_log(path: str | os.PathLike, history: list[dict], columns: tuple[str, ...] = LOG_COLUMNS) -> None:
-    """Write the per-epoch rows as TSV (header first), atomically; `dvc plots show` draws it."""
-    extra = sorted({k for row in history for k in row} - set(columns))
-    header = [*columns, *extra]
-    lines = ["\t".join(header)]
-    for row in history:
-        lines.append("\t".join(str(row["epoch"]) if k == "epoch" else f"{row.get(k, math.nan):.6g}"
-                               for k in header))
-    write_bytes(path, ("\n".join(lines) + "\n").encode())
+class _Live(Live):
+    """dvclive's Live, writing only its own folder: without Live._init_dvc, which opens the DVC repo around the
+    working directory or creates one in an enclosing git repo (dvclive.dvc.get_dvc_repo), fails in a git repo
+    without commits, and under `dvc exp run` git-adds the folder's untracked files; and without DVC Studio
+    posts. The log is a stage output like any other (dvc.yaml declares it); no experiment, dvc.yaml or git
+    change belongs to it."""
+
+    def _init_dvc(self):
+        self._dvc_file = "dvc.yaml"   # what Live._init_dvc_file gives for dvcyaml=None; never written
+
+    def _init_studio(self):
+        self._studio_events_to_skip.update(("start", "data", "done"))
+
+
+def write_live(live_dir: str | os.PathLike, result: FitResult) -> None:
+    """Log `result`'s step log and epoch rows with dvclive into `live_dir`, dvclive's layout, x = optimizer step:
+
+      metrics.json                             dvclive's summary: the last value of each, and the last step
+      plots/metrics/train/loss.tsv             step, loss: the step log (FitResult.steps), mean train loss of the
+      plots/metrics/train/samples_per_s.tsv        steps since the previous point, and their samples/s
+      plots/metrics/val/loss.tsv               step, loss: per epoch, at its last step; val/<metric> for each
+                                               val metric the history holds (e.g. val/accuracy)
+      plots/metrics/epoch/epoch.tsv            step, epoch: the epoch log, one row per epoch; epoch/train_loss,
+                                               epoch/samples_per_s and epoch/train_<metric> are the epoch means
+    `live_dir` is written from scratch (Live() clears it), as a whole (the history comes from the checkpoint on a
+    resumed run, so each epoch appears once); no dvc.yaml, git or experiment is touched. The LIVE_PLOTS files
+    exist, header only, even when nothing was trained, since dvc.yaml declares them.
+    """
+    with _Live(dir=os.fspath(live_dir), save_dvc_exp=False, dvcyaml=None) as live:
+        for point in result.steps:
+            live.step = point["step"]
+            live.log_metric("train/loss", point["loss"])
+            live.log_metric("train/samples_per_s", point["samples_per_s"])
+        for row in result.history:
+            live.step = row["step"]
+            for key, value in row.items():
+                if key != "step":
+                    live.log_metric(f"val/{key[4:]}" if key.startswith("val_") else f"epoch/{key}", value)
+        for name in LIVE_PLOTS:
+            path = Path(live.plots_dir) / "metrics" / f"{name}.tsv"
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(f"step\t{Path(name).name}\n")
 
 
 def pretrain(method: str, episodes_dir: str | os.PathLike, out_dir: str | os.PathLike, *, epochs: int = 100,
              batch_size: int = 64, lr: float = 3e-4, patience: int = 15, keep: str = "last", seed: int = 0,
              device: str = "auto", method_config: dict | None = None,
-             checkpoint_path: str | os.PathLike | None = None, progress: bool = True) -> Path:
+             checkpoint_path: str | os.PathLike | None = None, progress: bool = True,
+             log_every: int = LOG_EVERY) -> Path:
     """Learn an encoder with `method` from the episodes in `episodes_dir`; returns out_dir.
 
     out_dir (written whole and atomically, by process 0) holds:
       encoder.pt    the encoder (atarirep.encoders.load), meta: method, method_config, game, kept epoch
-      log.tsv       per epoch: epoch, train_loss, val_loss, samples_per_s, train_<metric>...
+      live/         the dvclive training log (write_live): train loss and samples/s every `log_every` optimizer
+                    steps, val loss (and metric) and train means per epoch, x = optimizer step
       metrics.json  epochs_run, kept_epoch, best_val_loss, stopped_early, early_stop_metric, and
                     best_val_<metric> for a method that early-stops on a metric (e.g. best_val_accuracy)
     The resume checkpoint (default: `default_checkpoint_path(out_dir)`) is deleted once out_dir exists.
@@ -508,13 +565,13 @@ def pretrain(method: str, episodes_dir: str | os.PathLike, out_dir: str | os.Pat
     fingerprint = json.dumps({"method": name, "method_config": method_config,
                               "data": _data_fingerprint(Path(episodes_dir))}, sort_keys=True, default=str)
     result = fit(module, train, val, config, checkpoint_path=checkpoint_path, fingerprint=fingerprint,
-                 progress=progress)
+                 progress=progress, log_every=log_every)
     if dist.is_initialized() and dist.get_rank() != 0:
         return Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         encoders.save(result.method.encoder, tmp / "encoder.pt", method=name, method_config=method_config,
                       game=store.game, seed=seed, kept_epoch=result.kept_epoch, epochs_run=len(result.history))
-        write_log(tmp / "log.tsv", result.history)
+        write_live(tmp / LIVE_DIR, result)
         write_json(tmp / "metrics.json", {
             "epochs_run": len(result.history), "kept_epoch": result.kept_epoch,
             "best_val_loss": None if math.isnan(result.best_val_loss) or math.isinf(result.best_val_loss)

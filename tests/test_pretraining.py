@@ -1,4 +1,6 @@
 """The pretraining loop on a tiny real Breakout collection: samples, resume, DDP, outputs and bad input."""
+import dataclasses
+import json
 import os
 import shutil
 import socket
@@ -164,6 +166,69 @@ def test_info_nce_is_float32_for_bf16_inputs_and_under_bf16_autocast():
     torch.testing.assert_close(under_autocast, methods.info_nce(queries, keys), rtol=0, atol=0)
 
 
+def _live(out_dir, name):
+    """One dvclive metric of a pretrain out dir (or a write_live folder's parent) as a frame: step, <name>."""
+    return pd.read_csv(out_dir / training.LIVE_DIR / "plots" / "metrics" / f"{name}.tsv", sep="\t")
+
+
+def test_a_short_run_logs_a_step_curve_with_more_points_than_epochs(tiny_dir, tiny, tmp_path):
+    out, epochs, log_every = tmp_path / "out", 2, 2
+    training.pretrain("static_dim", tiny_dir, out, epochs=epochs, log_every=log_every, **FAST)
+    n = len(training.windows(tiny["train"], 1)) // 16                         # optimizer steps per epoch
+    assert n % log_every == 1                                                  # the epoch ends between points
+    expected = sorted({s for s in range(1, epochs * n + 1) if s % log_every == 0} | {n, 2 * n})
+    loss, speed = _live(out, "train/loss"), _live(out, "train/samples_per_s")
+    assert list(loss["step"]) == list(speed["step"]) == expected and len(expected) > 2 * epochs
+    assert np.isfinite(loss["loss"]).all() and (speed["samples_per_s"] > 0).all()
+    epoch_log = _live(out, "epoch/epoch")
+    assert list(epoch_log["step"]) == [n, 2 * n] and list(epoch_log["epoch"]) == [1, 2]
+    assert list(_live(out, "val/loss")["step"]) == [n, 2 * n]
+    # Each point is the mean of the steps since the previous one: weighted by them, the epoch's mean.
+    loss["steps"] = loss["step"].diff().fillna(loss["step"].iloc[0])
+    loss["epoch"] = (loss["step"] - 1) // n + 1
+    means = loss.groupby("epoch").apply(lambda g: (g["loss"] * g["steps"]).sum() / g["steps"].sum())
+    np.testing.assert_allclose(means.to_numpy(), _live(out, "epoch/train_loss")["train_loss"], rtol=1e-5)
+    summary = json.loads((out / training.LIVE_DIR / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert summary["step"] == 2 * n and summary["epoch"]["epoch"] == 2 == metrics["epochs_run"]
+    assert min(_live(out, "val/loss")["loss"]) == pytest.approx(metrics["best_val_loss"])
+
+
+def test_a_resumed_fit_logs_each_epoch_and_step_once(tiny, tmp_path, capsys):
+    checkpoint, config = tmp_path / "checkpoint.pt", training.TrainConfig(epochs=3, batch_size=16, device="cpu")
+    def run(epochs, checkpoint_path):
+        method = training.build_method("static_dim", seed=0)
+        return training.fit(method, tiny["train"], tiny["val"], dataclasses.replace(config, epochs=epochs),
+                            checkpoint_path=checkpoint_path, log_every=4)
+    run(2, checkpoint)
+    resumed, straight = run(3, checkpoint), run(3, None)
+    assert f"resuming from {checkpoint} after epoch 2" in capsys.readouterr().err
+    for name, result in (("resumed", resumed), ("straight", straight)):
+        training.write_live(tmp_path / name / training.LIVE_DIR, result)
+    assert list(_live(tmp_path / "resumed", "epoch/epoch")["epoch"]) == [1, 2, 3]
+    for name in ("epoch/epoch", "epoch/train_loss", "val/loss", "train/loss"):
+        pd.testing.assert_frame_equal(_live(tmp_path / "resumed", name), _live(tmp_path / "straight", name))
+    assert [p["step"] for p in resumed.steps] == [p["step"] for p in straight.steps]
+    assert resumed.history[-1]["step"] == 3 * (len(training.windows(tiny["train"], 1)) // 16)
+
+
+@pytest.mark.parametrize("commits", [0, 1])
+def test_write_live_leaves_an_enclosing_git_repo_alone(tiny, tmp_path, monkeypatch, commits):
+    """dvclive's Live() alone would create .dvc in a git repo without one, and fail in one without commits."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+    subprocess.run([*git, "init", "-q", str(tmp_path)], check=True)
+    if commits:
+        subprocess.run([*git, "-C", str(tmp_path), "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    monkeypatch.chdir(tmp_path)
+    config = training.TrainConfig(epochs=1, batch_size=16, device="cpu")
+    result = training.fit(training.build_method("static_dim", seed=0), tiny["train"], tiny["val"], config)
+    training.write_live(tmp_path / "out" / training.LIVE_DIR, result)
+    assert list(_live(tmp_path / "out", "epoch/epoch")["epoch"]) == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".git", "out"]
+    assert subprocess.run(["git", "-C", str(tmp_path), "status", "--porcelain", "--ignored"], capture_output=True,
+                          text=True, check=True).stdout == "?? out/\n"
+
+
 def test_resume_after_a_kill_ends_with_the_same_weights_as_a_straight_run(tiny_dir, tmp_path, capsys):
     killed_out = tmp_path / "killed"
     checkpoint = training.default_checkpoint_path(killed_out)
@@ -189,11 +254,10 @@ def test_resume_after_a_kill_ends_with_the_same_weights_as_a_straight_run(tiny_d
     resumed, straight = encoders.load(killed_out / "encoder.pt"), encoders.load(straight_out / "encoder.pt")
     _assert_same_weights(resumed.state_dict(), straight.state_dict())
     assert not checkpoint.exists() and not training.default_checkpoint_path(straight_out).exists()
-    log = pd.read_csv(straight_out / "log.tsv", sep="\t")
-    assert list(log.columns[:4]) == list(training.LOG_COLUMNS) and list(log["epoch"]) == list(range(1, epochs + 1))
-    pd.testing.assert_frame_equal(pd.read_csv(killed_out / "log.tsv", sep="\t").drop(columns="samples_per_s"),
-                                  log.drop(columns="samples_per_s"))
-    assert sorted(p.name for p in straight_out.iterdir()) == ["encoder.pt", "log.tsv", "metrics.json"]
+    for name in ("epoch/epoch", "epoch/train_loss", "val/loss", "train/loss"):   # the resumed run's log is whole
+        pd.testing.assert_frame_equal(_live(killed_out, name), _live(straight_out, name))
+    assert list(_live(killed_out, "epoch/epoch")["epoch"]) == list(range(1, epochs + 1))
+    assert sorted(p.name for p in straight_out.iterdir()) == ["encoder.pt", "live", "metrics.json"]
     assert straight.meta["method"] == "static_dim" and straight.meta["game"] == "Breakout"
 
 
@@ -201,11 +265,14 @@ def test_untrained_baseline_saves_its_seeded_encoder_with_an_empty_log(tiny_dir,
     training.pretrain("random_cnn", tiny_dir, tmp_path / "random", epochs=3, **FAST)
     saved = encoders.load(tmp_path / "random" / "encoder.pt", expect="benchmark")
     _assert_same_weights(saved.state_dict(), training.build_method("random_cnn", seed=0).encoder.state_dict())
-    assert (tmp_path / "random" / "log.tsv").read_text() == "\t".join(training.LOG_COLUMNS) + "\n"
+    for name in training.LIVE_PLOTS:                                          # dvc.yaml's plots exist, empty
+        path = tmp_path / "random" / "live" / "plots" / "metrics" / f"{name}.tsv"
+        assert path.read_text() == f"step\t{name.split('/')[-1]}\n"
+    assert json.loads((tmp_path / "random" / "metrics.json").read_text())["epochs_run"] == 0
 
 
 @pytest.mark.parametrize("case", ["unknown method", "missing folder", "truncated frames", "batch too large",
-                                  "cpc sequence too long", "bad keep"])
+                                  "cpc sequence too long", "bad keep", "bad log_every"])
 def test_bad_input_is_one_user_error_line_and_nothing_is_written(tiny_dir, tmp_path, case):
     folder, method, options = tiny_dir, "static_dim", dict(FAST, epochs=1)
     if case == "unknown method":
@@ -222,6 +289,8 @@ def test_bad_input_is_one_user_error_line_and_nothing_is_written(tiny_dir, tmp_p
         method, options["method_config"] = "cpc", {"sequence_length": 40, "offsets": [1, 2]}
     elif case == "bad keep":
         options["keep"] = "first"
+    elif case == "bad log_every":
+        options["log_every"] = 0
     out = tmp_path / "out"
     with pytest.raises(UserError) as err:
         training.pretrain(method, folder, out, **options)
@@ -235,6 +304,7 @@ def test_bad_input_is_one_user_error_line_and_nothing_is_written(tiny_dir, tmp_p
         "cpc sequence too long": "the train split has 0 samples of 40 consecutive frames (longest episode: 24 "
                                  "frames), fewer than one batch of 16; lower pretrain batch_size",
         "bad keep": "pretrain keep='first' is invalid; it must be one of last, best",
+        "bad log_every": "pretrain log_every=0 is invalid; it must be an integer >= 1",
     }[case]
     assert message.startswith(expected), message
     assert not out.exists() and not training.default_checkpoint_path(out).exists()
