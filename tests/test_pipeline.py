@@ -269,6 +269,7 @@ def test_plots_page_renders_offline(repo):
     run(["dvc", "plots", "show", "-o", "plots_page"], repo)
     page = (repo / "plots_page/index.html").read_text()
     assert "cdn.jsdelivr" not in page and "vegaEmbed" in page and "f1_by_category" in page
+    assert "data/encoders/Breakout/stdim/live/plots/metrics/train/loss.tsv" in page   # pretraining's dvclive curve
 
 
 def test_push_and_pull_through_the_local_remote(repo):
