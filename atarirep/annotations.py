@@ -85,19 +85,6 @@ def for_game(name: str, annotation_set: str = "latest") -> GameAnnotation:
     return games[key]
 
 
-def check_distinct(games: list[str]) -> list[str]:
-    """`games` unchanged if no game appears twice in any spelling; UserError naming the repeats otherwise.
-
-    The first is `env` (always probed), the rest the `games` param (the multi-game chain).
-    """
-    keys = [game_key(g) for g in games]
-    repeated = sorted({g for g, k in zip(games, keys) if keys.count(k) > 1})
-    if repeated:
-        raise UserError(f"params.yaml games repeats {', '.join(repeated)} (env={games[0]!r} is always probed); "
-                        "list each other game once")
-    return games
-
-
 def categories(variable: str) -> tuple[str, ...]:
     """The benchmark categories of an expanded variable name (PROTOCOLS.md section 2).
 

@@ -64,9 +64,3 @@ def test_unknown_annotation_set_is_refused():
 ])
 def test_categories_follow_the_benchmark_rules(variable, expected):
     assert annotations.categories(variable) == expected
-
-
-def test_a_game_listed_twice_in_any_spelling_is_refused():
-    assert annotations.check_distinct(["Pong", "Breakout"]) == ["Pong", "Breakout"]
-    with pytest.raises(UserError, match=r"games repeats Pong, PongNoFrameskip-v4 \(env='Pong' is always probed\)"):
-        annotations.check_distinct(["Pong", "Breakout", "PongNoFrameskip-v4"])
