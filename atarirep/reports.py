@@ -22,12 +22,15 @@ from atarirep.errors import UserError
 from atarirep.scores import METRICS, aggregate
 
 SCORE_COLUMNS = ("game", "method", "variable", "categories", "f1", "accuracy")
-# Table 2's columns in the paper's order, then our extra encoders; ST-DIM's ablations have a table of their own.
+# Table 2's columns in the paper's order, then our extra encoders (the trained agent's last: `rl_agent`, written by
+# probe_checkpoints); ST-DIM's ablations have a table of their own.
 PAPER_METHODS = ("majority", "random_cnn", "vae", "pixel_pred", "cpc", "stdim", "supervised")
-EXTRA_METHODS = ("tokenizer",)
+EXTRA_METHODS = ("tokenizer", "rl_agent")
+RL_AGENT = "rl_agent"
 ABLATIONS = ("stdim", "global_local_stdim", "global_t_dim", "jsd_stdim", "static_dim")   # ST-DIM first, for reference
 DISPLAY_NAMES = {"majority": "majority", "random_cnn": "random-CNN", "vae": "VAE", "pixel_pred": "pixel prediction",
                  "cpc": "CPC", "stdim": "ST-DIM", "supervised": "supervised", "tokenizer": "tokenizer (IRIS)",
+                 "rl_agent": "RL agent (PPO)",
                  "global_local_stdim": "ST-DIM, global-local only", "global_t_dim": "Global-T-DIM",
                  "jsd_stdim": "JSD-ST-DIM", "static_dim": "static DIM"}
 MISSING = "-"
@@ -57,29 +60,30 @@ def load_results(probes_dir: str | os.PathLike, games: list[str], methods: list[
 
 
 def _read_scores(path: Path, game: str, method: str) -> pd.DataFrame:
-    stage = "probe_baseline" if method in ("majority", "supervised") else "probe"
+    kind = "probe_baseline" if method in ("majority", "supervised") else "probe"
+    stage = f"probe_checkpoints@{game}" if method == RL_AGENT else f"{kind}@{game}-{method}"
     if not path.exists():
         raise UserError(f"no probe results {path} for game {game} and method {method}; run its stage "
-                        f"(dvc repro {stage}@{game}-{method}) or dvc pull")
+                        f"(dvc repro {stage}) or dvc pull")
     try:
         part = pd.read_csv(path, dtype={"categories": str, "variable": str, "game": str, "method": str},
                            keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
         raise UserError(f"probe results {path} are corrupt ({type(err).__name__}); rerun its stage "
-                        f"(dvc repro -f {stage}@{game}-{method}) or dvc pull") from None
+                        f"(dvc repro -f {stage}) or dvc pull") from None
     missing = [c for c in SCORE_COLUMNS if c not in part.columns]
     if missing or not len(part):
         raise UserError(f"probe results {path} lack columns {', '.join(missing) or '(no rows)'}; rerun its stage "
-                        f"(dvc repro -f {stage}@{game}-{method})")
+                        f"(dvc repro -f {stage})")
     part = part[list(SCORE_COLUMNS)]
     if set(part["game"]) != {game} or set(part["method"]) != {method}:
         raise UserError(f"probe results {path} hold game {part['game'].iloc[0]} and method {part['method'].iloc[0]}, "
-                        f"not {game} and {method}; rerun its stage (dvc repro -f {stage}@{game}-{method})")
+                        f"not {game} and {method}; rerun its stage (dvc repro -f {stage})")
     for metric in METRICS:
         part[metric] = pd.to_numeric(part[metric], errors="coerce")
     if part[list(METRICS)].isna().any().any() or part["variable"].duplicated().any():
         raise UserError(f"probe results {path} hold non-numeric scores or a variable twice; rerun its stage "
-                        f"(dvc repro -f {stage}@{game}-{method})")
+                        f"(dvc repro -f {stage})")
     return part
 
 

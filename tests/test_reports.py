@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 import math
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from matplotlib.figure import Figure
 
 from atarirep import annotations, reports
@@ -192,3 +195,29 @@ def test_all_22_games_compare_the_mean_row_and_every_category():
     assert by_category.loc["misc", "stdim"] == pytest.approx(0.5 - 0.75)
     assert by_category.loc["mean_abs_difference", "stdim"] == pytest.approx(
         np.mean(np.abs(0.5 - np.array([0.58, 0.51, 0.69, 0.87, 0.75]))))
+
+
+def test_the_rl_agent_is_one_more_column_after_the_extra_encoders_when_report_rl_agent_is_on(tmp_path, monkeypatch):
+    assert reports.method_order(["rl_agent", "tokenizer", "stdim", "majority"]) == [
+        "majority", "stdim", "tokenizer", "rl_agent"]
+    for (game, method), f1 in F1.items():
+        write_scores(tmp_path / "probes" / game / method, game, method, f1)
+    write_scores(tmp_path / "probes" / "Pong" / "rl_agent", "Pong", "rl_agent", [0.9, 0.9, 0.9, 0.9])
+    report = {"methods": ["stdim"], "baselines": ["majority"]}
+    monkeypatch.chdir(tmp_path)
+    stage = runpy.run_path(str(Path(__file__).resolve().parents[1] / "stages/report.py"))   # its main, not run
+    for rl_agent, columns in ((True, ["majority", "stdim", "rl_agent"]), (False, ["majority", "stdim"])):
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({"games": ["Pong"], "report": {**report,
+                                                                                           "rl_agent": rl_agent}}))
+        stage["main"]("probes", f"report_{rl_agent}")
+        assert (tmp_path / f"report_{rl_agent}/tables/f1_by_game.csv").read_text().splitlines()[0].split(",") == [
+            "game", *columns]
+    assert (tmp_path / "report_True/tables/f1_by_game.md").read_text().splitlines()[0] == (
+        "| game | majority | ST-DIM | RL agent (PPO) |")
+    table = pd.read_csv(tmp_path / "report_True/tables/f1_by_category.csv", index_col=0)
+    assert table.loc["across_categories", "rl_agent"] == pytest.approx(0.9)
+    with pytest.raises(UserError) as err:
+        reports.load_results(tmp_path / "probes", ["Breakout"], ["rl_agent"])
+    assert str(err.value) == (f"no probe results {tmp_path / 'probes' / 'Breakout' / 'rl_agent' / 'scores.csv'} for "
+                              "game Breakout and method rl_agent; run its stage (dvc repro probe_checkpoints@Breakout) "
+                              "or dvc pull")

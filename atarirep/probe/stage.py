@@ -2,7 +2,9 @@
 
 `run` checks its settings before reading data, then probes an encoder file (features once, batched
 probes; or the reference loop) or trains a baseline, and writes scores.csv and metrics.json
-atomically. It does not read params (stages/probe.py) or build tables (atarirep.reports).
+atomically. `probe_features`, `method_scores` and `write_scores` are its fast path's steps for features
+computed elsewhere (atarirep.agents.probing). It does not read params (stages/probe.py) or build tables
+(atarirep.reports).
 """
 from __future__ import annotations
 
@@ -89,22 +91,44 @@ def run(episodes_dir: str | os.PathLike, encoder_path: str | os.PathLike | None,
         if fast:
             features = {name: encode(encoder, split.frames, device=device, progress=progress, what=f"{name} frames")
                         for name, split in data.items()}
-            probes = fit_probes(features["train"], train.labels, features["val"], val.labels, progress=progress,
-                                **settings)
-            predictions, num_epochs = predict(probes, features["test"]), probes.num_epochs
+            predictions, num_epochs = probe_features(features, data, progress=progress, **settings)
         else:
             encode(encoder, test.frames[:1], device=device)   # the same shape checks as the fast path
             probes = fit_probes_reference(train.frames, train.labels, val.frames, val.labels, encoder=encoder,
                                           **settings)
             predictions = predict_reference(probes, test.frames, encoder=encoder, device=device)
             num_epochs = np.full(len(train.variables), -1)   # not tracked by the reference loop
+    scores = method_scores(predictions, test, num_epochs, game=game, method=method)
+    write_scores(out_dir, scores, num_test_frames=len(test))
+    return scores
+
+
+def probe_features(features: dict, data: dict[str, episodes.Episodes], *, lr: float, batch_size: int, epochs: int,
+                   patience: int, seed: int, device: str, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The fast path on features computed beforehand (any encoder): batched linear probes trained on
+    features["train"] with early stop on features["val"] (each (N, F) for that split of `data`); returns their
+    (N_test, V) predictions on features["test"] and the (V,) epochs each probe trained."""
+    probes = fit_probes(features["train"], data["train"].labels, features["val"], data["val"].labels, lr=lr,
+                        batch_size=batch_size, epochs=epochs, patience=patience, seed=seed, device=device,
+                        progress=progress)
+    return predict(probes, features["test"]), probes.num_epochs
+
+
+def method_scores(predictions, test: episodes.Episodes, num_epochs, *, game: str, method: str) -> pd.DataFrame:
+    """The rows of scores.csv (categories as tuples): game, method, variable, categories, f1, accuracy, num_epochs."""
     scores = score(predictions, test.labels, test.variables)
     scores.insert(0, "method", method)
     scores.insert(0, "game", game)
     scores["num_epochs"] = np.asarray(num_epochs, int)
-    metrics = {"game": game, "method": method, **summarize(scores), "num_test_frames": len(test)}
+    return scores
+
+
+def write_scores(out_dir: str | os.PathLike, scores: pd.DataFrame, *, num_test_frames: int) -> None:
+    """Write `method_scores` as out_dir/scores.csv, then out_dir/metrics.json (game, method, `summarize`,
+    num_test_frames), each atomically: the probe stage's output for one (game, method)."""
+    game, method = scores["game"].iloc[0], scores["method"].iloc[0]
+    metrics = {"game": game, "method": method, **summarize(scores), "num_test_frames": int(num_test_frames)}
     out_dir = Path(out_dir)
     table = scores.assign(categories=scores["categories"].map(";".join))
     io.write_bytes(out_dir / "scores.csv", table.to_csv(index=False, lineterminator="\n").encode())
     io.write_json(out_dir / "metrics.json", metrics)   # last: a folder with metrics.json is complete
-    return scores

@@ -1,0 +1,226 @@
+"""Probing an agent's encoder: the labelled episodes seen as the agent sees them, its 512-d features, and the
+probe stage's batched linear probes on them (PROTOCOLS.md 2, with the agent's network as the encoder).
+
+The agent acts on 84x84 grayscale stacks of 4 (`vector_env`), so a split's stored 210x160 frames are resized
+with `vector_env.agent_frames` (the env's own resize, bit for bit) and stacked within their episode with
+`vector_env.stack_frames` (zeros before an episode's first frame, as after a reset). The probes, their
+scores and the scores.csv / metrics.json format are atarirep.probe's (`probe_features`, `method_scores`,
+`write_scores`), not a copy. `sampled_checkpoints` reads the `SEED/model_STEP.gz` folders that
+sample_checkpoints writes; `probe_sampled` probes every checkpoint in them; `category_curve` and
+`category_curve_figure` are F1 per category against training frames. This module reads no params.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure   # no pyplot, as atarirep.reports
+from tqdm import tqdm
+
+from atarirep import annotations, devices, episodes
+from atarirep.agents import checkpoints
+from atarirep.agents.network import ActorCritic
+from atarirep.agents.vector_env import AGENT_FRAME, STACK, agent_frames, stack_frames
+from atarirep.errors import UserError
+from atarirep.probe.features import ENCODE_BATCH_SIZE
+from atarirep.probe.stage import check_settings, load_probe_data, method_scores, probe_features
+from atarirep.scores import aggregate
+
+METHOD = "rl_agent"               # the method name of an agent's encoder in data/probes/<game>/<method>
+RESIZE_BATCH_SIZE = 1024          # stored frames read and resized at a time
+CHECKPOINT_COLUMNS = ("game", "seed", "step", "frames")
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """A split's frames as the agent sees them: frames (T, 84, 84) uint8, is_first (T,) bool (an episode's first)."""
+
+    frames: np.ndarray
+    is_first: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def stacks(self, start: int, stop: int) -> np.ndarray:
+        """(stop - start, 4, 84, 84) uint8 stacks of rows start:stop, the same as `stack_frames` of the whole split."""
+        # The window starts up to 3 rows early, so every row kept has its history in it; a window that starts
+        # mid-episode only makes its first rows (dropped) stop there.
+        low = max(0, start - (STACK - 1))
+        return stack_frames(self.frames[low:stop], self.is_first[low:stop])[start - low:]
+
+
+def first_frames(split: episodes.Episodes) -> np.ndarray:
+    """(T,) bool: the rows that start an episode of `split` (its episodes are contiguous, in order)."""
+    is_first = np.zeros(len(split), bool)
+    is_first[split.episode_bounds()[:-1]] = True
+    return is_first
+
+
+def agent_view(split: episodes.Episodes, *, batch_size: int = RESIZE_BATCH_SIZE) -> AgentView:
+    """The agent's view of a split: every stored frame resized by `agent_frames`, `batch_size` frames read at a time."""
+    frames = np.empty((len(split), *AGENT_FRAME), np.uint8)
+    for start in range(0, len(split), batch_size):
+        frames[start:start + batch_size] = agent_frames(np.asarray(split.frames[start:start + batch_size]))
+    return AgentView(frames, first_frames(split))
+
+
+def agent_features(network: ActorCritic, split: episodes.Episodes | AgentView, *,
+                   batch_size: int = ENCODE_BATCH_SIZE, device: str = "cpu") -> torch.Tensor:
+    """(T, 512) float32 CPU features of a split: `network.features` of each frame's 84x84x4 stack (never reaching
+    into the previous episode), `batch_size` stacks at a time, no grad, eval mode, channels-last on `device`."""
+    view = split if isinstance(split, AgentView) else agent_view(split)
+    if len(view) == 0:
+        raise UserError("a split has no frames to probe; collect more steps so every split has frames")
+    dev = devices.resolve(device)
+    was_training = network.training
+    network.eval().to(dev, memory_format=devices.memory_format(dev))
+    out = None
+    try:
+        with torch.no_grad():
+            for start in range(0, len(view), batch_size):
+                z = network.features(torch.from_numpy(view.stacks(start, start + batch_size)).to(dev))
+                if out is None:
+                    out = torch.empty((len(view), z.shape[1]), dtype=torch.float32)
+                out[start:start + len(z)] = z.float().cpu()
+    finally:
+        network.train(was_training)
+    return out
+
+
+def check_game(meta: dict, checkpoint_path, game: str, what: str) -> None:
+    """UserError if the checkpoint says it was trained on another game than `game` (`what`: where that comes from)."""
+    trained_on = meta.get("game")
+    if trained_on is not None and annotations.game_key(trained_on) != annotations.game_key(game):
+        raise UserError(f"checkpoint {checkpoint_path} was trained on {trained_on} but {what} is {game}; probe the "
+                        f"checkpoints of {game} (data/checkpoints_sampled/<ALGO_protocol>/{game})")
+
+
+def probe_network(network: ActorCritic, data: dict[str, episodes.Episodes], *, game: str,
+                  views: dict[str, AgentView] | None = None, method: str = METHOD, lr: float, batch_size: int,
+                  epochs: int, patience: int, seed: int, device: str, progress: bool = False) -> pd.DataFrame:
+    """Scores (the probe stage's rows: game, method, variable, categories, f1, accuracy, num_epochs) of batched
+    linear probes on the network's features of `data`'s train, val and test splits (`views`: their
+    `agent_view`s, when computed once for many networks)."""
+    views = views or {name: agent_view(split) for name, split in data.items()}
+    features = {name: agent_features(network, views[name], device=device) for name in ("train", "val", "test")}
+    predictions, num_epochs = probe_features(features, data, lr=lr, batch_size=batch_size, epochs=epochs,
+                                             patience=patience, seed=seed, device=device, progress=progress)
+    return method_scores(predictions, data["test"], num_epochs, game=game, method=method)
+
+
+def probe_checkpoint(checkpoint_path: str | os.PathLike, episodes_dir: str | os.PathLike, *, lr: float,
+                     batch_size: int, epochs: int, patience: int, seed: int, device: str,
+                     progress: bool = False) -> pd.DataFrame:
+    """Probe one agent checkpoint's encoder on a stored probing dataset (train/val/test): its scores, one row per
+    variable, in the probe stage's columns (method `rl_agent`). Writes nothing."""
+    check_settings(method=METHOD, encoder_path=checkpoint_path, lr=lr, batch_size=batch_size, epochs=epochs,
+                   patience=patience)
+    devices.resolve(device)   # a bad device is refused before any data is read
+    network, meta = checkpoints.load_network(checkpoint_path)
+    game, data = load_probe_data(episodes_dir)
+    check_game(meta, checkpoint_path, game, f"the game of episodes {episodes_dir}")
+    return probe_network(network, data, game=game, lr=lr, batch_size=batch_size, epochs=epochs, patience=patience,
+                         seed=seed, device=device, progress=progress)
+
+
+# -- the sampled checkpoints of one game ------------------------------------------------------------
+def sampled_checkpoints(root: str | os.PathLike) -> dict[int, list[tuple[int, Path]]]:
+    """{seed: [(step, path)] by step} of `root/SEED/model_STEP.gz` (one game's sampled runs), seeds in order;
+    UserError if `root` is missing or holds no seed folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"sampled checkpoint folder {root} is missing; run `dvc repro sample_checkpoints` "
+                        "(or `dvc pull`) first")
+    seeds = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    if not seeds:
+        raise UserError(f"sampled checkpoint folder {root} holds no SEED folders (0/, 1/, ...); point to "
+                        "data/checkpoints_sampled/<ALGO_protocol>/<game>")
+    return {s: checkpoints.list_run(root / str(s)) for s in seeds}
+
+
+def checkpoint_frames(meta: dict, path) -> int:
+    """The training frames a checkpoint's weights saw: its `frames` key (ours always have it)."""
+    frames = meta.get("frames")
+    if not isinstance(frames, int) or isinstance(frames, bool):
+        raise UserError(f"checkpoint {path} does not say how many frames it trained on (no 'frames' key); "
+                        "probe checkpoints written by train_agent")
+    return frames
+
+
+def probe_sampled(root: str | os.PathLike, episodes_dir: str | os.PathLike, *, game: str, lr: float,
+                  batch_size: int, epochs: int, patience: int, seed: int, device: str,
+                  progress: bool = False) -> tuple[pd.DataFrame, int]:
+    """Probe every checkpoint of `sampled_checkpoints(root)` on the probing dataset at `episodes_dir`.
+
+    Every checkpoint is read (and checked: format, network, game, frames) before any data is; the dataset is
+    read and resized once. Returns (scores, the number of test frames): one row per (seed, checkpoint,
+    variable): game, seed, step, frames, method, variable, categories (tuple), f1, accuracy, num_epochs;
+    seeds and steps in order.
+    """
+    check_settings(method=METHOD, encoder_path=root, lr=lr, batch_size=batch_size, epochs=epochs, patience=patience)
+    devices.resolve(device)
+    runs = sampled_checkpoints(root)
+    found = []
+    for run_seed, run in runs.items():
+        for step, path in run:
+            _, meta = checkpoints.load_network(path)   # a damaged file or another network stops here
+            check_game(meta, path, game, "the stage's game")
+            found.append((run_seed, step, checkpoint_frames(meta, path), path))
+    data_game, data = load_probe_data(episodes_dir)
+    if annotations.game_key(data_game) != annotations.game_key(game):
+        raise UserError(f"episodes {episodes_dir} are {data_game}, not {game}; probe {game}'s checkpoints on "
+                        f"data/episodes/{game}/probe")
+    views = {name: agent_view(split) for name, split in data.items()}
+    parts = []
+    for run_seed, step, frames, path in tqdm(found, desc="checkpoints", disable=not progress):
+        network, _ = checkpoints.load_network(path)
+        part = probe_network(network, data, game=data_game, views=views, lr=lr, batch_size=batch_size,
+                             epochs=epochs, patience=patience, seed=seed, device=device)
+        part.insert(1, "seed", run_seed)
+        part.insert(2, "step", step)
+        part.insert(3, "frames", frames)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True), len(data["test"])
+
+
+def method_rows(sampled: pd.DataFrame, run_seed: int, step: int) -> pd.DataFrame:
+    """One checkpoint's rows of `probe_sampled`, in the probe stage's scores columns."""
+    rows = sampled[(sampled["seed"] == run_seed) & (sampled["step"] == step)]
+    return rows.drop(columns=["seed", "step", "frames"]).reset_index(drop=True)
+
+
+def category_curve(sampled: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
+    """A row per (seed, checkpoint): seed, step, frames, then `metric` per category (benchmark order) and
+    across_categories (the mean of the category means, the probe stage's per-game figure)."""
+    rows = []
+    for (run_seed, step, frames), part in sampled.groupby(["seed", "step", "frames"], sort=True):
+        per_category = aggregate(part[["variable", "categories", "f1", "accuracy"]], "category")
+        means = dict(zip(per_category["category"], per_category[metric]))
+        rows.append({"seed": run_seed, "step": step, "frames": frames, **means,
+                     "across_categories": float(np.mean(list(means.values()))) if means else np.nan})
+    categories = [c for c in annotations.CATEGORIES if any(c in row for row in rows)]
+    return pd.DataFrame(rows, columns=["seed", "step", "frames", *categories, "across_categories"])
+
+
+def category_curve_figure(curve: pd.DataFrame, metric: str = "f1", title: str = "") -> Figure:
+    """`metric` per category (and across categories, dashed) against training frames, the mean over seeds."""
+    columns = [c for c in curve.columns if c not in ("seed", "step", "frames")]
+    mean = curve.groupby("frames")[columns].mean().sort_index()
+    num_seeds = curve["seed"].nunique()
+    fig = Figure(figsize=(7.0, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    for column in columns:
+        across = column == "across_categories"
+        ax.plot(mean.index, mean[column], marker="" if across else ".", linestyle="--" if across else "-",
+                color="black" if across else None, linewidth=2 if across else 1.2, label=column.replace("_", " "))
+    ax.set_xlabel("training frames")
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{title}{metric} per category, mean over {num_seeds} seed{'s' * (num_seeds != 1)}")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize="small")
+    return fig
