@@ -1,0 +1,82 @@
+"""evaluate_agent: returns of every sampled checkpoint of one game's runs, under each evaluation protocol.
+
+Writes <out_dir>/returns.csv (game, seed, step, frames, protocol, episode, return), metrics.json (per
+protocol: the last checkpoints' mean return over seeds and episodes, and its human-normalised score)
+and learning_curve.png, all at once.
+"""
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from atarirep import devices, params
+from atarirep.agents import checkpoints, evaluation
+from atarirep.envs import get_protocol, resolve_game
+from atarirep.errors import UserError, run_stage
+from atarirep.io import atomic_dir, write_json
+
+
+def run_folders(root: Path) -> list[tuple[int, Path]]:
+    """[(seed, folder)] of the SEED folders under one game's sampled checkpoints."""
+    if not root.is_dir():
+        raise UserError(f"sampled checkpoints {root} are missing; rerun `dvc repro` for sample_checkpoints "
+                        "or `dvc pull` them")
+    found = sorted((int(p.name), p) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    if not found:
+        raise UserError(f"{root} holds no SEED folders (0/, 1/, ...) of sampled checkpoints; point to "
+                        "data/checkpoints_sampled/ALGO_protocol/GAME")
+    return found
+
+
+def checked_checkpoints(root: Path, game: str) -> list[tuple[int, int, int, Path]]:
+    """[(seed, step, frames, path)], every file read once first so that a bad one stops the stage at once."""
+    found = []
+    for seed, folder in run_folders(root):
+        for step, path in checkpoints.list_run(folder):
+            _, meta = checkpoints.load_network(path)
+            if meta.get("game", game) != game:
+                raise UserError(f"checkpoint {path} is of {meta['game']}, not {game}; point to {game}'s "
+                                "sampled checkpoints")
+            # The published files carry no frame count: agent steps x the frame skip of 4.
+            found.append((seed, step, int(meta.get("frames", 4 * step)), path))
+    return found
+
+
+def main(game: str, sampled_root: str, out_dir: str) -> None:
+    p = params.load("evaluate_agent")
+    protocols = [get_protocol(name).name for name in p.protocols]   # an unknown one stops here
+    game = resolve_game(game)
+    evaluation.human_normalized(game, 0.0)   # a game without reference scores stops here, not after playing
+    device = devices.resolve(p.device)
+    found = checked_checkpoints(Path(sampled_root), game)
+    rows = []
+    for seed, step, frames, path in found:
+        network, _ = checkpoints.load_network(path)
+        network.to(device)
+        # Every checkpoint of a run plays from the same starts (common random numbers along its curve).
+        eval_seed = int(np.random.SeedSequence([p.seed, seed]).generate_state(1)[0] >> 1)
+        for protocol in protocols:
+            started = time.perf_counter()
+            returns = evaluation.evaluate(network, game, protocol, episodes=p.episodes, epsilon=p.epsilon,
+                                          max_steps=p.max_steps, seed=eval_seed)
+            rows += [(game, seed, step, frames, protocol, episode, value) for episode, value in enumerate(returns)]
+            print(f"{game} seed {seed} step {step} {protocol}: mean return {np.mean(returns):.1f} over "
+                  f"{len(returns)} games ({time.perf_counter() - started:.1f} s)", flush=True)
+    table = pd.DataFrame(rows, columns=evaluation.ROW_COLUMNS)
+    final = evaluation.final_returns(table)
+    metrics = {}
+    for protocol, group in final.groupby("protocol", sort=False):
+        mean = float(group["return"].mean())
+        metrics[protocol] = {"mean_return": mean, "human_normalized": evaluation.human_normalized(game, mean),
+                             "seeds": int(group["seed"].nunique()), "episodes": len(group),
+                             "step": int(group["step"].max())}
+    with atomic_dir(out_dir) as tmp:
+        table.to_csv(tmp / "returns.csv", index=False, lineterminator="\n")
+        write_json(tmp / "metrics.json", metrics)
+        evaluation.learning_curve_figure(table, tmp / "learning_curve.png")
+    print(f"evaluated {len(found)} checkpoints of {game} under {', '.join(protocols)} in {out_dir}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,80 @@
+"""report_agents: the trained agents' final returns per game and protocol, and their aggregates over games.
+
+Reads <evaluations_root>/<game>/returns.csv (evaluate_agent) for the games of params `report.games`;
+writes, at once, <out_dir>/returns_by_game.{md,csv} (the last checkpoints' mean return and its
+human-normalised score, per game x protocol), aggregate.{json,md} (IQM, median and mean of
+human-normalised scores over seeds x games with stratified-bootstrap 95% CIs, per protocol) and
+learning_curves.png.
+"""
+from pathlib import Path
+
+import pandas as pd
+
+from atarirep import params
+from atarirep.agents import evaluation
+from atarirep.errors import UserError, run_stage
+from atarirep.io import atomic_dir, write_json
+from atarirep.reports import to_csv, to_markdown
+
+
+def read_returns(path: Path, game: str) -> pd.DataFrame:
+    try:
+        rows = pd.read_csv(path)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; run `dvc repro` for evaluate_agent on {game}, or drop {game} "
+                        "from games") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        raise UserError(f"{path} is not a readable CSV; rerun evaluate_agent on {game}") from None
+    if list(rows.columns) != evaluation.ROW_COLUMNS or set(rows["game"]) != {game}:
+        raise UserError(f"{path} does not hold {game}'s returns with columns {', '.join(evaluation.ROW_COLUMNS)}; "
+                        f"rerun evaluate_agent on {game}")
+    return rows
+
+
+def seed_by_game(final: pd.DataFrame, protocol: str, games: list[str]) -> pd.DataFrame:
+    """(seeds x games) human-normalised mean final return under `protocol`; every game needs the same seeds."""
+    means = final[final["protocol"] == protocol].groupby(["seed", "game"])["return"].mean().unstack("game")
+    means = means.reindex(columns=games)
+    if means.isna().any().any():
+        missing = [f"{game} seed {seed}" for game in games for seed in means.index if pd.isna(means.at[seed, game])]
+        raise UserError(f"protocol {protocol} has no returns for {', '.join(missing)}; evaluate every game with "
+                        "the same seeds and protocols (rerun evaluate_agent)")
+    return pd.DataFrame({game: evaluation.human_normalized(game, means[game].to_numpy()) for game in games},
+                        index=means.index)
+
+
+def main(evaluations_root: str, out_dir: str) -> None:
+    games = params.load("report").games
+    seed = params.load("evaluate_agent").seed
+    rows = pd.concat([read_returns(Path(evaluations_root) / game / "returns.csv", game) for game in games],
+                     ignore_index=True)
+    final = evaluation.final_returns(rows)
+    protocols = list(dict.fromkeys(final["protocol"]))
+
+    by_game = pd.DataFrame(index=pd.Index(games, name="game"))
+    for protocol in protocols:
+        means = final[final["protocol"] == protocol].groupby("game")["return"].mean().reindex(games)
+        by_game[f"{protocol}_return"] = means
+        by_game[f"{protocol}_human_normalized"] = [evaluation.human_normalized(g, m) for g, m in means.items()]
+
+    scores = {protocol: seed_by_game(final, protocol, games).to_numpy() for protocol in protocols}
+    summary = evaluation.aggregate(scores, reps=evaluation.BOOTSTRAP_REPS, seed=seed)
+    cells = {protocol: {metric: f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+                        for metric, v in summary[protocol].items() if isinstance(v, dict)}
+             for protocol in protocols}
+    aggregate_table = pd.DataFrame.from_dict(cells, orient="index").rename_axis("protocol")
+    aggregate_table["runs x games"] = [f"{summary[p]['runs']} x {summary[p]['games']}" for p in protocols]
+
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "returns_by_game.md").write_text(to_markdown(by_game))
+        (tmp / "returns_by_game.csv").write_text(to_csv(by_game))
+        write_json(tmp / "aggregate.json", summary)
+        (tmp / "aggregate.md").write_text("Human-normalised final returns: estimate [95% CI, stratified bootstrap "
+                                          f"over seeds, {evaluation.BOOTSTRAP_REPS} resamples]\n\n"
+                                          + to_markdown(aggregate_table))
+        evaluation.learning_curve_figure(rows, tmp / "learning_curves.png")
+    print(f"reported {len(games)} games under {', '.join(protocols)} in {out_dir}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
