@@ -41,7 +41,8 @@ def _run_env(job: dict, report: Callable[[int], None]) -> dict:
     """Step one environment for its budget of frames; frames go compressed to job['part_path']."""
     env = LabelledAtariEnv(job["game"], job["protocol"], job["annotation_set"])
     ale_seed, env_rng, policy_rng = _env_seeds(job["seed"], job["stream"], job["rank"])
-    policy = make_policy(job["collect_mode"], env.action_space.n, policy_rng, random_actions=job["random_actions"])
+    policy = make_policy(job["collect_mode"], env.action_space.n, policy_rng, random_actions=job["random_actions"],
+                         agent_checkpoint=job["agent_checkpoint"], agent_random_prob=job["agent_random_prob"])
     budget, num_vars = job["budget"], len(env.annotation.variables)
     labels = np.empty((budget, num_vars), np.uint8)
     actions = np.full(budget, -1, np.int16)      # the action that led to this frame; -1 on a first frame
@@ -130,9 +131,19 @@ def _too_few_episodes(kept_lengths: list[int], num_short: int, fractions: dict[s
                      f"raise steps from {steps} to at least {max(suggested, steps + num_envs)}")
 
 
+def _agent_meta(checkpoint: str, random_prob: float) -> dict:
+    """Which agent collected the episodes: its checkpoint's own keys (game, seed, step, ...) and random_prob."""
+    from atarirep.agents import checkpoints
+
+    payload = checkpoints.read(checkpoint)
+    return {**{k: payload[k] for k in ("algo", "protocol", "game", "seed", "step", "frames") if k in payload},
+            "random_prob": random_prob}
+
+
 def validate(game: str, *, steps: int, splits_fractions: dict[str, float], num_envs: int, num_workers: int,
              annotation_set: str, protocol: str, collect_mode: str, random_actions: str, purpose: str,
-             min_episode_length: int, entropy_threshold: float) -> str:
+             min_episode_length: int, entropy_threshold: float, agent_checkpoint: str | None = None,
+             agent_random_prob: float = 0.2) -> str:
     """Check collection arguments before any emulator runs; returns the game's ALE name.
 
     Raises UserError (one line naming the problem and the fix) for any bad argument.
@@ -154,6 +165,11 @@ def validate(game: str, *, steps: int, splits_fractions: dict[str, float], num_e
         raise UserError("min_episode_length and entropy_threshold must not be negative")
     if collect_mode not in COLLECT_MODES:
         raise UserError(f"collect_mode {collect_mode!r} is unknown; use one of {', '.join(COLLECT_MODES)}")
+    if collect_mode == "agent" and not agent_checkpoint:
+        raise UserError("collect_mode agent needs an agent checkpoint; run train_agent and sample_checkpoints "
+                        "first (dvc repro does)")
+    if not 0 <= agent_random_prob <= 1:
+        raise UserError(f"agent_random_prob {agent_random_prob} must be in [0, 1] (the reference: 0.2)")
     return ale_name
 
 
@@ -161,6 +177,7 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
             seed: int = 42, purpose: str = "pretrain", num_envs: int = 8, num_workers: int = 1,
             annotation_set: str = "latest", protocol: str = "atariari", collect_mode: str = "random_agent",
             random_actions: str = "nonzero", min_episode_length: int = 64, entropy_threshold: float = 0.6,
+            agent_checkpoint: str | None = None, agent_random_prob: float = 0.2,
             progress: bool = False) -> episodes.EpisodeStore:
     """Collect `steps` labelled frames of `game` over `num_envs` environments into folder `out_dir`.
 
@@ -174,7 +191,8 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
     ale_name = validate(game, steps=steps, splits_fractions=splits_fractions, num_envs=num_envs,
                         num_workers=num_workers, annotation_set=annotation_set, protocol=protocol,
                         collect_mode=collect_mode, random_actions=random_actions, purpose=purpose,
-                        min_episode_length=min_episode_length, entropy_threshold=entropy_threshold)
+                        min_episode_length=min_episode_length, entropy_threshold=entropy_threshold,
+                        agent_checkpoint=agent_checkpoint, agent_random_prob=agent_random_prob)
     splits_fractions = splits.check_fractions(splits_fractions)  # canonical train, val, test order
     variables_all = annotations.for_game(game, annotation_set).variables
 
@@ -185,6 +203,7 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
         jobs = [{"game": ale_name, "protocol": protocol, "annotation_set": annotation_set, "seed": seed,
                  "stream": PURPOSE_STREAMS[purpose], "rank": rank, "budget": budget,
                  "collect_mode": collect_mode, "random_actions": random_actions,
+                 "agent_checkpoint": agent_checkpoint, "agent_random_prob": agent_random_prob,
                  "part_path": str(parts / f"env{rank}.bin")} for rank, budget in enumerate(budgets)]
         results = _run_all(jobs, min(num_workers, num_envs), progress, f"collect {ale_name} ({purpose})")
 
@@ -216,6 +235,7 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
             "game": ale_name, "annotation_set": annotation_set, "protocol": get_protocol(protocol).as_dict(),
             "purpose": purpose, "seed": seed, "steps": steps, "num_envs": num_envs,
             "collect_mode": collect_mode, "random_actions": random_actions,
+            **({"agent": _agent_meta(agent_checkpoint, agent_random_prob)} if collect_mode == "agent" else {}),
             "min_episode_length": min_episode_length, "entropy_threshold": entropy_threshold,
             "splits": dict(splits_fractions), "counts": counts, "variables": kept_variables,
             "dropped_variables": {v: round(float(e), 6) for v, e in zip(variables_all, entropies)

@@ -42,6 +42,15 @@ PROTOCOLS = {
     "atariari": Protocol("atariari", frame_skip=4, noop_max=30, fire_on_reset=True,
                          terminal_on_life_loss=True, sticky_action_prob=0.0,
                          max_frames_per_episode=108_000, clip_rewards=True),
+    # Agents (PROTOCOLS.md 4), stepped by atarirep.agents.vector_env: the life-loss rule applies to
+    # training only, evaluation always plays whole games. Rewards are clipped for training; returns
+    # are reported raw.
+    "classic": Protocol("classic", frame_skip=4, noop_max=30, fire_on_reset=True,
+                        terminal_on_life_loss=True, sticky_action_prob=0.0,
+                        max_frames_per_episode=108_000, clip_rewards=True),
+    "modern": Protocol("modern", frame_skip=4, noop_max=0, fire_on_reset=False,
+                       terminal_on_life_loss=False, sticky_action_prob=0.25,
+                       max_frames_per_episode=108_000, clip_rewards=True),
 }
 
 

@@ -25,8 +25,9 @@ class Dataset:
 class Collect:
     seed: int                       # shared
     annotations: str                # shared: annotation set, paper or latest
-    collect_mode: str               # random_agent (a trained agent comes with train_agent)
+    collect_mode: str               # random_agent, or agent: the first seed's last sampled checkpoint of train_agent
     random_actions: str             # nonzero: actions 1..n-1 as the reference; all: 0..n-1
+    agent_random_prob: float        # agent mode: a uniformly random action with this probability (reference: 0.2)
     protocol: str                   # environment protocol, atariari
     num_envs: int                   # environments, each with its own seed stream (reference: 8)
     num_workers: int                # processes stepping them; does not change the output
@@ -70,10 +71,35 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class TrainAgent:
+    seed: int                       # shared: each run's seeds derive from it and the run's own seed
+    device: str                     # shared
+    algo: str                       # PPO (IMPALA comes later)
+    seeds: list[int]                # one run per game x seed (a DVC matrix); the checkpoints' SEED folder
+    ppo: dict[str, object]          # atarirep.agents.ppo.PPOConfig, checked there
+
+
+@dataclass(frozen=True)
+class SampleCheckpoints:
+    keep: int                       # checkpoints kept of each run, by the geometric rule (reference: 51 of 200)
+
+
+@dataclass(frozen=True)
+class EvaluateAgent:
+    seed: int                       # shared
+    device: str                     # shared
+    protocols: list[str]            # classic and/or modern (PROTOCOLS.md 4)
+    episodes: int                   # games played per checkpoint and protocol
+    epsilon: float                  # probability of a uniformly random action (reference: 0.001)
+    max_steps: int                  # agent steps a game may last (reference: 27000, the 108,000-frame cap)
+
+
+@dataclass(frozen=True)
 class Report:
     games: list[str]                # shared: the games of the tables, in their order
     methods: list[str]              # pretrained encoders shown (default: pretrain.methods)
     baselines: list[str]            # baselines shown (default: probe.baselines)
+    rl_agent: bool                  # show the trained agent's encoder (first seed, last sampled checkpoint)
 
 
 @dataclass(frozen=True)
@@ -89,7 +115,8 @@ class Study:
 
 
 DATASETS = ("pretrain", "probe")
-SECTIONS = {"collect": Collect, "pretrain": Pretrain, "probe": Probe, "report": Report, "study": Study}
+SECTIONS = {"collect": Collect, "pretrain": Pretrain, "probe": Probe, "report": Report, "study": Study,
+            "train_agent": TrainAgent, "sample_checkpoints": SampleCheckpoints, "evaluate_agent": EvaluateAgent}
 SHARED_KEYS = ("env", "seed", "annotations", "device", "profile", "games")
 
 

@@ -1,4 +1,4 @@
-"""Who picks the actions during collection: the random agent now, a trained agent later.
+"""Who picks the actions during collection: the random agent, or a trained agent's checkpoint.
 
 A policy is built per environment (with that environment's own RNG), so what an environment
 records does not depend on how environments are grouped into worker processes.
@@ -36,11 +36,49 @@ class RandomAgent:
         return int(self._rng.integers(self._low, self._num_actions))
 
 
-COLLECT_MODES = ("random_agent",)
+class AgentPolicy:
+    """A trained agent's checkpoint acting on the stored frames (PROTOCOLS.md 1, trained-agent mode).
+
+    Each 210x160 frame is resized as the agent saw frames in training (atarirep.agents.vector_env) and
+    stacked 4 deep, zeros before an episode's first frame; the action is drawn from the policy, and with
+    probability `random_prob` (the reference: 0.2) a uniformly random action replaces it.
+    """
+
+    def __init__(self, checkpoint: str, num_actions: int, rng: np.random.Generator, random_prob: float = 0.2):
+        import torch
+
+        from atarirep.agents import checkpoints, vector_env
+
+        torch.set_num_threads(1)   # one per collecting process; they run side by side
+        self._torch, self._resize = torch, vector_env.agent_frames
+        self._network, _ = checkpoints.load_network(checkpoint)
+        if self._network.num_actions != num_actions:
+            raise UserError(f"checkpoint {checkpoint} acts with {self._network.num_actions} actions but this game "
+                            f"has {num_actions}; use a checkpoint trained on this game")
+        self._stack = np.zeros((1, vector_env.STACK, *vector_env.AGENT_FRAME), np.uint8)
+        self._rng, self._random_prob, self._num_actions = rng, random_prob, num_actions
+
+    def act(self, frame: np.ndarray, is_first: bool) -> int:
+        if is_first:
+            self._stack[:] = 0
+        self._stack[0, :-1] = self._stack[0, 1:]
+        self._stack[0, -1] = self._resize(frame)[0]
+        if self._rng.random() < self._random_prob:
+            return int(self._rng.integers(self._num_actions))
+        with self._torch.no_grad():
+            logits, _ = self._network(self._torch.from_numpy(self._stack))
+        log_probs = self._torch.log_softmax(logits[0].double(), dim=-1).numpy()
+        return int(np.argmax(log_probs + self._rng.gumbel(size=log_probs.shape)))   # a draw from the policy
+
+
+COLLECT_MODES = ("random_agent", "agent")
 
 
 def make_policy(collect_mode: str, num_actions: int, rng: np.random.Generator, **options) -> Policy:
-    """The policy for `collect_mode`; a trained agent ("pretrained_ppo") plugs in here later."""
+    """The policy for `collect_mode`: `random_agent` (options: random_actions) or `agent` (options:
+    agent_checkpoint, a model_STEP.gz file, and agent_random_prob)."""
     if collect_mode == "random_agent":
         return RandomAgent(num_actions, rng, options.get("random_actions", "nonzero"))
+    if collect_mode == "agent":
+        return AgentPolicy(options["agent_checkpoint"], num_actions, rng, options.get("agent_random_prob", 0.2))
     raise UserError(f"collect_mode {collect_mode!r} is unknown; use one of {', '.join(COLLECT_MODES)}")

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from atarirep import annotations, collection, devices, envs, methods, params, training
+from atarirep.agents import checkpoints, ppo
 from atarirep.errors import UserError
 from atarirep.probe import BASELINES
 
@@ -71,6 +72,26 @@ def check_methods(pretrain: params.Pretrain, probe: params.Probe, report: params
                             f"there or drop it from the report")
 
 
+def check_agents(train: params.TrainAgent, sample: params.SampleCheckpoints, evaluate: params.EvaluateAgent) -> None:
+    """UserError unless the agent runs, the checkpoint sampling and the evaluation are well formed."""
+    if train.algo not in checkpoints.ALGORITHMS:
+        raise UserError(f"params.yaml train_agent.algo={train.algo!r} is unknown; use one of "
+                        f"{', '.join(checkpoints.ALGORITHMS)}")
+    if not train.seeds or min(train.seeds) < 0:
+        raise UserError(f"params.yaml train_agent.seeds={train.seeds} must list seeds >= 0, for example [0]")
+    _distinct([str(s) for s in train.seeds], "train_agent.seeds")
+    made = len(ppo.config_from(train.ppo).checkpoint_iterations())
+    if not 1 <= sample.keep <= made:
+        raise UserError(f"params.yaml sample_checkpoints.keep={sample.keep} must be between 1 and the {made} "
+                        "checkpoints a run makes (train_agent.ppo total_steps / checkpoint_every); lower keep")
+    for protocol in evaluate.protocols:
+        envs.get_protocol(protocol)
+    _distinct(evaluate.protocols, "evaluate_agent.protocols")
+    if not evaluate.protocols or evaluate.episodes < 1 or evaluate.max_steps < 1 or not 0 <= evaluate.epsilon <= 1:
+        raise UserError("params.yaml evaluate_agent needs at least one protocol, episodes >= 1, max_steps >= 1 "
+                        "and epsilon in [0, 1]")
+
+
 def check(path: str | os.PathLike = "params.yaml") -> params.Study:
     """Every section of `path` loaded and validated; returns the shared keys. UserError (one line) at the
     first problem: a wrong type, an unknown key, a bad range, an unknown game, method or device."""
@@ -88,6 +109,9 @@ def check(path: str | os.PathLike = "params.yaml") -> params.Study:
                                 annotation_set=collect.annotations, protocol=collect.protocol,
                                 collect_mode=collect.collect_mode, random_actions=collect.random_actions,
                                 min_episode_length=collect.min_episode_length,
-                                entropy_threshold=collect.entropy_threshold)
+                                entropy_threshold=collect.entropy_threshold,
+                                agent_checkpoint="made by sample_checkpoints", agent_random_prob=collect.agent_random_prob)
     check_methods(params.load("pretrain", path), params.load("probe", path), params.load("report", path))
+    check_agents(params.load("train_agent", path), params.load("sample_checkpoints", path),
+                 params.load("evaluate_agent", path))
     return study

@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from dvclive import Live
 from torch import nn
 from tqdm import tqdm
 
@@ -44,6 +43,7 @@ from atarirep import methods
 from atarirep.episodes import CompressedFrames, Episodes, LazyFrames
 from atarirep.errors import UserError
 from atarirep.io import atomic_dir, write_bytes, write_json
+from atarirep.live import StageLive
 from atarirep.methods import Batch
 
 KEEP = ("last", "best")
@@ -486,20 +486,6 @@ def default_checkpoint_path(out_dir: str | os.PathLike) -> Path:
     return out_dir.with_name(f".{out_dir.name}.checkpoint.pt")
 
 
-class _Live(Live):
-    """dvclive's Live, writing only its own folder: without Live._init_dvc, which opens the DVC repo around the
-    working directory or creates one in an enclosing git repo (dvclive.dvc.get_dvc_repo), fails in a git repo
-    without commits, and under `dvc exp run` git-adds the folder's untracked files; and without DVC Studio
-    posts. The log is a stage output like any other (dvc.yaml declares it); no experiment, dvc.yaml or git
-    change belongs to it."""
-
-    def _init_dvc(self):
-        self._dvc_file = "dvc.yaml"   # what Live._init_dvc_file gives for dvcyaml=None; never written
-
-    def _init_studio(self):
-        self._studio_events_to_skip.update(("start", "data", "done"))
-
-
 def write_live(live_dir: str | os.PathLike, result: FitResult) -> None:
     """Log `result`'s step log and epoch rows with dvclive into `live_dir`, dvclive's layout, x = optimizer step:
 
@@ -514,7 +500,7 @@ def write_live(live_dir: str | os.PathLike, result: FitResult) -> None:
     resumed run, so each epoch appears once); no dvc.yaml, git or experiment is touched. The LIVE_PLOTS files
     exist, header only, even when nothing was trained, since dvc.yaml declares them.
     """
-    with _Live(dir=os.fspath(live_dir), save_dvc_exp=False, dvcyaml=None) as live:
+    with StageLive(os.fspath(live_dir)) as live:
         for point in result.steps:
             live.step = point["step"]
             live.log_metric("train/loss", point["loss"])

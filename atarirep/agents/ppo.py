@@ -1,0 +1,331 @@
+"""PPO on Atari, in one file that reads top to bottom (CleanRL's `ppo_atari.py`, PROTOCOLS.md 4).
+
+Settings are the reference's: 8 envs x 128 steps, 4 epochs of 4 minibatches, Adam lr 2.5e-4 (eps 1e-5)
+annealed to 0, gamma 0.99, GAE lambda 0.95, clip 0.1 with value clipping, entropy 0.01, value 0.5, grad
+norm 0.5; the Nature CNN on 84x84x4; the classic protocol (30 no-ops, FIRE reset, a life loss ends the
+training episode, rewards clipped to their sign).
+
+What this adds to the single file: a checkpoint every `checkpoint_every` agent steps in the published
+format (atarirep.agents.checkpoints), logs through dvclive, and exact resume. The vector env's emulator
+state cannot be saved, so every env starts a new game (seeded by the checkpoint's index) right after
+each checkpoint; a run killed at any point resumes from its last checkpoint and ends with the same
+weights as an unbroken run (on CPU). Games are therefore cut at every checkpoint (every 6,250 steps of
+each of 8 envs in the paper profile); a cut is a truncation, bootstrapped from the value as the end of
+any rollout is. Actions are drawn by Gumbel-max from a seeded numpy generator, so sampling does not
+depend on the device's RNG.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import time
+import dataclasses
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from atarirep import devices
+from atarirep.agents import checkpoints
+from atarirep.agents.network import ActorCritic
+from atarirep.agents.vector_env import AgentEnvs
+from atarirep.envs import get_protocol
+from atarirep.errors import UserError
+from atarirep.io import atomic_dir, write_bytes
+from atarirep.live import StageLive
+
+RESUME_FORMAT = "atarirep-ppo-resume/1"
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    total_steps: int = 10_000_000     # agent steps over all envs (frames = 4x)
+    num_envs: int = 8
+    num_steps: int = 128              # rollout length per env
+    lr: float = 2.5e-4
+    anneal_lr: bool = True
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    num_minibatches: int = 4
+    update_epochs: int = 4
+    norm_adv: bool = True
+    clip_coef: float = 0.1
+    clip_vloss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    adam_eps: float = 1e-5
+    protocol: str = "classic"
+    checkpoint_every: int = 50_000    # agent steps; 200 checkpoints in 10M steps
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def iterations(self) -> int:
+        return self.total_steps // self.batch_size
+
+    def check(self) -> None:
+        get_protocol(self.protocol)
+        for name in ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"train_agent.{name} is {getattr(self, name)}; it must be at least 1")
+        if self.batch_size % self.num_minibatches:
+            raise UserError(f"num_envs x num_steps ({self.batch_size}) must divide into num_minibatches "
+                            f"({self.num_minibatches}); change one of them")
+        if self.iterations < 1:
+            raise UserError(f"train_agent.total_steps {self.total_steps} is less than one rollout "
+                            f"({self.batch_size} steps); raise it")
+        if not 0 < self.lr < 1 or not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
+            raise UserError("train_agent.lr must be in (0, 1), gamma in (0, 1], gae_lambda in [0, 1]")
+
+    def checkpoint_iterations(self) -> list[int]:
+        """The iterations after which a checkpoint is written: the first to reach each multiple of
+        `checkpoint_every`, and always the last."""
+        marks = {math.ceil(k * self.checkpoint_every / self.batch_size)
+                 for k in range(1, self.total_steps // self.checkpoint_every + 1)}
+        return sorted({m for m in marks if m < self.iterations} | {self.iterations})
+
+
+def config_from(mapping: dict) -> PPOConfig:
+    """A PPOConfig from params (train_agent.ppo); UserError for an unknown key or a value of the wrong type."""
+    fields = {f.name: f for f in dataclasses.fields(PPOConfig)}
+    unknown = sorted(set(mapping) - set(fields))
+    if unknown:
+        raise UserError(f"params.yaml train_agent.ppo has unknown keys {', '.join(unknown)}; known keys are "
+                        f"{', '.join(fields)}")
+    values = {}
+    for name, value in mapping.items():
+        kind = type(fields[name].default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise UserError(f"params.yaml train_agent.ppo.{name}={value!r} must be of type {kind.__name__}")
+        values[name] = value
+    config = PPOConfig(**values)
+    config.check()
+    return config
+
+
+def run_seed(study_seed: int, seed: int) -> int:
+    """The seed of every random source of run `seed` (the SEED folder) in a study seeded `study_seed`."""
+    return study_seed * 1_000 + seed
+
+
+def env_seed(seed: int, segment: int) -> int:
+    """The vector env's reset seed for the games played after the `segment`-th checkpoint."""
+    return seed * 100_003 + segment
+
+
+def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.PathLike, config: PPOConfig, *,
+          study_seed: int = 0, device: str = "auto", algo: str = "PPO", progress: bool = True) -> Path:
+    """Train PPO run `seed` on `game`; checkpoints go to out_dir (model_STEP.gz), dvclive logs to log_dir.
+
+    Every random source (weights, actions, minibatches, the games' no-ops) follows run_seed(study_seed, seed).
+
+    Both are written whole at the end; until then everything lives in a hidden folder beside out_dir,
+    from which a killed run resumes.
+    """
+    config.check()
+    device_ = devices.resolve(device)
+    out_dir, log_dir = Path(out_dir), Path(log_dir)
+    work = out_dir.with_name(f".{out_dir.name}.partial")
+    fingerprint = json.dumps({"game": game, "seed": seed, "study_seed": study_seed, "algo": algo,
+                              **asdict(config)}, sort_keys=True)
+    seeded = run_seed(study_seed, seed)
+    envs = AgentEnvs(game, config.num_envs, config.protocol, training=True,
+                     num_threads=min(config.num_envs, os.cpu_count() or 1))
+    torch.manual_seed(seeded)
+    network = ActorCritic(envs.num_actions).to(device_, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, eps=config.adam_eps)
+    rng = np.random.default_rng(seeded)
+    start, segment = 0, 0
+    resume = _read_resume(work, fingerprint)
+    if resume is None:
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "checkpoints").mkdir(parents=True)
+    else:
+        network.load_state_dict(resume["network"])
+        optimizer.load_state_dict(resume["optimizer"])
+        rng.bit_generator.state = json.loads(resume["rng"])
+        start, segment = int(resume["iteration"]), int(resume["segment"])
+        _drop_log_rows_after(work / "live", start * config.batch_size)
+        print(f"resuming {game} seed {seed} after iteration {start} ({start * config.batch_size} steps)")
+    live = StageLive(str(work / "live"), resume=resume is not None)
+    save_at = set(config.checkpoint_iterations())
+
+    # Rollout storage, allocated once (memory does not grow with training length).
+    n, e = config.num_steps, config.num_envs
+    obs = torch.zeros((n, e, 4, 84, 84), dtype=torch.uint8, device=device_)
+    actions = torch.zeros((n, e), dtype=torch.long, device=device_)
+    logprobs, rewards, dones, values = (torch.zeros((n, e), device=device_) for _ in range(4))
+    next_obs = torch.from_numpy(envs.reset(env_seed(seeded, segment))).to(device_)
+    next_done = torch.zeros(e, device=device_)
+    returns_window: list[float] = []   # games finished since the last log row (emptied each iteration)
+
+    for iteration in range(start + 1, config.iterations + 1):
+        started = time.perf_counter()
+        if config.anneal_lr:
+            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / config.iterations) * config.lr
+
+        # 1. Collect a rollout of num_steps from every env.
+        for step in range(n):
+            obs[step], dones[step] = next_obs, next_done
+            with torch.no_grad():
+                logits, value = network(next_obs)
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            action = _sample(log_probs, rng)
+            actions[step], values[step] = action.to(device_), value.float()
+            logprobs[step] = log_probs.gather(1, actions[step, :, None]).squeeze(1)
+            result = envs.step(action.numpy())
+            rewards[step] = torch.from_numpy(result.reward).to(device_)
+            next_obs = torch.from_numpy(result.obs).to(device_)
+            next_done = torch.from_numpy(result.terminated | result.truncated).to(device_, torch.float32)
+            returns_window.extend(result.finished_returns)
+
+        # 2. Advantages by GAE; 3. update_epochs passes over the rollout in shuffled minibatches.
+        with torch.no_grad():
+            next_value = network(next_obs)[1].float()
+        advantages = compute_gae(rewards, values, dones, next_value, next_done, config.gamma, config.gae_lambda)
+        stats = update(network, optimizer, config, rng, obs=obs.reshape(-1, *obs.shape[2:]),
+                       actions=actions.reshape(-1), logprobs=logprobs.reshape(-1),
+                       advantages=advantages.reshape(-1), values=values.reshape(-1))
+
+        # 4. Log, checkpoint (then start new games), report.
+        global_step = iteration * config.batch_size
+        live.step = global_step
+        metrics = {**{f"losses/{k}": v for k, v in stats.items()}, "charts/lr": optimizer.param_groups[0]["lr"],
+                   "charts/steps_per_s": config.batch_size / (time.perf_counter() - started)}
+        if returns_window:
+            metrics["charts/episode_return"] = float(np.mean(returns_window))
+            metrics["charts/episodes"] = len(returns_window)
+        for name, value in metrics.items():
+            live.log_metric(name, value)
+        live.next_step()
+        returns_window.clear()
+        if iteration in save_at:
+            segment += 1
+            checkpoints.save(work / "checkpoints" / checkpoints.file_name(global_step), network, algo=algo,
+                             protocol=config.protocol, game=envs.game, seed=seed, step=global_step,
+                             frames=global_step * envs.protocol.frame_skip)
+            _write_resume(work, fingerprint, network, optimizer, rng, iteration, segment)
+            next_obs = torch.from_numpy(envs.reset(env_seed(seeded, segment))).to(device_)
+            next_done = torch.zeros(e, device=device_)
+        if progress:
+            shown = " ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in metrics.items())
+            print(f"{envs.game} seed {seed} step {global_step}/{config.iterations * config.batch_size} {shown}",
+                  flush=True)
+    live.end()
+    envs.close()
+
+    # Finished: the logs and the checkpoints replace the stage's outputs whole.
+    with atomic_dir(log_dir) as tmp:
+        shutil.copytree(work / "live", tmp, dirs_exist_ok=True)
+    with atomic_dir(out_dir) as tmp:
+        for path in (work / "checkpoints").iterdir():
+            os.replace(path, tmp / path.name)
+    shutil.rmtree(work, ignore_errors=True)
+    return out_dir
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
+                next_done: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """(T, N) advantages by generalised advantage estimation; dones[t] marks obs[t] as a new episode's first."""
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(next_value)
+    for t in reversed(range(len(rewards))):
+        not_done = 1.0 - (next_done if t == len(rewards) - 1 else dones[t + 1])
+        following = next_value if t == len(rewards) - 1 else values[t + 1]
+        delta = rewards[t] + gamma * following * not_done - values[t]
+        last = delta + gamma * lam * not_done * last
+        advantages[t] = last
+    return advantages
+
+
+def update(network: nn.Module, optimizer: torch.optim.Optimizer, config: PPOConfig, rng: np.random.Generator, *,
+           obs: torch.Tensor, actions: torch.Tensor, logprobs: torch.Tensor, advantages: torch.Tensor,
+           values: torch.Tensor) -> dict[str, float]:
+    """PPO's clipped update on one flattened rollout; `network(obs)` gives (logits, value). Returns the
+    last minibatch's losses (as CleanRL logs them) and the mean clip fraction."""
+    returns = advantages + values
+    size = len(actions)
+    minibatch = size // config.num_minibatches
+    clip_fractions = []
+    for _ in range(config.update_epochs):
+        order = torch.from_numpy(rng.permutation(size)).to(actions.device)
+        for begin in range(0, size, minibatch):
+            idx = order[begin:begin + minibatch]
+            logits, new_value = network(obs[idx])
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            new_logprob = log_probs.gather(1, actions[idx, None]).squeeze(1)
+            entropy = -(log_probs.exp() * log_probs).sum(1).mean()
+            log_ratio = new_logprob - logprobs[idx]
+            ratio = log_ratio.exp()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - log_ratio).mean()
+                clip_fractions.append(((ratio - 1.0).abs() > config.clip_coef).float().mean())
+            adv = advantages[idx]
+            if config.norm_adv:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)).mean()
+            new_value = new_value.float()
+            v_loss = (new_value - returns[idx]) ** 2
+            if config.clip_vloss:
+                clipped = values[idx] + (new_value - values[idx]).clamp(-config.clip_coef, config.clip_coef)
+                v_loss = torch.max(v_loss, (clipped - returns[idx]) ** 2)
+            v_loss = 0.5 * v_loss.mean()
+            loss = pg_loss - config.ent_coef * entropy + config.vf_coef * v_loss
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(network.parameters(), config.max_grad_norm)
+            optimizer.step()
+    return {"policy": pg_loss.item(), "value": v_loss.item(), "entropy": entropy.item(),
+            "approx_kl": approx_kl.item(), "clip_fraction": torch.stack(clip_fractions).mean().item()}
+
+
+def _sample(log_probs: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """One action per row by Gumbel-max: argmax(log p + Gumbel noise) is a draw from p."""
+    noise = rng.gumbel(size=log_probs.shape)
+    return torch.from_numpy((log_probs.detach().cpu().double().numpy() + noise).argmax(1))
+
+
+def _write_resume(work: Path, fingerprint: str, network: nn.Module, optimizer, rng, iteration: int,
+                  segment: int) -> None:
+    state = {"format": RESUME_FORMAT, "fingerprint": fingerprint, "iteration": iteration, "segment": segment,
+             "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+             "optimizer": optimizer.state_dict(), "rng": json.dumps(rng.bit_generator.state)}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(work / "resume.pt", buffer.getvalue())
+
+
+def _read_resume(work: Path, fingerprint: str) -> dict | None:
+    path = work / "resume.pt"
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["format"] != RESUME_FORMAT or state["fingerprint"] != fingerprint:
+            print(f"ignoring {path}: made with other settings; starting from step 0")
+            return None
+    except Exception as err:  # a damaged file: start over rather than stop
+        print(f"ignoring {path}: unreadable ({type(err).__name__}); starting from step 0")
+        return None
+    return state
+
+
+def _drop_log_rows_after(live_dir: Path, last_step: int) -> None:
+    """Cut dvclive's step logs back to the resumed checkpoint's step (rows logged after the last
+    checkpoint are logged again by the resumed run)."""
+    for tsv in (live_dir / "plots").rglob("*.tsv"):
+        lines = tsv.read_text().splitlines()
+        header, rows = lines[0], lines[1:]
+        step_col = header.split("\t").index("step")
+        kept = [r for r in rows if int(r.split("\t")[step_col]) <= last_step]
+        tsv.write_text("\n".join([header, *kept]) + "\n")
