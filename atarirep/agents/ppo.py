@@ -119,8 +119,9 @@ def run_seed(study_seed: int, seed: int) -> int:
 
 
 def env_seed(seed: int, segment: int) -> int:
-    """The vector env's reset seed for the games played after the `segment`-th checkpoint."""
-    return seed * 100_003 + segment
+    """The vector env's reset seed for the games played after the `segment`-th checkpoint (env i gets this
+    plus i; ALE takes 32-bit seeds)."""
+    return int(np.random.SeedSequence([seed, segment]).generate_state(1)[0] % (2**31 - 2**16))
 
 
 def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.PathLike, config: PPOConfig, *,
