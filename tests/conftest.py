@@ -2,6 +2,7 @@
 import os
 
 import pytest
+import torch
 from torch import nn
 
 from atarirep.collection import collect
@@ -54,3 +55,13 @@ class TinyEncoder(nn.Module):
 def tiny_encoder():
     """The TinyEncoder class: call it for a fresh encoder (or pass it as a factory)."""
     return TinyEncoder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small matrices and convolutions run far faster on one thread than on two contended ones (the shared
+    2-core CI box); a module opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

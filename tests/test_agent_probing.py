@@ -26,13 +26,7 @@ PROBE = {"lr": 3e-3, "batch_size": 64, "epochs": 2, "patience": 15, "seed": 0, "
 STEPS = (1024, 2048)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small convolutions run faster on one thread than on two contended ones (the shared CI box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -249,3 +249,25 @@ def test_sample_checkpoints_stage_keeps_the_geometric_set_and_refuses_too_many(t
     assert kept == [100 * i for i in checkpoints.geometric_indices(10, 4)]
     assert result.stderr.startswith("error: keep 11 checkpoints of 10") and result.stderr.count("\n") == 1
     assert not (tmp_path / "kept11").exists()
+
+
+def test_collect_mode_agent_records_labelled_episodes_with_a_checkpoint(tmp_path):
+    from atarirep import collection, episodes
+    from atarirep.policies import AgentPolicy
+
+    path = tmp_path / "model_7.gz"
+    checkpoints.save(path, ActorCritic(4), algo="PPO", protocol="classic", game="Breakout", seed=3, step=7, frames=28)
+    store = collection.collect("Breakout", tmp_path / "agent", steps=600, num_envs=2, min_episode_length=8,
+                               splits_fractions={"train": 0.7, "val": 0.1, "test": 0.2}, seed=0,
+                               collect_mode="agent", agent_checkpoint=str(path), agent_random_prob=0.2)
+    meta = json.loads((tmp_path / "agent/meta.json").read_text())
+    assert meta["collect_mode"] == "agent"
+    assert meta["agent"] == {"algo": "PPO", "protocol": "classic", "game": "Breakout", "seed": 3, "step": 7,
+                             "frames": 28, "random_prob": 0.2}
+    assert len(episodes.load(tmp_path / "agent").split("train")) > 0 and store.game == "Breakout"
+    rng = np.random.default_rng(0)
+    uniform = AgentPolicy(str(path), 4, rng, random_prob=1.0)
+    counts = np.bincount([uniform.act(np.zeros((1, 210, 160), np.uint8), i == 0) for i in range(400)], minlength=4)
+    assert counts.min() > 60                                       # random_prob 1: every action uniform
+    with pytest.raises(UserError, match="acts with 4 actions but this game has 6"):
+        AgentPolicy(str(path), 6, rng)

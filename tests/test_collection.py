@@ -118,7 +118,8 @@ def test_too_few_episodes_says_how_many_steps_are_needed(tmp_path):
     (dict(splits_fractions={"train": 0.7, "val": 0.2, "test": 0.2}), "must be positive and sum to 1 (they sum to 1.1)"),
     (dict(splits_fractions={"train": 0.5, "dev": 0.5}), "unknown: dev"),
     (dict(random_actions="some"), "random_actions 'some' is unknown"),
-    (dict(protocol="modern"), "protocol 'modern' is unknown; use one of atariari"),
+    (dict(protocol="sticky"), "protocol 'sticky' is unknown; use one of atariari, classic, modern"),
+    (dict(collect_mode="agent"), "collect_mode agent needs an agent checkpoint"),
 ])
 def test_bad_arguments_fail_before_collecting(tmp_path, kwargs, message):
     args = dict(game="Breakout", steps=100, splits_fractions=PROBE, num_envs=2) | kwargs

@@ -179,9 +179,9 @@ def test_dvc_repro_runs_the_whole_chain_then_is_a_no_op(repo, built_repo):
     summary = json.loads((repo / "reports/collect/Breakout/probe.json").read_text())
     assert summary["game"] == "Breakout" and summary["test_frames"] > 0
     table = (repo / "reports/probe/tables/f1_by_game.csv").read_text()
-    assert table.splitlines()[0].split(",")[1:] == ["majority", "random_cnn", "stdim"]   # the paper's order
+    assert table.splitlines()[0].split(",")[1:] == ["majority", "random_cnn", "stdim", "rl_agent"]  # paper's order
     assert (repo / "reports/probe/tables/f1_by_game.md").read_text().splitlines()[0] == (
-        "| game | majority | random-CNN | ST-DIM |")                                    # and its names
+        "| game | majority | random-CNN | ST-DIM | RL agent (PPO) |")                   # and its names, then ours
     second = run(["dvc", "repro"], repo)
     assert "didn't change" in second.stdout and "Running stage" not in second.stdout
     metrics = run(["dvc", "metrics", "show", "--json"], repo)
@@ -198,7 +198,9 @@ def test_retraining_the_agent_keeps_the_random_agents_episodes_and_encoders(repo
     """collect_policy's output does not change in random mode, so collect and pretrain do not rerun."""
     result = run(["dvc", "exp", "run", "-S", "train_agent.ppo.lr=0.0005"], repo, timeout=600)
     ran = ran_stages(result.stdout)
-    assert AGENT_STAGES | {"collect_policy@Breakout", "report"} <= ran
+    # (report_agents reruns only when some return changed: 200-step Breakout games of two near-uniform
+    # policies may well end alike)
+    assert AGENT_STAGES - {"report_agents"} | {"collect_policy@Breakout", "report"} <= ran
     assert not any(stage.startswith(("collect@", "pretrain@", "probe@", "probe_baseline@")) for stage in ran)
     assert (repo / "data/checkpoints_sampled/PPO_classic/Breakout/0/model_1024.gz").exists()
     curve = (repo / "data/agent_probes/Breakout/f1_by_category.csv").read_text().splitlines()

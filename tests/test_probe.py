@@ -22,13 +22,7 @@ from atarirep.errors import UserError, run_stage
 from atarirep.probe import linear
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matrices run far faster on one thread than on two contended ones (the shared CI box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic(num_rows: int, seed: int = 0):
