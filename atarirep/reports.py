@@ -312,6 +312,21 @@ def game_heatmap(results: pd.DataFrame, metric: str = "f1") -> Figure:
     return fig
 
 
+def draw_category_curve(ax, curve: pd.DataFrame, metric: str = "f1") -> None:
+    """On `ax`: `metric` per category (across categories dashed, black) against training frames, the mean over
+    seeds of `curve` (rows seed, step, frames and one column per category, as probe_checkpoints writes it)."""
+    columns = [c for c in curve.columns if c not in ("seed", "step", "frames")]
+    mean = curve.groupby("frames")[columns].mean().sort_index()
+    for column in columns:
+        across = column == "across_categories"
+        ax.plot(mean.index, mean[column], marker="" if across else ".", linestyle="--" if across else "-",
+                color="black" if across else None, linewidth=2 if across else 1.2, label=column.replace("_", " "))
+    ax.set_xlabel("training frames")
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+
+
 def figures(results: pd.DataFrame) -> dict[str, Figure]:
     """Every figure, by name: <metric>_by_category (grouped bars), <metric>_by_game (heatmap); the main
     table's methods (ablations are in their tables)."""

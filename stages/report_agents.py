@@ -3,14 +3,17 @@
 Reads <evaluations_root>/<game>/returns.csv (evaluate_agent) for the games of params `report.games`;
 writes, at once, <out_dir>/returns_by_game.{md,csv} (the last checkpoints' mean return and its
 human-normalised score, per game x protocol), aggregate.{json,md} (IQM, median and mean of
-human-normalised scores over seeds x games with stratified-bootstrap 95% CIs, per protocol) and
-learning_curves.png.
+human-normalised scores over seeds x games with stratified-bootstrap 95% CIs, per protocol),
+learning_curves.png, and training_<game>.png: the return curve above F1 per category of the agent's
+encoder against the same training frames (<agent_probes_root>/<game>/f1_by_category.csv, probe_checkpoints).
 """
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
 
-from atarirep import params
+from atarirep import params, reports
 from atarirep.agents import evaluation
 from atarirep.errors import UserError, run_stage
 from atarirep.io import atomic_dir, write_json
@@ -43,11 +46,30 @@ def seed_by_game(final: pd.DataFrame, protocol: str, games: list[str]) -> pd.Dat
                         index=means.index)
 
 
-def main(evaluations_root: str, out_dir: str) -> None:
+def training_figure(returns: pd.DataFrame, curve: pd.DataFrame, game: str) -> Figure:
+    """Return (top) and F1 per category of the agent's encoder (bottom) against the same training frames."""
+    fig = Figure(figsize=(7.5, 6.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    evaluation.draw_returns(top, returns)
+    top.set_title(f"{game}: return and what the agent's encoder knows, over training "
+                  f"({returns['seed'].nunique()} seed{'s' * (returns['seed'].nunique() != 1)})")
+    reports.draw_category_curve(bottom, curve)
+    bottom.xaxis.set_major_formatter(EngFormatter())
+    bottom.legend(fontsize="x-small", ncols=2)
+    return fig
+
+
+def main(evaluations_root: str, agent_probes_root: str, out_dir: str) -> None:
     games = params.load("report").games
     seed = params.load("evaluate_agent").seed
     rows = pd.concat([read_returns(Path(evaluations_root) / game / "returns.csv", game) for game in games],
                      ignore_index=True)
+    curves = {}
+    for game in games:
+        curve_path = Path(agent_probes_root) / game / "f1_by_category.csv"
+        if not curve_path.is_file():
+            raise UserError(f"{curve_path} is missing; run `dvc repro` for probe_checkpoints@{game}")
+        curves[game] = pd.read_csv(curve_path)
     final = evaluation.final_returns(rows)
     protocols = list(dict.fromkeys(final["protocol"]))
 
@@ -73,6 +95,9 @@ def main(evaluations_root: str, out_dir: str) -> None:
                                           f"over seeds, {evaluation.BOOTSTRAP_REPS} resamples]\n\n"
                                           + to_markdown(aggregate_table))
         evaluation.learning_curve_figure(rows, tmp / "learning_curves.png")
+        for game, curve in curves.items():
+            figure = training_figure(rows[rows["game"] == game], curve, game)
+            figure.savefig(tmp / f"training_{game}.png", dpi=120, metadata={"Software": None})
     print(f"reported {len(games)} games under {', '.join(protocols)} in {out_dir}")
 
 

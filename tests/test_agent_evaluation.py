@@ -229,7 +229,14 @@ def test_evaluate_agent_stage_writes_returns_metrics_and_curve(evaluated):
 
 def test_report_agents_stage_writes_tables_aggregates_and_curves(evaluated):
     root, _ = evaluated
-    result = _stage("report_agents", "evaluations", "reports/agents", cwd=root)
+    curve = root / "agent_probes" / "Breakout" / "f1_by_category.csv"   # as probe_checkpoints writes it
+    missing = _stage("report_agents", "evaluations", "agent_probes", "reports/agents", cwd=root)
+    assert missing.returncode == 2 and missing.stderr == f"error: {curve.relative_to(root)} is missing; run `dvc repro` " \
+        "for probe_checkpoints@Breakout\n" and not (root / "reports" / "agents").exists()
+    curve.parent.mkdir(parents=True)
+    curve.write_text("seed,step,frames,agent,across_categories\n0,100,400,0.2,0.2\n0,200,800,0.3,0.3\n"
+                     "1,100,400,0.4,0.4\n1,200,800,0.5,0.5\n")
+    result = _stage("report_agents", "evaluations", "agent_probes", "reports/agents", cwd=root)
     assert result.returncode == 0, result.stderr
     out = root / "reports" / "agents"
     table = pd.read_csv(out / "returns_by_game.csv", index_col="game")
@@ -243,6 +250,7 @@ def test_report_agents_stage_writes_tables_aggregates_and_curves(evaluated):
     assert summary["classic"]["iqm"]["value"] == pytest.approx(metrics["classic"]["human_normalized"])
     assert "| classic |" in (out / "aggregate.md").read_text() and "| Breakout |" in (out / "returns_by_game.md").read_text()
     assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "training_Breakout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _truncate(sampled: Path) -> str:

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # PROTOCOLS.md 5: the 51 of 200 checkpoints the published collections keep.
 PUBLISHED_51 = [1, 15, 28, 40, 51, 62, 71, 80, 89, 97, 104, 111, 117, 123, 128, 133, 138, 142, 146, 150, 154, 157,
                 160, 163, 166, 168, 170, 173, 175, 176, 178, 180, 181, *range(183, 201)]
-TINY = ppo.PPOConfig(total_steps=1536, num_envs=4, num_steps=128, checkpoint_every=512)
+TINY = ppo.PPOConfig(total_steps=1536, num_envs=4, num_steps=128, checkpoint_every=512, reset_every=1024)
 
 
 def test_geometric_rule_keeps_the_published_51_of_200():
@@ -197,16 +197,18 @@ def test_a_short_atari_run_checkpoints_in_the_published_layout_and_logs_a_curve(
     assert not any(p.name.startswith(".") for p in out.parent.iterdir())   # no work folder left behind
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("killed_after", [1, 2])   # 1: the games are replayed; 2: new games had begun
+def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_weights(tmp_path, killed_after):
+    assert TINY.reset_iterations() == [2] and TINY.replay_iterations() == 2
     killed = tmp_path / "killed"
     code = (f"from atarirep.agents import ppo, checkpoints\n"
             f"real = ppo._write_resume\n"
             f"def write_then_die(*args, **kwargs):\n"
             f"    real(*args, **kwargs)\n"
-            f"    if args[5] == 2: import os; os._exit(9)   # SIGKILL-like: no cleanup after 2 checkpoints\n"
+            f"    if args[5] == {killed_after}: import os; os._exit(9)   # SIGKILL-like: no cleanup\n"
             f"ppo._write_resume = write_then_die\n"
             f"ppo.train('Breakout', 0, {str(killed)!r}, {str(tmp_path / 'killed_log')!r}, "
-            f"ppo.PPOConfig(total_steps=1536, num_envs=4, num_steps=128, checkpoint_every=512), device='cpu')\n")
+            f"ppo.{TINY!r}, device='cpu')\n")
     died = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert died.returncode == 9, died.stderr
     assert not killed.exists() and (tmp_path / ".killed.partial/resume.pt").exists()
@@ -232,6 +234,9 @@ def test_bad_agent_params_are_refused_with_one_line():
         ppo.config_from({"protocol": "sticky"})
     assert ppo.PPOConfig().checkpoint_iterations()[-1] == ppo.PPOConfig().iterations
     assert len(ppo.PPOConfig().checkpoint_iterations()) == 200    # the paper profile's 200 checkpoints
+    resets = ppo.PPOConfig().reset_iterations()                    # new games at the checkpoint past each 1M steps
+    assert len(resets) == 9 and set(resets) <= set(ppo.PPOConfig().checkpoint_iterations())
+    assert ppo.PPOConfig().replay_iterations() <= 1_000_000 // 1024 + 50
 
 
 def test_sample_checkpoints_stage_keeps_the_geometric_set_and_refuses_too_many(tmp_path):

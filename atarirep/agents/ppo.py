@@ -6,23 +6,25 @@ norm 0.5; the Nature CNN on 84x84x4; the classic protocol (30 no-ops, FIRE reset
 training episode, rewards clipped to their sign).
 
 What this adds to the single file: a checkpoint every `checkpoint_every` agent steps in the published
-format (atarirep.agents.checkpoints), logs through dvclive, and exact resume. The vector env's emulator
-state cannot be saved, so every env starts a new game (seeded by the checkpoint's index) right after
-each checkpoint; a run killed at any point resumes from its last checkpoint and ends with the same
-weights as an unbroken run (on CPU). Games are therefore cut at every checkpoint (every 6,250 steps of
-each of 8 envs in the paper profile); a cut is a truncation, bootstrapped from the value as the end of
-any rollout is. Actions are drawn by Gumbel-max from a seeded numpy generator, so sampling does not
-depend on the device's RNG.
+format (atarirep.agents.checkpoints), logs through dvclive, and exact resume: a run killed at any point
+resumes from its last checkpoint and ends with the same weights as an unbroken run (on CPU). The vector
+env's emulator state cannot be saved, but the emulator is deterministic given its seed and the actions,
+so the resume file keeps every action played since the envs last started new games, and a resumed run
+replays them. To bound that replay, every env starts a new game (seeded by the segment's index) at the
+first checkpoint past each multiple of `reset_every` agent steps (1M: 125,000 steps of each of 8 envs,
+longer than the 27,000-step cap of a game); such a cut is a truncation, bootstrapped from the value as
+the end of any rollout is. Actions are drawn by Gumbel-max from a seeded numpy generator, so sampling
+does not depend on the device's RNG.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
 import os
 import shutil
 import time
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from atarirep.errors import UserError
 from atarirep.io import atomic_dir, write_bytes
 from atarirep.live import StageLive
 
-RESUME_FORMAT = "atarirep-ppo-resume/1"
+RESUME_FORMAT = "atarirep-ppo-resume/2"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class PPOConfig:
     adam_eps: float = 1e-5
     protocol: str = "classic"
     checkpoint_every: int = 50_000    # agent steps; 200 checkpoints in 10M steps
+    reset_every: int = 1_000_000      # agent steps; new games at the next checkpoint (bounds a resume's replay)
 
     @property
     def batch_size(self) -> int:
@@ -73,7 +76,8 @@ class PPOConfig:
 
     def check(self) -> None:
         get_protocol(self.protocol)
-        for name in ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "checkpoint_every"):
+        for name in ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "checkpoint_every",
+                     "reset_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"train_agent.{name} is {getattr(self, name)}; it must be at least 1")
         if self.batch_size % self.num_minibatches:
@@ -91,6 +95,19 @@ class PPOConfig:
         marks = {math.ceil(k * self.checkpoint_every / self.batch_size)
                  for k in range(1, self.total_steps // self.checkpoint_every + 1)}
         return sorted({m for m in marks if m < self.iterations} | {self.iterations})
+
+    def reset_iterations(self) -> list[int]:
+        """The checkpoint iterations after which every env starts a new game: the first checkpoint at or past
+        each multiple of `reset_every` (none at the end)."""
+        saves = self.checkpoint_iterations()
+        marks = {next((i for i in saves if i * self.batch_size >= k * self.reset_every), self.iterations)
+                 for k in range(1, self.total_steps // self.reset_every + 1)}
+        return sorted(m for m in marks if m < self.iterations)
+
+    def replay_iterations(self) -> int:
+        """The most iterations a resumed run replays: the longest stretch between new games."""
+        bounds = [0, *self.reset_iterations(), self.iterations]
+        return max(b - a for a, b in zip(bounds, bounds[1:]))
 
 
 def config_from(mapping: dict) -> PPOConfig:
@@ -147,6 +164,9 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, eps=config.adam_eps)
     rng = np.random.default_rng(seeded)
     start, segment = 0, 0
+    # Every action since the envs last started new games (allocated once): a resume replays them.
+    played = np.zeros((config.replay_iterations() * config.num_steps, config.num_envs), np.uint8)
+    played_steps = 0
     resume = _read_resume(work, fingerprint)
     if resume is None:
         shutil.rmtree(work, ignore_errors=True)
@@ -156,10 +176,12 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
         optimizer.load_state_dict(resume["optimizer"])
         rng.bit_generator.state = json.loads(resume["rng"])
         start, segment = int(resume["iteration"]), int(resume["segment"])
+        played_steps = len(resume["played"])
+        played[:played_steps] = resume["played"].numpy()
         _drop_log_rows_after(work / "live", start * config.batch_size)
         print(f"resuming {game} seed {seed} after iteration {start} ({start * config.batch_size} steps)")
     live = StageLive(str(work / "live"), resume=resume is not None)
-    save_at = set(config.checkpoint_iterations())
+    save_at, reset_at = set(config.checkpoint_iterations()), set(config.reset_iterations())
 
     # Rollout storage, allocated once (memory does not grow with training length).
     n, e = config.num_steps, config.num_envs
@@ -168,6 +190,10 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
     logprobs, rewards, dones, values = (torch.zeros((n, e), device=device_) for _ in range(4))
     next_obs = torch.from_numpy(envs.reset(env_seed(seeded, segment))).to(device_)
     next_done = torch.zeros(e, device=device_)
+    for row in played[:played_steps]:   # a resumed run: the games back to where the checkpoint left them
+        result = envs.step(row)
+        next_obs = torch.from_numpy(result.obs).to(device_)
+        next_done = torch.from_numpy(result.terminated | result.truncated).to(device_, torch.float32)
     returns_window: list[float] = []   # games finished since the last log row (emptied each iteration)
 
     for iteration in range(start + 1, config.iterations + 1):
@@ -182,6 +208,8 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
                 logits, value = network(next_obs)
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             action = _sample(log_probs, rng)
+            played[played_steps] = action.numpy()
+            played_steps += 1
             actions[step], values[step] = action.to(device_), value.float()
             logprobs[step] = log_probs.gather(1, actions[step, :, None]).squeeze(1)
             result = envs.step(action.numpy())
@@ -211,13 +239,14 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
         live.next_step()
         returns_window.clear()
         if iteration in save_at:
-            segment += 1
             checkpoints.save(work / "checkpoints" / checkpoints.file_name(global_step), network, algo=algo,
                              protocol=config.protocol, game=envs.game, seed=seed, step=global_step,
                              frames=global_step * envs.protocol.frame_skip)
-            _write_resume(work, fingerprint, network, optimizer, rng, iteration, segment)
-            next_obs = torch.from_numpy(envs.reset(env_seed(seeded, segment))).to(device_)
-            next_done = torch.zeros(e, device=device_)
+            if iteration in reset_at:
+                segment, played_steps = segment + 1, 0
+                next_obs = torch.from_numpy(envs.reset(env_seed(seeded, segment))).to(device_)
+                next_done = torch.zeros(e, device=device_)
+            _write_resume(work, fingerprint, network, optimizer, rng, iteration, segment, played[:played_steps])
         if progress:
             shown = " ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in metrics.items())
             print(f"{envs.game} seed {seed} step {global_step}/{config.iterations * config.batch_size} {shown}",
@@ -297,8 +326,9 @@ def _sample(log_probs: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 def _write_resume(work: Path, fingerprint: str, network: nn.Module, optimizer, rng, iteration: int,
-                  segment: int) -> None:
+                  segment: int, played: np.ndarray) -> None:
     state = {"format": RESUME_FORMAT, "fingerprint": fingerprint, "iteration": iteration, "segment": segment,
+             "played": torch.from_numpy(played.copy()),
              "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},
              "optimizer": optimizer.state_dict(), "rng": json.dumps(rng.bit_generator.state)}
     buffer = io.BytesIO()

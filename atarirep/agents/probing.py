@@ -21,7 +21,7 @@ import torch
 from matplotlib.figure import Figure   # no pyplot, as atarirep.reports
 from tqdm import tqdm
 
-from atarirep import annotations, devices, episodes
+from atarirep import annotations, devices, episodes, reports
 from atarirep.agents import checkpoints
 from atarirep.agents.network import ActorCritic
 from atarirep.agents.vector_env import AGENT_FRAME, STACK, agent_frames, stack_frames
@@ -208,19 +208,10 @@ def category_curve(sampled: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
 
 def category_curve_figure(curve: pd.DataFrame, metric: str = "f1", title: str = "") -> Figure:
     """`metric` per category (and across categories, dashed) against training frames, the mean over seeds."""
-    columns = [c for c in curve.columns if c not in ("seed", "step", "frames")]
-    mean = curve.groupby("frames")[columns].mean().sort_index()
     num_seeds = curve["seed"].nunique()
     fig = Figure(figsize=(7.0, 4.0), layout="constrained")
     ax = fig.add_subplot()
-    for column in columns:
-        across = column == "across_categories"
-        ax.plot(mean.index, mean[column], marker="" if across else ".", linestyle="--" if across else "-",
-                color="black" if across else None, linewidth=2 if across else 1.2, label=column.replace("_", " "))
-    ax.set_xlabel("training frames")
-    ax.set_ylabel(metric)
-    ax.set_ylim(0, 1)
+    reports.draw_category_curve(ax, curve, metric)
     ax.set_title(f"{title}{metric} per category, mean over {num_seeds} seed{'s' * (num_seeds != 1)}")
-    ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize="small")
     return fig
