@@ -51,6 +51,7 @@ def training_figure(returns: pd.DataFrame, curve: pd.DataFrame, game: str) -> Fi
     fig = Figure(figsize=(7.5, 6.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
     evaluation.draw_returns(top, returns)
+    top.set_xlabel("")   # the shared axis is labelled below
     top.set_title(f"{game}: return and what the agent's encoder knows, over training "
                   f"({returns['seed'].nunique()} seed{'s' * (returns['seed'].nunique() != 1)})")
     reports.draw_category_curve(bottom, curve)
