@@ -1,0 +1,188 @@
+"""V-trace (IMPALA) against a hand-computed unroll and against n-step returns on-policy; PopArt's statistics
+and its output-preserving rescaling (PROTOCOLS.md 4)."""
+import io
+import math
+
+import pytest
+import torch
+
+from atarirep.agents.popart import PopArt
+from atarirep.agents.vtrace import log_rhos, vtrace
+
+
+def test_vtrace_hand_computed_with_a_clipped_rho_and_truncated_traces():
+    # Two actors, 3 steps, rho_bar = 1, c_bar = 0.8 (pg_rho_bar = 1), float64.
+    # Actor 0: rhos 0.9, 2.0, 0.5 -- rho_1 = 2 is above rho_bar; c_0 = min(0.8, 0.9) and c_1 = min(0.8, 2) are
+    # truncated, so the TD errors reach back less than the rhos alone would let them.
+    #   gamma 0.5 at every step, r = 1, 0, 2, V = 0.5, 1.0, 1.5, bootstrap V(x_3) = 2.
+    #   clipped rhos 0.9, 1.0, 0.5; cs 0.8, 0.8, 0.5
+    #   TD errors r + gamma V(x_{t+1}) - V(x_t):  1 + 0.5*1.0 - 0.5 = 1.0;  0 + 0.5*1.5 - 1.0 = -0.25;
+    #                                              2 + 0.5*2.0 - 1.5 = 1.5
+    #   deltas = clipped rho * TD:  0.9, -0.25, 0.75
+    #   vs - V backwards: t=2: 0.75;  t=1: -0.25 + 0.5*0.8*0.75 = 0.05;  t=0: 0.9 + 0.5*0.8*0.05 = 0.92
+    #   vs = 0.5 + 0.92, 1.0 + 0.05, 1.5 + 0.75 = 1.42, 1.05, 2.25
+    #   pg advantages = clipped pg rho * (r + gamma vs_{t+1} - V):
+    #     t=0: 0.9 * (1 + 0.5*1.05 - 0.5) = 0.9 * 1.025 = 0.9225
+    #     t=1: 1.0 * (0 + 0.5*2.25 - 1.0) = 0.125
+    #     t=2: 0.5 * (2 + 0.5*2.0 - 1.5) = 0.75            (vs_3 is the bootstrap value)
+    #   (Without the truncation of c: vs - V at t=1 would be -0.25 + 0.5*1.0*0.75 = 0.125; without the rho
+    #   clip, delta_1 would be -0.5.)
+    # Actor 1: rhos 1 (on-policy, yet c = min(0.8, 1) = 0.8 still truncates), its episode ends at step 1
+    # (gamma_1 = 0): r = 1, 1, 1, V = 0, 0, 0, bootstrap 4.
+    #   deltas = TD errors: 1 + 0.5*0 - 0 = 1;  1 + 0*0 - 0 = 1;  1 + 0.5*4 - 0 = 3
+    #   vs - V backwards: t=2: 3;  t=1: 1 + 0*0.8*3 = 1 (the episode's end cuts the trace);
+    #                     t=0: 1 + 0.5*0.8*1 = 1.4 (not the return 1 + 0.5*1 = 1.5: c truncates)
+    #   pg advantages: t=0: 1 + 0.5*vs_1 - 0 = 1.5;  t=1: 1 + 0*vs_2 = 1;  t=2: 1 + 0.5*4 = 3
+    d = torch.float64
+    lr = torch.log(torch.tensor([[0.9, 1.0], [2.0, 1.0], [0.5, 1.0]], dtype=d))
+    discounts = torch.tensor([[0.5, 0.5], [0.5, 0.0], [0.5, 0.5]], dtype=d)
+    rewards = torch.tensor([[1.0, 1.0], [0.0, 1.0], [2.0, 1.0]], dtype=d)
+    values = torch.tensor([[0.5, 0.0], [1.0, 0.0], [1.5, 0.0]], dtype=d)
+    bootstrap = torch.tensor([2.0, 4.0], dtype=d)
+
+    vs, pg = vtrace(lr, discounts, rewards, values, bootstrap, rho_bar=1.0, c_bar=0.8)
+
+    torch.testing.assert_close(vs, torch.tensor([[1.42, 1.4], [1.05, 1.0], [2.25, 3.0]], dtype=d))
+    torch.testing.assert_close(pg, torch.tensor([[0.9225, 1.5], [0.125, 1.0], [0.75, 3.0]], dtype=d))
+
+
+def test_vtrace_on_policy_is_the_bootstrapped_discounted_return():
+    # log_rhos = 0: vs is the discounted return to the end of the unroll bootstrapped by the last value
+    # (n-step, lambda = 1), cut where an episode ends; the advantage is that return minus the value.
+    g = torch.Generator().manual_seed(0)
+    T, B = 7, 5
+    rewards = torch.randn(T, B, generator=g, dtype=torch.float64)
+    values = torch.randn(T, B, generator=g, dtype=torch.float64)
+    bootstrap = torch.randn(B, generator=g, dtype=torch.float64)
+    discounts = 0.99 * (torch.rand(T, B, generator=g, dtype=torch.float64) > 0.25)
+    assert (discounts == 0).any() and (discounts > 0).any()
+
+    returns = torch.empty(T + 1, B, dtype=torch.float64)
+    returns[T] = bootstrap
+    for t in reversed(range(T)):
+        returns[t] = rewards[t] + discounts[t] * returns[t + 1]
+
+    vs, pg = vtrace(torch.zeros(T, B, dtype=torch.float64), discounts, rewards, values, bootstrap)
+    torch.testing.assert_close(vs, returns[:T])
+    torch.testing.assert_close(pg, returns[:T] - values)
+
+
+def test_vtrace_outputs_carry_no_gradient():
+    values = torch.zeros(3, 2, requires_grad=True)
+    logits = torch.zeros(3, 2, 4, requires_grad=True)
+    actions = torch.zeros(3, 2, dtype=torch.long)
+    lr = log_rhos(logits, torch.zeros(3, 2, 4), actions)
+    vs, pg = vtrace(lr, torch.full((3, 2), 0.99), torch.ones(3, 2), values, torch.zeros(2))
+    assert not vs.requires_grad and not pg.requires_grad
+
+
+def test_log_rhos_of_the_taken_actions():
+    # Target softmax of logits (0, log 3) is (0.25, 0.75), behaviour (0, 0) is (0.5, 0.5).
+    target = torch.tensor([[[0.0, math.log(3.0)]]], dtype=torch.float64).expand(1, 2, 2)
+    behaviour = torch.zeros(1, 2, 2, dtype=torch.float64)
+    actions = torch.tensor([[1, 0]])
+    torch.testing.assert_close(log_rhos(target, behaviour, actions),
+                               torch.tensor([[math.log(1.5), math.log(0.5)]], dtype=torch.float64))
+
+
+def _popart(in_features=6, num_tasks=3, seed=0):
+    torch.manual_seed(seed)
+    return PopArt(in_features, num_tasks).double()
+
+
+def test_popart_update_statistics_and_preserves_outputs():
+    popart = _popart()
+    features = torch.randn(32, 6, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    # Tasks 0 and 2 only, on very different scales; task 1 is absent.
+    task_ids = torch.tensor([0, 2, 0, 2, 0, 0, 2, 2, 0, 2])
+    noise = torch.randn(10, generator=g, dtype=torch.float64)
+    targets = torch.where(task_ids == 0, 100.0 + 50.0 * noise, -3.0 + 0.5 * noise)
+    for step, beta in enumerate([0.1, 0.3]):   # the second update starts from mu != 0, sigma != 1
+        mu0, nu0 = popart.mu.clone(), popart.nu.clone()
+        before = popart.unnormalized(features)
+        popart.update(targets + step, task_ids, beta=beta)
+        after = popart.unnormalized(features)
+        torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+
+        for task in (0, 2):
+            batch = targets[task_ids == task] + step
+            mu = (1 - beta) * mu0[task] + beta * batch.mean()
+            nu = (1 - beta) * nu0[task] + beta * (batch**2).mean()
+            assert popart.mu[task].item() == pytest.approx(mu.item(), rel=1e-12)
+            assert popart.nu[task].item() == pytest.approx(nu.item(), rel=1e-12)
+            assert popart.sigma[task].item() == pytest.approx(math.sqrt(nu - mu**2), rel=1e-12)
+    # The statistics moved (so the preserved outputs above were a real rescaling).
+    assert popart.mu[0] > 10 and popart.mu[2] < -0.5 and popart.sigma[0] > 5 and popart.sigma[2] != 1
+
+
+def test_popart_task_absent_from_the_batch_is_untouched():
+    popart = _popart()
+    popart.update(torch.tensor([5.0, 7.0, -1.0]), torch.tensor([0, 1, 2]), beta=0.5)   # every task moved once
+    kept = {name: t[1].clone() for name, t in
+            [("mu", popart.mu), ("nu", popart.nu), ("sigma", popart.sigma),
+             ("weight", popart.linear.weight), ("bias", popart.linear.bias)]}
+    mu_before = popart.mu.clone()
+    popart.update(torch.tensor([30.0, -20.0, 4.0, 9.0]), torch.tensor([0, 2, 2, 0]), beta=0.5)
+    assert torch.equal(popart.mu[1], kept["mu"]) and torch.equal(popart.nu[1], kept["nu"])
+    assert torch.equal(popart.sigma[1], kept["sigma"])
+    assert torch.equal(popart.linear.weight[1], kept["weight"]) and torch.equal(popart.linear.bias[1], kept["bias"])
+    assert popart.mu[0] != mu_before[0] and popart.mu[2] != mu_before[2]   # the present ones did move
+
+
+def test_popart_sigma_clamps_for_constant_and_huge_targets():
+    popart = _popart()
+    features = torch.randn(8, 6, dtype=torch.float64)
+    before = popart.unnormalized(features)
+    # beta = 1: the statistics become the batch's. Task 0's targets are constant: nu - mu^2 = 0.
+    # Task 1's spread is 1e7, above the upper clamp.
+    popart.update(torch.tensor([3.0, 3.0, 3.0, 1e7, -1e7]), torch.tensor([0, 0, 0, 1, 1]), beta=1.0)
+    assert popart.mu[0].item() == 3.0 and popart.nu[0].item() == 9.0
+    assert popart.sigma[0].item() == 1e-4
+    assert popart.sigma[1].item() == 1e6
+    assert torch.isfinite(popart.linear.weight).all() and torch.isfinite(popart.linear.bias).all()
+    torch.testing.assert_close(popart.unnormalized(features), before, rtol=1e-9, atol=1e-6)
+
+
+def test_popart_update_takes_an_unroll_with_one_task_per_actor():
+    # vs is (T, B) and the task ids (B,): the same as flattening both.
+    a, b = _popart(), _popart()
+    vs = torch.randn(4, 3, dtype=torch.float64)
+    task = torch.tensor([2, 0, 2])
+    a.update(vs, task, beta=0.2)
+    b.update(vs.reshape(-1), task.expand(4, 3).reshape(-1), beta=0.2)
+    for name, t in a.state_dict().items():
+        torch.testing.assert_close(t, b.state_dict()[name], rtol=0, atol=0)
+
+
+def test_popart_normalize_helpers():
+    popart = _popart()
+    popart.update(torch.tensor([10.0, 14.0, -2.0, 0.0]), torch.tensor([0, 0, 2, 2]), beta=0.5)
+    mu, sigma = popart.mu, popart.sigma
+    task = torch.tensor([2, 0])                                     # (B,) against (T, B)
+    values = torch.randn(5, 2, dtype=torch.float64)
+    n = popart.normalize(values, task)
+    torch.testing.assert_close(n, (values - mu[task]) / sigma[task])
+    torch.testing.assert_close(popart.unnormalize(n, task), values)
+    torch.testing.assert_close(popart.normalize_advantages(values, task), values / sigma[task])
+    # Without task ids the statistics line up with the tasks' dimension.
+    features = torch.randn(7, 6, dtype=torch.float64)
+    torch.testing.assert_close(popart.normalize(popart.unnormalized(features)), popart.normalized(features))
+
+
+def test_popart_state_dict_round_trip_keeps_the_statistics():
+    popart = _popart()
+    popart.update(torch.tensor([10.0, 14.0, -2.0, 0.0, 1.0]), torch.tensor([0, 0, 2, 2, 1]), beta=0.5)
+    state = popart.state_dict()
+    assert {"mu", "nu", "sigma", "linear.weight", "linear.bias"} <= set(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+
+    restored = _popart(seed=1)
+    assert not torch.equal(restored.mu, popart.mu)
+    restored.load_state_dict(torch.load(buffer))
+    for name in ("mu", "nu", "sigma"):
+        assert torch.equal(getattr(restored, name), getattr(popart, name))
+    features = torch.randn(4, 6, dtype=torch.float64)
+    assert torch.equal(restored.unnormalized(features), popart.unnormalized(features))
