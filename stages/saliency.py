@@ -1,0 +1,112 @@
+"""saliency: perturbation saliency maps (Greydanus et al. 2018) of one game's last sampled checkpoints.
+
+    python stages/saliency.py GAME SAMPLED_ROOT OUT_DIR      (SAMPLED_ROOT: data/checkpoints_sampled/PPO_classic/GAME)
+
+For each of the last `saliency.checkpoints` checkpoints of the first seed: one game played by its policy
+under `saliency.protocol` (one env; actions drawn as evaluate_agent draws them, from the same seed), the
+first `saliency.frames` observations, and both maps of each (radius and stride from the params). Writes, all
+at once, OUT_DIR/SEED/model_STEP/episode.gif (every kept frame), frame_XXXX.png (every 8th) and
+OUT_DIR/metrics.json (per checkpoint: frames, seconds, mean policy and value saliency).
+"""
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atarirep import devices, params
+from atarirep.agents import checkpoints, saliency
+from atarirep.envs import get_protocol, resolve_game
+from atarirep.errors import UserError, run_stage
+from atarirep.io import atomic_dir, write_json
+
+PNG_EVERY = 8        # a still of every 8th kept frame
+GIF_FPS = 15         # agent steps are 4 emulator frames at 60 Hz: 15 a second is real time
+SCALE = 4            # 84x84 -> 336x336, nearest neighbour
+
+
+@dataclass(frozen=True)
+class Saliency:
+    seed: int                       # shared
+    device: str                     # shared
+    checkpoints: int                # the last this many sampled checkpoints of the first seed
+    frames: int                     # observations kept from the start of one game
+    radius: int                     # sigma of the perturbation's Gaussian, in pixels (PROTOCOLS.md 4: 2 on 84x84)
+    stride: int                     # pixels between perturbed points (PROTOCOLS.md 4: 2 on 84x84)
+    protocol: str                   # evaluation protocol of the game played (classic or modern)
+    epsilon: float                  # probability of a uniformly random action (reference: 0.001)
+
+
+def load_params() -> Saliency:
+    """params.yaml's `saliency` section, checked as every section is; until atarirep/params.py declares the
+    section, with the dataclass above."""
+    params.SECTIONS.setdefault("saliency", Saliency)
+    p = params.load("saliency")
+    for name in ("checkpoints", "frames", "radius", "stride"):
+        if getattr(p, name) < 1:
+            raise UserError(f"params.yaml saliency.{name}={getattr(p, name)} must be at least 1")
+    if not 0 <= p.epsilon <= 1:
+        raise UserError(f"params.yaml saliency.epsilon={p.epsilon} must be a probability between 0 and 1")
+    get_protocol(p.protocol)   # an unknown one stops here
+    return p
+
+
+def chosen_checkpoints(root: Path, game: str, count: int) -> list[tuple[int, int, Path]]:
+    """[(seed, step, path)] of the last `count` checkpoints of the first seed, each read once first so that a
+    bad one stops the stage before any game is played."""
+    if not root.is_dir():
+        raise UserError(f"sampled checkpoints {root} are missing; rerun `dvc repro` for sample_checkpoints "
+                        "or `dvc pull` them")
+    seeds = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    if not seeds:
+        raise UserError(f"{root} holds no SEED folders (0/, 1/, ...) of sampled checkpoints; point to "
+                        "data/checkpoints_sampled/ALGO_protocol/GAME")
+    found = []
+    for step, path in checkpoints.list_run(root / str(seeds[0]))[-count:]:
+        _, meta = checkpoints.load_network(path)
+        if meta.get("game", game) != game:
+            raise UserError(f"checkpoint {path} is of {meta['game']}, not {game}; point to {game}'s "
+                            "sampled checkpoints")
+        found.append((seeds[0], step, path))
+    return found
+
+
+def main(game: str, sampled_root: str, out_dir: str) -> None:
+    p = load_params()
+    game = resolve_game(game)
+    device = devices.resolve(p.device)
+    found = chosen_checkpoints(Path(sampled_root), game, p.checkpoints)
+    batch_size = 1024 if device.type == "cuda" else saliency.DEFAULT_BATCH
+    metrics = {}
+    with atomic_dir(out_dir) as tmp:
+        for seed, step, path in found:
+            network, _ = checkpoints.load_network(path)
+            network.to(device)
+            # The seed evaluate_agent plays this run's games from.
+            play_seed = int(np.random.SeedSequence([p.seed, seed]).generate_state(1)[0] >> 1)
+            stacks = saliency.episode_stacks(network, game, p.protocol, frames=p.frames, epsilon=p.epsilon,
+                                             seed=play_seed)
+            started = time.perf_counter()
+            policy, value = saliency.saliency_maps(network, stacks, p.radius, p.stride, batch_size)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+            folder = tmp / str(seed) / f"model_{step}"
+            folder.mkdir(parents=True)
+            pictures = [saliency.overlay(stack[-1], pm, vm, scale=SCALE) for stack, pm, vm in zip(stacks, policy, value)]
+            for index in range(0, len(pictures), PNG_EVERY):
+                saliency.write_png(pictures[index], folder / f"frame_{index:04d}.png")
+            saliency.write_gif(pictures, folder / "episode.gif", fps=GIF_FPS)
+            metrics[f"{seed}/model_{step}"] = {
+                "seed": seed, "step": step, "frames": len(stacks), "seconds": round(seconds, 3),
+                "seconds_per_frame": round(seconds / len(stacks), 4),
+                "mean_policy_saliency": float(policy.mean()), "mean_value_saliency": float(value.mean())}
+            print(f"{game} seed {seed} step {step}: saliency of {len(stacks)} frames in {seconds:.1f} s "
+                  f"({seconds / len(stacks):.2f} s a frame on {device.type})", flush=True)
+        write_json(tmp / "metrics.json", metrics)
+    print(f"saliency of {len(found)} checkpoints of {game} in {out_dir}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
