@@ -95,6 +95,18 @@ class EvaluateAgent:
 
 
 @dataclass(frozen=True)
+class Saliency:
+    seed: int                       # shared
+    device: str                     # shared
+    checkpoints: int                # the last this many sampled checkpoints of the first seed
+    frames: int                     # observations kept from the start of one game
+    radius: int                     # sigma of the perturbation's Gaussian, in pixels (PROTOCOLS.md 4: 2 on 84x84)
+    stride: int                     # pixels between perturbed points (PROTOCOLS.md 4: 2 on 84x84)
+    protocol: str                   # evaluation protocol of the game played (classic or modern)
+    epsilon: float                  # probability of a uniformly random action (reference: 0.001)
+
+
+@dataclass(frozen=True)
 class Report:
     games: list[str]                # shared: the games of the tables, in their order
     methods: list[str]              # pretrained encoders shown (default: pretrain.methods)
@@ -116,7 +128,8 @@ class Study:
 
 DATASETS = ("pretrain", "probe")
 SECTIONS = {"collect": Collect, "pretrain": Pretrain, "probe": Probe, "report": Report, "study": Study,
-            "train_agent": TrainAgent, "sample_checkpoints": SampleCheckpoints, "evaluate_agent": EvaluateAgent}
+            "train_agent": TrainAgent, "sample_checkpoints": SampleCheckpoints, "evaluate_agent": EvaluateAgent,
+            "saliency": Saliency}
 SHARED_KEYS = ("env", "seed", "annotations", "device", "profile", "games")
 
 

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from atarirep import annotations, collection, devices, envs, methods, params, training
-from atarirep.agents import checkpoints, ppo
+from atarirep.agents import checkpoints, ppo, saliency
 from atarirep.errors import UserError
 from atarirep.probe import BASELINES
 
@@ -114,4 +114,5 @@ def check(path: str | os.PathLike = "params.yaml") -> params.Study:
     check_methods(params.load("pretrain", path), params.load("probe", path), params.load("report", path))
     check_agents(params.load("train_agent", path), params.load("sample_checkpoints", path),
                  params.load("evaluate_agent", path))
+    saliency.check_settings(params.load("saliency", path))
     return study

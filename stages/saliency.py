@@ -9,7 +9,6 @@ at once, OUT_DIR/SEED/model_STEP/episode.gif (every kept frame), frame_XXXX.png 
 OUT_DIR/metrics.json (per checkpoint: frames, seconds, mean policy and value saliency).
 """
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,29 +25,10 @@ GIF_FPS = 15         # agent steps are 4 emulator frames at 60 Hz: 15 a second i
 SCALE = 4            # 84x84 -> 336x336, nearest neighbour
 
 
-@dataclass(frozen=True)
-class Saliency:
-    seed: int                       # shared
-    device: str                     # shared
-    checkpoints: int                # the last this many sampled checkpoints of the first seed
-    frames: int                     # observations kept from the start of one game
-    radius: int                     # sigma of the perturbation's Gaussian, in pixels (PROTOCOLS.md 4: 2 on 84x84)
-    stride: int                     # pixels between perturbed points (PROTOCOLS.md 4: 2 on 84x84)
-    protocol: str                   # evaluation protocol of the game played (classic or modern)
-    epsilon: float                  # probability of a uniformly random action (reference: 0.001)
-
-
-def load_params() -> Saliency:
-    """params.yaml's `saliency` section, checked as every section is; until atarirep/params.py declares the
-    section, with the dataclass above."""
-    params.SECTIONS.setdefault("saliency", Saliency)
+def load_params() -> params.Saliency:
+    """params.yaml's `saliency` section, its values checked (as check_params does)."""
     p = params.load("saliency")
-    for name in ("checkpoints", "frames", "radius", "stride"):
-        if getattr(p, name) < 1:
-            raise UserError(f"params.yaml saliency.{name}={getattr(p, name)} must be at least 1")
-    if not 0 <= p.epsilon <= 1:
-        raise UserError(f"params.yaml saliency.epsilon={p.epsilon} must be a probability between 0 and 1")
-    get_protocol(p.protocol)   # an unknown one stops here
+    saliency.check_settings(p)
     return p
 
 

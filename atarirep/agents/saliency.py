@@ -330,3 +330,16 @@ def write_gif(frames_rgb: Iterable[np.ndarray], path: str | os.PathLike, fps: fl
         raise ValueError("write_gif needs at least one frame")
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps),
                    loop=0)
+
+
+def check_settings(p) -> None:
+    """UserError unless the saliency params (atarirep.params.Saliency) have positive counts, epsilon a probability
+    and a known protocol."""
+    for name in ("checkpoints", "frames", "radius", "stride"):
+        if getattr(p, name) < 1:
+            raise UserError(f"params.yaml saliency.{name}={getattr(p, name)} must be at least 1")
+    if not 0 <= p.epsilon <= 1:
+        raise UserError(f"params.yaml saliency.epsilon={p.epsilon} must be a probability between 0 and 1")
+    from atarirep.envs import get_protocol   # imported here, as episode_stacks imports the env
+
+    get_protocol(p.protocol)
