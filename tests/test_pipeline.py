@@ -27,9 +27,10 @@ TINY = {"env": "Breakout",
         "probe": {"baselines": ["majority"], "epochs": 2, "patience": 1},
         "train_agent": {"ppo": {"total_steps": 1024, "num_envs": 4, "num_steps": 128, "checkpoint_every": 512}},
         "sample_checkpoints": {"keep": 2},
-        "evaluate_agent": {"episodes": 1, "max_steps": 200}}
+        "evaluate_agent": {"episodes": 1, "max_steps": 200},
+        "saliency": {"checkpoints": 1, "frames": 3}}
 AGENT_STAGES = {"train_agent@Breakout-0", "sample_checkpoints@Breakout-0", "evaluate_agent@Breakout",
-                "probe_checkpoints@Breakout", "report_agents"}
+                "probe_checkpoints@Breakout", "saliency@Breakout", "report_agents"}
 
 
 def run(args, cwd, check=True, **kwargs):
@@ -265,6 +266,7 @@ RESTORE = "(after a failed `dvc exp run -S ...`, `git checkout HEAD -- params.ya
                                           "checkpoints a run makes"),
     ({"train_agent": {"algo": "DQN"}}, "error: params.yaml train_agent.algo='DQN' is unknown; use one of PPO"),
     ({"evaluate_agent": {"protocols": ["classic", "sticky"]}}, "error: protocol 'sticky' is unknown"),
+    ({"saliency": {"stride": 0}}, "error: params.yaml saliency.stride=0 must be at least 1"),
 ])
 def test_bad_params_stop_dvc_repro_before_any_output_is_touched(repo, change, line):
     before = {p: p.stat().st_mtime_ns for p in (repo / "data").rglob("*") if p.is_file() and p.name != "params.ok"}
