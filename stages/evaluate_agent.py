@@ -3,6 +3,11 @@
 Writes <out_dir>/returns.csv (game, seed, step, frames, protocol, episode, return), metrics.json (per
 protocol: the last checkpoints' mean return over seeds and episodes, and its human-normalised score)
 and learning_curve.png, all at once.
+
+The sampled root is one game's ALGO_protocol/GAME folder of SEED/model_STEP.gz files: ours, or a published
+DQN-family run brought in with `dvc import-url <collection>/DQN_modern/Pong/0
+data/checkpoints_sampled/DQN_modern/Pong/0` (its Q-network acts epsilon-greedily; see
+atarirep.agents.checkpoints.load_network for what loads).
 """
 import time
 from pathlib import Path
@@ -12,6 +17,7 @@ import pandas as pd
 
 from atarirep import devices, params
 from atarirep.agents import checkpoints, evaluation
+from atarirep.annotations import game_key
 from atarirep.envs import get_protocol, resolve_game
 from atarirep.errors import UserError, run_stage
 from atarirep.io import atomic_dir, write_json
@@ -35,7 +41,7 @@ def checked_checkpoints(root: Path, game: str) -> list[tuple[int, int, int, Path
     for seed, folder in run_folders(root):
         for step, path in checkpoints.list_run(folder):
             _, meta = checkpoints.load_network(path)
-            if meta.get("game", game) != game:
+            if game_key(meta.get("game", game)) != game_key(game):
                 raise UserError(f"checkpoint {path} is of {meta['game']}, not {game}; point to {game}'s "
                                 "sampled checkpoints")
             # The published files carry no frame count: agent steps x the frame skip of 4.

@@ -7,6 +7,15 @@ state_dict; files sit at `ALGO_protocol/GAME/SEED/model_STEP.gz`. Ours add plain
 "estimator_state" (as the published ones do) loads too. Optimizer and RNG state for resuming live in
 one resume file per run (see atarirep.agents.ppo), not in each of the 200 checkpoints.
 
+`load_network` recognises a state_dict without a config: our actor-critic by its key names, and the published
+DQN-family networks (DQN, M-DQN, C51: a Nature CNN with a Q head, `QNetwork`) by the sequence of their
+weights' shapes whatever their names (`nn.Sequential`'s "0.weight" ... "9.weight", "_AtariNet__features.0.weight",
+"features.", "head.", "fc." prefixes, ...): conv 32x4x8x8, conv 64x32x4x4, conv 64x64x3x3, linear 512x3136,
+linear Ax512, each with its bias. A C51 head (A x atoms outputs) needs its atom count: from a tensor named
+*support (the collections' "_AtariNet__support", linspace(-10, 10, 51)) or *atoms in the file, or the `atoms`
+argument. Dueling heads, noisy layers and other shapes are refused in one line naming the shapes found.
+A file without our keys takes game, seed, algo and protocol from its place in the layout and frames = 4 x step.
+
 `geometric_indices(n, keep)` is the rule that keeps `keep` of `n` checkpoints, denser toward the end;
 `keep=51` of 200 gives the published collections' list exactly.
 """
@@ -20,14 +29,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from atarirep.agents.network import ActorCritic, num_actions_of
+from atarirep.agents.network import C51_SUPPORT, MAX_ACTIONS, ActorCritic, QNetwork, num_actions_of
 from atarirep.errors import UserError
 from atarirep.io import write_bytes
 
 FORMAT = "atarirep-agent/1"
 ALGORITHMS = ("PPO",)
 FILE_PATTERN = re.compile(r"^model_(\d+)\.gz$")
+FRAME_SKIP = 4      # every protocol's agent step is 4 frames: the published files' step x 4 is their frame count
+# The Nature CNN's weights in order (conv 8x8 s4, conv 4x4 s2, conv 3x3 s1, linear), then a head on its 512 features.
+NATURE_TORSO = ((32, 4, 8, 8), (64, 32, 4, 4), (64, 64, 3, 3), (512, 3136))
+ENCODER_LAYERS = ("encoder.layers.0", "encoder.layers.2", "encoder.layers.4", "encoder.layers.7")
+ACTOR_CRITIC_KEYS = frozenset(f"{layer}.{kind}" for layer in (*ENCODER_LAYERS, "actor", "critic")
+                              for kind in ("weight", "bias"))
+SUPPORTED = ("supported: our actor-critic (encoder.layers.*, actor.*, critic.*) and, under any names, a Nature CNN "
+             "Q-network whose weights are in order conv 32x4x8x8, conv 64x32x4x4, conv 64x64x3x3, linear 512x3136, "
+             f"linear Ax512 (DQN, M-DQN; A <= {MAX_ACTIONS} actions) or (A x atoms)x512 (C51, with a *support or "
+             "*atoms tensor in the file, or load_network's atoms), each with its bias")
 _FIX = "rerun `dvc repro` for the stage that trains it, or `dvc pull` it"
 
 
@@ -40,13 +60,13 @@ def file_name(step: int) -> str:
     return f"model_{step}.gz"
 
 
-def save(path: str | os.PathLike, network: ActorCritic, *, algo: str, protocol: str, game: str, seed: int,
+def save(path: str | os.PathLike, network: ActorCritic | QNetwork, *, algo: str, protocol: str, game: str, seed: int,
          step: int, frames: int) -> None:
     """Write one checkpoint atomically: gzip(torch.save({"estimator_state": ..., our keys}))."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
     payload = {"estimator_state": state, "format": FORMAT, "algo": algo, "protocol": protocol, "game": game,
                "seed": int(seed), "step": int(step), "frames": int(frames),
-               "architecture": {"name": ActorCritic.architecture, "num_actions": network.num_actions}}
+               "architecture": _architecture(network)}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     write_bytes(path, gzip.compress(buffer.getvalue(), compresslevel=1))
@@ -68,21 +88,152 @@ def read(path: str | os.PathLike) -> dict:
     return payload
 
 
-def load_network(path: str | os.PathLike) -> tuple[ActorCritic, dict]:
-    """(the ActorCritic in eval mode on CPU, the checkpoint's other keys) from a checkpoint file."""
+def load_network(path: str | os.PathLike, *, atoms: int | None = None) -> tuple[ActorCritic | QNetwork, dict]:
+    """(the network in eval mode on CPU, the checkpoint's other keys) from a checkpoint file.
+
+    The network is an ActorCritic or a QNetwork, recognised from the state_dict (`build_network`; `atoms`: the
+    atom count of a C51 head whose file does not say it). The keys: the file's own, and where it lacks them
+    `step` from the name model_STEP.gz, `frames` = 4 x step, `algo`, `protocol`, `game` and `seed` from the
+    layout ALGO_protocol/GAME/SEED/model_STEP.gz, and `architecture`.
+    """
     payload = read(path)
     state = payload.pop("estimator_state")
-    try:
-        network = ActorCritic(num_actions_of(state))
-        network.load_state_dict(state)
-    except (KeyError, RuntimeError):
-        raise UserError(f"checkpoint {path} holds weights of another network (keys "
-                        f"{', '.join(list(state)[:3])}, ...), not the Nature CNN actor-critic; "
-                        "point to a checkpoint written by train_agent") from None
+    if atoms is None:   # a count the file gives as a plain key (ours write it in "architecture")
+        given = payload.get("atoms", (payload.get("architecture") or {}).get("atoms"))
+        atoms = given if isinstance(given, int) and not isinstance(given, bool) else None
+    network = build_network(state, atoms=atoms, source=f"checkpoint {path}")
     if "step" not in payload:
         match = FILE_PATTERN.match(Path(path).name)
         payload["step"] = int(match.group(1)) if match else None
+    for key, value in layout_meta(path).items():
+        payload.setdefault(key, value)
+    if "frames" not in payload and isinstance(payload["step"], int):
+        payload["frames"] = FRAME_SKIP * payload["step"]
+    payload.setdefault("architecture", _architecture(network))
     return network.eval(), payload
+
+
+def layout_meta(path: str | os.PathLike) -> dict:
+    """{algo, protocol, game, seed} of a file at .../ALGO_protocol/GAME/SEED/model_STEP.gz (a known protocol);
+    {} elsewhere. Read from the path as given (made absolute, links not followed: DVC may link files into its cache)."""
+    from atarirep.envs import PROTOCOLS   # here: the envs module loads the emulator
+
+    parts = Path(os.path.abspath(path)).parts
+    if len(parts) < 5 or not FILE_PATTERN.match(parts[-1]) or not parts[-2].isdigit():
+        return {}
+    algo, _, protocol = parts[-4].rpartition("_")
+    if not algo or protocol not in PROTOCOLS:
+        return {}
+    return {"algo": algo, "protocol": protocol, "game": parts[-3], "seed": int(parts[-2])}
+
+
+def build_network(state: dict, *, atoms: int | None = None, source: str = "the state_dict") -> ActorCritic | QNetwork:
+    """The network a state_dict holds, its weights loaded: UserError (one line, starting with `source`) otherwise.
+
+    - our ActorCritic's own keys (encoder.layers.*, actor.*, critic.*): an ActorCritic;
+    - the Nature CNN's four weights (NATURE_TORSO) and one linear head Ax512, under any names, in that order:
+      a QNetwork (DQN) with A actions; a head of A x atoms rows when the file holds a 1-d tensor named *support
+      (or a scalar *atoms), or `atoms` is given: a C51 QNetwork (support linspace(-10, 10, atoms) when only
+      the count is known);
+    - the torso and two heads Ax512 and 1x512 named *actor and *critic (CleanRL's PPO agent): an ActorCritic.
+    A dueling head (a 1xN value stream beside an advantage stream) is refused, as is any other sequence of shapes.
+    """
+    if atoms is not None and atoms < 1:
+        raise UserError(f"atoms={atoms} for {source}: a C51 head has at least 2 atoms (51 in C51); give none for DQN")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{source} holds an estimator_state that is not a state_dict of tensors; {SUPPORTED}")
+    try:
+        if set(state) == ACTOR_CRITIC_KEYS:
+            network = ActorCritic(num_actions_of(state))
+            network.load_state_dict(state)
+            return network
+    except RuntimeError:   # our key names with other shapes: described below with the shapes found
+        pass
+    weights = [(key[:-len("weight")], tensor) for key, tensor in state.items()
+               if key == "weight" or key.endswith(".weight")]
+    shapes = [tuple(tensor.shape) for _, tensor in weights]
+    found = ", ".join("x".join(map(str, shape)) for shape in shapes[:8]) + (", ..." if len(shapes) > 8 else "")
+    found = found or "none"
+    prefixes = [prefix for prefix, _ in weights]
+    is_torso = tuple(shapes[:4]) == NATURE_TORSO
+    heads = [shape for shape in shapes[4:] if len(shape) == 2 and shape[1] == 512]
+
+    if is_torso and len(shapes) == 6 and len(heads) == 2 and prefixes[4].endswith("actor.") \
+            and prefixes[5].endswith("critic.") and shapes[5][0] == 1:
+        network = ActorCritic(shapes[4][0])
+        _load_mapped(network, state, prefixes, [*ENCODER_LAYERS, "actor", "critic"], {}, source, found)
+        return network
+    if tuple(shapes[:3]) == NATURE_TORSO[:3] and len(shapes) > 5 and any(s[0] == 1 for s in shapes[4:] if len(s) == 2):
+        raise UserError(f"{source} looks like a dueling Q-network (weight shapes {found}: a value head 1xN beside an "
+                        f"advantage head) or an actor-critic whose heads are not named actor and critic, which is not "
+                        f"supported; {SUPPORTED}")
+    if not (is_torso and len(shapes) == 5 and len(heads) == 1):
+        raise UserError(f"{source} holds weights of another network (weight shapes {found}), not a network that "
+                        f"loads here; {SUPPORTED}")
+
+    outputs = shapes[4][0]
+    supports = [key for key in state if key.rsplit(".", 1)[-1].lower().endswith("support")]
+    counts = [key for key in state if key.rsplit(".", 1)[-1].lower().endswith("atoms")]
+    if len(supports) > 1 or len(counts) > 1 or any(state[key].numel() != 1 for key in counts):
+        raise UserError(f"{source} holds several or non-scalar support/atoms tensors ({', '.join(supports + counts)}); "
+                        "it is not clear which is the C51 head's; " + SUPPORTED)
+    support = state[supports[0]].flatten() if supports else None
+    in_file = support.numel() if support is not None else int(state[counts[0]].item()) if counts else None
+    if atoms is not None and in_file is not None and atoms != in_file:
+        raise UserError(f"{source} holds a C51 support of {in_file} atoms but atoms={atoms} was given; "
+                        "drop atoms or give the file's count")
+    num_atoms = atoms or in_file or 1
+    if outputs % num_atoms:
+        raise UserError(f"{source}'s Q head has {outputs} outputs, not a multiple of {num_atoms} atoms; give the "
+                        f"head's atom count (C51: 51) or none for a DQN head; {SUPPORTED}")
+    num_actions = outputs // num_atoms
+    if num_actions > MAX_ACTIONS:
+        if num_atoms > 1:
+            what = f"= {num_actions} actions x {num_atoms} atoms, more actions than"
+            fix = "give the head's own atom count"
+        else:
+            what = "more than"
+            fix = ("the file holds no *support or *atoms tensor: a distributional (C51) head? load it with "
+                   "atoms=51 (its atom count)")
+        raise UserError(f"{source}'s Q head has {outputs} outputs, {what} the {MAX_ACTIONS} actions of any Atari "
+                        f"game; {fix}; {SUPPORTED}")
+    if num_atoms > 1 and support is None:
+        support = torch.linspace(*C51_SUPPORT, num_atoms)
+    network = QNetwork(num_actions, num_atoms, support if num_atoms > 1 else None)
+    extra = {"support": support} if num_atoms > 1 else {}
+    _load_mapped(network, state, prefixes, [*ENCODER_LAYERS, "q"], extra, source, found,
+                 ignored=supports + counts)
+    return network
+
+
+def _load_mapped(network: nn.Module, state: dict, prefixes: list[str], names: list[str], extra: dict, source: str,
+                 found: str, ignored: list[str] = ()) -> None:
+    """Load state's `prefix`weight/bias into network's `name`.weight/bias (and `extra`), every tensor used once."""
+    missing = [prefix + "bias" for prefix in prefixes if prefix + "bias" not in state]
+    if missing:
+        raise UserError(f"{source} has layers without biases ({', '.join(missing[:3])} missing; weight shapes "
+                        f"{found}); {SUPPORTED}")
+    mapped = dict(extra)
+    for prefix, name in zip(prefixes, names):
+        mapped[f"{name}.weight"], mapped[f"{name}.bias"] = state[prefix + "weight"], state[prefix + "bias"]
+    used = {prefix + suffix for prefix in prefixes for suffix in ("weight", "bias")} | set(ignored)
+    left = [key for key in state if key not in used]
+    if left:
+        raise UserError(f"{source} holds tensors beyond the Nature CNN and its head ({', '.join(left[:4])}"
+                        f"{', ...' if len(left) > 4 else ''}; weight shapes {found}): batch norm, noisy or extra "
+                        f"layers are not supported; {SUPPORTED}")
+    try:
+        network.load_state_dict(mapped)
+    except RuntimeError as err:   # a bias of the wrong size
+        raise UserError(f"{source} has weights and biases of mismatched sizes (weight shapes {found}: "
+                        f"{str(err).splitlines()[-1].strip()}); {SUPPORTED}") from None
+
+
+def _architecture(network: nn.Module) -> dict:
+    out = {"name": network.architecture, "num_actions": network.num_actions}
+    if getattr(network, "atoms", 1) > 1:
+        out["atoms"] = network.atoms
+    return out
 
 
 def list_run(folder: str | os.PathLike) -> list[tuple[int, Path]]:

@@ -36,8 +36,10 @@ def evaluate(network: nn.Module, game: str, protocol: str, *, episodes: int, eps
     """Raw (unclipped) returns of `episodes` whole games of `game` under `protocol`, played by `network`.
 
     The games run side by side, one env each, with one batched forward pass per step; each env counts only
-    its first game. A life lost never ends a game here. Each action is a sample of the policy or, with
-    probability `epsilon`, a uniformly random action. A game still running after `max_steps` agent steps
+    its first game. A life lost never ends a game here. Each action is the network's choice or, with
+    probability `epsilon`, a uniformly random action: a sample of the policy for an actor-critic, the argmax
+    of the Q-values for a network that `acts_greedily` (a QNetwork: epsilon-greedy, as the published DQN-family
+    agents were evaluated; ties go to the lowest action). A game still running after `max_steps` agent steps
     is cut there and its return so far is counted (the protocol's 108,000-frame cap, 27,000 steps, ends
     longer games in any case). Deterministic for a seed on CPU: the envs' no-ops and sticky actions
     follow `seed`, and so does the numpy generator that draws the actions.
@@ -48,17 +50,19 @@ def evaluate(network: nn.Module, game: str, protocol: str, *, episodes: int, eps
             raise UserError(f"the network has {network.num_actions} actions but {envs.game} has {envs.num_actions}; "
                             f"evaluate a checkpoint trained on {envs.game}")
         device = next(network.parameters()).device
+        greedy = getattr(network, "acts_greedily", False)
         rng = np.random.default_rng(seed)
         returns = np.full(episodes, np.nan)     # NaN: the env's first game is still running
         obs = envs.reset(seed)
         for _ in range(max_steps):
             with torch.no_grad():
-                logits, _ = network(torch.from_numpy(obs).to(device))
+                head, _ = network(torch.from_numpy(obs).to(device))   # policy logits or Q-values (B, A)
+            head = head.double().cpu().numpy()
             # Gumbel-max draws from the policy; both draws are made every step so that the generator's
             # stream, hence every later action, does not depend on which envs took a random action.
-            sampled = (logits.double().cpu().numpy() + rng.gumbel(size=logits.shape)).argmax(1)
+            chosen = head.argmax(1) if greedy else (head + rng.gumbel(size=head.shape)).argmax(1)
             uniform = rng.integers(envs.num_actions, size=episodes)
-            actions = np.where(rng.random(episodes) < epsilon, uniform, sampled)
+            actions = np.where(rng.random(episodes) < epsilon, uniform, chosen)
             step = envs.step(actions)
             # Outside training `terminated` is a game over only, so these are the envs of finished_returns.
             ended = np.flatnonzero(step.terminated | step.truncated)

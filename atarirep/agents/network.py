@@ -1,10 +1,22 @@
-"""The actor-critic every agent here trains: the Nature CNN torso, a policy head and a value head."""
+"""The agents' networks on the Nature CNN torso: the actor-critic every algorithm here trains, and the Q-network
+of the published DQN-family collections (DQN, M-DQN, C51), loaded from their checkpoints for evaluation and
+probing.
+
+Both take (B, 4, 84, 84) uint8 stacks, scale them to [0, 1] (obs / 255) once in `features`, and return
+(head output (B, A), value (B,)), so code written for the actor-critic's (logits, value) runs on either;
+`acts_greedily` tells whether the head is a policy's logits to sample (False) or Q-values to maximise (True).
+Both have the same `encoder` (the Nature CNN up to its 512-d layer, after its ReLU) and `features`, the
+representation `probe_checkpoints` probes.
+"""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from atarirep.encoders import NatureCNN, _init_orthogonal, preprocess
+
+MAX_ACTIONS = 18        # the full ALE action set: no Atari game has more actions
+C51_SUPPORT = (-10.0, 10.0)   # C51's value range (Bellemare et al. 2017), used when a file holds no support
 
 
 class ActorCritic(nn.Module):
@@ -14,6 +26,7 @@ class ActorCritic(nn.Module):
     """
 
     architecture = "nature_actor_critic"
+    acts_greedily = False    # the head is a policy: actions are sampled from softmax(logits)
 
     def __init__(self, num_actions: int, feature_size: int = 512):
         super().__init__()
@@ -25,12 +38,64 @@ class ActorCritic(nn.Module):
         _init_orthogonal(self.critic, gain=1.0)
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        # Lay out the uint8 frames first: re-laying out the float copy moves four times the bytes.
-        return self.encoder(preprocess(obs.contiguous(memory_format=_memory_format(obs))))
+        return _features(self.encoder, obs)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.features(obs)
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
+
+
+class QNetwork(nn.Module):
+    """(B, 4, 84, 84) uint8 stacks -> (Q-values (B, A), value (B,) = max over actions of Q); the Nature DQN.
+
+    The published DQN-family networks: Conv(4->32, 8, s4), Conv(32->64, 4, s2), Conv(64->64, 3, s1),
+    Linear(3136 -> 512), each followed by a ReLU (`encoder`, the same NatureCNN as ActorCritic's), then
+    `q` = Linear(512 -> A) or, for C51 (`atoms` > 1), Linear(512 -> A x atoms): per action a softmax over
+    the atoms of `support`, whose mean is its Q-value.
+
+    Pixel scale: the input is divided by 255, as in the published collections' own `AtariNet` (it asserts
+    uint8 input and divides by 255) and in our networks. A checkpoint trained on unscaled 0..255 inputs
+    cannot be told apart from its weights; it would load and play badly (its activations 255 times too small).
+    """
+
+    architecture = "nature_dqn"
+    acts_greedily = True     # the head holds Q-values: the action is their argmax (epsilon-greedy)
+
+    def __init__(self, num_actions: int, atoms: int = 1, support: torch.Tensor | None = None,
+                 feature_size: int = 512):
+        super().__init__()
+        if atoms < 1:
+            raise ValueError(f"atoms must be at least 1, got {atoms}")
+        self.num_actions, self.atoms = num_actions, atoms
+        self.encoder = NatureCNN(in_channels=4, feature_size=feature_size)
+        self.q = nn.Linear(feature_size, num_actions * atoms)
+        if atoms > 1:
+            support = torch.linspace(*C51_SUPPORT, atoms) if support is None else support.detach().float().flatten()
+            if support.numel() != atoms:
+                raise ValueError(f"a support of {support.numel()} values for {atoms} atoms")
+            self.register_buffer("support", support.clone())
+        elif support is not None:
+            raise ValueError("a support is only for a distributional head (atoms > 1)")
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        return _features(self.encoder, obs)
+
+    def q_values(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, A) Q-values of (B, 512) features: the head's output, or for C51 each action's distribution's mean."""
+        out = self.q(hidden)
+        if self.atoms == 1:
+            return out
+        probs = torch.softmax(out.view(out.shape[0], self.num_actions, self.atoms), dim=-1)
+        return (probs * self.support).sum(-1)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.q_values(self.features(obs))
+        return q, q.max(dim=1).values
+
+
+def _features(encoder: nn.Module, obs: torch.Tensor) -> torch.Tensor:
+    # Lay out the uint8 frames first: re-laying out the float copy moves four times the bytes.
+    return encoder(preprocess(obs.contiguous(memory_format=_memory_format(obs))))
 
 
 def _memory_format(obs: torch.Tensor) -> torch.memory_format:
