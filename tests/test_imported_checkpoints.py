@@ -21,7 +21,7 @@ import yaml
 from torch import nn
 
 from atarirep import episodes
-from atarirep.agents import checkpoints, evaluation, probing
+from atarirep.agents import checkpoints, evaluation, probing, saliency
 from atarirep.agents.network import ActorCritic, QNetwork
 from atarirep.agents.vector_env import AgentEnvs
 from atarirep.errors import UserError
@@ -292,6 +292,30 @@ def test_a_published_dqn_is_probed_by_the_stage_like_our_checkpoints(breakout_pr
     with torch.no_grad():
         expected = nature_dqn(4, seed=2)[:9](torch.from_numpy(view.stacks(0, len(view))).float() / 255)
     torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
+
+
+class FloatDQN(nn.Module):
+    """The published net on float stacks in [0, 1]: (Q-values, max Q), what saliency calls a network on."""
+
+    def __init__(self, dqn: nn.Sequential):
+        super().__init__()
+        self.dqn, self.num_actions = dqn, dqn[-1].out_features
+
+    def forward(self, x):
+        q = self.dqn(x)
+        return q, q.max(1).values
+
+
+def test_saliency_maps_of_a_published_dqn_are_those_of_its_own_net(tmp_path):
+    dqn = nature_dqn(4, seed=3).eval()
+    network, _ = checkpoints.load_network(write_published(tmp_path / "DQN_modern/Breakout/0/model_9.gz",
+                                                          dqn.state_dict()))
+    obs = stacks(1, seed=4)
+    policy, value = saliency.saliency_maps(network, obs, radius=2, stride=6, batch_size=64)
+    expected_policy, expected_value = saliency.saliency_maps(FloatDQN(dqn), obs, radius=2, stride=6, batch_size=64)
+    assert policy.shape == value.shape == (1, 84, 84) and policy.max() > 0 and value.max() > 0
+    np.testing.assert_allclose(policy, expected_policy, rtol=1e-3, atol=1e-4 * expected_policy.max())
+    np.testing.assert_allclose(value, expected_value, rtol=1e-3, atol=1e-4 * expected_value.max())
 
 
 # -- dvc import-url ------------------------------------------------------------------------------------

@@ -53,9 +53,11 @@ class QNetwork(nn.Module):
     `q` = Linear(512 -> A) or, for C51 (`atoms` > 1), Linear(512 -> A x atoms): per action a softmax over
     the atoms of `support`, whose mean is its Q-value.
 
-    Pixel scale: the input is divided by 255, as in the published collections' own `AtariNet` (it asserts
+    Pixel scale: uint8 input is divided by 255, as in the published collections' own `AtariNet` (it asserts
     uint8 input and divides by 255) and in our networks. A checkpoint trained on unscaled 0..255 inputs
     cannot be told apart from its weights; it would load and play badly (its activations 255 times too small).
+    Float input is taken as already scaled to [0, 1]: `atarirep.agents.saliency` calls any network but an
+    ActorCritic on its perturbed float stacks.
     """
 
     architecture = "nature_dqn"
@@ -78,7 +80,10 @@ class QNetwork(nn.Module):
             raise ValueError("a support is only for a distributional head (atoms > 1)")
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        return _features(self.encoder, obs)
+        """(B, 512) features of uint8 stacks, or of float stacks already in [0, 1]."""
+        if obs.dtype == torch.uint8:
+            return _features(self.encoder, obs)
+        return self.encoder(obs.contiguous(memory_format=_memory_format(obs)))
 
     def q_values(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, A) Q-values of (B, 512) features: the head's output, or for C51 each action's distribution's mean."""
