@@ -72,6 +72,15 @@ def _ale_names() -> dict[str, str]:
     return names
 
 
+def resolve_ale_game(name: str) -> str:
+    """The ALE name of any game this ale-py has a ROM for, annotated or not (agents play unannotated games too,
+    such as AirRaid, Carnival and NameThisGame of the multi-task set)."""
+    key = annotations.game_key(name)
+    if key not in _ale_names():
+        raise UserError(f"game {name!r} has no ROM in this ale-py; use one of {', '.join(sorted(_ale_names().values()))}")
+    return _ale_names()[key]
+
+
 def resolve_game(name: str, annotation_set: str = "latest") -> str:
     """The ALE name (`MsPacman`) of a game given in any spelling, if it is annotated.
 

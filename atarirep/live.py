@@ -2,6 +2,8 @@
 for `dvc exp show`)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from dvclive import Live
 
 
@@ -20,3 +22,14 @@ class StageLive(Live):
 
     def _init_studio(self):
         self._studio_events_to_skip.update(("start", "data", "done"))
+
+
+def drop_rows_after(live_dir: Path, last_step: int) -> None:
+    """Cut dvclive's step logs back to the resumed checkpoint's step (rows logged after the last
+    checkpoint are logged again by the resumed run)."""
+    for tsv in (live_dir / "plots").rglob("*.tsv"):
+        lines = tsv.read_text().splitlines()
+        header, rows = lines[0], lines[1:]
+        step_col = header.split("\t").index("step")
+        kept = [r for r in rows if int(r.split("\t")[step_col]) <= last_step]
+        tsv.write_text("\n".join([header, *kept]) + "\n")

@@ -74,9 +74,11 @@ class Probe:
 class TrainAgent:
     seed: int                       # shared: each run's seeds derive from it and the run's own seed
     device: str                     # shared
-    algo: str                       # PPO (IMPALA comes later)
+    algo: str                       # PPO or IMPALA
+    protocol: str                   # the training protocol (classic); the checkpoints' ALGO_protocol folder
     seeds: list[int]                # one run per game x seed (a DVC matrix); the checkpoints' SEED folder
     ppo: dict[str, object]          # atarirep.agents.ppo.PPOConfig, checked there
+    impala: dict[str, object]       # atarirep.agents.impala.IMPALAConfig, checked there
 
 
 @dataclass(frozen=True)

@@ -40,17 +40,17 @@ class AgentPolicy:
     """A trained agent's checkpoint acting on the stored frames (PROTOCOLS.md 1, trained-agent mode).
 
     Each 210x160 frame is resized as the agent saw frames in training (atarirep.agents.vector_env) and
-    stacked 4 deep, zeros before an episode's first frame; the action is drawn from the policy, and with
-    probability `random_prob` (the reference: 0.2) a uniformly random action replaces it.
+    stacked 4 deep, zeros before an episode's first frame; the action is drawn from the policy (the argmax for a
+    Q-network), and with probability `random_prob` (the reference: 0.2) a uniformly random action replaces it.
     """
 
     def __init__(self, checkpoint: str, num_actions: int, rng: np.random.Generator, random_prob: float = 0.2):
         import torch
 
-        from atarirep.agents import checkpoints, vector_env
+        from atarirep.agents import checkpoints, network, vector_env
 
         torch.set_num_threads(1)   # one per collecting process; they run side by side
-        self._torch, self._resize = torch, vector_env.agent_frames
+        self._torch, self._resize, self._choose = torch, vector_env.agent_frames, network.choose_actions
         self._network, _ = checkpoints.load_network(checkpoint)
         if self._network.num_actions != num_actions:
             raise UserError(f"checkpoint {checkpoint} acts with {self._network.num_actions} actions but this game "
@@ -63,12 +63,9 @@ class AgentPolicy:
             self._stack[:] = 0
         self._stack[0, :-1] = self._stack[0, 1:]
         self._stack[0, -1] = self._resize(frame)[0]
-        if self._rng.random() < self._random_prob:
-            return int(self._rng.integers(self._num_actions))
         with self._torch.no_grad():
-            logits, _ = self._network(self._torch.from_numpy(self._stack))
-        log_probs = self._torch.log_softmax(logits[0].double(), dim=-1).numpy()
-        return int(np.argmax(log_probs + self._rng.gumbel(size=log_probs.shape)))   # a draw from the policy
+            head, _ = self._network(self._torch.from_numpy(self._stack))
+        return int(self._choose(self._network, head, self._rng, self._random_prob)[0])
 
 
 COLLECT_MODES = ("random_agent", "agent")

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from atarirep import annotations, collection, devices, envs, methods, params, training
-from atarirep.agents import checkpoints, ppo, saliency
+from atarirep.agents import checkpoints, impala, ppo, saliency
 from atarirep.errors import UserError
 from atarirep.probe import BASELINES
 
@@ -80,7 +80,8 @@ def check_agents(train: params.TrainAgent, sample: params.SampleCheckpoints, eva
     if not train.seeds or min(train.seeds) < 0:
         raise UserError(f"params.yaml train_agent.seeds={train.seeds} must list seeds >= 0, for example [0]")
     _distinct([str(s) for s in train.seeds], "train_agent.seeds")
-    made = len(ppo.config_from(train.ppo).checkpoint_iterations())
+    impala.config_from({**train.impala, "protocol": train.protocol})
+    made = len(ppo.config_from({**train.ppo, "protocol": train.protocol}).checkpoint_iterations())
     if not 1 <= sample.keep <= made:
         raise UserError(f"params.yaml sample_checkpoints.keep={sample.keep} must be between 1 and the {made} "
                         "checkpoints a run makes (train_agent.ppo total_steps / checkpoint_every); lower keep")

@@ -192,7 +192,8 @@ def test_dvc_repro_runs_the_whole_chain_then_is_a_no_op(repo, built_repo):
 def test_changing_a_probe_param_reruns_only_probe_and_report(repo):
     result = run(["dvc", "exp", "run", "-S", "probe.lr=0.002"], repo, timeout=600)
     assert ran_stages(result.stdout) == {"check_params", "probe@Breakout-random_cnn", "probe@Breakout-stdim",
-                                         "probe_baseline@Breakout-majority", "probe_checkpoints@Breakout", "report"}
+                                         "probe_baseline@Breakout-majority", "probe_checkpoints@Breakout",
+                                         "report_agents", "report"}   # report_agents draws the probes' curve
 
 
 def test_retraining_the_agent_keeps_the_random_agents_episodes_and_encoders(repo):

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from atarirep.agents.network import C51_SUPPORT, MAX_ACTIONS, ActorCritic, QNetwork, num_actions_of
+from atarirep.agents.network import C51_SUPPORT, MAX_ACTIONS, ActorCritic, QNetwork, network_from, num_actions_of
 from atarirep.errors import UserError
 from atarirep.io import write_bytes
 
 FORMAT = "atarirep-agent/1"
-ALGORITHMS = ("PPO",)
+ALGORITHMS = ("PPO", "IMPALA")
 FILE_PATTERN = re.compile(r"^model_(\d+)\.gz$")
 FRAME_SKIP = 4      # every protocol's agent step is 4 frames: the published files' step x 4 is their frame count
 # The Nature CNN's weights in order (conv 8x8 s4, conv 4x4 s2, conv 3x3 s1, linear), then a head on its 512 features.
@@ -54,6 +54,11 @@ _FIX = "rerun `dvc repro` for the stage that trains it, or `dvc pull` it"
 def run_dir(root: str | os.PathLike, algo: str, protocol: str, game: str, seed: int) -> Path:
     """`root/ALGO_protocol/GAME/SEED`, the published layout (e.g. PPO_classic/Pong/0)."""
     return Path(root) / f"{algo}_{protocol}" / game / str(seed)
+
+
+def run_seed(study_seed: int, seed: int) -> int:
+    """The seed of every random source of run `seed` (the SEED folder) in a study seeded `study_seed`."""
+    return study_seed * 1_000 + seed
 
 
 def file_name(step: int) -> str:
@@ -101,7 +106,11 @@ def load_network(path: str | os.PathLike, *, atoms: int | None = None) -> tuple[
     if atoms is None:   # a count the file gives as a plain key (ours write it in "architecture")
         given = payload.get("atoms", (payload.get("architecture") or {}).get("atoms"))
         atoms = given if isinstance(given, int) and not isinstance(given, bool) else None
-    network = build_network(state, atoms=atoms, source=f"checkpoint {path}")
+    spec = payload.get("architecture") or {}
+    if spec.get("name") == "impala_actor_critic":   # an IMPALA ResNet torso or a multi-task (PopArt) network
+        network = network_from(state, spec, source=f"checkpoint {path}")
+    else:
+        network = build_network(state, atoms=atoms, source=f"checkpoint {path}")
     if "step" not in payload:
         match = FILE_PATTERN.match(Path(path).name)
         payload["step"] = int(match.group(1)) if match else None

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure   # no pyplot: no global figure state; PNGs
 from matplotlib.ticker import EngFormatter
 from torch import nn
 
+from atarirep.agents.network import choose_actions
 from atarirep.agents.vector_env import AgentEnvs
 from atarirep.annotations import game_key
 from atarirep.errors import UserError
@@ -50,20 +51,13 @@ def evaluate(network: nn.Module, game: str, protocol: str, *, episodes: int, eps
             raise UserError(f"the network has {network.num_actions} actions but {envs.game} has {envs.num_actions}; "
                             f"evaluate a checkpoint trained on {envs.game}")
         device = next(network.parameters()).device
-        greedy = getattr(network, "acts_greedily", False)
         rng = np.random.default_rng(seed)
         returns = np.full(episodes, np.nan)     # NaN: the env's first game is still running
         obs = envs.reset(seed)
         for _ in range(max_steps):
             with torch.no_grad():
                 head, _ = network(torch.from_numpy(obs).to(device))   # policy logits or Q-values (B, A)
-            head = head.double().cpu().numpy()
-            # Gumbel-max draws from the policy; both draws are made every step so that the generator's
-            # stream, hence every later action, does not depend on which envs took a random action.
-            chosen = head.argmax(1) if greedy else (head + rng.gumbel(size=head.shape)).argmax(1)
-            uniform = rng.integers(envs.num_actions, size=episodes)
-            actions = np.where(rng.random(episodes) < epsilon, uniform, chosen)
-            step = envs.step(actions)
+            step = envs.step(choose_actions(network, head, rng, epsilon))
             # Outside training `terminated` is a game over only, so these are the envs of finished_returns.
             ended = np.flatnonzero(step.terminated | step.truncated)
             assert len(ended) == len(step.finished_returns)

@@ -10,10 +10,13 @@ representation `probe_checkpoints` probes.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from atarirep.encoders import NatureCNN, _init_orthogonal, preprocess
+from atarirep.agents.popart import PopArt
+from atarirep.encoders import ImpalaCNN, NatureCNN, _init_orthogonal, preprocess
+from atarirep.errors import UserError
 
 MAX_ACTIONS = 18        # the full ALE action set: no Atari game has more actions
 C51_SUPPORT = (-10.0, 10.0)   # C51's value range (Bellemare et al. 2017), used when a file holds no support
@@ -111,3 +114,81 @@ def _memory_format(obs: torch.Tensor) -> torch.memory_format:
 def num_actions_of(state_dict: dict) -> int:
     """The action count an ActorCritic state_dict was built for (its policy head's rows)."""
     return int(state_dict["actor.weight"].shape[0])
+
+
+class IMPALANet(nn.Module):
+    """(B, 4, 84, 84) uint8 stacks -> policy logits (B, A) and values (B, num_tasks).
+
+    With the Nature CNN, one task and no PopArt its state_dict is ActorCritic's (encoder, actor, critic),
+    so the PPO network loads it. `critic` is a PopArt layer (normalised outputs, per-task mu/nu/sigma
+    buffers) when `popart`, else a plain Linear.
+    """
+
+    def __init__(self, num_actions: int, num_tasks: int = 1, encoder: str = "nature", popart: bool = False):
+        super().__init__()
+        self.num_actions, self.num_tasks, self.encoder_name, self.popart = num_actions, num_tasks, encoder, popart
+        self.encoder = NatureCNN(in_channels=4, feature_size=512) if encoder == "nature" else \
+            ImpalaCNN(in_channels=4, feature_size=256, input_size=(84, 84))
+        features = self.encoder.feature_size
+        self.actor = nn.Linear(features, num_actions)
+        self.critic = PopArt(features, num_tasks) if popart else nn.Linear(features, num_tasks)
+        _init_orthogonal(self.actor, gain=0.01)     # as ActorCritic (CleanRL)
+        _init_orthogonal(self.critic, gain=1.0)
+
+    @property
+    def architecture(self) -> str:
+        """ActorCritic's name when this is that network (the Nature CNN, one task, no PopArt), else our own."""
+        plain = self.encoder_name == "nature" and self.num_tasks == 1 and not self.popart
+        return "nature_actor_critic" if plain else "impala_actor_critic"
+
+    @property
+    def spec(self) -> dict:
+        """What a checkpoint's "architecture" records to rebuild this network (`load_network`)."""
+        return {"name": self.architecture, "num_actions": self.num_actions, "encoder": self.encoder_name,
+                "num_tasks": self.num_tasks, "popart": self.popart}
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.encoder(preprocess(obs.contiguous(memory_format=torch.channels_last)))
+
+    def heads(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, A), the value layer's outputs (B, num_tasks): PopArt-normalised when popart)."""
+        hidden = self.features(obs)
+        return self.actor(hidden), self.critic(hidden)
+
+    def unnormalize(self, outputs: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The value layer's outputs in the reward's scale (sigma n + mu under PopArt)."""
+        return self.critic.unnormalize(outputs, task_ids) if self.popart else outputs
+
+    def forward(self, obs: torch.Tensor, task_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, A), values in the reward's scale): of each row's task given task_ids (B,), else (B,)
+        for a single task (as ActorCritic) and (B, num_tasks) for several."""
+        logits, outputs = self.heads(obs)
+        values = self.unnormalize(outputs)
+        if task_ids is not None:
+            return logits, values.gather(1, task_ids[:, None]).squeeze(1)
+        return logits, values.squeeze(1) if self.num_tasks == 1 else values
+
+
+def network_from(state: dict, spec: dict, source: str = "the state_dict") -> IMPALANet:
+    """The IMPALANet a state_dict holds, given its checkpoint's "architecture" (absent: the Nature CNN actor-critic
+    of one task); UserError starting with `source` for other weights."""
+    try:
+        network = IMPALANet(int(state["actor.weight"].shape[0]), num_tasks=int(spec.get("num_tasks", 1)),
+                            encoder=spec.get("encoder", "nature"), popart=bool(spec.get("popart", False)))
+        network.load_state_dict(state)
+    except (KeyError, RuntimeError, TypeError, ValueError):
+        raise UserError(f"{source} holds weights of another network (keys {', '.join(list(state)[:3])}, ...), "
+                        "not an IMPALA actor-critic; point to a checkpoint written by train_agent") from None
+    return network
+
+
+def choose_actions(network: nn.Module, head: torch.Tensor, rng: np.random.Generator, epsilon: float) -> np.ndarray:
+    """Actions for a batch of network outputs `head` (B, A): the argmax of the Q-values for a network that
+    `acts_greedily` (epsilon-greedy, as the published DQN-family agents were evaluated), else a Gumbel-max draw
+    from the policy; with probability `epsilon` a uniformly random action instead. The uniform draws are made
+    every step, so later actions do not depend on which envs took a random one."""
+    head = head.double().cpu().numpy()
+    chosen = head.argmax(1) if getattr(network, "acts_greedily", False) else (
+        head + rng.gumbel(size=head.shape)).argmax(1)
+    uniform = rng.integers(head.shape[1], size=len(head))
+    return np.where(rng.random(len(head)) < epsilon, uniform, chosen)

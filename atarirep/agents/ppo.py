@@ -34,12 +34,13 @@ from torch import nn
 
 from atarirep import devices
 from atarirep.agents import checkpoints
+from atarirep.agents.checkpoints import run_seed
 from atarirep.agents.network import ActorCritic
 from atarirep.agents.vector_env import AgentEnvs
 from atarirep.envs import get_protocol
 from atarirep.errors import UserError
 from atarirep.io import atomic_dir, write_bytes
-from atarirep.live import StageLive
+from atarirep.live import StageLive, drop_rows_after
 
 RESUME_FORMAT = "atarirep-ppo-resume/2"
 
@@ -130,11 +131,6 @@ def config_from(mapping: dict) -> PPOConfig:
     return config
 
 
-def run_seed(study_seed: int, seed: int) -> int:
-    """The seed of every random source of run `seed` (the SEED folder) in a study seeded `study_seed`."""
-    return study_seed * 1_000 + seed
-
-
 def env_seed(seed: int, segment: int) -> int:
     """The vector env's reset seed for the games played after the `segment`-th checkpoint (env i gets this
     plus i; ALE takes 32-bit seeds)."""
@@ -179,7 +175,7 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
         start, segment = int(resume["iteration"]), int(resume["segment"])
         played_steps = len(resume["played"])
         played[:played_steps] = resume["played"].numpy()
-        _drop_log_rows_after(work / "live", start * config.batch_size)
+        drop_rows_after(work / "live", start * config.batch_size)
         print(f"resuming {game} seed {seed} after iteration {start} ({start * config.batch_size} steps)")
     live = StageLive(str(work / "live"), resume=resume is not None)
     save_at, reset_at = set(config.checkpoint_iterations()), set(config.reset_iterations())
@@ -350,14 +346,3 @@ def _read_resume(work: Path, fingerprint: str) -> dict | None:
         print(f"ignoring {path}: unreadable ({type(err).__name__}); starting from step 0")
         return None
     return state
-
-
-def _drop_log_rows_after(live_dir: Path, last_step: int) -> None:
-    """Cut dvclive's step logs back to the resumed checkpoint's step (rows logged after the last
-    checkpoint are logged again by the resumed run)."""
-    for tsv in (live_dir / "plots").rglob("*.tsv"):
-        lines = tsv.read_text().splitlines()
-        header, rows = lines[0], lines[1:]
-        step_col = header.split("\t").index("step")
-        kept = [r for r in rows if int(r.split("\t")[step_col]) <= last_step]
-        tsv.write_text("\n".join([header, *kept]) + "\n")

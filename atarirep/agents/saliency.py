@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from atarirep.agents.network import ActorCritic
+from atarirep.agents.network import ActorCritic, choose_actions
 from atarirep.errors import UserError
 
 BLUR_SIGMA = 3.0        # the blurred image the perturbation blends in (Greydanus: gaussian_filter(I, sigma=3))
@@ -253,8 +253,8 @@ def time_one_frame(network: nn.Module, radius: float = DEFAULT_RADIUS, stride: i
 def episode_stacks(network: nn.Module, game: str, protocol: str, *, frames: int, epsilon: float,
                    seed: int) -> np.ndarray:
     """(T, 4, 84, 84) uint8: the first `frames` observations (fewer if the game ends) of one game played by
-    `network` under `protocol`, acting as `evaluation.evaluate` does (Gumbel-max samples of the policy, a
-    uniformly random action with probability `epsilon`, from a numpy generator seeded by `seed`)."""
+    `network` under `protocol`, acting as `evaluation.evaluate` does (`network.choose_actions`, from a numpy
+    generator seeded by `seed`)."""
     from atarirep.agents.vector_env import AgentEnvs   # imported here: the maps need no emulator
 
     envs = AgentEnvs(game, 1, protocol, training=False, num_threads=1)
@@ -268,11 +268,8 @@ def episode_stacks(network: nn.Module, game: str, protocol: str, *, frames: int,
         kept = [obs[0]]
         while len(kept) < frames:
             with torch.no_grad():
-                logits, _ = network(torch.from_numpy(obs).to(device))
-            sampled = (logits.double().cpu().numpy() + rng.gumbel(size=logits.shape)).argmax(1)
-            uniform = rng.integers(envs.num_actions, size=1)
-            actions = np.where(rng.random(1) < epsilon, uniform, sampled)
-            step = envs.step(actions)
+                head, _ = network(torch.from_numpy(obs).to(device))
+            step = envs.step(choose_actions(network, head, rng, epsilon))
             if step.terminated[0] or step.truncated[0]:   # the next observation is a new game's first
                 break
             obs = step.obs

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from ale_py.vector_env import AtariVectorEnv
 
-from atarirep.envs import Protocol, get_protocol, resolve_game
+from atarirep.envs import Protocol, get_protocol, resolve_ale_game
 
 AGENT_FRAME = (84, 84)
 STACK = 4
@@ -38,9 +38,9 @@ class AgentEnvs:
     """`num_envs` copies of `game` under `protocol`; `training` applies its life-loss rule (evaluation never does)."""
 
     def __init__(self, game: str, num_envs: int, protocol: str | Protocol = "classic", *, training: bool = True,
-                 num_threads: int = 0, annotation_set: str = "latest"):
+                 num_threads: int = 0):
         self.protocol = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
-        self.game = resolve_game(game, annotation_set)
+        self.game = resolve_ale_game(game)   # agents play any game with a ROM, annotated or not
         self.num_envs = num_envs
         self._life_loss_ends = training and self.protocol.terminal_on_life_loss
         # With life_loss_info a life loss reports terminated without resetting the game (the classic

@@ -1,0 +1,571 @@
+"""IMPALA (V-trace) on Atari, single- and multi-task, in one file that reads top to bottom (torchbeast's
+`monobeast` design, PROTOCOLS.md 4).
+
+Actor processes play the games and write unrolls into shared-memory buffers; the learner trains on batches
+of them with V-trace (atarirep.agents.vtrace). The reference settings: unrolls of 80 steps, 32 unrolls a
+learner step, RMSprop lr 4.8e-4 (alpha 0.99, eps 0.01, no momentum) decaying linearly to 0, gradient norm
+clipped at 40, discount 0.99, rho-bar = c-bar = 1; losses summed over time and batch: the policy gradient
+with V-trace advantages, baseline_cost (0.5) x 0.5 x the baseline's squared error (torchbeast's
+`compute_baseline_loss`), entropy_cost (0.01) x the negative entropy. Rewards are clipped to their sign by
+the protocol (AgentEnvs, as for PPO), a life lost ends a training episode under `classic`, and the frame
+cap counts as an episode's end (as torchbeast does).
+
+    actor i (a process)                          shared memory                  learner (this process)
+    ---------------------                        -------------                  ----------------------
+    index <- free_queue                          buffers[index]:                B indices <- full_queue
+    copy the learner's weights                     obs      (T+1, 4, 84, 84)    copy the B unrolls out,
+    play T steps of its game (one env),            actions, rewards, dones,     give the indices back
+    write them into buffers[index]                 behaviour logits (T, ...)    V-trace, losses, RMSprop
+    full_queue <- index                            task id                      weights -> shared weights
+
+Multi-task (several games): actor i plays games[i % len(games)]; the policy is shared, the value layer has
+one output per game, and with `popart` (the default) those outputs are PopArt-normalised
+(atarirep.agents.popart): V-trace runs in the reward's scale, the baseline loss and the policy gradient's
+advantages in the normalised one, and each game's statistics move after every learner step. They are
+buffers of the network, so checkpoints and the resume file keep them. Every game must have the same
+action count (the reference set AirRaid, Carnival, DemonAttack, NameThisGame, Pong, SpaceInvaders has 6).
+
+What this adds to the single file, as atarirep.agents.ppo does: a checkpoint every `checkpoint_every` agent
+steps (the steps the learner has trained on) in the published format and layout, logs through dvclive, and
+resume from the last checkpoint (weights, optimizer, PopArt statistics, step). Resume is not exact, unlike
+PPO's: actors run asynchronously, so which unrolls form a batch depends on timing; a resumed run starts new
+games. An actor that dies (an exception, or killed) stops the run within about a second with a UserError
+naming it; the others are stopped and the run resumes from its last checkpoint. Actors whose learner was
+killed outright notice within a second or two and exit.
+
+A single-game run with the Nature CNN has exactly the state_dict of atarirep.agents.network.ActorCritic,
+so its checkpoints load with `checkpoints.load_network` and go through evaluate_agent and
+probe_checkpoints as PPO's do; `load_network` here loads any checkpoint this file writes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import math
+import os
+import queue
+import shutil
+import signal
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from atarirep import devices
+from atarirep.agents import checkpoints
+from atarirep.agents.checkpoints import run_seed
+from atarirep.agents.network import IMPALANet, network_from
+from atarirep.agents.vector_env import STACK, AGENT_FRAME, AgentEnvs
+from atarirep.agents.vtrace import action_log_probs, log_rhos, vtrace
+from atarirep.encoders import ImpalaCNN, NatureCNN, _init_orthogonal, preprocess
+from atarirep.envs import get_protocol
+from atarirep.errors import UserError
+from atarirep.io import atomic_dir, write_bytes
+from atarirep.live import StageLive, drop_rows_after
+
+RESUME_FORMAT = "atarirep-impala-resume/1"
+ARCHITECTURES = ("nature", "impala")
+POLL_S = 0.5            # how often the learner, waiting for unrolls, checks that every actor is alive
+STALL_S = 600.0         # no unroll from any living actor for this long: something is wrong; stop
+
+
+@dataclass(frozen=True)
+class IMPALAConfig:
+    total_steps: int = 50_000_000     # agent steps the learner trains on (frames = 4x); 300M multi-task
+    unroll_length: int = 80           # T: steps of one actor per unroll
+    batch_size: int = 32              # unrolls per learner step
+    num_actors: int = 8
+    num_buffers: int = 0              # shared unroll buffers; 0: max(2 x num_actors, batch_size)
+    lr: float = 4.8e-4
+    anneal_lr: bool = True            # linearly to 0 over total_steps
+    rmsprop_alpha: float = 0.99
+    rmsprop_eps: float = 0.01
+    rmsprop_momentum: float = 0.0
+    max_grad_norm: float = 40.0
+    discount: float = 0.99
+    baseline_cost: float = 0.5
+    entropy_cost: float = 0.01
+    rho_bar: float = 1.0              # clips the importance weights of the TD errors (and the policy gradient's)
+    c_bar: float = 1.0                # clips the traces
+    protocol: str = "classic"
+    architecture: str = "nature"      # nature (NatureCNN, 512 features) or impala (ImpalaCNN, 256)
+    checkpoint_every: int = 1_000_000
+    games: tuple[str, ...] = ()       # a multi-task run's games (the stage passes them to train); empty: one game
+    popart: bool = True               # multi-task: PopArt-normalised values (a single game has a plain value head)
+    popart_beta: float = 3e-4
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.unroll_length * self.batch_size
+
+    @property
+    def iterations(self) -> int:
+        return self.total_steps // self.steps_per_update
+
+    @property
+    def buffers(self) -> int:
+        return self.num_buffers or max(2 * self.num_actors, self.batch_size)
+
+    def check(self) -> None:
+        get_protocol(self.protocol)
+        for name in ("total_steps", "unroll_length", "batch_size", "num_actors", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"train_agent.impala.{name} is {getattr(self, name)}; it must be at least 1")
+        if self.num_buffers and self.num_buffers < max(self.batch_size, self.num_actors):
+            raise UserError(f"train_agent.impala.num_buffers {self.num_buffers} is less than batch_size "
+                            f"({self.batch_size}) or num_actors ({self.num_actors}); raise it, or set 0 for "
+                            f"max(2 x num_actors, batch_size)")
+        if self.iterations < 1:
+            raise UserError(f"train_agent.impala.total_steps {self.total_steps} is less than one learner step "
+                            f"({self.steps_per_update} steps: unroll_length x batch_size); raise it")
+        if self.architecture not in ARCHITECTURES:
+            raise UserError(f"train_agent.impala.architecture {self.architecture!r} is unknown; use one of "
+                            f"{', '.join(ARCHITECTURES)}")
+        if not 0 < self.lr < 1 or not 0 < self.discount <= 1 or not 0 <= self.popart_beta <= 1:
+            raise UserError("train_agent.impala.lr must be in (0, 1), discount in (0, 1], popart_beta in [0, 1]")
+        if self.rho_bar <= 0 or self.c_bar <= 0:
+            raise UserError("train_agent.impala.rho_bar and c_bar must be positive (reference: 1)")
+
+    def checkpoint_iterations(self) -> list[int]:
+        """The learner steps after which a checkpoint is written: the first to reach each multiple of
+        `checkpoint_every`, and always the last (as PPO's)."""
+        marks = {math.ceil(k * self.checkpoint_every / self.steps_per_update)
+                 for k in range(1, self.total_steps // self.checkpoint_every + 1)}
+        return sorted({m for m in marks if m < self.iterations} | {self.iterations})
+
+
+def config_from(mapping: dict) -> IMPALAConfig:
+    """An IMPALAConfig from params (train_agent.impala); UserError for an unknown key or a value of the wrong type."""
+    fields = {f.name: f for f in dataclasses.fields(IMPALAConfig)}
+    unknown = sorted(set(mapping) - set(fields))
+    if unknown:
+        raise UserError(f"params.yaml train_agent.impala has unknown keys {', '.join(unknown)}; known keys are "
+                        f"{', '.join(fields)}")
+    values = {}
+    for name, value in mapping.items():
+        kind = type(fields[name].default)
+        if kind is tuple:   # games: a list of names in YAML
+            if not isinstance(value, (list, tuple)) or not all(isinstance(g, str) for g in value):
+                raise UserError(f"params.yaml train_agent.impala.{name}={value!r} must be a list of game names")
+            value = tuple(value)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise UserError(f"params.yaml train_agent.impala.{name}={value!r} must be of type {kind.__name__}")
+        values[name] = value
+    config = IMPALAConfig(**values)
+    config.check()
+    return config
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The network: a torso, a policy head shared by every game, one value output per game.
+
+def save_checkpoint(path: str | os.PathLike, network: IMPALANet, *, algo: str, protocol: str, games: list[str],
+                    seed: int, step: int, frames: int) -> None:
+    """One checkpoint in atarirep.agents.checkpoints' format (gzip of torch.save({"estimator_state": ...,
+    our keys})), with this network's architecture and, beside `game` ("A+B" for several), the list `games`."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
+    payload = {"estimator_state": state, "format": checkpoints.FORMAT, "algo": algo, "protocol": protocol,
+               "game": "+".join(games), "games": list(games), "seed": int(seed), "step": int(step),
+               "frames": int(frames), "architecture": network.spec}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(path, gzip.compress(buffer.getvalue(), compresslevel=1))
+
+
+def load_network(path: str | os.PathLike) -> tuple[IMPALANet, dict]:
+    """(the IMPALANet in eval mode on CPU, the checkpoint's other keys) from a checkpoint file."""
+    payload = checkpoints.read(path)
+    state = payload.pop("estimator_state")
+    return network_from(state, payload.get("architecture") or {}, source=f"checkpoint {path}").eval(), payload
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Actors: each a process with one env, writing unrolls into the shared buffers.
+
+def make_buffers(config: IMPALAConfig, num_actions: int) -> dict[str, torch.Tensor]:
+    """The shared unroll buffers, one tensor per field with the buffer index first.
+
+    obs[i, t] is the stack the actor acted on at step t (obs[i, T] the one after the last step, whose
+    value bootstraps the unroll); actions, behaviour logits, rewards and dones[i, t] (step t ended an
+    episode: a life lost, a game over, or the frame cap) are step t's. game_over/game_return record each
+    whole game that ended, with its raw (unclipped) return, for the logs."""
+    n, t = config.buffers, config.unroll_length
+    specs = {"obs": ((n, t + 1, STACK, *AGENT_FRAME), torch.uint8), "actions": ((n, t), torch.int64),
+             "logits": ((n, t, num_actions), torch.float32), "rewards": ((n, t), torch.float32),
+             "dones": ((n, t), torch.bool), "game_over": ((n, t), torch.bool), "game_return": ((n, t), torch.float64),
+             "task": ((n,), torch.int64)}
+    return {key: torch.zeros(shape, dtype=dtype).share_memory_() for key, (shape, dtype) in specs.items()}
+
+
+def act(actor: int, game: str, task: int, config: IMPALAConfig, seed: int, spec: dict,
+        shared_state: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], free_queue, full_queue, errors,
+        learner_pid: int, fault: tuple[int, int, str] | None = None) -> None:
+    """One actor process: fill free buffers with unrolls of `game` until the learner stops it.
+
+    `seed` seeds its games' no-ops and its action draws (Gumbel-max from a numpy generator, as PPO). An
+    exception is printed, sent to the learner on `errors` and ends the process at once with exit code 1.
+    `fault` = (actor, unrolls, "raise" or "kill") makes that actor fail after that many unrolls (tests)."""
+    try:
+        torch.set_num_threads(1)    # many actors share the cores; one forward pass of one stack each step
+        envs = AgentEnvs(game, 1, config.protocol, training=True, num_threads=1)
+        model = IMPALANet(spec["num_actions"], spec["num_tasks"], spec["encoder"], spec["popart"])
+        model = model.to(memory_format=torch.channels_last)
+        rng = np.random.default_rng(seed)
+        obs = torch.from_numpy(envs.reset(int(rng.integers(2**31 - 2**16))))
+        unrolls = 0
+        while True:
+            index = _next_free(free_queue, learner_pid)
+            if index is None:
+                return
+            model.load_state_dict(shared_state)     # the learner's latest weights
+            buffers["task"][index] = task
+            buffers["obs"][index, 0] = obs[0]
+            for t in range(config.unroll_length):
+                with torch.no_grad():
+                    logits = model.heads(obs)[0][0].float()
+                action = int(np.argmax(logits.double().numpy() + rng.gumbel(size=len(logits))))  # a draw from softmax
+                step = envs.step(np.array([action]))
+                obs = torch.from_numpy(step.obs)
+                buffers["actions"][index, t] = action
+                buffers["logits"][index, t] = logits
+                buffers["rewards"][index, t] = float(step.reward[0])
+                buffers["dones"][index, t] = bool(step.terminated[0] or step.truncated[0])
+                buffers["game_over"][index, t] = bool(step.finished_returns)
+                buffers["game_return"][index, t] = step.finished_returns[0] if step.finished_returns else 0.0
+                buffers["obs"][index, t + 1] = obs[0]
+            full_queue.put(index)
+            unrolls += 1
+            if fault is not None and fault[0] == actor and unrolls >= fault[1]:
+                if fault[2] == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise RuntimeError(f"injected fault after {unrolls} unrolls at time {time.time():.3f}")
+    except KeyboardInterrupt:   # Ctrl-C reaches the whole process group; the learner reports it
+        return
+    except BaseException as err:
+        traceback.print_exc()
+        errors.put((actor, f"{type(err).__name__}: {err}"))
+        errors.close()
+        errors.join_thread()    # the message is in the pipe; now exit at once: the interpreter's teardown
+        os._exit(1)             # (torch, the emulator) takes seconds, and the learner waits for the exit code
+
+
+def _next_free(free_queue, learner_pid: int) -> int | None:
+    """The next free buffer's index; None when the learner is gone (killed: it could not stop us)."""
+    while True:
+        try:
+            return free_queue.get(timeout=1.0)
+        except queue.Empty:
+            try:
+                os.kill(learner_pid, 0)     # signal 0: only asks whether the process exists
+            except ProcessLookupError:
+                return None
+
+
+class Actors:
+    """The actor processes, started by `start` and always stopped by `stop`; `check` raises a UserError
+    naming an actor that has died."""
+
+    def __init__(self, games: list[str], config: IMPALAConfig, seed: tuple[int, ...], network: IMPALANet,
+                 buffers: dict[str, torch.Tensor], fault: tuple[int, int, str] | None = None):
+        # forkserver: actors are forked from a clean server process that has imported this module once (not
+        # from the learner, whose OpenMP threads, ALE thread pool or CUDA context a fork would inherit), so
+        # they start in well under a second where spawn's fresh interpreters took seconds each. Shared tensors
+        # travel to them as file descriptors.
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["atarirep.agents.impala"])
+        self.free_queue, self.full_queue, self.errors = ctx.Queue(), ctx.Queue(), ctx.Queue()
+        self.shared_state = {k: v.detach().to("cpu").clone().share_memory_() for k, v in network.state_dict().items()}
+        self.games = [games[i % len(games)] for i in range(config.num_actors)]
+        self.processes = [
+            ctx.Process(target=act, name=f"impala-actor-{i}", daemon=True,
+                        args=(i, self.games[i], i % len(games), config, _actor_seed(seed, i), network.spec,
+                              self.shared_state, buffers, self.free_queue, self.full_queue, self.errors,
+                              os.getpid(), fault))
+            for i in range(config.num_actors)]
+        self.num_buffers = config.buffers
+        self.reported: dict[int, str] = {}
+
+    def start(self) -> None:
+        for index in range(self.num_buffers):
+            self.free_queue.put(index)
+        for process in self.processes:
+            process.start()
+
+    def publish(self, network: IMPALANet) -> None:
+        """Copy the learner's weights where the actors read them (each at the start of its next unroll)."""
+        with torch.no_grad():
+            for key, value in network.state_dict().items():
+                self.shared_state[key].copy_(value)
+
+    def check(self) -> None:
+        for i, process in enumerate(self.processes):
+            if process.exitcode is not None:
+                self._collect_errors(i, wait=1.0)
+                code = process.exitcode
+                cause = self.reported.get(i) or (f"killed by signal {-code} ({_signal_name(-code)}; out of memory?)"
+                                                 if code < 0 else "no exception reported")
+                raise UserError(f"IMPALA actor {i} ({self.games[i]}) died with exit code {code}: {cause}; the other "
+                                f"actors were stopped; run the stage again to resume from the last checkpoint")
+
+    def _collect_errors(self, actor: int, wait: float) -> None:
+        """Read the actors' reported exceptions until `actor`'s is in (it is sent before the exit), or `wait` s."""
+        deadline = time.monotonic() + wait
+        while actor not in self.reported and time.monotonic() < deadline:
+            try:
+                reporter, message = self.errors.get(timeout=max(0.0, deadline - time.monotonic()))
+                self.reported.setdefault(reporter, message)
+            except queue.Empty:
+                return
+
+    def next_full(self) -> int:
+        """The index of the next full buffer, checking every POLL_S that every actor is alive."""
+        waited = 0.0
+        while True:
+            self.check()
+            try:
+                return self.full_queue.get(timeout=POLL_S)
+            except queue.Empty:
+                waited += POLL_S
+                if waited >= STALL_S:
+                    raise UserError(f"no IMPALA actor delivered an unroll in {STALL_S:.0f} s though all are alive; "
+                                    "run the stage again to resume from the last checkpoint") from None
+
+    def release(self, indices: list[int]) -> None:
+        for index in indices:
+            self.free_queue.put(index)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.pid is not None and process.exitcode is None:
+                process.terminate()
+        for process in self.processes:
+            if process.pid is not None:
+                process.join(timeout=5)
+                if process.exitcode is None:
+                    process.kill()
+                    process.join(timeout=5)
+        for q in (self.free_queue, self.full_queue, self.errors):
+            q.cancel_join_thread()   # never block the learner's exit on a pipe no one reads any more
+            q.close()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "a real-time signal"
+
+
+def _actor_seed(seed: tuple[int, ...], actor: int) -> int:
+    """Actor `actor`'s seed in a run seeded (run seed, learner step it started or resumed from)."""
+    return int(np.random.SeedSequence([*seed, actor]).generate_state(1)[0])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The learner.
+
+def train(games: str | list[str], seed: int, out_dir: str | os.PathLike, log_dir: str | os.PathLike,
+          config: IMPALAConfig, *, study_seed: int = 0, device: str = "auto", algo: str = "IMPALA",
+          progress: bool = True, _fault: tuple[int, int, str] | None = None) -> Path:
+    """Train IMPALA run `seed` on `games` (one name, or several for a multi-task run); checkpoints go to
+    out_dir (model_STEP.gz), dvclive logs to log_dir, both written whole at the end. Until then everything
+    lives in a hidden folder beside out_dir, from which a killed or failed run resumes at its last checkpoint.
+
+    Weights, each actor's games and action draws follow run_seed(study_seed, seed) (and, after a resume,
+    the step it resumed from); which unrolls form a batch depends on the actors' timing."""
+    config.check()
+    games = [games] if isinstance(games, str) else list(games)
+    device_ = devices.resolve(device)
+    out_dir, log_dir = Path(out_dir), Path(log_dir)
+    work = out_dir.with_name(f".{out_dir.name}.partial")
+    games, num_actions = _check_games(games, config)
+    multi = len(games) > 1
+    fingerprint = json.dumps({"games": games, "seed": seed, "study_seed": study_seed, "algo": algo,
+                              **asdict(config)}, sort_keys=True)
+    seeded = run_seed(study_seed, seed)
+    torch.manual_seed(seeded)
+    network = IMPALANet(num_actions, len(games), config.architecture, popart=multi and config.popart)
+    network = network.to(device_, memory_format=torch.channels_last)
+    optimizer = torch.optim.RMSprop(network.parameters(), lr=config.lr, alpha=config.rmsprop_alpha,
+                                    eps=config.rmsprop_eps, momentum=config.rmsprop_momentum)
+    start = 0
+    resume = _read_resume(work, fingerprint)
+    if resume is None:
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "checkpoints").mkdir(parents=True)
+    else:
+        network.load_state_dict(resume["network"])
+        optimizer.load_state_dict(resume["optimizer"])
+        start = int(resume["iteration"])
+        drop_rows_after(work / "live", start * config.steps_per_update)
+        print(f"resuming {'+'.join(games)} seed {seed} after learner step {start} "
+              f"({start * config.steps_per_update} steps); actors start new games")
+
+    live = StageLive(str(work / "live"), resume=resume is not None)
+    save_at = set(config.checkpoint_iterations())
+    buffers = make_buffers(config, num_actions)
+    actors = Actors(games, config, (seeded, start), network, buffers, fault=_fault)
+    try:
+        actors.start()
+        for iteration in range(start + 1, config.iterations + 1):
+            started = time.perf_counter()
+            if config.anneal_lr:
+                optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / config.iterations) * config.lr
+
+            # 1. A batch of full unrolls, copied out (time-major: (T, B, ...)); their buffers go back to the actors.
+            indices = [actors.next_full() for _ in range(config.batch_size)]
+            batch = {key: value[indices].to(device_) for key, value in buffers.items()}
+            actors.release(indices)
+            batch = {key: value if key == "task" else value.transpose(0, 1) for key, value in batch.items()}
+
+            # 2. V-trace and one RMSprop step; the actors see the new weights from their next unroll.
+            stats = learn(network, optimizer, config, batch)
+            actors.publish(network)
+
+            # 3. Log (each game's returns apart), checkpoint, report.
+            global_step = iteration * config.steps_per_update
+            live.step = global_step
+            metrics = {**{f"losses/{k}": v for k, v in stats.items()}, "charts/lr": optimizer.param_groups[0]["lr"],
+                       "charts/steps_per_s": config.steps_per_update / (time.perf_counter() - started)}
+            metrics.update(_episode_metrics(batch, games))
+            if network.popart:
+                for task, game in enumerate(games):
+                    metrics[f"popart/mu/{game}"] = float(network.critic.mu[task])
+                    metrics[f"popart/sigma/{game}"] = float(network.critic.sigma[task])
+            for name, value in metrics.items():
+                live.log_metric(name, value)
+            live.next_step()
+            if iteration in save_at:
+                save_checkpoint(work / "checkpoints" / checkpoints.file_name(global_step), network, algo=algo,
+                                protocol=config.protocol, games=games, seed=seed, step=global_step,
+                                frames=global_step * get_protocol(config.protocol).frame_skip)
+                _write_resume(work, fingerprint, network, optimizer, iteration)
+            if progress:
+                shown = " ".join(f"{k.split('/', 1)[1]}={v:.4g}" for k, v in metrics.items())
+                print(f"{'+'.join(games)} seed {seed} step {global_step}/{config.iterations * config.steps_per_update}"
+                      f" {shown}", flush=True)
+    finally:
+        actors.stop()
+    live.end()
+
+    # Finished: the logs and the checkpoints replace the stage's outputs whole.
+    with atomic_dir(log_dir) as tmp:
+        shutil.copytree(work / "live", tmp, dirs_exist_ok=True)
+    with atomic_dir(out_dir) as tmp:
+        for path in (work / "checkpoints").iterdir():
+            os.replace(path, tmp / path.name)
+    shutil.rmtree(work, ignore_errors=True)
+    return out_dir
+
+
+def learn(network: IMPALANet, optimizer: torch.optim.Optimizer, config: IMPALAConfig,
+          batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    """One learner step on a batch of unrolls (time-major: obs (T+1, B, ...), the rest (T, B), task (B,)).
+
+    Losses are sums over time and batch (torchbeast): the policy gradient weighted by V-trace's advantages,
+    baseline_cost x 0.5 x (vs - V)^2, entropy_cost x the negative entropy. Under PopArt the baseline
+    regresses the normalised output on the normalised targets and the advantages are divided by sigma;
+    the statistics then move toward this batch's targets (outputs preserved)."""
+    obs, task = batch["obs"], batch["task"]
+    t_plus_1, b = obs.shape[:2]
+    logits, outputs = network.heads(obs.reshape(t_plus_1 * b, *obs.shape[2:]))
+    logits = logits.float().view(t_plus_1, b, -1)
+    outputs = outputs.float().view(t_plus_1, b, -1).gather(2, task.expand(t_plus_1, b)[..., None]).squeeze(2)
+    values = network.unnormalize(outputs.detach(), task)       # (T+1, B) in the reward's scale
+
+    # V-trace in the reward's scale, on the learner's policy (target) against the actors' (behaviour).
+    target_logits = logits[:-1]
+    discounts = config.discount * (~batch["dones"]).float()
+    vs, pg_advantages = vtrace(log_rhos(target_logits.detach(), batch["logits"], batch["actions"]), discounts,
+                               batch["rewards"], values[:-1], values[-1], rho_bar=config.rho_bar,
+                               c_bar=config.c_bar, pg_rho_bar=config.rho_bar)
+    targets = vs
+    if network.popart:   # the baseline's targets and the advantages in the normalised space
+        targets = network.critic.normalize(vs, task)
+        pg_advantages = network.critic.normalize_advantages(pg_advantages, task)
+
+    pg_loss = -(action_log_probs(target_logits, batch["actions"]) * pg_advantages).sum()
+    baseline_loss = config.baseline_cost * 0.5 * ((targets - outputs[:-1]) ** 2).sum()
+    log_policy = torch.log_softmax(target_logits, dim=-1)
+    entropy = -(log_policy.exp() * log_policy).sum(-1)           # (T, B)
+    entropy_loss = -config.entropy_cost * entropy.sum()
+    loss = pg_loss + baseline_loss + entropy_loss
+    optimizer.zero_grad()
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(network.parameters(), config.max_grad_norm)
+    optimizer.step()
+    if network.popart:
+        network.critic.update(vs, task, beta=config.popart_beta)
+    return {"total": loss.item(), "policy": pg_loss.item(), "baseline": baseline_loss.item(),
+            "entropy": entropy.mean().item(), "grad_norm": grad_norm.item()}
+
+
+def _check_games(games: list[str], config: IMPALAConfig) -> tuple[list[str], int]:
+    """The games' ALE names and their common action count; UserError for a repeat, fewer actors than games,
+    or games whose action counts differ (the policy head is shared)."""
+    if not games:
+        raise UserError("IMPALA needs at least one game")
+    counts = {}
+    for game in games:
+        envs = AgentEnvs(game, 1, config.protocol, training=True, num_threads=1)   # resolves the name
+        counts[envs.game] = envs.num_actions
+        envs.close()
+    if len(counts) < len(games):
+        raise UserError(f"IMPALA games {', '.join(games)} name a game twice; list each once")
+    if len(set(counts.values())) > 1:
+        shown = ", ".join(f"{g} {n}" for g, n in counts.items())
+        raise UserError(f"IMPALA multi-task games must have the same number of actions (the policy head is "
+                        f"shared), but they have {shown}; choose games with equal action counts (e.g. AirRaid, "
+                        f"Carnival, DemonAttack, NameThisGame, Pong, SpaceInvaders: 6 each)")
+    if config.num_actors < len(counts):
+        raise UserError(f"IMPALA has {config.num_actors} actors for {len(counts)} games; set "
+                        f"train_agent.impala.num_actors to at least {len(counts)} (a multiple, for equal shares)")
+    return list(counts), next(iter(counts.values()))
+
+
+def _episode_metrics(batch: dict[str, torch.Tensor], games: list[str]) -> dict[str, float]:
+    """Mean raw return and count of the whole games that ended in this batch, per game when several."""
+    over = batch["game_over"].cpu()
+    returns = batch["game_return"].cpu()
+    task = batch["task"].cpu().expand_as(over)
+    metrics = {}
+    for index, game in enumerate(games):
+        finished = returns[over & (task == index)]
+        if len(finished):
+            suffix = f"/{game}" if len(games) > 1 else ""
+            metrics[f"charts/episode_return{suffix}"] = float(finished.mean())
+            metrics[f"charts/episodes{suffix}"] = len(finished)
+    return metrics
+
+
+def _write_resume(work: Path, fingerprint: str, network: nn.Module, optimizer, iteration: int) -> None:
+    state = {"format": RESUME_FORMAT, "fingerprint": fingerprint, "iteration": iteration,
+             "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},   # PopArt's stats too
+             "optimizer": optimizer.state_dict()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(work / "resume.pt", buffer.getvalue())
+
+
+def _read_resume(work: Path, fingerprint: str) -> dict | None:
+    path = work / "resume.pt"
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["format"] != RESUME_FORMAT or state["fingerprint"] != fingerprint:
+            print(f"ignoring {path}: made with other settings; starting from step 0")
+            return None
+    except Exception as err:  # a damaged file: start over rather than stop
+        print(f"ignoring {path}: unreadable ({type(err).__name__}); starting from step 0")
+        return None
+    return state

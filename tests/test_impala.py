@@ -1,0 +1,182 @@
+"""IMPALA (atarirep.agents.impala): short single- and multi-task runs with real actor processes write
+checkpoints in the published format that load back (PopArt statistics and one value output per game in a
+multi-task run's), a dead actor stops the run within seconds with a UserError naming it and the run
+resumes from its last checkpoint, and games whose action counts differ are refused. Tiny settings: 2 actors,
+unrolls of 8, 2 unrolls a learner step; ~25 s in all on 2 shared cores, ~5 s of it the actors' forkserver
+starting once (it imports torch and this package; actors then fork from it in well under a second)."""
+import gzip
+import io
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from atarirep.agents import checkpoints, impala
+from atarirep.agents.network import ActorCritic
+from atarirep.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = impala.IMPALAConfig(total_steps=192, unroll_length=8, batch_size=2, num_actors=2, checkpoint_every=96)
+
+
+def _payload(path):
+    with gzip.open(path, "rb") as f:
+        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+
+
+def test_a_single_game_run_writes_checkpoints_that_load_as_the_ppo_network(tmp_path):
+    out, logs = tmp_path / "IMPALA_classic/Breakout/0", tmp_path / "logs"
+    impala.train("Breakout", 0, out, logs, TINY, device="cpu", progress=False)
+
+    assert [step for step, _ in checkpoints.list_run(out)] == [96, 192]
+    assert not (tmp_path / "IMPALA_classic/Breakout/.0.partial").exists()
+    payload = _payload(out / "model_192.gz")
+    assert payload["algo"] == "IMPALA" and payload["game"] == "Breakout" and payload["step"] == 192
+    assert payload["frames"] == 4 * 192 and payload["architecture"]["name"] == "nature_actor_critic"
+    # The Nature CNN on one game is ActorCritic's state_dict: the PPO loader (evaluate_agent, probing) takes it.
+    ppo_net, _ = checkpoints.load_network(out / "model_192.gz")
+    net, meta = impala.load_network(out / "model_192.gz")
+    assert isinstance(ppo_net, ActorCritic) and meta["games"] == ["Breakout"]
+    obs = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    for mine, theirs in zip(net(obs), ppo_net(obs)):
+        torch.testing.assert_close(mine, theirs)
+    # Trained: the weights moved from any fresh network's.
+    first = _payload(out / "model_96.gz")["estimator_state"]
+    assert not torch.equal(first["actor.weight"], payload["estimator_state"]["actor.weight"])
+    assert (logs / "metrics.json").is_file()
+    assert (logs / "plots/metrics/losses/baseline.tsv").is_file()
+
+
+def test_a_multi_task_run_keeps_each_games_popart_statistics_and_value_output(tmp_path):
+    config = impala.IMPALAConfig(total_steps=192, unroll_length=8, batch_size=2, num_actors=2, checkpoint_every=96,
+                                 popart_beta=0.1)   # large: the statistics visibly move in 12 learner steps
+    out, logs = tmp_path / "IMPALA_classic/Pong+SpaceInvaders/0", tmp_path / "logs"
+    impala.train(["Pong", "SpaceInvaders"], 0, out, logs, config, device="cpu", progress=False)
+
+    payload = _payload(out / "model_192.gz")
+    state = payload["estimator_state"]
+    assert payload["games"] == ["Pong", "SpaceInvaders"] and payload["game"] == "Pong+SpaceInvaders"
+    assert payload["architecture"] == {"name": "impala_actor_critic", "num_actions": 6, "encoder": "nature",
+                                       "num_tasks": 2, "popart": True}
+    assert state["actor.weight"].shape == (6, 512)                # one policy for both games
+    assert state["critic.linear.weight"].shape == (2, 512)        # one value output per game
+    for key in ("critic.mu", "critic.nu", "critic.sigma"):
+        assert state[key].shape == (2,)
+    assert not torch.equal(state["critic.sigma"], torch.ones(2))  # updated after every learner step
+    assert not torch.equal(state["critic.mu"], _payload(out / "model_96.gz")["estimator_state"]["critic.mu"])
+    net, _ = impala.load_network(out / "model_192.gz")
+    torch.testing.assert_close(net.critic.sigma, state["critic.sigma"])
+    obs = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
+    logits, values = net(obs)
+    assert logits.shape == (2, 6) and values.shape == (2, 2)      # both games' values, in the reward's scale
+    torch.testing.assert_close(net(obs, torch.tensor([1, 0]))[1], values[[0, 1], [1, 0]])
+    for game in ("Pong", "SpaceInvaders"):
+        assert (logs / f"plots/metrics/popart/sigma/{game}.tsv").is_file()
+
+
+def test_a_dead_actor_stops_the_run_within_seconds_and_the_run_resumes(tmp_path, capsys):
+    config = impala.IMPALAConfig(total_steps=256, unroll_length=8, batch_size=2, num_actors=2, checkpoint_every=32)
+    out, logs = tmp_path / "IMPALA_classic/Breakout/0", tmp_path / "logs"
+    with pytest.raises(UserError, match=r"IMPALA actor 1 \(Breakout\) died with exit code 1: RuntimeError: "
+                                        r"injected fault after 10 unrolls") as err:
+        impala.train("Breakout", 0, out, logs, config, device="cpu", progress=False, _fault=(1, 10, "raise"))
+    died = float(re.search(r"at time ([\d.]+)", str(err.value)).group(1))
+    assert time.time() - died < 3.0                               # noticed, reported, the other actor stopped
+    assert not out.exists() and not logs.exists()                 # nothing half-written
+    work = tmp_path / "IMPALA_classic/Breakout/.0.partial"
+    saved = sorted(int(p.name[6:-3]) for p in (work / "checkpoints").iterdir())
+    assert saved and saved == list(range(32, saved[-1] + 1, 32))
+
+    capsys.readouterr()
+    impala.train("Breakout", 0, out, logs, config, device="cpu", progress=False)
+    assert f"after learner step {saved[-1] // 16} ({saved[-1]} steps)" in capsys.readouterr().out
+    assert [step for step, _ in checkpoints.list_run(out)] == list(range(32, 257, 32))
+    assert not work.exists()
+
+
+def test_a_killed_actor_is_named_with_its_signal(tmp_path):
+    config = impala.IMPALAConfig(total_steps=10**6, unroll_length=8, batch_size=2, num_actors=2, checkpoint_every=32)
+    started = time.time()
+    with pytest.raises(UserError, match=r"IMPALA actor 1 \(Breakout\) died with exit code -9: killed by signal 9"):
+        impala.train("Breakout", 0, tmp_path / "out", tmp_path / "logs", config, device="cpu", progress=False,
+                     _fault=(1, 2, "kill"))
+    assert time.time() - started < 60                             # not the 10^6 steps the run was set for
+    assert not (tmp_path / "out").exists()
+
+
+def test_games_with_different_action_counts_are_refused_before_any_actor_starts(tmp_path):
+    with pytest.raises(UserError, match="same number of actions.*Breakout 4, Pong 6"):
+        impala.train(["Breakout", "Pong"], 0, tmp_path / "out", tmp_path / "logs", TINY, device="cpu")
+    with pytest.raises(UserError, match="2 actors for 3 games"):
+        impala.train(["Pong", "SpaceInvaders", "DemonAttack"], 0, tmp_path / "out", tmp_path / "logs", TINY,
+                     device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_impala_resnet_learns_on_a_batch_and_its_checkpoint_loads_back(tmp_path):
+    """The learner step alone (no actors) on a made-up batch of 3 unrolls of 5 steps over 2 tasks."""
+    torch.manual_seed(0)
+    config = impala.IMPALAConfig(unroll_length=5, batch_size=3, architecture="impala")
+    net = impala.IMPALANet(6, num_tasks=2, encoder="impala", popart=True)
+    optimizer = torch.optim.RMSprop(net.parameters(), lr=config.lr, alpha=0.99, eps=0.01)
+    t, b = config.unroll_length, config.batch_size
+    batch = {"obs": torch.randint(0, 256, (t + 1, b, 4, 84, 84), dtype=torch.uint8),
+             "actions": torch.randint(0, 6, (t, b)), "logits": torch.randn(t, b, 6), "rewards": torch.ones(t, b),
+             "dones": torch.zeros(t, b, dtype=torch.bool), "task": torch.tensor([0, 1, 1])}
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    stats = impala.learn(net, optimizer, config, batch)
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+    assert not torch.equal(before["actor.weight"], net.actor.weight)
+    assert (net.critic.mu > 0).all()                              # both tasks' targets are positive returns
+    path = tmp_path / "model_15.gz"
+    impala.save_checkpoint(path, net, algo="IMPALA", protocol="classic", games=["Pong", "Carnival"], seed=0,
+                           step=15, frames=60)
+    loaded, meta = impala.load_network(path)
+    assert meta["architecture"]["encoder"] == "impala" and meta["game"] == "Pong+Carnival"
+    obs = batch["obs"][0]
+    for mine, theirs in zip(loaded(obs), net.eval()(obs)):
+        torch.testing.assert_close(mine, theirs)
+    shared, _ = checkpoints.load_network(path)                   # the one loader evaluation and probing use
+    for mine, theirs in zip(shared(obs), net(obs)):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_config_from_params():
+    config = impala.config_from({"total_steps": 5000, "discount": 1, "games": ["Pong", "SpaceInvaders"]})
+    assert config.discount == 1.0 and config.games == ("Pong", "SpaceInvaders") and config.buffers == 32
+    assert impala.IMPALAConfig().buffers == 32 and impala.IMPALAConfig(num_actors=48).buffers == 96
+    with pytest.raises(UserError, match="unknown keys nope"):
+        impala.config_from({"nope": 1})
+    with pytest.raises(UserError, match="architecture 'resnet' is unknown"):
+        impala.config_from({"architecture": "resnet"})
+    with pytest.raises(UserError, match="must be a list of game names"):
+        impala.config_from({"games": "Pong"})
+    with pytest.raises(UserError, match="less than one learner step"):
+        impala.config_from({"total_steps": 100})
+    assert impala.IMPALAConfig(checkpoint_every=1_000_000, total_steps=2_600_000).checkpoint_iterations() == \
+        [391, 782, 1015]
+
+
+def test_the_train_agent_stage_runs_impala_on_its_game(tmp_path):
+    """`train_agent.algo: IMPALA` through the stage script, as `dvc repro` runs it."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "seed": 0, "device": "cpu",
+        "train_agent": {"algo": "IMPALA", "protocol": "classic", "seeds": [0], "ppo": {},
+                        "impala": {"total_steps": 192, "unroll_length": 8, "batch_size": 2, "num_actors": 2,
+                                   "checkpoint_every": 96}}}))
+    out = "checkpoints/IMPALA_classic/Breakout/0"
+    result = subprocess.run([sys.executable, str(repo / "stages/train_agent.py"), "Breakout", "0", out, "log"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert [step for step, _ in checkpoints.list_run(tmp_path / out)] == [96, 192]
+    network, meta = checkpoints.load_network(tmp_path / out / "model_192.gz")
+    assert (meta["algo"], meta["game"], meta["seed"]) == ("IMPALA", "Breakout", 0) and network.num_actions == 4
