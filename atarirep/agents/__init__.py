@@ -2,9 +2,14 @@
 
 - `vector_env`: the games stepped as a batch by ale-py's C++ `AtariVectorEnv` (84x84x4 stacks) under a
   protocol of `atarirep.envs.PROTOCOLS`, and `agent_frames`, the same 84x84 view of stored 210x160 frames.
-- `network`: the actor-critic on the Nature CNN, the one network every algorithm here trains.
+- `network`: the networks agents use: the actor-critic on the Nature CNN (PPO), IMPALA's (Nature CNN or
+  IMPALA ResNet, one value output per game, PopArt), the Q-network of imported DQN-family checkpoints, and
+  `choose_actions`, the one rule by which they act.
 - `ppo`: PPO, one file that reads top to bottom (CleanRL's `ppo_atari` settings, PROTOCOLS.md 4).
+- `impala`, `vtrace`, `popart`: IMPALA (monobeast actors and learner), V-trace, PopArt.
 - `checkpoints`: the published trained-agent format (gzip of a torch-saved dict with "estimator_state"),
   the `ALGO_protocol/GAME/SEED/model_STEP.gz` layout, and the geometric rule that keeps K of N.
 - `evaluation`: returns of checkpoints under the classic and modern protocols, human-normalised scores.
+- `probing`: an agent's encoder probed on labelled episodes with the probe package's batched probes.
+- `saliency`: perturbation saliency of the policy and the value.
 """

@@ -59,7 +59,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from atarirep import devices
-from atarirep.agents import checkpoints
+from atarirep.agents import checkpoints, resume
 from atarirep.agents.checkpoints import run_seed
 from atarirep.agents.network import IMPALANet, network_from
 from atarirep.agents.vector_env import STACK, AGENT_FRAME, AgentEnvs
@@ -398,19 +398,19 @@ def train(games: str | list[str], seed: int, out_dir: str | os.PathLike, log_dir
     optimizer = torch.optim.RMSprop(network.parameters(), lr=config.lr, alpha=config.rmsprop_alpha,
                                     eps=config.rmsprop_eps, momentum=config.rmsprop_momentum)
     start = 0
-    resume = _read_resume(work, fingerprint)
-    if resume is None:
+    saved = resume.read(work, RESUME_FORMAT, fingerprint)
+    if saved is None:
         shutil.rmtree(work, ignore_errors=True)
         (work / "checkpoints").mkdir(parents=True)
     else:
-        network.load_state_dict(resume["network"])
-        optimizer.load_state_dict(resume["optimizer"])
-        start = int(resume["iteration"])
+        network.load_state_dict(saved["network"])
+        optimizer.load_state_dict(saved["optimizer"])
+        start = int(saved["iteration"])
         drop_rows_after(work / "live", start * config.steps_per_update)
         print(f"resuming {'+'.join(games)} seed {seed} after learner step {start} "
               f"({start * config.steps_per_update} steps); actors start new games")
 
-    live = StageLive(str(work / "live"), resume=resume is not None)
+    live = StageLive(str(work / "live"), resume=saved is not None)
     save_at = set(config.checkpoint_iterations())
     buffers = make_buffers(config, num_actions)
     actors = Actors(games, config, (seeded, start), network, buffers, fault=_fault)
@@ -551,21 +551,4 @@ def _write_resume(work: Path, fingerprint: str, network: nn.Module, optimizer, i
     state = {"format": RESUME_FORMAT, "fingerprint": fingerprint, "iteration": iteration,
              "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},   # PopArt's stats too
              "optimizer": optimizer.state_dict()}
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_bytes(work / "resume.pt", buffer.getvalue())
-
-
-def _read_resume(work: Path, fingerprint: str) -> dict | None:
-    path = work / "resume.pt"
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["format"] != RESUME_FORMAT or state["fingerprint"] != fingerprint:
-            print(f"ignoring {path}: made with other settings; starting from step 0")
-            return None
-    except Exception as err:  # a damaged file: start over rather than stop
-        print(f"ignoring {path}: unreadable ({type(err).__name__}); starting from step 0")
-        return None
-    return state
+    resume.write(work, state)

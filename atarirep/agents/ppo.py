@@ -19,7 +19,6 @@ does not depend on the device's RNG.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import os
@@ -33,13 +32,13 @@ import torch
 from torch import nn
 
 from atarirep import devices
-from atarirep.agents import checkpoints
+from atarirep.agents import checkpoints, resume
 from atarirep.agents.checkpoints import run_seed
 from atarirep.agents.network import ActorCritic
 from atarirep.agents.vector_env import AgentEnvs
 from atarirep.envs import get_protocol
 from atarirep.errors import UserError
-from atarirep.io import atomic_dir, write_bytes
+from atarirep.io import atomic_dir
 from atarirep.live import StageLive, drop_rows_after
 
 RESUME_FORMAT = "atarirep-ppo-resume/2"
@@ -164,20 +163,20 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
     # Every action since the envs last started new games (allocated once): a resume replays them.
     played = np.zeros((config.replay_iterations() * config.num_steps, config.num_envs), np.uint8)
     played_steps = 0
-    resume = _read_resume(work, fingerprint)
-    if resume is None:
+    saved = resume.read(work, RESUME_FORMAT, fingerprint)
+    if saved is None:
         shutil.rmtree(work, ignore_errors=True)
         (work / "checkpoints").mkdir(parents=True)
     else:
-        network.load_state_dict(resume["network"])
-        optimizer.load_state_dict(resume["optimizer"])
-        rng.bit_generator.state = json.loads(resume["rng"])
-        start, segment = int(resume["iteration"]), int(resume["segment"])
-        played_steps = len(resume["played"])
-        played[:played_steps] = resume["played"].numpy()
+        network.load_state_dict(saved["network"])
+        optimizer.load_state_dict(saved["optimizer"])
+        rng.bit_generator.state = json.loads(saved["rng"])
+        start, segment = int(saved["iteration"]), int(saved["segment"])
+        played_steps = len(saved["played"])
+        played[:played_steps] = saved["played"].numpy()
         drop_rows_after(work / "live", start * config.batch_size)
         print(f"resuming {game} seed {seed} after iteration {start} ({start * config.batch_size} steps)")
-    live = StageLive(str(work / "live"), resume=resume is not None)
+    live = StageLive(str(work / "live"), resume=saved is not None)
     save_at, reset_at = set(config.checkpoint_iterations()), set(config.reset_iterations())
 
     # Rollout storage, allocated once (memory does not grow with training length).
@@ -328,21 +327,4 @@ def _write_resume(work: Path, fingerprint: str, network: nn.Module, optimizer, r
              "played": torch.from_numpy(played.copy()),
              "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},
              "optimizer": optimizer.state_dict(), "rng": json.dumps(rng.bit_generator.state)}
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_bytes(work / "resume.pt", buffer.getvalue())
-
-
-def _read_resume(work: Path, fingerprint: str) -> dict | None:
-    path = work / "resume.pt"
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["format"] != RESUME_FORMAT or state["fingerprint"] != fingerprint:
-            print(f"ignoring {path}: made with other settings; starting from step 0")
-            return None
-    except Exception as err:  # a damaged file: start over rather than stop
-        print(f"ignoring {path}: unreadable ({type(err).__name__}); starting from step 0")
-        return None
-    return state
+    resume.write(work, state)
