@@ -5,6 +5,7 @@ records does not depend on how environments are grouped into worker processes.
 """
 from __future__ import annotations
 
+import multiprocessing
 from typing import Protocol
 
 import numpy as np
@@ -49,7 +50,8 @@ class AgentPolicy:
 
         from atarirep.agents import checkpoints, network, vector_env
 
-        torch.set_num_threads(1)   # one per collecting process; they run side by side
+        if multiprocessing.parent_process() is not None:   # a collecting worker: they run side by side
+            torch.set_num_threads(1)                        # (never changed in the caller's own process)
         self._torch, self._resize, self._choose = torch, vector_env.agent_frames, network.choose_actions
         self._network, _ = checkpoints.load_network(checkpoint)
         if self._network.num_actions != num_actions:

@@ -262,6 +262,7 @@ def test_collect_mode_agent_records_labelled_episodes_with_a_checkpoint(tmp_path
 
     path = tmp_path / "model_7.gz"
     checkpoints.save(path, ActorCritic(4), algo="PPO", protocol="classic", game="Breakout", seed=3, step=7, frames=28)
+    threads = torch.get_num_threads()
     store = collection.collect("Breakout", tmp_path / "agent", steps=600, num_envs=2, min_episode_length=8,
                                splits_fractions={"train": 0.7, "val": 0.1, "test": 0.2}, seed=0,
                                collect_mode="agent", agent_checkpoint=str(path), agent_random_prob=0.2)
@@ -270,6 +271,7 @@ def test_collect_mode_agent_records_labelled_episodes_with_a_checkpoint(tmp_path
     assert meta["agent"] == {"algo": "PPO", "protocol": "classic", "game": "Breakout", "seed": 3, "step": 7,
                              "frames": 28, "random_prob": 0.2}
     assert len(episodes.load(tmp_path / "agent").split("train")) > 0 and store.game == "Breakout"
+    assert torch.get_num_threads() == threads   # collecting in this process leaves its threads alone
     rng = np.random.default_rng(0)
     uniform = AgentPolicy(str(path), 4, rng, random_prob=1.0)
     counts = np.bincount([uniform.act(np.zeros((1, 210, 160), np.uint8), i == 0) for i in range(400)], minlength=4)
