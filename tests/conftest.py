@@ -1,10 +1,17 @@
-"""Shared fixtures: small, real collections of ALE games (session-scoped: collected once per run), a tiny encoder."""
+"""Shared fixtures: small, real collections of ALE games (session-scoped: collected once per run), a tiny encoder,
+and a git + DVC copy of the project after one tiny `dvc repro` (built once per run, copied per test)."""
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
+from atarirep import params
 from atarirep.collection import collect
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -65,3 +72,65 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = {"env": "Breakout",
+        "collect": {"num_envs": 4, "num_workers": 2, "min_episode_length": 16,
+                    "pretrain": {"steps": 800}, "probe": {"steps": 1200}},
+        "pretrain": {"methods": ["random_cnn", "stdim"], "epochs": 1, "batch_size": 16},
+        "probe": {"baselines": ["majority"], "epochs": 2, "patience": 1},
+        "train_agent": {"ppo": {"total_steps": 1024, "num_envs": 4, "num_steps": 128, "checkpoint_every": 512}},
+        "sample_checkpoints": {"keep": 2},
+        "evaluate_agent": {"episodes": 1, "max_steps": 200},
+        "saliency": {"checkpoints": 1, "frames": 3}}
+ROOT_FILES = ("atarirep", "stages", "conf", "dvc.yaml", ".dvcignore", "pyproject.toml")
+
+
+def _run(args, cwd, **kwargs):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(cwd)}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def _merge(base: dict, update: dict) -> dict:
+    return {**base, **{k: _merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in update.items()}}
+
+
+@pytest.fixture(scope="session")
+def built_repo(tmp_path_factory):
+    """A git + DVC copy of this project at tiny default-profile amounts, after one `dvc repro` (committed).
+
+    Returns (root, stdout of that first repro)."""
+    root = tmp_path_factory.mktemp("built") / "repo"
+    root.mkdir()
+    for name in ROOT_FILES:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name,
+                                                           **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                                              if src.is_dir() else {}))
+    default = yaml.safe_load((root / "conf/profile/default.yaml").read_text())
+    (root / "conf/profile/default.yaml").write_text("# @package _global_\n" + yaml.safe_dump(_merge(default, TINY)))
+    (root / "params.yaml").write_text(yaml.safe_dump(params.compose(root / "conf"), sort_keys=False))
+    _run(["git", "init", "-q"], root)
+    _run(["dvc", "init", "-q"], root)
+    _run(["dvc", "config", "core.analytics", "false"], root)
+    _run(["dvc", "config", "hydra.enabled", "true"], root)
+    shutil.copytree(REPO / ".dvc/plots", root / ".dvc/plots")  # the offline plots page
+    _run(["dvc", "config", "plots.html_template", "plots/offline.html"], root)
+    _run(["dvc", "remote", "add", "-d", "local", "../remote"], root)   # beside the repo
+    first = _run(["dvc", "repro"], root, timeout=900)
+    _run(["git", "add", "-A"], root)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], root)
+    return root, first.stdout
+
+
+@pytest.fixture
+def repo(built_repo, tmp_path):
+    """This test's own copy of the built repository (its remote is its own ../remote folder)."""
+    root = tmp_path / "repo"
+    shutil.copytree(built_repo[0], root, symlinks=True)
+    return root

@@ -1,16 +1,14 @@
 """The pipeline as users drive it: `dvc repro`, `dvc exp run -S`, bad params, stale results, plots, and push
-and pull to a local remote and to an S3-compatible server (moto's, started from the registry package).
+and pull to a local remote (tests/test_remote.py: an S3-compatible server).
 
-One tiny `dvc repro` runs once per session; each test gets its own copy of that repository (git, DVC cache,
-outputs), so no test depends on another or on their order."""
+One tiny `dvc repro` runs once per session (the `built_repo` fixture in conftest.py); each test gets its own copy
+of that repository (git, DVC cache, outputs), so no test depends on another or on their order."""
 import ast
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,15 +18,6 @@ from atarirep import params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY = {"env": "Breakout",
-        "collect": {"num_envs": 4, "num_workers": 2, "min_episode_length": 16,
-                    "pretrain": {"steps": 800}, "probe": {"steps": 1200}},
-        "pretrain": {"methods": ["random_cnn", "stdim"], "epochs": 1, "batch_size": 16},
-        "probe": {"baselines": ["majority"], "epochs": 2, "patience": 1},
-        "train_agent": {"ppo": {"total_steps": 1024, "num_envs": 4, "num_steps": 128, "checkpoint_every": 512}},
-        "sample_checkpoints": {"keep": 2},
-        "evaluate_agent": {"episodes": 1, "max_steps": 200},
-        "saliency": {"checkpoints": 1, "frames": 3}}
 AGENT_STAGES = {"train_agent@Breakout-0", "sample_checkpoints@Breakout-0", "evaluate_agent@Breakout",
                 "probe_checkpoints@Breakout", "saliency@Breakout", "report_agents"}
 
@@ -44,49 +33,6 @@ def run(args, cwd, check=True, **kwargs):
 
 def _merge(base: dict, update: dict) -> dict:
     return {**base, **{k: _merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in update.items()}}
-
-
-ROOT_FILES = ("atarirep", "stages", "conf", "dvc.yaml", ".dvcignore", "pyproject.toml")
-
-
-@pytest.fixture(scope="session")
-def built_repo(tmp_path_factory):
-    """A git + DVC copy of this project at tiny default-profile amounts, after one `dvc repro` (committed).
-
-    Returns (root, stdout of that first repro)."""
-    root = tmp_path_factory.mktemp("built") / "repo"
-    root.mkdir()
-    for name in ROOT_FILES:
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name,
-                                                           **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                                              if src.is_dir() else {}))
-    default = yaml.safe_load((root / "conf/profile/default.yaml").read_text())
-    (root / "conf/profile/default.yaml").write_text("# @package _global_\n" + yaml.safe_dump(_merge(default, TINY)))
-    (root / "params.yaml").write_text(yaml.safe_dump(params.compose(root / "conf"), sort_keys=False))
-    run(["git", "init", "-q"], root)
-    run(["dvc", "init", "-q"], root)
-    run(["dvc", "config", "core.analytics", "false"], root)
-    run(["dvc", "config", "hydra.enabled", "true"], root)
-    shutil.copytree(REPO / ".dvc/plots", root / ".dvc/plots")  # the offline plots page
-    run(["dvc", "config", "plots.html_template", "plots/offline.html"], root)
-    run(["dvc", "remote", "add", "-d", "local", "../remote"], root)   # beside the repo
-    first = run(["dvc", "repro"], root, timeout=900)
-    _commit(root, "repro")
-    return root, first.stdout
-
-
-def _commit(root, message):
-    run(["git", "add", "-A"], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], root)
-
-
-@pytest.fixture
-def repo(built_repo, tmp_path):
-    """This test's own copy of the built repository (its remote is its own ../remote folder)."""
-    root = tmp_path / "repo"
-    shutil.copytree(built_repo[0], root, symlinks=True)
-    return root
 
 
 def ran_stages(stdout: str) -> set[str]:
@@ -311,47 +257,3 @@ def test_push_and_pull_through_the_local_remote(repo):
     run(["dvc", "pull"], repo)
     assert (repo / "data/episodes/Breakout/probe/frames.bin").read_bytes() == before
     assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def s3_server():
-    """moto's S3-compatible server on a loopback port, for the life of one test."""
-    port = _free_port()
-    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def test_push_and_pull_through_an_s3_compatible_server(repo, s3_server, monkeypatch):
-    import boto3
-    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    for key, value in creds.items():
-        monkeypatch.setenv(key, value)
-    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="atarirep")
-    run(["dvc", "remote", "add", "-f", "s3", "s3://atarirep/cache"], repo)
-    run(["dvc", "remote", "modify", "s3", "endpointurl", s3_server], repo)
-    run(["dvc", "push", "-r", "s3"], repo)
-    listed = boto3.client("s3", endpoint_url=s3_server).list_objects_v2(Bucket="atarirep")
-    assert listed["KeyCount"] > 0
-    before = (repo / "data/episodes/Breakout/pretrain/steps.csv.gz").read_bytes()
-    shutil.rmtree(repo / "data/episodes")
-    shutil.rmtree(repo / ".dvc/cache")
-    run(["dvc", "pull", "-r", "s3"], repo)
-    assert (repo / "data/episodes/Breakout/pretrain/steps.csv.gz").read_bytes() == before
