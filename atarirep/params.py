@@ -82,6 +82,17 @@ class TrainAgent:
 
 
 @dataclass(frozen=True)
+class Multitask:
+    seed: int                       # shared: each run's seeds derive from it and the run's own seed
+    device: str                     # shared
+    algo: str                       # IMPALA_PopArt (reference) or IMPALA: one plain value output per game
+    games: list[str]                # the games one network plays (reference: 6 games of 6 actions each)
+    seeds: list[int]                # one run per seed (a DVC matrix); the checkpoints' SEED folder
+    full_action_space: bool         # every game plays ALE's 18 actions, so games of other action sets mix
+    impala: dict[str, object]       # keys of train_agent.impala set otherwise here (total_steps: 300M, ...)
+
+
+@dataclass(frozen=True)
 class SampleCheckpoints:
     keep: int                       # checkpoints kept of each run, by the geometric rule (reference: 51 of 200)
 
@@ -130,7 +141,7 @@ class Study:
 
 DATASETS = ("pretrain", "probe")
 SECTIONS = {"collect": Collect, "pretrain": Pretrain, "probe": Probe, "report": Report, "study": Study,
-            "train_agent": TrainAgent, "sample_checkpoints": SampleCheckpoints, "evaluate_agent": EvaluateAgent,
+            "train_agent": TrainAgent, "multitask": Multitask, "sample_checkpoints": SampleCheckpoints, "evaluate_agent": EvaluateAgent,
             "saliency": Saliency}
 SHARED_KEYS = ("env", "seed", "annotations", "device", "profile", "games")
 

@@ -93,6 +93,29 @@ def check_agents(train: params.TrainAgent, sample: params.SampleCheckpoints, eva
                         "and epsilon in [0, 1]")
 
 
+def check_multitask(train: params.TrainAgent, multitask: params.Multitask, sample: params.SampleCheckpoints) -> None:
+    """UserError unless the multi-task runs are well formed: known algo, at least two distinct games written as
+    their ALE names (stage names and paths use them) with ROMs and one action count (or full_action_space),
+    seeds, a valid IMPALA config, and enough checkpoints for sample_checkpoints.keep."""
+    config = impala.multitask_config(train.impala, multitask.impala, algo=multitask.algo, protocol=train.protocol,
+                                     games=multitask.games, full_action_space=multitask.full_action_space)
+    for game in multitask.games:
+        ale_name = envs.resolve_ale_game(game)
+        if game != ale_name:
+            raise UserError(f"params.yaml multitask.games has {game!r}; write its ALE name {ale_name!r} (stage "
+                            "names and data paths are made from it)")
+    _distinct(multitask.games, "multitask.games")
+    impala.check_games(list(multitask.games), config)
+    if not multitask.seeds or min(multitask.seeds) < 0:
+        raise UserError(f"params.yaml multitask.seeds={multitask.seeds} must list seeds >= 0, for example [0]")
+    _distinct([str(s) for s in multitask.seeds], "multitask.seeds")
+    made = len(config.checkpoint_iterations())
+    if not 1 <= sample.keep <= made:
+        raise UserError(f"params.yaml sample_checkpoints.keep={sample.keep} must be between 1 and the {made} "
+                        "checkpoints a multi-task run makes (multitask.impala total_steps / checkpoint_every); "
+                        "lower keep or checkpoint more often")
+
+
 def check(path: str | os.PathLike = "params.yaml") -> params.Study:
     """Every section of `path` loaded and validated; returns the shared keys. UserError (one line) at the
     first problem: a wrong type, an unknown key, a bad range, an unknown game, method or device."""
@@ -115,5 +138,7 @@ def check(path: str | os.PathLike = "params.yaml") -> params.Study:
     check_methods(params.load("pretrain", path), params.load("probe", path), params.load("report", path))
     check_agents(params.load("train_agent", path), params.load("sample_checkpoints", path),
                  params.load("evaluate_agent", path))
+    check_multitask(params.load("train_agent", path), params.load("multitask", path),
+                    params.load("sample_checkpoints", path))
     saliency.check_settings(params.load("saliency", path))
     return study

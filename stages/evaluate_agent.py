@@ -1,10 +1,11 @@
 """evaluate_agent: returns of every sampled checkpoint of one game's runs, under each evaluation protocol.
 
 Writes <out_dir>/returns.csv (game, seed, step, frames, protocol, episode, return), metrics.json (per
-protocol: the last checkpoints' mean return over seeds and episodes, and its human-normalised score)
-and learning_curve.png, all at once.
+protocol: the last checkpoints' mean return over seeds and episodes, and its human-normalised score: null for a
+game without reference scores, such as AirRaid and Carnival) and learning_curve.png, all at once.
 
-The sampled root is one game's ALGO_protocol/GAME folder of SEED/model_STEP.gz files: ours, or a published
+The sampled root is one game's ALGO_protocol/GAME folder of SEED/model_STEP.gz files, or a multi-task run's
+ALGO_protocol/multitask folder (its network plays GAME, one of its games): ours, or a published
 DQN-family run brought in with `dvc import-url <collection>/DQN_modern/Pong/0
 data/checkpoints_sampled/DQN_modern/Pong/0` (its Q-network acts epsilon-greedily; see
 atarirep.agents.checkpoints.load_network for what loads).
@@ -17,33 +18,17 @@ import pandas as pd
 
 from atarirep import devices, params
 from atarirep.agents import checkpoints, evaluation
-from atarirep.annotations import game_key
-from atarirep.envs import get_protocol, resolve_game
-from atarirep.errors import UserError, run_stage
+from atarirep.envs import get_protocol, resolve_ale_game
+from atarirep.errors import run_stage
 from atarirep.io import atomic_dir, write_json
-
-
-def run_folders(root: Path) -> list[tuple[int, Path]]:
-    """[(seed, folder)] of the SEED folders under one game's sampled checkpoints."""
-    if not root.is_dir():
-        raise UserError(f"sampled checkpoints {root} are missing; rerun `dvc repro` for sample_checkpoints "
-                        "or `dvc pull` them")
-    found = sorted((int(p.name), p) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
-    if not found:
-        raise UserError(f"{root} holds no SEED folders (0/, 1/, ...) of sampled checkpoints; point to "
-                        "data/checkpoints_sampled/ALGO_protocol/GAME")
-    return found
 
 
 def checked_checkpoints(root: Path, game: str) -> list[tuple[int, int, int, Path]]:
     """[(seed, step, frames, path)], every file read once first so that a bad one stops the stage at once."""
     found = []
-    for seed, folder in run_folders(root):
-        for step, path in checkpoints.list_run(folder):
-            _, meta = checkpoints.load_network(path)
-            if game_key(meta.get("game", game)) != game_key(game):
-                raise UserError(f"checkpoint {path} is of {meta['game']}, not {game}; point to {game}'s "
-                                "sampled checkpoints")
+    for seed, run in checkpoints.sampled_runs(root).items():
+        for step, path in run:
+            _, meta = checkpoints.load_for_game(path, game)
             # The published files carry no frame count: agent steps x the frame skip of 4.
             found.append((seed, step, int(meta.get("frames", 4 * step)), path))
     return found
@@ -52,13 +37,12 @@ def checked_checkpoints(root: Path, game: str) -> list[tuple[int, int, int, Path
 def main(game: str, sampled_root: str, out_dir: str) -> None:
     p = params.load("evaluate_agent")
     protocols = [get_protocol(name).name for name in p.protocols]   # an unknown one stops here
-    game = resolve_game(game)
-    evaluation.human_normalized(game, 0.0)   # a game without reference scores stops here, not after playing
+    game = resolve_ale_game(game)   # agents play any game with a ROM (AirRaid has no annotations)
     device = devices.resolve(p.device)
     found = checked_checkpoints(Path(sampled_root), game)
     rows = []
     for seed, step, frames, path in found:
-        network, _ = checkpoints.load_network(path)
+        network, _ = checkpoints.load_for_game(path, game)
         network.to(device)
         # Every checkpoint of a run plays from the same starts (common random numbers along its curve).
         eval_seed = int(np.random.SeedSequence([p.seed, seed]).generate_state(1)[0] >> 1)
@@ -74,7 +58,8 @@ def main(game: str, sampled_root: str, out_dir: str) -> None:
     metrics = {}
     for protocol, group in final.groupby("protocol", sort=False):
         mean = float(group["return"].mean())
-        metrics[protocol] = {"mean_return": mean, "human_normalized": evaluation.human_normalized(game, mean),
+        human = evaluation.human_normalized(game, mean) if evaluation.has_reference_scores(game) else None
+        metrics[protocol] = {"mean_return": mean, "human_normalized": human,   # None: no reference scores
                              "seeds": int(group["seed"].nunique()), "episodes": len(group),
                              "step": int(group["step"].max())}
     with atomic_dir(out_dir) as tmp:

@@ -1,11 +1,16 @@
 """report_agents: the trained agents' final returns per game and protocol, and their aggregates over games.
 
+    python stages/report_agents.py EVALUATIONS_ROOT AGENT_PROBES_ROOT MULTITASK_EVALUATIONS_ROOT OUT_DIR
+
 Reads <evaluations_root>/<game>/returns.csv (evaluate_agent) for the games of params `report.games`;
 writes, at once, <out_dir>/returns_by_game.{md,csv} (the last checkpoints' mean return and its
 human-normalised score, per game x protocol), aggregate.{json,md} (IQM, median and mean of
 human-normalised scores over seeds x games with stratified-bootstrap 95% CIs, per protocol),
 learning_curves.png, and training_<game>.png: the return curve above F1 per category of the agent's
 encoder against the same training frames (<agent_probes_root>/<game>/f1_by_category.csv, probe_checkpoints).
+The multi-task run's evaluations (evaluate_multitask, one folder per game of `multitask.games`) give
+multitask_returns_by_game (beside the single-task agent's return where a game is in both),
+multitask_aggregate and multitask_learning_curves.png. Aggregates cover the games with reference scores only.
 """
 from pathlib import Path
 
@@ -60,46 +65,71 @@ def training_figure(returns: pd.DataFrame, curve: pd.DataFrame, game: str) -> Fi
     return fig
 
 
-def main(evaluations_root: str, agent_probes_root: str, out_dir: str) -> None:
+def returns_report(rows: pd.DataFrame, games: list[str], seed: int) -> tuple[pd.DataFrame, dict, str]:
+    """(per game x protocol: the last checkpoints' mean return and its human-normalised score; the aggregate
+    over the games that have reference scores, per protocol (rliable, `evaluation.aggregate`); that aggregate
+    as a Markdown table with its caption)."""
+    final = evaluation.final_returns(rows)
+    protocols = list(dict.fromkeys(final["protocol"]))
+    scored = [game for game in games if evaluation.has_reference_scores(game)]
+    by_game = pd.DataFrame(index=pd.Index(games, name="game"))
+    for protocol in protocols:
+        means = final[final["protocol"] == protocol].groupby("game")["return"].mean().reindex(games)
+        by_game[f"{protocol}_return"] = means
+        by_game[f"{protocol}_human_normalized"] = [evaluation.human_normalized(g, m) if g in scored else float("nan")
+                                                   for g, m in means.items()]
+    caption = ("Human-normalised final returns: estimate [95% CI, stratified bootstrap over seeds, "
+               f"{evaluation.BOOTSTRAP_REPS} resamples]")
+    left_out = [game for game in games if game not in scored]
+    if left_out:
+        caption += f"; {', '.join(left_out)} left out (no random and human reference scores)"
+    if not scored:
+        return by_game, {}, caption + "\n\nNo game has reference scores: no aggregate.\n"
+    scores = {protocol: seed_by_game(final, protocol, scored).to_numpy() for protocol in protocols}
+    summary = evaluation.aggregate(scores, reps=evaluation.BOOTSTRAP_REPS, seed=seed)
+    cells = {protocol: {metric: f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+                        for metric, v in summary[protocol].items() if isinstance(v, dict)}
+             for protocol in protocols}
+    table = pd.DataFrame.from_dict(cells, orient="index").rename_axis("protocol")
+    table["runs x games"] = [f"{summary[p]['runs']} x {summary[p]['games']}" for p in protocols]
+    return by_game, summary, caption + "\n\n" + to_markdown(table)
+
+
+def main(evaluations_root: str, agent_probes_root: str, multitask_root: str, out_dir: str) -> None:
     games = params.load("report").games
+    multitask_games = params.load("multitask").games
     seed = params.load("evaluate_agent").seed
     rows = pd.concat([read_returns(Path(evaluations_root) / game / "returns.csv", game) for game in games],
                      ignore_index=True)
+    multitask_rows = pd.concat([read_returns(Path(multitask_root) / game / "returns.csv", game)
+                                for game in multitask_games], ignore_index=True)
     curves = {}
     for game in games:
         curve_path = Path(agent_probes_root) / game / "f1_by_category.csv"
         if not curve_path.is_file():
             raise UserError(f"{curve_path} is missing; run `dvc repro` for probe_checkpoints@{game}")
         curves[game] = pd.read_csv(curve_path)
-    final = evaluation.final_returns(rows)
-    protocols = list(dict.fromkeys(final["protocol"]))
-
-    by_game = pd.DataFrame(index=pd.Index(games, name="game"))
-    for protocol in protocols:
-        means = final[final["protocol"] == protocol].groupby("game")["return"].mean().reindex(games)
-        by_game[f"{protocol}_return"] = means
-        by_game[f"{protocol}_human_normalized"] = [evaluation.human_normalized(g, m) for g, m in means.items()]
-
-    scores = {protocol: seed_by_game(final, protocol, games).to_numpy() for protocol in protocols}
-    summary = evaluation.aggregate(scores, reps=evaluation.BOOTSTRAP_REPS, seed=seed)
-    cells = {protocol: {metric: f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
-                        for metric, v in summary[protocol].items() if isinstance(v, dict)}
-             for protocol in protocols}
-    aggregate_table = pd.DataFrame.from_dict(cells, orient="index").rename_axis("protocol")
-    aggregate_table["runs x games"] = [f"{summary[p]['runs']} x {summary[p]['games']}" for p in protocols]
+    by_game, summary, aggregate_md = returns_report(rows, games, seed)
+    multitask, multitask_summary, multitask_md = returns_report(multitask_rows, multitask_games, seed)
+    # Beside each multi-task return, the single-task agent's on the same game (when it is also in `games`).
+    for column in [c for c in multitask.columns if c.endswith("_return")]:
+        if column in by_game:
+            multitask[f"{column}_single_task"] = by_game[column].reindex(multitask.index)
 
     with atomic_dir(out_dir) as tmp:
-        (tmp / "returns_by_game.md").write_text(to_markdown(by_game))
-        (tmp / "returns_by_game.csv").write_text(to_csv(by_game))
+        for name, table in (("returns_by_game", by_game), ("multitask_returns_by_game", multitask)):
+            (tmp / f"{name}.md").write_text(to_markdown(table))
+            (tmp / f"{name}.csv").write_text(to_csv(table))
         write_json(tmp / "aggregate.json", summary)
-        (tmp / "aggregate.md").write_text("Human-normalised final returns: estimate [95% CI, stratified bootstrap "
-                                          f"over seeds, {evaluation.BOOTSTRAP_REPS} resamples]\n\n"
-                                          + to_markdown(aggregate_table))
+        (tmp / "aggregate.md").write_text(aggregate_md)
+        write_json(tmp / "multitask_aggregate.json", multitask_summary)
+        (tmp / "multitask_aggregate.md").write_text("One network over all these games (multitask). " + multitask_md)
         evaluation.learning_curve_figure(rows, tmp / "learning_curves.png")
+        evaluation.learning_curve_figure(multitask_rows, tmp / "multitask_learning_curves.png")
         for game, curve in curves.items():
             figure = training_figure(rows[rows["game"] == game], curve, game)
             figure.savefig(tmp / f"training_{game}.png", dpi=120, metadata={"Software": None})
-    print(f"reported {len(games)} games under {', '.join(protocols)} in {out_dir}")
+    print(f"reported {len(games)} games and the multi-task run's {len(multitask_games)} in {out_dir}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import torch
 
 from atarirep import devices, params
 from atarirep.agents import checkpoints, saliency
-from atarirep.envs import get_protocol, resolve_game
-from atarirep.errors import UserError, run_stage
+from atarirep.envs import resolve_ale_game
+from atarirep.errors import run_stage
 from atarirep.io import atomic_dir, write_json
 
 PNG_EVERY = 8        # a still of every 8th kept frame
@@ -35,33 +35,24 @@ def load_params() -> params.Saliency:
 def chosen_checkpoints(root: Path, game: str, count: int) -> list[tuple[int, int, Path]]:
     """[(seed, step, path)] of the last `count` checkpoints of the first seed, each read once first so that a
     bad one stops the stage before any game is played."""
-    if not root.is_dir():
-        raise UserError(f"sampled checkpoints {root} are missing; rerun `dvc repro` for sample_checkpoints "
-                        "or `dvc pull` them")
-    seeds = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
-    if not seeds:
-        raise UserError(f"{root} holds no SEED folders (0/, 1/, ...) of sampled checkpoints; point to "
-                        "data/checkpoints_sampled/ALGO_protocol/GAME")
+    seed, run = next(iter(checkpoints.sampled_runs(root).items()))
     found = []
-    for step, path in checkpoints.list_run(root / str(seeds[0]))[-count:]:
-        _, meta = checkpoints.load_network(path)
-        if meta.get("game", game) != game:
-            raise UserError(f"checkpoint {path} is of {meta['game']}, not {game}; point to {game}'s "
-                            "sampled checkpoints")
-        found.append((seeds[0], step, path))
+    for step, path in run[-count:]:
+        checkpoints.load_for_game(path, game)
+        found.append((seed, step, path))
     return found
 
 
 def main(game: str, sampled_root: str, out_dir: str) -> None:
     p = load_params()
-    game = resolve_game(game)
+    game = resolve_ale_game(game)   # agents play any game with a ROM
     device = devices.resolve(p.device)
     found = chosen_checkpoints(Path(sampled_root), game, p.checkpoints)
     batch_size = 1024 if device.type == "cuda" else saliency.DEFAULT_BATCH
     metrics = {}
     with atomic_dir(out_dir) as tmp:
         for seed, step, path in found:
-            network, _ = checkpoints.load_network(path)
+            network, _ = checkpoints.load_for_game(path, game)   # a multi-task network: game's value output
             network.to(device)
             # The seed evaluate_agent plays this run's games from.
             play_seed = int(np.random.SeedSequence([p.seed, seed]).generate_state(1)[0] >> 1)

@@ -82,6 +82,8 @@ TINY = {"env": "Breakout",
         "pretrain": {"methods": ["random_cnn", "stdim"], "epochs": 1, "batch_size": 16},
         "probe": {"baselines": ["majority"], "epochs": 2, "patience": 1},
         "train_agent": {"ppo": {"total_steps": 1024, "num_envs": 4, "num_steps": 128, "checkpoint_every": 512}},
+        "multitask": {"impala": {"total_steps": 640, "unroll_length": 40, "batch_size": 4, "num_actors": 2,
+                                 "checkpoint_every": 320}},
         "sample_checkpoints": {"keep": 2},
         "evaluate_agent": {"episodes": 1, "max_steps": 200},
         "saliency": {"checkpoints": 1, "frames": 3}}

@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from atarirep import annotations
-from atarirep.agents import checkpoints, evaluation
-from atarirep.agents.network import ActorCritic
+from atarirep.agents import checkpoints, evaluation, impala
+from atarirep.agents.network import ActorCritic, IMPALANet
 from atarirep.agents.vector_env import AgentEnvs
 from atarirep.envs import PROTOCOLS
 from atarirep.errors import UserError
@@ -180,7 +180,10 @@ def test_aggregate_matches_hand_computed_iqm():
 # -- stages ------------------------------------------------------------------------------------------
 PARAMS = {"seed": 0, "device": "cpu", "games": ["Breakout"],
           "evaluate_agent": {"protocols": ["classic", "modern"], "episodes": 2, "epsilon": 0.001, "max_steps": 30},
-          "report": {"methods": [], "baselines": [], "rl_agent": False}}
+          "report": {"methods": [], "baselines": [], "rl_agent": False},
+          # AirRaid (6 actions, no reference scores) beside Breakout (4): one network on ALE's 18 actions
+          "multitask": {"algo": "IMPALA_PopArt", "games": ["Breakout", "AirRaid"], "seeds": [0],
+                        "full_action_space": True, "impala": {}}}
 
 
 def _layout(root: Path, params: dict = PARAMS) -> Path:
@@ -206,6 +209,13 @@ def evaluated(tmp_path_factory):
     _layout(root)
     result = _stage("evaluate_agent", "Breakout", "sampled/Breakout", "evaluations/Breakout", cwd=root)
     assert result.returncode == 0, result.stderr
+    torch.manual_seed(0)
+    network = IMPALANet(18, 2, popart=True, full_action_space=True)
+    impala.save_checkpoint(root / "multitask/0/model_100.gz", network, algo="IMPALA_PopArt", protocol="classic",
+                           games=["Breakout", "AirRaid"], seed=0, step=100, frames=400)
+    for game in ("Breakout", "AirRaid"):
+        played = _stage("evaluate_agent", game, "multitask", f"multitask_evaluations/{game}", cwd=root)
+        assert played.returncode == 0, played.stderr
     return root, result
 
 
@@ -230,13 +240,15 @@ def test_evaluate_agent_stage_writes_returns_metrics_and_curve(evaluated):
 def test_report_agents_stage_writes_tables_aggregates_and_curves(evaluated):
     root, _ = evaluated
     curve = root / "agent_probes" / "Breakout" / "f1_by_category.csv"   # as probe_checkpoints writes it
-    missing = _stage("report_agents", "evaluations", "agent_probes", "reports/agents", cwd=root)
+    missing = _stage("report_agents", "evaluations", "agent_probes", "multitask_evaluations", "reports/agents",
+                     cwd=root)
     assert missing.returncode == 2 and missing.stderr == f"error: {curve.relative_to(root)} is missing; run `dvc repro` " \
         "for probe_checkpoints@Breakout\n" and not (root / "reports" / "agents").exists()
     curve.parent.mkdir(parents=True)
     curve.write_text("seed,step,frames,agent,across_categories\n0,100,400,0.2,0.2\n0,200,800,0.3,0.3\n"
                      "1,100,400,0.4,0.4\n1,200,800,0.5,0.5\n")
-    result = _stage("report_agents", "evaluations", "agent_probes", "reports/agents", cwd=root)
+    result = _stage("report_agents", "evaluations", "agent_probes", "multitask_evaluations", "reports/agents",
+                    cwd=root)
     assert result.returncode == 0, result.stderr
     out = root / "reports" / "agents"
     table = pd.read_csv(out / "returns_by_game.csv", index_col="game")
@@ -251,6 +263,17 @@ def test_report_agents_stage_writes_tables_aggregates_and_curves(evaluated):
     assert "| classic |" in (out / "aggregate.md").read_text() and "| Breakout |" in (out / "returns_by_game.md").read_text()
     assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "training_Breakout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The multi-task run: each game's own return; AirRaid has no reference scores, so the aggregate is Breakout's
+    # alone and says so; beside Breakout's, the single-task agent's return.
+    multitask = pd.read_csv(out / "multitask_returns_by_game.csv", index_col="game")
+    air_raid = json.loads((root / "multitask_evaluations/AirRaid/metrics.json").read_text())
+    assert air_raid["classic"]["human_normalized"] is None
+    assert multitask.loc["AirRaid", "classic_return"] == pytest.approx(air_raid["classic"]["mean_return"], abs=1e-6)
+    assert np.isnan(multitask.loc["AirRaid", "classic_human_normalized"])
+    assert multitask.loc["Breakout", "classic_return_single_task"] == table.loc["Breakout", "classic_return"]
+    assert json.loads((out / "multitask_aggregate.json").read_text())["modern"]["games"] == 1
+    assert "AirRaid left out (no random and human reference scores)" in (out / "multitask_aggregate.md").read_text()
+    assert (out / "multitask_learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _truncate(sampled: Path) -> str:
@@ -262,7 +285,7 @@ def _truncate(sampled: Path) -> str:
 def _foreign(sampled: Path) -> str:
     checkpoints.save(sampled / "0" / "model_200.gz", _network(6), algo="PPO", protocol="classic", game="Pong",
                      seed=0, step=200, frames=800)
-    return "error: checkpoint sampled/Breakout/0/model_200.gz is of Pong, not Breakout"
+    return "error: checkpoint sampled/Breakout/0/model_200.gz was trained on Pong, not Breakout"
 
 
 @pytest.mark.parametrize("damage, params", [

@@ -141,16 +141,16 @@ def test_a_truncated_checkpoint_stops_the_stage_in_one_line_with_nothing_written
 
 def test_bad_layouts_and_a_checkpoint_of_another_game_are_refused_in_one_line(breakout_probe_dir, tmp_path):
     with pytest.raises(UserError) as err:
-        probing.sampled_checkpoints(tmp_path / "absent")
-    assert str(err.value).startswith(f"sampled checkpoint folder {tmp_path / 'absent'} is missing")
+        checkpoints.sampled_runs(tmp_path / "absent")
+    assert str(err.value).startswith(f"sampled checkpoints {tmp_path / 'absent'} are missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError) as err:
-        probing.sampled_checkpoints(tmp_path / "empty")
+        checkpoints.sampled_runs(tmp_path / "empty")
     assert "holds no SEED folders" in str(err.value)
     checkpoints.save(tmp_path / "model_8.gz", ActorCritic(6), algo="PPO", protocol="classic", game="Pong", seed=0,
                      step=8, frames=32)
     with pytest.raises(UserError) as err:
         probing.probe_checkpoint(tmp_path / "model_8.gz", breakout_probe_dir, **PROBE)
-    assert str(err.value) == (f"checkpoint {tmp_path / 'model_8.gz'} was trained on Pong but the game of episodes "
-                              f"{breakout_probe_dir} is Breakout; probe the checkpoints of Breakout "
-                              "(data/checkpoints_sampled/<ALGO_protocol>/Breakout)")
+    assert str(err.value) == (f"checkpoint {tmp_path / 'model_8.gz'} was trained on Pong, not Breakout; point to "
+                              "sampled checkpoints of Breakout (data/checkpoints_sampled/<ALGO_protocol>/Breakout, or "
+                              "a multi-task run's that lists Breakout in multitask.games)")

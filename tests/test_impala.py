@@ -4,6 +4,7 @@ multi-task run's), a dead actor stops the run within seconds with a UserError na
 resumes from its last checkpoint, and games whose action counts differ are refused. Tiny settings: 2 actors,
 unrolls of 8, 2 unrolls a learner step; ~25 s in all on 2 shared cores, ~5 s of it the actors' forkserver
 starting once (it imports torch and this package; actors then fork from it in well under a second)."""
+import dataclasses
 import gzip
 import io
 import re
@@ -13,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from atarirep.agents import checkpoints, impala
-from atarirep.agents.network import ActorCritic
+from atarirep.agents import checkpoints, evaluation, impala, saliency
+from atarirep.agents.network import ActorCritic, IMPALANet, OneGame
 from atarirep.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -60,7 +61,7 @@ def test_a_multi_task_run_keeps_each_games_popart_statistics_and_value_output(tm
     state = payload["estimator_state"]
     assert payload["games"] == ["Pong", "SpaceInvaders"] and payload["game"] == "Pong+SpaceInvaders"
     assert payload["architecture"] == {"name": "impala_actor_critic", "num_actions": 6, "encoder": "nature",
-                                       "num_tasks": 2, "popart": True}
+                                       "num_tasks": 2, "popart": True, "full_action_space": False}
     assert state["actor.weight"].shape == (6, 512)                # one policy for both games
     assert state["critic.linear.weight"].shape == (2, 512)        # one value output per game
     for key in ("critic.mu", "critic.nu", "critic.sigma"):
@@ -114,6 +115,84 @@ def test_games_with_different_action_counts_are_refused_before_any_actor_starts(
         impala.train(["Pong", "SpaceInvaders", "DemonAttack"], 0, tmp_path / "out", tmp_path / "logs", TINY,
                      device="cpu")
     assert not (tmp_path / "out").exists()
+
+
+def _multi_task_checkpoint(path, games, num_actions=6, full_action_space=False) -> IMPALANet:
+    torch.manual_seed(0)
+    network = IMPALANet(num_actions, len(games), popart=True, full_action_space=full_action_space)
+    with torch.no_grad():   # statistics far from their start, so that each game's value is its own
+        network.critic.mu.copy_(torch.linspace(-3.0, 3.0, len(games)))
+        network.critic.sigma.copy_(torch.linspace(2.0, 5.0, len(games)))
+        network.critic.nu.copy_(network.critic.sigma ** 2 + network.critic.mu ** 2)
+    impala.save_checkpoint(path, network, algo="IMPALA_PopArt", protocol="classic", games=games, seed=0, step=8,
+                           frames=32)
+    return network.eval()
+
+
+def test_a_multi_task_checkpoint_plays_and_is_shown_per_game_with_that_games_value(tmp_path):
+    path = tmp_path / "IMPALA_PopArt_classic/multitask/0/model_8.gz"
+    network = _multi_task_checkpoint(path, ["Pong", "SpaceInvaders"])
+    obs = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    logits, values = network(obs)
+    views = []
+    for task, game in enumerate(["Pong", "SpaceInvaders"]):
+        view, meta = checkpoints.load_for_game(path, game)
+        assert isinstance(view, OneGame) and meta["games"] == ["Pong", "SpaceInvaders"]
+        view_logits, view_values = view(obs)
+        torch.testing.assert_close(view_logits, logits)           # one policy for every game
+        torch.testing.assert_close(view_values, values[:, task])  # this game's value, in its reward's scale
+        views.append(view)
+    with pytest.raises(UserError, match=r"trained on Pong\+SpaceInvaders, not Breakout; point to"):
+        checkpoints.load_for_game(path, "Breakout")
+    # Evaluation plays each game with the shared policy.
+    returns = evaluation.evaluate(views[1], "SpaceInvaders", "classic", episodes=1, epsilon=0.0, max_steps=40,
+                                  seed=0)
+    assert len(returns) == 1 and returns[0] >= 0
+    # Saliency: the same policy map for both games, each value map from its own head; a point's value score
+    # is 0.5 (V_game(perturbed) - V_game(stack))^2, the whole perturbed stack through the network.
+    stacks = obs[:1].numpy()
+    (p0, v0), (p1, v1) = (saliency.saliency_grids(view, stacks, stride=12) for view in views)
+    torch.testing.assert_close(p0, p1)
+    assert not torch.allclose(v0, v1)
+    images = obs[:1].float() / 255
+    masks = saliency.mask_factors(84, torch.tensor([36]), 2)[:, :, None] * saliency.mask_factors(
+        84, torch.tensor([48]), 2)[:, None, :]
+    perturbed = saliency.perturb(images, saliency.gaussian_blur(images), masks)
+    with torch.no_grad():
+        expected = 0.5 * (network(perturbed)[1][0, 1] - values[0, 1]) ** 2
+    torch.testing.assert_close(v1[0, 3, 4], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_full_action_space_lets_games_of_other_action_sets_share_one_network(tmp_path):
+    config = dataclasses.replace(TINY, full_action_space=True)
+    assert impala.check_games(["Breakout", "Pong"], config) == (["Breakout", "Pong"], 18)
+    path = tmp_path / "model_8.gz"
+    _multi_task_checkpoint(path, ["Breakout", "Pong"], num_actions=18, full_action_space=True)
+    view, meta = checkpoints.load_for_game(path, "Breakout")
+    assert view.num_actions == 18 and view.full_action_space and meta["architecture"]["full_action_space"]
+    returns = evaluation.evaluate(view, "Breakout", "classic", episodes=1, epsilon=0.0, max_steps=40, seed=0)
+    assert len(returns) == 1                                      # Breakout played with all 18 actions
+    with pytest.raises(UserError, match="or set multitask.full_action_space: true"):
+        impala.check_games(["Breakout", "Pong"], TINY)
+
+
+def test_multitask_params_are_checked_in_one_line():
+    base = {"total_steps": 1280, "batch_size": 4, "num_actors": 2, "checkpoint_every": 640}
+    config = impala.multitask_config(base, {"popart_beta": 0.001}, algo="IMPALA_PopArt", protocol="classic",
+                                     games=["Pong", "SpaceInvaders"], full_action_space=False)
+    assert config.popart and config.games == ("Pong", "SpaceInvaders") and config.popart_beta == 0.001
+    plain = impala.multitask_config(base, {}, algo="IMPALA", protocol="classic", games=["Pong", "SpaceInvaders"],
+                                    full_action_space=False)
+    assert not plain.popart
+    for overrides, algo, games, message in [
+            ({}, "PopArt", ["Pong", "SpaceInvaders"], "multitask.algo='PopArt' is unknown; use one of IMPALA_PopArt"),
+            ({}, "IMPALA_PopArt", ["Pong"], "multitask.games=['Pong'] must list at least two games"),
+            ({"games": ["Pong"]}, "IMPALA_PopArt", ["Pong", "SpaceInvaders"], "multitask.impala sets games"),
+            ({"total_steps": 0}, "IMPALA_PopArt", ["Pong", "SpaceInvaders"],
+             "multitask.impala (over train_agent.impala).total_steps is 0")]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            impala.multitask_config(base, overrides, algo=algo, protocol="classic", games=games,
+                                    full_action_space=False)
 
 
 def test_the_impala_resnet_learns_on_a_batch_and_its_checkpoint_loads_back(tmp_path):

@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 AGENT_STAGES = {"train_agent@Breakout-0", "sample_checkpoints@Breakout-0", "evaluate_agent@Breakout",
                 "probe_checkpoints@Breakout", "saliency@Breakout", "report_agents"}
+MULTITASK_STAGES = {"train_multitask@0", "sample_multitask@0", "evaluate_multitask@Pong",
+                    "evaluate_multitask@SpaceInvaders", "saliency_multitask@Pong", "saliency_multitask@SpaceInvaders"}
 
 
 def run(args, cwd, check=True, **kwargs):
@@ -116,12 +118,33 @@ def test_every_stage_depends_on_all_the_code_it_reads():
         assert not uncovered, f"stage {name} reads {uncovered} but does not list them as deps"
 
 
+def _declared(stage: dict) -> list[str]:
+    """A stage's deps and outs (metrics and plots included), as paths."""
+    paths = list(stage.get("deps", []))
+    for kind in ("outs", "metrics", "plots"):
+        paths += [next(iter(entry)) if isinstance(entry, dict) else entry for entry in stage.get(kind, [])]
+    return paths
+
+
+def test_every_data_path_a_stage_command_names_is_a_dep_or_an_out():
+    """A file a stage reads but does not declare would not rerun it when it changes (the probe stage once read
+    its encoder undeclared), and would not order it after the stage that writes it."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        declared = [Path(p) for p in _declared(stage)]
+        for token in stage["cmd"].split():
+            if token.startswith(("data/", "reports/")):
+                path = Path(token)
+                assert any(path == d or d in path.parents or path in d.parents for d in declared), \
+                    f"stage {name} names {token} in its command but not among its deps or outs"
+
+
 def test_dvc_repro_runs_the_whole_chain_then_is_a_no_op(repo, built_repo):
     first = built_repo[1]
     assert ran_stages(first) == {"check_params", "collect_policy@Breakout", "collect@Breakout-pretrain",
                                  "collect@Breakout-probe", "pretrain@Breakout-random_cnn", "pretrain@Breakout-stdim",
                                  "probe@Breakout-random_cnn", "probe@Breakout-stdim",
-                                 "probe_baseline@Breakout-majority", "report", *AGENT_STAGES}
+                                 "probe_baseline@Breakout-majority", "report", *AGENT_STAGES, *MULTITASK_STAGES}
     assert first.index("Running stage 'check_params'") < first.index("Running stage 'collect@")
     summary = json.loads((repo / "reports/collect/Breakout/probe.json").read_text())
     assert summary["game"] == "Breakout" and summary["test_frames"] > 0
@@ -133,6 +156,26 @@ def test_dvc_repro_runs_the_whole_chain_then_is_a_no_op(repo, built_repo):
     assert "didn't change" in second.stdout and "Running stage" not in second.stdout
     metrics = run(["dvc", "metrics", "show", "--json"], repo)
     assert "train_frames" in metrics.stdout and "across_categories" in metrics.stdout
+
+
+def test_the_multi_task_run_is_sampled_evaluated_and_shown_per_game(repo):
+    from atarirep.agents import checkpoints
+    from atarirep.agents.network import OneGame
+
+    sampled = repo / "data/checkpoints_sampled/IMPALA_PopArt_classic/multitask"
+    assert [step for step, _ in checkpoints.list_run(sampled / "0")] == [320, 640]
+    for task, game in enumerate(["Pong", "SpaceInvaders"]):
+        network, meta = checkpoints.load_for_game(sampled / "0/model_640.gz", game)
+        assert isinstance(network, OneGame) and network.task == task and meta["algo"] == "IMPALA_PopArt"
+        assert meta["games"] == ["Pong", "SpaceInvaders"] and network.network.popart
+        returns = (repo / f"data/multitask/evaluations/{game}/returns.csv").read_text().splitlines()
+        assert len(returns) == 1 + 2 * 2                         # 2 checkpoints x 2 protocols x 1 game
+        assert (repo / f"data/multitask/saliency/{game}/0/model_640/episode.gif").is_file()
+    logs = repo / "data/multitask/agents/0/train/plots/metrics"
+    assert (logs / "popart/sigma/Pong.tsv").is_file() and (logs / "popart/sigma/SpaceInvaders.tsv").is_file()
+    table = (repo / "reports/agents/multitask_returns_by_game.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in table[1:]] == ["Pong", "SpaceInvaders"]
+    assert json.loads((repo / "reports/agents/multitask_aggregate.json").read_text())["classic"]["games"] == 2
 
 
 def test_changing_a_probe_param_reruns_only_probe_and_report(repo):

@@ -210,7 +210,7 @@ def _truncate(sampled: Path) -> str:
 def _foreign(sampled: Path) -> str:
     checkpoints.save(sampled / "0" / "model_100.gz", ActorCritic(6), algo="PPO", protocol="classic", game="Pong",
                      seed=0, step=100, frames=400)
-    return "error: checkpoint sampled/Breakout/0/model_100.gz is of Pong, not Breakout"
+    return "error: checkpoint sampled/Breakout/0/model_100.gz was trained on Pong, not Breakout"
 
 
 def _missing(sampled: Path) -> str:

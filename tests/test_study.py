@@ -35,6 +35,14 @@ def test_both_profiles_pass(tmp_path, profile):
     (["probe.lr=0"], "params.yaml probe.lr=0.0 must be positive"),
     (["collect.probe.splits.test=0.3"], "split fractions {'train': 0.7, 'val': 0.1, 'test': 0.3} must be positive"),
     (["device=tpu"], "params.yaml device='tpu' must be one of auto, cpu, cuda"),
+    (["multitask.algo=PopArt"], "params.yaml multitask.algo='PopArt' is unknown; use one of IMPALA_PopArt, IMPALA"),
+    (["multitask.games=[Pong,Breakout]"], "IMPALA multi-task games must have the same number of actions (the "
+                                          "policy head is shared), but they have Pong 6, Breakout 4;"),
+    (["multitask.games=[Pong,pong]"], "params.yaml multitask.games has 'pong'; write its ALE name 'Pong'"),
+    (["multitask.seeds=[]"], "params.yaml multitask.seeds=[] must list seeds >= 0"),
+    (["+multitask.impala.lr=2"], "multitask.impala (over train_agent.impala).lr must be in (0, 1)"),
+    (["sample_checkpoints.keep=9", "train_agent.ppo.checkpoint_every=1024"],
+     "params.yaml sample_checkpoints.keep=9 must be between 1 and the 8 checkpoints a multi-task run makes"),
 ])
 def test_each_bad_value_is_one_line_naming_it(tmp_path, overrides, message):
     with pytest.raises(UserError) as err:

@@ -31,12 +31,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from atarirep.agents.network import C51_SUPPORT, MAX_ACTIONS, ActorCritic, QNetwork, network_from, num_actions_of
+from atarirep.agents.network import (C51_SUPPORT, MAX_ACTIONS, ActorCritic, IMPALANet, OneGame, QNetwork,
+                                     network_from, num_actions_of)
+from atarirep.annotations import game_key
 from atarirep.errors import UserError
 from atarirep.io import write_bytes
 
 FORMAT = "atarirep-agent/1"
-ALGORITHMS = ("PPO", "IMPALA")
+ALGORITHMS = ("PPO", "IMPALA")                     # train_agent: one run per game
+MULTITASK_ALGORITHMS = ("IMPALA_PopArt", "IMPALA")  # train_multitask: one run over several games (PopArt or not)
 FILE_PATTERN = re.compile(r"^model_(\d+)\.gz$")
 FRAME_SKIP = 4      # every protocol's agent step is 4 frames: the published files' step x 4 is their frame count
 # The Nature CNN's weights in order (conv 8x8 s4, conv 4x4 s2, conv 3x3 s1, linear), then a head on its 512 features.
@@ -120,6 +123,21 @@ def load_network(path: str | os.PathLike, *, atoms: int | None = None) -> tuple[
         payload["frames"] = FRAME_SKIP * payload["step"]
     payload.setdefault("architecture", _architecture(network))
     return network.eval(), payload
+
+
+def load_for_game(path: str | os.PathLike, game: str) -> tuple[ActorCritic | QNetwork | IMPALANet | OneGame, dict]:
+    """load_network's (network, keys) for playing or probing `game`: a multi-task network's view with `game`'s
+    value output (`OneGame`); UserError when the checkpoint was not trained on `game` (its `games`, or `game`)."""
+    network, meta = load_network(path)
+    games = meta.get("games") or [meta.get("game", game)]
+    keys = [game_key(name) for name in games]
+    if game_key(game) not in keys:
+        raise UserError(f"checkpoint {path} was trained on {'+'.join(games)}, not {game}; point to sampled "
+                        f"checkpoints of {game} (data/checkpoints_sampled/<ALGO_protocol>/{game}, or a multi-task "
+                        f"run's that lists {game} in multitask.games)")
+    if isinstance(network, IMPALANet) and network.num_tasks > 1:
+        network = OneGame(network, keys.index(game_key(game))).eval()
+    return network, meta
 
 
 def layout_meta(path: str | os.PathLike) -> dict:
@@ -254,6 +272,21 @@ def list_run(folder: str | os.PathLike) -> list[tuple[int, Path]]:
     if not found:
         raise UserError(f"checkpoint folder {folder} holds no model_STEP.gz files; {_FIX}")
     return found
+
+
+def sampled_runs(root: str | os.PathLike) -> dict[int, list[tuple[int, Path]]]:
+    """{seed: [(step, path)] by step} of `root/SEED/model_STEP.gz` (one game's, or one multi-task run's, sampled
+    runs: data/checkpoints_sampled/ALGO_protocol/GAME), seeds in order; UserError if `root` is missing or holds
+    no seed folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"sampled checkpoints {root} are missing; rerun `dvc repro` for the stage that samples "
+                        "them (sample_checkpoints, sample_multitask) or `dvc pull` them")
+    seeds = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    if not seeds:
+        raise UserError(f"{root} holds no SEED folders (0/, 1/, ...) of sampled checkpoints; point to "
+                        "data/checkpoints_sampled/ALGO_protocol/GAME")
+    return {seed: list_run(root / str(seed)) for seed in seeds}
 
 
 def geometric_indices(n: int, keep: int) -> list[int]:

@@ -45,7 +45,8 @@ def evaluate(network: nn.Module, game: str, protocol: str, *, episodes: int, eps
     longer games in any case). Deterministic for a seed on CPU: the envs' no-ops and sticky actions
     follow `seed`, and so does the numpy generator that draws the actions.
     """
-    envs = AgentEnvs(game, episodes, protocol, training=False, num_threads=min(episodes, os.cpu_count() or 1))
+    envs = AgentEnvs(game, episodes, protocol, training=False, num_threads=min(episodes, os.cpu_count() or 1),
+                     full_action_space=network.full_action_space)
     try:
         if envs.num_actions != network.num_actions:
             raise UserError(f"the network has {network.num_actions} actions but {envs.game} has {envs.num_actions}; "
@@ -79,6 +80,11 @@ def reference_scores() -> dict[str, tuple[float, float]]:
     """ALE name -> (random score, human score) of the 57 games."""
     text = resources.files("atarirep.data").joinpath("atari_scores.yaml").read_text()
     return {name: (float(v["random"]), float(v["human"])) for name, v in yaml.safe_load(text).items()}
+
+
+def has_reference_scores(game: str) -> bool:
+    """Whether `game` (any spelling) has random and human scores (the 57 games; AirRaid and Carnival have none)."""
+    return game_key(game) in {game_key(name) for name in reference_scores()}
 
 
 def human_normalized(game: str, score):

@@ -23,7 +23,8 @@ one output per game, and with `popart` (the default) those outputs are PopArt-no
 (atarirep.agents.popart): V-trace runs in the reward's scale, the baseline loss and the policy gradient's
 advantages in the normalised one, and each game's statistics move after every learner step. They are
 buffers of the network, so checkpoints and the resume file keep them. Every game must have the same
-action count (the reference set AirRaid, Carnival, DemonAttack, NameThisGame, Pong, SpaceInvaders has 6).
+action count (the reference set AirRaid, Carnival, DemonAttack, NameThisGame, Pong, SpaceInvaders has 6),
+unless `full_action_space` has every game play ALE's 18 actions (a game ignores those it lacks).
 
 What this adds to the single file, as atarirep.agents.ppo does: a checkpoint every `checkpoint_every` agent
 steps (the steps the learner has trained on) in the published format and layout, logs through dvclive, and
@@ -46,7 +47,6 @@ import json
 import math
 import os
 import queue
-import shutil
 import signal
 import time
 import traceback
@@ -64,10 +64,9 @@ from atarirep.agents.checkpoints import run_seed
 from atarirep.agents.network import IMPALANet, network_from
 from atarirep.agents.vector_env import STACK, AGENT_FRAME, AgentEnvs
 from atarirep.agents.vtrace import action_log_probs, log_rhos, vtrace
-from atarirep.encoders import ImpalaCNN, NatureCNN, _init_orthogonal, preprocess
 from atarirep.envs import get_protocol
 from atarirep.errors import UserError
-from atarirep.io import atomic_dir, write_bytes
+from atarirep.io import write_bytes
 from atarirep.live import StageLive, drop_rows_after
 
 RESUME_FORMAT = "atarirep-impala-resume/1"
@@ -100,6 +99,7 @@ class IMPALAConfig:
     games: tuple[str, ...] = ()       # a multi-task run's games (the stage passes them to train); empty: one game
     popart: bool = True               # multi-task: PopArt-normalised values (a single game has a plain value head)
     popart_beta: float = 3e-4
+    full_action_space: bool = False   # every game plays ALE's 18 actions: games of different action sets can mix
 
     @property
     def steps_per_update(self) -> int:
@@ -113,25 +113,26 @@ class IMPALAConfig:
     def buffers(self) -> int:
         return self.num_buffers or max(2 * self.num_actors, self.batch_size)
 
-    def check(self) -> None:
+    def check(self, where: str = "train_agent.impala") -> None:
+        """UserError (naming the params as `where`.key) for a value out of range."""
         get_protocol(self.protocol)
         for name in ("total_steps", "unroll_length", "batch_size", "num_actors", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise UserError(f"train_agent.impala.{name} is {getattr(self, name)}; it must be at least 1")
+                raise UserError(f"{where}.{name} is {getattr(self, name)}; it must be at least 1")
         if self.num_buffers and self.num_buffers < max(self.batch_size, self.num_actors):
-            raise UserError(f"train_agent.impala.num_buffers {self.num_buffers} is less than batch_size "
+            raise UserError(f"{where}.num_buffers {self.num_buffers} is less than batch_size "
                             f"({self.batch_size}) or num_actors ({self.num_actors}); raise it, or set 0 for "
                             f"max(2 x num_actors, batch_size)")
         if self.iterations < 1:
-            raise UserError(f"train_agent.impala.total_steps {self.total_steps} is less than one learner step "
+            raise UserError(f"{where}.total_steps {self.total_steps} is less than one learner step "
                             f"({self.steps_per_update} steps: unroll_length x batch_size); raise it")
         if self.architecture not in ARCHITECTURES:
-            raise UserError(f"train_agent.impala.architecture {self.architecture!r} is unknown; use one of "
+            raise UserError(f"{where}.architecture {self.architecture!r} is unknown; use one of "
                             f"{', '.join(ARCHITECTURES)}")
         if not 0 < self.lr < 1 or not 0 < self.discount <= 1 or not 0 <= self.popart_beta <= 1:
-            raise UserError("train_agent.impala.lr must be in (0, 1), discount in (0, 1], popart_beta in [0, 1]")
+            raise UserError(f"{where}.lr must be in (0, 1), discount in (0, 1], popart_beta in [0, 1]")
         if self.rho_bar <= 0 or self.c_bar <= 0:
-            raise UserError("train_agent.impala.rho_bar and c_bar must be positive (reference: 1)")
+            raise UserError(f"{where}.rho_bar and c_bar must be positive (reference: 1)")
 
     def checkpoint_iterations(self) -> list[int]:
         """The learner steps after which a checkpoint is written: the first to reach each multiple of
@@ -141,28 +142,48 @@ class IMPALAConfig:
         return sorted({m for m in marks if m < self.iterations} | {self.iterations})
 
 
-def config_from(mapping: dict) -> IMPALAConfig:
-    """An IMPALAConfig from params (train_agent.impala); UserError for an unknown key or a value of the wrong type."""
+def config_from(mapping: dict, where: str = "train_agent.impala") -> IMPALAConfig:
+    """An IMPALAConfig from params (`where`: train_agent.impala); UserError for an unknown key or a value of the
+    wrong type."""
     fields = {f.name: f for f in dataclasses.fields(IMPALAConfig)}
     unknown = sorted(set(mapping) - set(fields))
     if unknown:
-        raise UserError(f"params.yaml train_agent.impala has unknown keys {', '.join(unknown)}; known keys are "
+        raise UserError(f"params.yaml {where} has unknown keys {', '.join(unknown)}; known keys are "
                         f"{', '.join(fields)}")
     values = {}
     for name, value in mapping.items():
         kind = type(fields[name].default)
         if kind is tuple:   # games: a list of names in YAML
             if not isinstance(value, (list, tuple)) or not all(isinstance(g, str) for g in value):
-                raise UserError(f"params.yaml train_agent.impala.{name}={value!r} must be a list of game names")
+                raise UserError(f"params.yaml {where}.{name}={value!r} must be a list of game names")
             value = tuple(value)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise UserError(f"params.yaml train_agent.impala.{name}={value!r} must be of type {kind.__name__}")
+            raise UserError(f"params.yaml {where}.{name}={value!r} must be of type {kind.__name__}")
         values[name] = value
     config = IMPALAConfig(**values)
-    config.check()
+    config.check(where)
     return config
+
+
+def multitask_config(base: dict, overrides: dict, *, algo: str, protocol: str, games: list[str],
+                     full_action_space: bool) -> IMPALAConfig:
+    """train_multitask's config: train_agent.impala (`base`) with multitask.impala's keys (`overrides`) over it,
+    PopArt when `algo` is IMPALA_PopArt (IMPALA: one plain value output per game, the ablation)."""
+    if algo not in checkpoints.MULTITASK_ALGORITHMS:
+        raise UserError(f"params.yaml multitask.algo={algo!r} is unknown; use one of "
+                        f"{', '.join(checkpoints.MULTITASK_ALGORITHMS)}")
+    if len(games) < 2:
+        raise UserError(f"params.yaml multitask.games={games} must list at least two games (one game: train_agent "
+                        "with algo IMPALA)")
+    fixed = {"protocol": protocol, "games": list(games), "popart": algo == "IMPALA_PopArt",
+             "full_action_space": full_action_space}
+    clash = sorted(set(overrides) & set(fixed))
+    if clash:
+        raise UserError(f"params.yaml multitask.impala sets {', '.join(clash)}, which multitask sets itself "
+                        "(algo, games, full_action_space; the protocol is train_agent.protocol); drop them")
+    return config_from({**base, **overrides, **fixed}, where="multitask.impala (over train_agent.impala)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -216,8 +237,10 @@ def act(actor: int, game: str, task: int, config: IMPALAConfig, seed: int, spec:
     `fault` = (actor, unrolls, "raise" or "kill") makes that actor fail after that many unrolls (tests)."""
     try:
         torch.set_num_threads(1)    # many actors share the cores; one forward pass of one stack each step
-        envs = AgentEnvs(game, 1, config.protocol, training=True, num_threads=1)
-        model = IMPALANet(spec["num_actions"], spec["num_tasks"], spec["encoder"], spec["popart"])
+        envs = AgentEnvs(game, 1, config.protocol, training=True, num_threads=1,
+                         full_action_space=config.full_action_space)
+        model = IMPALANet(spec["num_actions"], spec["num_tasks"], spec["encoder"], spec["popart"],
+                          spec["full_action_space"])
         model = model.to(memory_format=torch.channels_last)
         rng = np.random.default_rng(seed)
         obs = torch.from_numpy(envs.reset(int(rng.integers(2**31 - 2**16))))
@@ -386,22 +409,22 @@ def train(games: str | list[str], seed: int, out_dir: str | os.PathLike, log_dir
     games = [games] if isinstance(games, str) else list(games)
     device_ = devices.resolve(device)
     out_dir, log_dir = Path(out_dir), Path(log_dir)
-    work = out_dir.with_name(f".{out_dir.name}.partial")
-    games, num_actions = _check_games(games, config)
+    work = resume.work_folder(out_dir)
+    games, num_actions = check_games(games, config)
     multi = len(games) > 1
     fingerprint = json.dumps({"games": games, "seed": seed, "study_seed": study_seed, "algo": algo,
                               **asdict(config)}, sort_keys=True)
     seeded = run_seed(study_seed, seed)
     torch.manual_seed(seeded)
-    network = IMPALANet(num_actions, len(games), config.architecture, popart=multi and config.popart)
+    network = IMPALANet(num_actions, len(games), config.architecture, popart=multi and config.popart,
+                        full_action_space=config.full_action_space)
     network = network.to(device_, memory_format=torch.channels_last)
     optimizer = torch.optim.RMSprop(network.parameters(), lr=config.lr, alpha=config.rmsprop_alpha,
                                     eps=config.rmsprop_eps, momentum=config.rmsprop_momentum)
     start = 0
     saved = resume.read(work, RESUME_FORMAT, fingerprint)
     if saved is None:
-        shutil.rmtree(work, ignore_errors=True)
-        (work / "checkpoints").mkdir(parents=True)
+        resume.start_over(work)
     else:
         network.load_state_dict(saved["network"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -428,14 +451,19 @@ def train(games: str | list[str], seed: int, out_dir: str | os.PathLike, log_dir
             batch = {key: value if key == "task" else value.transpose(0, 1) for key, value in batch.items()}
 
             # 2. V-trace and one RMSprop step; the actors see the new weights from their next unroll.
-            stats = learn(network, optimizer, config, batch)
+            learning = time.perf_counter()
+            stats = learn(network, optimizer, config, batch)   # its .item() calls wait for a GPU to finish
             actors.publish(network)
+            learned = time.perf_counter()
 
             # 3. Log (each game's returns apart), checkpoint, report.
             global_step = iteration * config.steps_per_update
             live.step = global_step
             metrics = {**{f"losses/{k}": v for k, v in stats.items()}, "charts/lr": optimizer.param_groups[0]["lr"],
-                       "charts/steps_per_s": config.steps_per_update / (time.perf_counter() - started)}
+                       "charts/steps_per_s": config.steps_per_update / (time.perf_counter() - started),
+                       # the share of the step the learner computed rather than waited for unrolls (1: the
+                       # actors keep up, the learner is the bottleneck)
+                       "charts/learner_utilisation": (learned - learning) / (learned - started)}
             metrics.update(_episode_metrics(batch, games))
             if network.popart:
                 for task, game in enumerate(games):
@@ -457,13 +485,7 @@ def train(games: str | list[str], seed: int, out_dir: str | os.PathLike, log_dir
         actors.stop()
     live.end()
 
-    # Finished: the logs and the checkpoints replace the stage's outputs whole.
-    with atomic_dir(log_dir) as tmp:
-        shutil.copytree(work / "live", tmp, dirs_exist_ok=True)
-    with atomic_dir(out_dir) as tmp:
-        for path in (work / "checkpoints").iterdir():
-            os.replace(path, tmp / path.name)
-    shutil.rmtree(work, ignore_errors=True)
+    resume.finish(work, out_dir, log_dir)   # logs and checkpoints replace the stage's outputs whole
     return out_dir
 
 
@@ -509,14 +531,15 @@ def learn(network: IMPALANet, optimizer: torch.optim.Optimizer, config: IMPALACo
             "entropy": entropy.mean().item(), "grad_norm": grad_norm.item()}
 
 
-def _check_games(games: list[str], config: IMPALAConfig) -> tuple[list[str], int]:
+def check_games(games: list[str], config: IMPALAConfig) -> tuple[list[str], int]:
     """The games' ALE names and their common action count; UserError for a repeat, fewer actors than games,
-    or games whose action counts differ (the policy head is shared)."""
+    or games whose action counts differ (the policy head is shared) unless config.full_action_space."""
     if not games:
         raise UserError("IMPALA needs at least one game")
     counts = {}
     for game in games:
-        envs = AgentEnvs(game, 1, config.protocol, training=True, num_threads=1)   # resolves the name
+        envs = AgentEnvs(game, 1, config.protocol, training=True, num_threads=1,   # resolves the name
+                         full_action_space=config.full_action_space)
         counts[envs.game] = envs.num_actions
         envs.close()
     if len(counts) < len(games):
@@ -525,10 +548,12 @@ def _check_games(games: list[str], config: IMPALAConfig) -> tuple[list[str], int
         shown = ", ".join(f"{g} {n}" for g, n in counts.items())
         raise UserError(f"IMPALA multi-task games must have the same number of actions (the policy head is "
                         f"shared), but they have {shown}; choose games with equal action counts (e.g. AirRaid, "
-                        f"Carnival, DemonAttack, NameThisGame, Pong, SpaceInvaders: 6 each)")
+                        f"Carnival, DemonAttack, NameThisGame, Pong, SpaceInvaders: 6 each), or set "
+                        f"multitask.full_action_space: true to play every game with ALE's 18 actions")
     if config.num_actors < len(counts):
         raise UserError(f"IMPALA has {config.num_actors} actors for {len(counts)} games; set "
-                        f"train_agent.impala.num_actors to at least {len(counts)} (a multiple, for equal shares)")
+                        f"num_actors (train_agent.impala, or multitask.impala for a multi-task run) to at least "
+                        f"{len(counts)} (a multiple, for equal shares)")
     return list(counts), next(iter(counts.values()))
 
 

@@ -30,6 +30,7 @@ class ActorCritic(nn.Module):
 
     architecture = "nature_actor_critic"
     acts_greedily = False    # the head is a policy: actions are sampled from softmax(logits)
+    full_action_space = False   # it plays the game's minimal action set (as every network here but a mapped one)
 
     def __init__(self, num_actions: int, feature_size: int = 512):
         super().__init__()
@@ -65,6 +66,7 @@ class QNetwork(nn.Module):
 
     architecture = "nature_dqn"
     acts_greedily = True     # the head holds Q-values: the action is their argmax (epsilon-greedy)
+    full_action_space = False
 
     def __init__(self, num_actions: int, atoms: int = 1, support: torch.Tensor | None = None,
                  feature_size: int = 512):
@@ -124,9 +126,13 @@ class IMPALANet(nn.Module):
     buffers) when `popart`, else a plain Linear.
     """
 
-    def __init__(self, num_actions: int, num_tasks: int = 1, encoder: str = "nature", popart: bool = False):
+    acts_greedily = False
+
+    def __init__(self, num_actions: int, num_tasks: int = 1, encoder: str = "nature", popart: bool = False,
+                 full_action_space: bool = False):
         super().__init__()
         self.num_actions, self.num_tasks, self.encoder_name, self.popart = num_actions, num_tasks, encoder, popart
+        self.full_action_space = full_action_space     # it plays ALE's 18 actions in every game (a multi-task mapping)
         self.encoder = NatureCNN(in_channels=4, feature_size=512) if encoder == "nature" else \
             ImpalaCNN(in_channels=4, feature_size=256, input_size=(84, 84))
         features = self.encoder.feature_size
@@ -138,17 +144,20 @@ class IMPALANet(nn.Module):
     @property
     def architecture(self) -> str:
         """ActorCritic's name when this is that network (the Nature CNN, one task, no PopArt), else our own."""
-        plain = self.encoder_name == "nature" and self.num_tasks == 1 and not self.popart
+        plain = self.encoder_name == "nature" and self.num_tasks == 1 and not self.popart and not self.full_action_space
         return "nature_actor_critic" if plain else "impala_actor_critic"
 
     @property
     def spec(self) -> dict:
         """What a checkpoint's "architecture" records to rebuild this network (`load_network`)."""
         return {"name": self.architecture, "num_actions": self.num_actions, "encoder": self.encoder_name,
-                "num_tasks": self.num_tasks, "popart": self.popart}
+                "num_tasks": self.num_tasks, "popart": self.popart, "full_action_space": self.full_action_space}
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.encoder(preprocess(obs.contiguous(memory_format=torch.channels_last)))
+        """Features of uint8 stacks, or of float stacks already in [0, 1] (saliency's perturbed stacks)."""
+        if obs.dtype == torch.uint8:
+            return self.encoder(preprocess(obs.contiguous(memory_format=torch.channels_last)))
+        return self.encoder(obs.contiguous(memory_format=_memory_format(obs)))
 
     def heads(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, A), the value layer's outputs (B, num_tasks): PopArt-normalised when popart)."""
@@ -169,12 +178,33 @@ class IMPALANet(nn.Module):
         return logits, values.squeeze(1) if self.num_tasks == 1 else values
 
 
+class OneGame(nn.Module):
+    """One game's view of a multi-task IMPALANet: (logits (B, A), that game's value (B,)), as ActorCritic returns,
+    so evaluation, saliency and probing run on it unchanged. The policy is shared; the value is game `task`'s."""
+
+    acts_greedily = False
+
+    def __init__(self, network: IMPALANet, task: int):
+        super().__init__()
+        self.network, self.task = network, task
+        self.num_actions, self.full_action_space = network.num_actions, network.full_action_space
+        self.architecture = network.architecture
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.network.features(obs)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, values = self.network(obs)
+        return logits, values[:, self.task]
+
+
 def network_from(state: dict, spec: dict, source: str = "the state_dict") -> IMPALANet:
     """The IMPALANet a state_dict holds, given its checkpoint's "architecture" (absent: the Nature CNN actor-critic
     of one task); UserError starting with `source` for other weights."""
     try:
         network = IMPALANet(int(state["actor.weight"].shape[0]), num_tasks=int(spec.get("num_tasks", 1)),
-                            encoder=spec.get("encoder", "nature"), popart=bool(spec.get("popart", False)))
+                            encoder=spec.get("encoder", "nature"), popart=bool(spec.get("popart", False)),
+                            full_action_space=bool(spec.get("full_action_space", False)))
         network.load_state_dict(state)
     except (KeyError, RuntimeError, TypeError, ValueError):
         raise UserError(f"{source} holds weights of another network (keys {', '.join(list(state)[:3])}, ...), "

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +37,6 @@ from atarirep.agents.network import ActorCritic
 from atarirep.agents.vector_env import AgentEnvs
 from atarirep.envs import get_protocol
 from atarirep.errors import UserError
-from atarirep.io import atomic_dir
 from atarirep.live import StageLive, drop_rows_after
 
 RESUME_FORMAT = "atarirep-ppo-resume/2"
@@ -148,7 +146,7 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
     config.check()
     device_ = devices.resolve(device)
     out_dir, log_dir = Path(out_dir), Path(log_dir)
-    work = out_dir.with_name(f".{out_dir.name}.partial")
+    work = resume.work_folder(out_dir)
     fingerprint = json.dumps({"game": game, "seed": seed, "study_seed": study_seed, "algo": algo,
                               **asdict(config)}, sort_keys=True)
     seeded = run_seed(study_seed, seed)
@@ -165,8 +163,7 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
     played_steps = 0
     saved = resume.read(work, RESUME_FORMAT, fingerprint)
     if saved is None:
-        shutil.rmtree(work, ignore_errors=True)
-        (work / "checkpoints").mkdir(parents=True)
+        resume.start_over(work)
     else:
         network.load_state_dict(saved["network"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -250,13 +247,7 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
     live.end()
     envs.close()
 
-    # Finished: the logs and the checkpoints replace the stage's outputs whole.
-    with atomic_dir(log_dir) as tmp:
-        shutil.copytree(work / "live", tmp, dirs_exist_ok=True)
-    with atomic_dir(out_dir) as tmp:
-        for path in (work / "checkpoints").iterdir():
-            os.replace(path, tmp / path.name)
-    shutil.rmtree(work, ignore_errors=True)
+    resume.finish(work, out_dir, log_dir)   # logs and checkpoints replace the stage's outputs whole
     return out_dir
 
 

@@ -5,15 +5,14 @@ The agent acts on 84x84 grayscale stacks of 4 (`vector_env`), so a split's store
 with `vector_env.agent_frames` (the env's own resize, bit for bit) and stacked within their episode with
 `vector_env.stack_frames` (zeros before an episode's first frame, as after a reset). The probes, their
 scores and the scores.csv / metrics.json format are atarirep.probe's (`probe_features`, `method_scores`,
-`write_scores`), not a copy. `sampled_checkpoints` reads the `SEED/model_STEP.gz` folders that
-sample_checkpoints writes; `probe_sampled` probes every checkpoint in them; `category_curve` and
+`write_scores`), not a copy. `probe_sampled` probes every checkpoint of the `SEED/model_STEP.gz` folders that
+sample_checkpoints writes; `category_curve` and
 `category_curve_figure` are F1 per category against training frames. This module reads no params.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -91,14 +90,6 @@ def agent_features(network: ActorCritic, split: episodes.Episodes | AgentView, *
     return out
 
 
-def check_game(meta: dict, checkpoint_path, game: str, what: str) -> None:
-    """UserError if the checkpoint says it was trained on another game than `game` (`what`: where that comes from)."""
-    trained_on = meta.get("game")
-    if trained_on is not None and annotations.game_key(trained_on) != annotations.game_key(game):
-        raise UserError(f"checkpoint {checkpoint_path} was trained on {trained_on} but {what} is {game}; probe the "
-                        f"checkpoints of {game} (data/checkpoints_sampled/<ALGO_protocol>/{game})")
-
-
 def probe_network(network: ActorCritic, data: dict[str, episodes.Episodes], *, game: str,
                   views: dict[str, AgentView] | None = None, method: str = METHOD, lr: float, batch_size: int,
                   epochs: int, patience: int, seed: int, device: str, progress: bool = False) -> pd.DataFrame:
@@ -120,28 +111,13 @@ def probe_checkpoint(checkpoint_path: str | os.PathLike, episodes_dir: str | os.
     check_settings(method=METHOD, encoder_path=checkpoint_path, lr=lr, batch_size=batch_size, epochs=epochs,
                    patience=patience)
     devices.resolve(device)   # a bad device is refused before any data is read
-    network, meta = checkpoints.load_network(checkpoint_path)
     game, data = load_probe_data(episodes_dir)
-    check_game(meta, checkpoint_path, game, f"the game of episodes {episodes_dir}")
+    network, _ = checkpoints.load_for_game(checkpoint_path, game)
     return probe_network(network, data, game=game, lr=lr, batch_size=batch_size, epochs=epochs, patience=patience,
                          seed=seed, device=device, progress=progress)
 
 
 # -- the sampled checkpoints of one game ------------------------------------------------------------
-def sampled_checkpoints(root: str | os.PathLike) -> dict[int, list[tuple[int, Path]]]:
-    """{seed: [(step, path)] by step} of `root/SEED/model_STEP.gz` (one game's sampled runs), seeds in order;
-    UserError if `root` is missing or holds no seed folder."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"sampled checkpoint folder {root} is missing; run `dvc repro sample_checkpoints` "
-                        "(or `dvc pull`) first")
-    seeds = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
-    if not seeds:
-        raise UserError(f"sampled checkpoint folder {root} holds no SEED folders (0/, 1/, ...); point to "
-                        "data/checkpoints_sampled/<ALGO_protocol>/<game>")
-    return {s: checkpoints.list_run(root / str(s)) for s in seeds}
-
-
 def checkpoint_frames(meta: dict, path) -> int:
     """The training frames a checkpoint's weights saw: its `frames` key (ours always have it)."""
     frames = meta.get("frames")
@@ -154,7 +130,7 @@ def checkpoint_frames(meta: dict, path) -> int:
 def probe_sampled(root: str | os.PathLike, episodes_dir: str | os.PathLike, *, game: str, lr: float,
                   batch_size: int, epochs: int, patience: int, seed: int, device: str,
                   progress: bool = False) -> tuple[pd.DataFrame, int]:
-    """Probe every checkpoint of `sampled_checkpoints(root)` on the probing dataset at `episodes_dir`.
+    """Probe every checkpoint of `checkpoints.sampled_runs(root)` on the probing dataset at `episodes_dir`.
 
     Every checkpoint is read (and checked: format, network, game, frames) before any data is; the dataset is
     read and resized once. Returns (scores, the number of test frames): one row per (seed, checkpoint,
@@ -163,12 +139,10 @@ def probe_sampled(root: str | os.PathLike, episodes_dir: str | os.PathLike, *, g
     """
     check_settings(method=METHOD, encoder_path=root, lr=lr, batch_size=batch_size, epochs=epochs, patience=patience)
     devices.resolve(device)
-    runs = sampled_checkpoints(root)
     found = []
-    for run_seed, run in runs.items():
+    for run_seed, run in checkpoints.sampled_runs(root).items():
         for step, path in run:
-            _, meta = checkpoints.load_network(path)   # a damaged file or another network stops here
-            check_game(meta, path, game, "the stage's game")
+            _, meta = checkpoints.load_for_game(path, game)   # a damaged file, another network or game stops here
             found.append((run_seed, step, checkpoint_frames(meta, path), path))
     data_game, data = load_probe_data(episodes_dir)
     if annotations.game_key(data_game) != annotations.game_key(game):
@@ -177,7 +151,7 @@ def probe_sampled(root: str | os.PathLike, episodes_dir: str | os.PathLike, *, g
     views = {name: agent_view(split) for name, split in data.items()}
     parts = []
     for run_seed, step, frames, path in tqdm(found, desc="checkpoints", disable=not progress):
-        network, _ = checkpoints.load_network(path)
+        network, _ = checkpoints.load_for_game(path, game)
         part = probe_network(network, data, game=data_game, views=views, lr=lr, batch_size=batch_size,
                              epochs=epochs, patience=patience, seed=seed, device=device)
         part.insert(1, "seed", run_seed)

@@ -257,7 +257,8 @@ def episode_stacks(network: nn.Module, game: str, protocol: str, *, frames: int,
     generator seeded by `seed`)."""
     from atarirep.agents.vector_env import AgentEnvs   # imported here: the maps need no emulator
 
-    envs = AgentEnvs(game, 1, protocol, training=False, num_threads=1)
+    envs = AgentEnvs(game, 1, protocol, training=False, num_threads=1,
+                     full_action_space=network.full_action_space)
     try:
         if envs.num_actions != network.num_actions:
             raise UserError(f"the network has {network.num_actions} actions but {envs.game} has "

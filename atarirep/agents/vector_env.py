@@ -35,10 +35,11 @@ class Step:
 
 
 class AgentEnvs:
-    """`num_envs` copies of `game` under `protocol`; `training` applies its life-loss rule (evaluation never does)."""
+    """`num_envs` copies of `game` under `protocol`; `training` applies its life-loss rule (evaluation never does);
+    `full_action_space`: all 18 ALE actions (games then share one action set), else the game's minimal set."""
 
     def __init__(self, game: str, num_envs: int, protocol: str | Protocol = "classic", *, training: bool = True,
-                 num_threads: int = 0):
+                 num_threads: int = 0, full_action_space: bool = False):
         self.protocol = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
         self.game = resolve_ale_game(game)   # agents play any game with a ROM, annotated or not
         self.num_envs = num_envs
@@ -52,7 +53,8 @@ class AgentEnvs:
             use_fire_reset=self.protocol.fire_on_reset, episodic_life=False,
             life_loss_info=self._life_loss_ends, reward_clipping=False,
             repeat_action_probability=self.protocol.sticky_action_prob,
-            max_num_frames_per_episode=self.protocol.max_frames_per_episode)
+            max_num_frames_per_episode=self.protocol.max_frames_per_episode,
+            full_action_space=full_action_space)   # ALE's 18 actions in every game, not the game's minimal set
         self.num_actions = int(self._env.single_action_space.n)
         self._returns = np.zeros(num_envs, np.float64)
         self._lengths = np.zeros(num_envs, np.int64)
