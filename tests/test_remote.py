@@ -140,6 +140,20 @@ def test_results_pushed_from_one_clone_pull_into_a_fresh_clone_and_repro_is_a_no
     pulled = _outputs_md5(clone)
     assert pulled == _outputs_md5(repo) and "data/episodes/Breakout/probe/frames.bin" in pulled
 
+    # A third user wants one encoder and one agent, not the pipeline's data: `dvc artifacts get` of a version
+    # (a git tag NAME@vX.Y.Z) downloads just those from the shared remote.
+    for name in ("stdim-encoder", "agent-checkpoints"):
+        run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "tag", "-a", f"{name}@v1.0.0", "-m", name], repo)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run(["dvc", "artifacts", "get", str(repo), "stdim-encoder", "-o", "stdim.pt"], elsewhere, CREDENTIALS)
+    encoder = (repo / "data/encoders/Breakout/stdim/encoder.pt").read_bytes()
+    assert (elsewhere / "stdim.pt").read_bytes() == encoder
+    run(["dvc", "artifacts", "get", str(repo), "agent-checkpoints", "--rev", "v1.0.0", "-o", "agent"], elsewhere,
+        CREDENTIALS)
+    assert sorted(p.name for p in (elsewhere / "agent").iterdir()) == ["model_1024.gz", "model_512.gz"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["agent", "stdim.pt"]   # nothing else came along
+
 
 @pytest.fixture(scope="module")
 def empty_dvc_repo(tmp_path_factory):

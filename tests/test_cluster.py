@@ -1,0 +1,134 @@
+"""The stage graph on Dask (atarirep.cluster): two local worker processes, each stage in its own scratch copy of
+the project, sharing only the DVC remote, leave the repository as a serial `dvc repro` does; a worker killed
+mid-stage has its stage rerun elsewhere; bad input ends in one line with the workspace untouched."""
+import json
+import os
+import shutil
+import socket
+import sys
+
+import pytest
+import yaml
+
+from atarirep import cluster
+
+# On its first run under a Dask worker, the report stage kills that worker (a machine lost mid-stage); under
+# `dvc repro` (no Dask worker among its ancestors) it does nothing.
+KILL_ONCE = '''import os, pathlib, time
+import psutil
+_marker = os.environ.get("ATAREP_TEST_KILL_WORKER_ONCE")
+_worker = next((p for p in psutil.Process().parents() if "spawn_main" in " ".join(p.cmdline())), None)
+if _marker and _worker and not pathlib.Path(_marker).exists():
+    pathlib.Path(_marker).touch()
+    _worker.kill()
+    time.sleep(120)
+'''
+
+
+def _dvc(args, cwd, check=True):
+    import subprocess
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dvc {args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def _cli(args, cwd):
+    import subprocess
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    return subprocess.run([sys.executable, "-m", "atarirep.cluster", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _change(root, probe_epochs: int) -> None:
+    """A probe param and the report stage's code changed: probes, the agent's probes and both reports rerun."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["probe"]["epochs"] = probe_epochs
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    script = root / "stages/report.py"
+    script.write_text(KILL_ONCE + script.read_text())
+
+
+def _lock(root) -> dict:
+    return yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+
+
+def test_two_workers_leave_the_repository_as_serial_repro_does_even_when_one_dies(repo, tmp_path, monkeypatch):
+    serial = tmp_path / "serial" / "repo"
+    shutil.copytree(repo, serial, symlinks=True)
+    for root in (repo, serial):
+        _change(root, probe_epochs=3)
+    _dvc(["repro"], serial)
+
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv("ATAREP_TEST_KILL_WORKER_ONCE", str(tmp_path / "killed"))
+    summary = cluster.repro(repo, [], local=2, log=lambda line: None)
+
+    assert (tmp_path / "killed").exists()                         # a worker died in the report stage ...
+    assert summary["stages"]["report"]["ran"]                      # ... which ran again elsewhere
+    ran = {name for name, s in summary["stages"].items() if s["ran"]}
+    assert {"check_params", "probe@Breakout-stdim", "probe_checkpoints@Breakout", "report"} <= ran
+    # check_params reran (params.yaml changed) but wrote the same file: nothing after it was sent on its account
+    assert not any(name.startswith(("collect@", "pretrain@", "train_agent@")) for name in summary["stages"])
+    assert len({s["worker"] for s in summary["stages"].values()}) >= 2   # both workers took stages
+    assert _lock(repo) == _lock(serial)                            # every hash, dep, param and output the same
+    assert json.loads(_dvc(["status", "--json"], repo).stdout) == {}
+    assert "Running stage" not in _dvc(["repro"], repo).stdout     # the next `dvc repro` is a no-op
+    for path in ("reports/probe/tables/f1_by_game.csv", "data/probes/Breakout/stdim/metrics.json"):
+        assert (repo / path).read_bytes() == (serial / path).read_bytes()
+    overheads = [s["seconds"]["overhead"] for s in summary["stages"].values()]
+    assert max(overheads) < 120                                    # sanity; bench/bench_cluster.py measures it
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _unchanged(repo, run):
+    lock, params = (repo / "dvc.lock").read_bytes(), (repo / "params.yaml").read_bytes()
+    result = run()
+    assert (repo / "dvc.lock").read_bytes() == lock and (repo / "params.yaml").read_bytes() == params
+    return result
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line(repo):
+    _change(repo, probe_epochs=3)
+    result = _unchanged(repo, lambda: _cli(["repro", "--scheduler", f"tcp://127.0.0.1:{_free_port()}"], repo))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: the Dask scheduler at {result.args[-1]} did not answer in {cluster.CONNECT_TIMEOUT_S} s "
+        f"(OSError); start one (`dask scheduler`, workers with `dask worker {result.args[-1]}`) or run on this "
+        "machine with --local N"]
+
+
+def test_no_remote_is_one_line(repo):
+    _dvc(["remote", "remove", "local"], repo)
+    result = _unchanged(repo, lambda: _cli(["repro", "--local", "1"], repo))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: no DVC remote to exchange outputs through: add one with `dvc remote add -d shared <url>` (an S3 "
+        "bucket or a directory every machine sees), or pass --remote NAME"]
+
+
+def test_a_stage_that_fails_on_a_worker_leaves_the_workspace_as_it_was(repo):
+    script = repo / "stages/report.py"
+    script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n" + script.read_text())
+    before = {p: p.read_bytes() for p in (repo / "reports/probe").rglob("*") if p.is_file()}
+    result = _unchanged(repo, lambda: _cli(["repro", "--local", "1"], repo))
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("error: stage report failed on the cluster: ReproductionError: failed to "
+                                    "reproduce 'report'")
+    assert result.stderr.rstrip().endswith("the workspace is unchanged; fix it and run again (stages that "
+                                           "finished are in the remote's cache)")
+    assert {p: p.read_bytes() for p in (repo / "reports/probe").rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("stage", ["report"])
+def test_a_stage_without_changes_does_not_start_a_cluster(repo, stage):
+    result = _cli(["repro", "--local", "1", stage], repo)
+    assert result.returncode == 0 and "every stage is up to date" in result.stdout
