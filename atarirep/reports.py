@@ -340,8 +340,9 @@ def figures(results: pd.DataFrame) -> dict[str, Figure]:
 
 # -- writing ---------------------------------------------------------------------------------------
 def save(out_dir: str | os.PathLike, tables_by_name: dict[str, pd.DataFrame], figures_by_name: dict[str, Figure],
-         metrics: dict) -> None:
-    """Write one report folder atomically: tables/<name>.{md,csv,tex}, figures/<name>.png, summary.json."""
+         metrics: dict, extra_json: dict[str, object] | None = None) -> None:
+    """Write one report folder atomically: tables/<name>.{md,csv,tex}, figures/<name>.png, summary.json, and
+    `extra_json`'s files by name (atarirep.experiments: experiments.json), if any."""
     with io.atomic_dir(out_dir) as folder:
         (folder / "tables").mkdir()
         (folder / "figures").mkdir()
@@ -353,3 +354,5 @@ def save(out_dir: str | os.PathLike, tables_by_name: dict[str, pd.DataFrame], fi
         for name, fig in figures_by_name.items():
             fig.savefig(folder / "figures" / f"{name}.png", dpi=120, metadata={"Software": None})
         io.write_json(folder / "summary.json", metrics)
+        for name, obj in (extra_json or {}).items():
+            io.write_json(folder / name, obj)
