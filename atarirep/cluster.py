@@ -129,7 +129,10 @@ def _connect(scheduler: str | None, local: int | None, scratch: str):
             raise UserError(f"the Dask scheduler at {scheduler} did not answer in {CONNECT_TIMEOUT_S} s "
                             f"({type(err).__name__}); start one (`dask scheduler`, workers with `dask worker "
                             f"{scheduler}`) or run on this machine with --local N") from None
-    with config.set({"distributed.worker.daemon": False}):   # a stage may start processes (IMPALA's actors)
+    # The head reports a failed stage in one line; the local workers' own logs (they inherit this process's
+    # stderr) would repeat it with a traceback.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
+    with config.set({"distributed.worker.daemon": False, "logging.distributed": "critical"}):
         cluster = LocalCluster(n_workers=local, threads_per_worker=1, processes=True, dashboard_address=None,
                                local_directory=scratch)
     return Client(cluster), cluster
