@@ -130,7 +130,7 @@ def _connect(scheduler: str | None, local: int | None, scratch: str):
                             f"({type(err).__name__}); start one (`dask scheduler`, workers with `dask worker "
                             f"{scheduler}`) or run on this machine with --local N") from None
     # The head reports a failed stage in one line; the local workers' own logs (they inherit this process's
-    # stderr) would repeat it with a traceback.
+    # stderr) would repeat it with a traceback. (repro restores this process's environment afterwards.)
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
     with config.set({"distributed.worker.daemon": False, "logging.distributed": "critical"}):
         cluster = LocalCluster(n_workers=local, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -187,6 +187,7 @@ def repro(root: str | os.PathLike, targets: list[str], *, scheduler: str | None 
 
     scratch = tempfile.mkdtemp(prefix="atarirep-cluster-")
     client, cluster = None, None
+    environment = dict(os.environ)   # a local cluster's nannies set OMP_NUM_THREADS=1 and more in this process
     try:
         client, cluster = _connect(scheduler, local, scratch)
         _check_workers(client)
@@ -245,6 +246,8 @@ def repro(root: str | os.PathLike, targets: list[str], *, scheduler: str | None 
         if cluster is not None:
             cluster.close()
         shutil.rmtree(scratch, ignore_errors=True)
+        os.environ.clear()
+        os.environ.update(environment)
     return {"stages": {name: {k: v for k, v in r.items() if k in ("worker", "ran", "seconds")}
                        for name, r in results.items()},
             "wall_s": time.perf_counter() - started}

@@ -85,7 +85,7 @@ TINY = {"env": "Breakout",
         "multitask": {"impala": {"total_steps": 640, "unroll_length": 40, "batch_size": 4, "num_actors": 2,
                                  "checkpoint_every": 320}},
         "sample_checkpoints": {"keep": 2},
-        "evaluate_agent": {"episodes": 1, "max_steps": 200},
+        "evaluate_agent": {"protocols": ["classic"], "episodes": 1, "max_steps": 100},
         "saliency": {"checkpoints": 1, "frames": 3}}
 ROOT_FILES = ("atarirep", "stages", "conf", "dvc.yaml", ".dvcignore", "pyproject.toml")
 

@@ -169,7 +169,7 @@ def test_the_multi_task_run_is_sampled_evaluated_and_shown_per_game(repo):
         assert isinstance(network, OneGame) and network.task == task and meta["algo"] == "IMPALA_PopArt"
         assert meta["games"] == ["Pong", "SpaceInvaders"] and network.network.popart
         returns = (repo / f"data/multitask/evaluations/{game}/returns.csv").read_text().splitlines()
-        assert len(returns) == 1 + 2 * 2                         # 2 checkpoints x 2 protocols x 1 game
+        assert len(returns) == 1 + 2                             # 2 checkpoints x 1 protocol x 1 game
         assert (repo / f"data/multitask/saliency/{game}/0/model_640/episode.gif").is_file()
     logs = repo / "data/multitask/agents/0/train/plots/metrics"
     assert (logs / "popart/sigma/Pong.tsv").is_file() and (logs / "popart/sigma/SpaceInvaders.tsv").is_file()
@@ -227,11 +227,8 @@ def test_the_chain_follows_env_and_the_games_list(repo):
     rows = [line.split(",")[0] for line in (repo / "reports/probe/tables/f1_by_game.csv").read_text().splitlines()]
     assert rows == ["game", "Breakout", "SpaceInvaders", "mean"]
     assert (repo / "reports/probe/tables/f1_by_variable_SpaceInvaders.md").exists()
-    alone = run(["dvc", "exp", "run", "-S", "env=SpaceInvaders", "-S", "collect.probe.steps=1600"], repo, timeout=900)
-    assert "Running stage 'collect@" not in alone.stdout            # the same stages: nothing to recompute
-    rows = [line.split(",")[0] for line in (repo / "reports/probe/tables/f1_by_game.csv").read_text().splitlines()]
-    assert rows == ["game", "SpaceInvaders", "mean"]
     assert "SpaceInvaders" in run(["dvc", "exp", "show", "--json"], repo).stdout
+    # (`-S env=<game>` alone: tests/test_experiments.py queues such runs)
 
 
 def test_the_report_shows_exactly_the_methods_in_params(repo):
