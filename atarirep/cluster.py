@@ -44,6 +44,8 @@ import sys
 import tarfile
 import tempfile
 import time
+import warnings
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 from atarirep.errors import UserError
@@ -196,7 +198,9 @@ def repro(root: str | os.PathLike, targets: list[str], *, scheduler: str | None 
         log(f"pushed {pushed} files to remote {remote_name}; {len(changed)} of {len(order)} stages changed")
         params = _params(root)
         gpu = any("GPU" in (w.get("resources") or {}) for w in client.scheduler_info()["workers"].values())
-        project = client.scatter(project_archive(root), broadcast=True)
+        # Sent with each task, not scattered once: a scattered copy dies with its worker, and Dask then cancels
+        # the tasks that need it instead of rerunning them elsewhere (about 2 MB here).
+        project = project_archive(root)
         threads = {key: os.environ.get(key) for key in THREAD_VARS}
 
         before = _lock_entries(root)
@@ -216,18 +220,23 @@ def repro(root: str | os.PathLike, targets: list[str], *, scheduler: str | None 
                 overlay.update({path: data for r in ran.values() for path, data in r["uncached"].items()})
                 lock = _lock_text(root, {n: r["entry"] for n, r in ran.items()})
                 wants_gpu = gpu and name in uses_device and params.get("device") != "cpu"
-                future = client.submit(run_stage, name, project, overlay, lock, upstream[name], remote_name,
-                                       remote_url, threads, name in changed, key=f"stage-{name}-{time.time_ns()}",
-                                       pure=False,
-                                       resources={"GPU": 1} if wants_gpu else None)
+                with warnings.catch_warnings():   # "large object in the task graph": the project, on purpose
+                    warnings.simplefilter("ignore", UserWarning)
+                    future = client.submit(run_stage, name, project, overlay, lock, upstream[name], remote_name,
+                                           remote_url, threads, name in changed,
+                                           key=f"stage-{name}-{time.time_ns()}", pure=False,
+                                           resources={"GPU": 1} if wants_gpu else None)
                 running[future] = name
                 log(f"submitted {name}")
-            done, _ = wait(list(running), return_when="FIRST_COMPLETED")
+            try:
+                done, _ = wait(list(running), return_when="FIRST_COMPLETED")
+            except CancelledError:   # Dask gave up on a task (it killed more workers than allowed-failures)
+                done = [future for future in running if future.done()]
             for future in done:
                 name = running.pop(future)
                 try:
                     result = future.result()
-                except Exception as err:   # the stage's own error (a dead worker's task is rerun by Dask)
+                except (Exception, CancelledError) as err:   # the stage's own error (a dead worker's task is rerun)
                     for other in running:
                         other.cancel()
                     raise UserError(f"stage {name} failed on the cluster: {err}; the workspace is unchanged; "
