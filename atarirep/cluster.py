@@ -329,6 +329,11 @@ def run_stage(name: str, project: bytes, overlay: dict[str, bytes | None], lock:
                 local.setdefault("remote", {}).setdefault(remote, {})["url"] = remote_url
             if upstream:
                 repo.pull(targets=upstream, remote=remote)
+                # ... with the .gitignore lines `dvc repro` writes beside each output: they are part of a
+                # directory dep's hash (data/probes holds data/probes/GAME/METHOD/.gitignore)
+                with repo.scm_context:
+                    for info in (i for up in upstream for i in repo.stage.collect_granular(up)):
+                        info.stage.ignore_outs()
             ready = time.perf_counter()
             stage = next(iter(info.stage for info in repo.stage.collect_granular(name)))
             uncached_outs = [out.def_path for out in stage.outs if not out.use_cache]
