@@ -65,6 +65,19 @@ def make_project(root: Path, tiny: bool) -> None:
         _run(args, root)
 
 
+def _difference(serial: dict, parallel: dict | None) -> list[str]:
+    """Where two dvc.lock entries of one stage differ: the paths (deps, outs) or keys (cmd, params) that do."""
+    if parallel is None:
+        return ["missing in the cluster's lock"]
+    found = []
+    for kind in ("deps", "outs"):
+        a = {entry["path"]: entry for entry in serial.get(kind, [])}
+        b = {entry["path"]: entry for entry in parallel.get(kind, [])}
+        found += [f"{kind}: {path}" for path in sorted(set(a) | set(b)) if a.get(path) != b.get(path)]
+    found += [key for key in ("cmd", "params") if serial.get(key) != parallel.get(key)]
+    return found
+
+
 def critical_path(root: Path, seconds: dict[str, float]) -> float:
     """The longest chain of command seconds through the stage graph."""
     from dvc.repo import Repo
@@ -108,7 +121,7 @@ def main() -> None:
             "overhead_per_stage_s": {"median": overheads[len(overheads) // 2], "max": overheads[-1],
                                      "under_2s": sum(o < 2 for o in overheads)},
             "same_dvc_lock": not [n for n in differ if not n.startswith(NONDETERMINISTIC)],
-            "lock_entries_that_differ": differ,
+            "lock_entries_that_differ": {name: _difference(locks[0][name], locks[1].get(name)) for name in differ},
             "per_stage": {name: {"worker": s["worker"], **s["seconds"]} for name, s in stages.items()},
         }
     print(json.dumps(report, indent=2))
