@@ -155,6 +155,11 @@ def _check_type(value, kind, where: str):
             raise UserError(f"params.yaml {where} must be a list, got {value!r}")
         (item_type,) = typing.get_args(kind)
         return [_check_type(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:   # tuple[X, ...]: a YAML list held immutably
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"params.yaml {where} must be a list, got {value!r}")
+        item_type = typing.get_args(kind)[0]
+        return tuple(_check_type(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         key_type, value_type = typing.get_args(kind)
         if not isinstance(value, dict):
@@ -168,20 +173,33 @@ def _check_type(value, kind, where: str):
     return value
 
 
-def _build(cls, mapping, where: str):
+def _known_fields(cls, mapping, where: str) -> tuple[list[str], dict]:
+    """(`cls`'s field names, their types); UserError if `mapping` is not a mapping or has other keys."""
     if not isinstance(mapping, dict):
         raise UserError(f"params.yaml {where} must be a mapping, got {mapping!r}")
-    hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(mapping) - set(names))
     if unknown:
         raise UserError(f"params.yaml {where} has unknown keys {', '.join(unknown)}; "
                         f"known keys are {', '.join(names)}")
+    return names, typing.get_type_hints(cls)
+
+
+def _build(cls, mapping, where: str):
+    names, hints = _known_fields(cls, mapping, where)
     missing = [n for n in names if n not in mapping]
     if missing:
         raise UserError(f"params.yaml {where} is missing {', '.join(missing)}; "
                         "regenerate params.yaml from conf/ (dvc exp run) or add them")
     return cls(**{n: _check_type(mapping[n], hints[n], f"{where}.{n}") for n in names})
+
+
+def config_from(cls, mapping: dict, where: str):
+    """A `cls` (a dataclass whose fields all have defaults, such as an agent's config) with the keys `mapping`
+    sets over those defaults: the same checks and one-line errors as a params section, except that a key left
+    out keeps its default."""
+    _, hints = _known_fields(cls, mapping, where)
+    return cls(**{n: _check_type(v, hints[n], f"{where}.{n}") for n, v in mapping.items()})
 
 
 def load(section: str, path: str | Path = "params.yaml"):

@@ -231,7 +231,7 @@ def test_config_from_params():
         impala.config_from({"nope": 1})
     with pytest.raises(UserError, match="architecture 'resnet' is unknown"):
         impala.config_from({"architecture": "resnet"})
-    with pytest.raises(UserError, match="must be a list of game names"):
+    with pytest.raises(UserError, match="games must be a list"):
         impala.config_from({"games": "Pong"})
     with pytest.raises(UserError, match="less than one learner step"):
         impala.config_from({"total_steps": 100})

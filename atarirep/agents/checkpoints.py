@@ -75,9 +75,15 @@ def save(path: str | os.PathLike, network: ActorCritic | QNetwork, *, algo: str,
     payload = {"estimator_state": state, "format": FORMAT, "algo": algo, "protocol": protocol, "game": game,
                "seed": int(seed), "step": int(step), "frames": int(frames),
                "architecture": _architecture(network)}
+    write(path, payload)
+
+
+def write(path: str | os.PathLike, payload: dict) -> None:
+    """Write `payload` (with "estimator_state") atomically as gzip(torch.save(payload)); the gzip header has no
+    time in it, so the same training writes the same bytes (and the same DVC hash) on any machine, any day."""
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    write_bytes(path, gzip.compress(buffer.getvalue(), compresslevel=1))
+    write_bytes(path, gzip.compress(buffer.getvalue(), compresslevel=1, mtime=0))
 
 
 def read(path: str | os.PathLike) -> dict:

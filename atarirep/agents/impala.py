@@ -40,9 +40,6 @@ probe_checkpoints as PPO's do; `load_network` here loads any checkpoint this fil
 """
 from __future__ import annotations
 
-import dataclasses
-import gzip
-import io
 import json
 import math
 import os
@@ -58,7 +55,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from atarirep import devices
+from atarirep import devices, params
 from atarirep.agents import checkpoints, resume
 from atarirep.agents.checkpoints import run_seed
 from atarirep.agents.network import IMPALANet, network_from
@@ -66,7 +63,6 @@ from atarirep.agents.vector_env import STACK, AGENT_FRAME, AgentEnvs
 from atarirep.agents.vtrace import action_log_probs, log_rhos, vtrace
 from atarirep.envs import get_protocol
 from atarirep.errors import UserError
-from atarirep.io import write_bytes
 from atarirep.live import StageLive, drop_rows_after
 
 RESUME_FORMAT = "atarirep-impala-resume/1"
@@ -145,24 +141,7 @@ class IMPALAConfig:
 def config_from(mapping: dict, where: str = "train_agent.impala") -> IMPALAConfig:
     """An IMPALAConfig from params (`where`: train_agent.impala); UserError for an unknown key or a value of the
     wrong type."""
-    fields = {f.name: f for f in dataclasses.fields(IMPALAConfig)}
-    unknown = sorted(set(mapping) - set(fields))
-    if unknown:
-        raise UserError(f"params.yaml {where} has unknown keys {', '.join(unknown)}; known keys are "
-                        f"{', '.join(fields)}")
-    values = {}
-    for name, value in mapping.items():
-        kind = type(fields[name].default)
-        if kind is tuple:   # games: a list of names in YAML
-            if not isinstance(value, (list, tuple)) or not all(isinstance(g, str) for g in value):
-                raise UserError(f"params.yaml {where}.{name}={value!r} must be a list of game names")
-            value = tuple(value)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise UserError(f"params.yaml {where}.{name}={value!r} must be of type {kind.__name__}")
-        values[name] = value
-    config = IMPALAConfig(**values)
+    config = params.config_from(IMPALAConfig, mapping, where)
     config.check(where)
     return config
 
@@ -197,9 +176,7 @@ def save_checkpoint(path: str | os.PathLike, network: IMPALANet, *, algo: str, p
     payload = {"estimator_state": state, "format": checkpoints.FORMAT, "algo": algo, "protocol": protocol,
                "game": "+".join(games), "games": list(games), "seed": int(seed), "step": int(step),
                "frames": int(frames), "architecture": network.spec}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    write_bytes(path, gzip.compress(buffer.getvalue(), compresslevel=1))
+    checkpoints.write(path, payload)
 
 
 def load_network(path: str | os.PathLike) -> tuple[IMPALANet, dict]:

@@ -18,7 +18,6 @@ does not depend on the device's RNG.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from atarirep import devices
+from atarirep import devices, params
 from atarirep.agents import checkpoints, resume
 from atarirep.agents.checkpoints import run_seed
 from atarirep.agents.network import ActorCritic
@@ -110,20 +109,7 @@ class PPOConfig:
 
 def config_from(mapping: dict) -> PPOConfig:
     """A PPOConfig from params (train_agent.ppo); UserError for an unknown key or a value of the wrong type."""
-    fields = {f.name: f for f in dataclasses.fields(PPOConfig)}
-    unknown = sorted(set(mapping) - set(fields))
-    if unknown:
-        raise UserError(f"params.yaml train_agent.ppo has unknown keys {', '.join(unknown)}; known keys are "
-                        f"{', '.join(fields)}")
-    values = {}
-    for name, value in mapping.items():
-        kind = type(fields[name].default)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise UserError(f"params.yaml train_agent.ppo.{name}={value!r} must be of type {kind.__name__}")
-        values[name] = value
-    config = PPOConfig(**values)
+    config = params.config_from(PPOConfig, mapping, "train_agent.ppo")
     config.check()
     return config
 
