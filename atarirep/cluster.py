@@ -201,7 +201,9 @@ def repro(root: str | os.PathLike, targets: list[str], *, scheduler: str | None 
         # Sent with each task, not scattered once: a scattered copy dies with its worker, and Dask then cancels
         # the tasks that need it instead of rerunning them elsewhere (about 2 MB here).
         project = project_archive(root)
-        threads = {key: os.environ.get(key) for key in THREAD_VARS}
+        # The threads the stages run with: as in this process before the local cluster's nannies set them to 1
+        # (floating-point sums split over other thread counts round differently: other encoder bytes)
+        threads = {key: environment.get(key) for key in THREAD_VARS}
 
         before = _lock_entries(root)
         results: dict[str, dict] = {}

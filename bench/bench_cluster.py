@@ -6,8 +6,10 @@ with its own directory remote: one runs `dvc repro`, the other `atarirep.cluster
 both wall times and the speed-up; the critical path (the longest chain of stage commands, from the cluster
 run's own command times: no executor can beat it); per stage, its command's seconds and the executor's
 overhead around it (unpacking the project, pulling inputs, DVC's checks, pushing outputs; goal under 2 s);
-and whether both runs wrote the same dvc.lock (IMPALA's stages aside: its asynchronous actors make every run
-differ, serial or not).
+and whether both runs wrote the same dvc.lock: where an entry differs, which files of which outputs differ and in
+what (JSON keys, TSV columns), and whether the runs computed the same results, leaving aside figures of seconds
+(steps per second, saliency's seconds per frame: no two runs agree on them, serial or not) and IMPALA's stages
+(its asynchronous actors make every run differ).
 
 Usage: python bench/bench_cluster.py [--workers 2] [--tiny]
   --tiny: the test suite's tiny amounts (tests/conftest.py TINY) instead of the default profile's.
@@ -17,6 +19,7 @@ the critical path.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -65,17 +68,57 @@ def make_project(root: Path, tiny: bool) -> None:
         _run(args, root)
 
 
-def _difference(serial: dict, parallel: dict | None) -> list[str]:
-    """Where two dvc.lock entries of one stage differ: the paths (deps, outs) or keys (cmd, params) that do."""
+# Figures of how long a stage took, which differ between any two runs (serial ones too); the rest of an output
+# holds what the stage computed.
+WALL_CLOCK = {"steps_per_s", "samples_per_s", "seconds", "seconds_per_frame", "learner_utilisation"}
+
+
+def _leaves(value, prefix=""):
+    if isinstance(value, (dict, list)):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        return {k: v for key, item in items for k, v in _leaves(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def _file_difference(a: Path, b: Path) -> set[str]:
+    """The names of what differs between two versions of one file: JSON keys (leaves), TSV columns (dvclive
+    plots), else the file's name."""
+    if not (a.is_file() and b.is_file()):
+        return {"(missing)"}
+    if a.read_bytes() == b.read_bytes():
+        return set()
+    if a.suffix == ".json":
+        x, y = _leaves(json.loads(a.read_text())), _leaves(json.loads(b.read_text()))
+        return {key for key in set(x) | set(y) if x.get(key) != y.get(key)}
+    if a.suffix == ".tsv":
+        x, y = ([line.split("\t") for line in p.read_text().splitlines()] for p in (a, b))
+        if len(x) == len(y) and x and x[0] == y[0]:
+            return {x[0][i] for i in range(len(x[0])) if [r[i] for r in x[1:]] != [r[i] for r in y[1:]]}
+    return {a.name}
+
+
+def _difference(serial: dict, parallel: dict | None, roots: tuple[Path, Path]) -> tuple[list[str], bool]:
+    """Where two dvc.lock entries of one stage differ (the deps, outs or keys that do; for an output, its files
+    that differ and in what), and whether only wall-clock figures do."""
     if parallel is None:
-        return ["missing in the cluster's lock"]
-    found = []
+        return ["missing in the cluster's lock"], False
+    found, wall_clock_only = [], True
     for kind in ("deps", "outs"):
         a = {entry["path"]: entry for entry in serial.get(kind, [])}
         b = {entry["path"]: entry for entry in parallel.get(kind, [])}
-        found += [f"{kind}: {path}" for path in sorted(set(a) | set(b)) if a.get(path) != b.get(path)]
-    found += [key for key in ("cmd", "params") if serial.get(key) != parallel.get(key)]
-    return found
+        for path in sorted(set(a) | set(b)):
+            if a.get(path) == b.get(path):
+                continue
+            files = [path] if (roots[0] / path).is_file() else sorted(
+                str(f.relative_to(roots[0])) for f in (roots[0] / path).rglob("*") if f.is_file())
+            what = {f: _file_difference(roots[0] / f, roots[1] / f) for f in files}
+            what = {f: names for f, names in what.items() if names}
+            wall_clock_only &= bool(what) and all(name.rsplit(".", 1)[-1] in WALL_CLOCK
+                                                  for names in what.values() for name in names)
+            found.append(f"{kind}: {path}: " + ("; ".join(f"{f} ({', '.join(sorted(names))})"
+                                                          for f, names in what.items()) or "same files"))
+    keys = [key for key in ("cmd", "params") if serial.get(key) != parallel.get(key)]
+    return found + keys, wall_clock_only and not keys
 
 
 def critical_path(root: Path, seconds: dict[str, float]) -> float:
@@ -105,12 +148,16 @@ def main() -> None:
         _run([sys.executable, "-m", "dvc", "repro"], serial)
         serial_s = time.perf_counter() - started
         os.environ["DVC_NO_ANALYTICS"] = "1"
-        summary = cluster.repro(parallel, [], local=args.workers, log=lambda line: None)
+        with contextlib.redirect_stdout(sys.stderr):   # DVC's "to track the changes with git" hint
+            summary = cluster.repro(parallel, [], local=args.workers, log=lambda line: None)
         stages = summary["stages"]
         commands = {name: s["seconds"]["command"] for name, s in stages.items()}
         overheads = sorted(s["seconds"]["overhead"] for s in stages.values())
         locks = [yaml.safe_load((root / "dvc.lock").read_text())["stages"] for root in (serial, parallel)]
-        differ = sorted(name for name in locks[0] if locks[0][name] != locks[1].get(name))
+        differ = {name: _difference(locks[0][name], locks[1].get(name), (serial, parallel))
+                  for name in sorted(locks[0]) if locks[0][name] != locks[1].get(name)}
+        computed_differently = sorted(name for name, (_, wall_clock) in differ.items()
+                                      if not wall_clock and not name.startswith(NONDETERMINISTIC))
         report = {
             "machine": {"cpus": os.cpu_count()}, "profile": "tiny" if args.tiny else "default",
             "workers": args.workers, "stages": len(stages),
@@ -120,8 +167,12 @@ def main() -> None:
             "sum_of_commands_s": round(sum(commands.values()), 1),
             "overhead_per_stage_s": {"median": overheads[len(overheads) // 2], "max": overheads[-1],
                                      "under_2s": sum(o < 2 for o in overheads)},
-            "same_dvc_lock": not [n for n in differ if not n.startswith(NONDETERMINISTIC)],
-            "lock_entries_that_differ": {name: _difference(locks[0][name], locks[1].get(name)) for name in differ},
+            "same_dvc_lock": not differ,
+            # but for IMPALA's stages and figures of seconds: the same results as the serial run
+            "same_results": not computed_differently,
+            "computed_differently": computed_differently,
+            "lock_entries_that_differ": {name: {"wall_clock_only": wall_clock, "where": where}
+                                         for name, (where, wall_clock) in differ.items()},
             "per_stage": {name: {"worker": s["worker"], **s["seconds"]} for name, s in stages.items()},
         }
     print(json.dumps(report, indent=2))
