@@ -1,6 +1,7 @@
 """The stage graph on Dask (atarirep.cluster): two local worker processes, each stage in its own scratch copy of
-the project, sharing only the DVC remote, leave the repository as a serial `dvc repro` does; a worker killed
-mid-stage has its stage rerun elsewhere; bad input ends in one line with the workspace untouched."""
+the project, sharing only an S3 object store (SeaweedFS, the DVC remote), leave the repository as a serial
+`dvc repro` does; a worker killed mid-stage has its stage rerun elsewhere; bad input ends in one line with the
+workspace untouched."""
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from atarirep import cluster
+from conftest import BUCKET, KEY, SECRET, s3_client
 
 # On its first run under a Dask worker, the report stage kills that worker (a machine lost mid-stage); under
 # `dvc repro` (no Dask worker among its ancestors) it does nothing.
@@ -54,19 +56,27 @@ def _lock(root) -> dict:
     return yaml.safe_load((root / "dvc.lock").read_text())["stages"]
 
 
-def test_two_workers_leave_the_repository_as_serial_repro_does_even_when_one_dies(repo, tmp_path, monkeypatch):
+def test_two_workers_leave_the_repository_as_serial_repro_does_even_when_one_dies(repo, tmp_path, monkeypatch,
+                                                                                   s3_server):
     serial = tmp_path / "serial" / "repo"
     shutil.copytree(repo, serial, symlinks=True)
     for root in (repo, serial):
         _change(root)
     _dvc(["repro"], serial)
 
+    # The head and the workers share only the S3 store (SeaweedFS), the key in their environment.
+    _dvc(["remote", "add", "-d", "shared", f"s3://{BUCKET}/cluster"], repo)
+    _dvc(["remote", "modify", "shared", "endpointurl", s3_server], repo)
+    for name, value in {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("ATAREP_TEST_KILL_WORKER_ONCE", str(tmp_path / "killed"))
     environment = dict(os.environ)
     summary = cluster.repro(repo, [], local=2, log=lambda line: None)
     assert dict(os.environ) == environment        # the nannies' OMP_NUM_THREADS=1 did not stay in this process
 
+    assert s3_client(s3_server).list_objects_v2(Bucket=BUCKET, Prefix="cluster/")["KeyCount"] > 0
     assert (tmp_path / "killed").exists()                         # a worker died in the report stage ...
     assert summary["stages"]["report"]["ran"]                      # ... which ran again elsewhere
     ran = {name for name, s in summary["stages"].items() if s["ran"]}

@@ -218,12 +218,12 @@ def test_a_category_rule_change_reruns_the_probes_and_the_report(repo):
 
 
 def test_the_chain_follows_env_and_the_games_list(repo):
-    both = run(["dvc", "exp", "run", "-S", "games=[Breakout,SpaceInvaders]", "-S", "collect.probe.steps=1600"],
-               repo, timeout=900)
+    both = run(["dvc", "exp", "run", "-S", "games=[Breakout,SpaceInvaders]", "-S", "pretrain.methods=[stdim]"], repo,
+               timeout=900)   # (one method: random_cnn leaves the pipeline, nothing of Breakout's reruns)
     ran = ran_stages(both.stdout)
     assert {"collect@SpaceInvaders-probe", "pretrain@SpaceInvaders-stdim", "probe@SpaceInvaders-stdim",
             "probe_baseline@SpaceInvaders-majority", "report"} <= ran
-    assert "pretrain@Breakout-stdim" not in ran                     # Breakout's encoders are reused
+    assert not {name for name in ran if "@Breakout" in name}        # Breakout's chain is reused whole
     rows = [line.split(",")[0] for line in (repo / "reports/probe/tables/f1_by_game.csv").read_text().splitlines()]
     assert rows == ["game", "Breakout", "SpaceInvaders", "mean"]
     assert (repo / "reports/probe/tables/f1_by_variable_SpaceInvaders.md").exists()

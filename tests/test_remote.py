@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import BUCKET, KEY, SECRET, _free_ports, s3_client
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-KEY, SECRET = "atarirep-tester", "seaweedfs-test-secret"   # the server's only identity
-BUCKET = "atarirep"
 # No AWS settings of the machine's user leak in: no ~/.aws files, no instance metadata, no AWS_* variables.
 BASE_ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
             "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
@@ -37,66 +36,6 @@ def run(args, cwd, env=None, check=True, **kwargs):
 
 def remote_cli(*args):
     return [sys.executable, "-m", "atarirep.remote", *args]
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:                     # all held open at once, so the ports differ
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def s3_client(endpoint: str, key: str = KEY, secret: str = SECRET):
-    import botocore.session
-    from botocore.config import Config
-    return botocore.session.Session().create_client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key, aws_secret_access_key=secret,
-        config=Config(connect_timeout=1, retries={"total_max_attempts": 1}))
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
-    """`weed server -s3`: master, volume, filer and S3 gateway in one process, every port a free loopback one,
-    data in a temp folder, one identity (KEY, SECRET), and buckets made only on request, as on AWS."""
-    home = tmp_path_factory.mktemp("seaweedfs")
-    (home / "data").mkdir()
-    (home / "s3.json").write_text(json.dumps({"identities": [{
-        "name": "tester", "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
-    args = [str(BIN / "weed"), "server", f"-dir={home / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.telemetry=false",
-            f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-            "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-            f"-filer.localSocket={home / 'filer.sock'}",
-            "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-s3.localSocket={home / 's3.sock'}", f"-s3.config={home / 's3.json'}", "-s3.autoCreateBucket=false"]
-    log = (home / "weed.log").open("w")
-    server = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{s3}"
-    try:
-        client, deadline = s3_client(url), time.monotonic() + 30
-        while True:                           # ready when the gateway answers through the filer (about 3 s)
-            try:
-                client.list_buckets()
-                break
-            except Exception:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("weed server did not start:\n" + (home / "weed.log").read_text()[-3000:])
-                time.sleep(0.2)
-        client.create_bucket(Bucket=BUCKET)
-        yield url
-    finally:
-        server.kill()                         # a graceful stop takes half a minute; the data is thrown away
-        server.wait()
-        log.close()
-        for port in (master_grpc, volume_grpc, filer_grpc, s3_grpc):   # weed's gRPC sockets: /tmp, whatever TMPDIR
-            for leftover in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
-                leftover.unlink(missing_ok=True)
 
 
 def _outputs_md5(root: Path) -> dict[str, str]:
