@@ -51,6 +51,7 @@ from pathlib import Path
 from atarirep.errors import UserError
 
 CONNECT_TIMEOUT_S = 10     # a scheduler that does not answer in this time is reported, not waited for
+WORKERS_TIMEOUT_S = 60     # a scheduler without workers after this long is reported
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 LOG_TAIL = 20              # lines of a stage's log the head keeps
 
@@ -142,7 +143,12 @@ def _connect(scheduler: str | None, local: int | None, scratch: str):
 
 def _check_workers(client) -> None:
     """UserError naming a worker that cannot import the project (it could not run a stage)."""
-    client.wait_for_workers(1, timeout=60)
+    try:
+        client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
+    except TimeoutError:
+        address = client.scheduler.address
+        raise UserError(f"the Dask scheduler at {address} has no workers after {WORKERS_TIMEOUT_S} s; start some "
+                        f"(`dask worker {address}`, or dask-jobqueue on Slurm/PBS) and run again") from None
     try:
         versions = client.run(importlib.metadata.version, "atarirep", on_error="return")
     except OSError as err:

@@ -115,6 +115,19 @@ def test_a_scheduler_that_does_not_answer_is_one_line(repo, monkeypatch, capsys)
         f"workers with `dask worker {address}`) or run on this machine with --local N"]
 
 
+def test_a_scheduler_without_workers_is_one_line(repo, monkeypatch, capsys):
+    from distributed import LocalCluster
+
+    _change(repo)
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(cluster, "WORKERS_TIMEOUT_S", 1)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as empty:
+        assert _unchanged(repo, lambda: cluster.main(["repro", "--scheduler", empty.scheduler_address])) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: the Dask scheduler at {empty.scheduler_address} has no workers after 1 s; start some "
+        f"(`dask worker {empty.scheduler_address}`, or dask-jobqueue on Slurm/PBS) and run again"]
+
+
 def test_no_remote_is_one_line(repo):
     _dvc(["remote", "remove", "local"], repo)
     result = _unchanged(repo, lambda: _cli(["repro", "--local", "1"], repo))
@@ -122,6 +135,42 @@ def test_no_remote_is_one_line(repo):
     assert result.stderr.splitlines() == [
         "error: no DVC remote to exchange outputs through: add one with `dvc remote add -d shared <url>` (an S3 "
         "bucket or a directory every machine sees), or pass --remote NAME"]
+
+
+def test_a_worker_without_the_project_is_one_line(repo, tmp_path):
+    """A real scheduler and a worker whose environment lacks atarirep: this environment's packages but the
+    project's (its editable install and metadata), as on a machine where only dask was installed."""
+    import subprocess
+    import sysconfig
+    from pathlib import Path
+
+    _change(repo)
+    packages = tmp_path / "site-packages"
+    packages.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if "atarirep" not in entry.name:
+            (packages / entry.name).symlink_to(entry)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    started = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                 "--port", address.rsplit(":", 1)[1], "--no-dashboard"], env=env, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        started.append(subprocess.Popen(
+            [sys.executable, "-S", "-c", f"import site, sys; site.addsitedir({str(packages)!r}); "
+             "from distributed.cli.dask_worker import main; sys.argv[0] = 'dask worker'; main()",
+             address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard"],
+            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        result = _unchanged(repo, lambda: _cli(["repro", "--scheduler", address], repo))
+    finally:
+        for process in reversed(started):
+            process.kill()
+            process.wait()
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: Dask worker tcp://127.0.0.1:") and "does not have atarirep installed" in line
+    assert line.endswith("install the project in the workers' environment (`pip install -e .` from a checkout) "
+                         "and start them again")
 
 
 def test_a_stage_that_fails_on_a_worker_leaves_the_workspace_as_it_was(repo):
