@@ -197,8 +197,16 @@ def test_a_short_atari_run_checkpoints_in_the_published_layout_and_logs_a_curve(
     assert not any(p.name.startswith(".") for p in out.parent.iterdir())   # no work folder left behind
 
 
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """(checkpoint folder, log folder) of the TINY run trained without interruption."""
+    root = tmp_path_factory.mktemp("straight")
+    ppo.train("Breakout", 0, root / "straight", root / "straight_log", TINY, device="cpu", progress=False)
+    return root / "straight", root / "straight_log"
+
+
 @pytest.mark.parametrize("killed_after", [1, 2])   # 1: the games are replayed; 2: new games had begun
-def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_weights(tmp_path, killed_after):
+def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_weights(tmp_path, killed_after, straight_run):
     assert TINY.reset_iterations() == [2] and TINY.replay_iterations() == 2
     killed = tmp_path / "killed"
     code = (f"from atarirep.agents import ppo, checkpoints\n"
@@ -213,16 +221,16 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_weights(tmp_p
     assert died.returncode == 9, died.stderr
     assert not killed.exists() and (tmp_path / ".killed.partial/resume.pt").exists()
     ppo.train("Breakout", 0, killed, tmp_path / "killed_log", TINY, device="cpu", progress=True)
-    straight = tmp_path / "straight"
-    ppo.train("Breakout", 0, straight, tmp_path / "straight_log", TINY, device="cpu", progress=False)
+    straight, straight_log = straight_run
     for (step_a, a), (step_b, b) in zip(checkpoints.list_run(killed), checkpoints.list_run(straight), strict=True):
         assert step_a == step_b
         state_a, state_b = checkpoints.read(a)["estimator_state"], checkpoints.read(b)["estimator_state"]
         for name in state_b:
             torch.testing.assert_close(state_a[name], state_b[name], rtol=0, atol=0)
+        assert a.read_bytes() == b.read_bytes()   # the same file, byte for byte (no write time in it): one DVC hash
     for name in ("losses/policy", "charts/lr"):
         logged = (tmp_path / "killed_log/plots/metrics" / f"{name}.tsv").read_text()
-        assert logged == (tmp_path / "straight_log/plots/metrics" / f"{name}.tsv").read_text()
+        assert logged == (straight_log / "plots/metrics" / f"{name}.tsv").read_text()
 
 
 def test_bad_agent_params_are_refused_with_one_line():

@@ -217,25 +217,20 @@ def test_a_category_rule_change_reruns_the_probes_and_the_report(repo):
     assert {"probe@Breakout-stdim", "probe_baseline@Breakout-majority", "report"} <= changed
 
 
-def test_the_chain_follows_env_and_the_games_list(repo):
+def test_the_chain_follows_the_games_list_and_the_report_shows_exactly_the_methods_in_params(repo):
     both = run(["dvc", "exp", "run", "-S", "games=[Breakout,SpaceInvaders]", "-S", "pretrain.methods=[stdim]"], repo,
                timeout=900)   # (one method: random_cnn leaves the pipeline, nothing of Breakout's reruns)
     ran = ran_stages(both.stdout)
     assert {"collect@SpaceInvaders-probe", "pretrain@SpaceInvaders-stdim", "probe@SpaceInvaders-stdim",
             "probe_baseline@SpaceInvaders-majority", "report"} <= ran
     assert not {name for name in ran if "@Breakout" in name}        # Breakout's chain is reused whole
-    rows = [line.split(",")[0] for line in (repo / "reports/probe/tables/f1_by_game.csv").read_text().splitlines()]
-    assert rows == ["game", "Breakout", "SpaceInvaders", "mean"]
+    table = (repo / "reports/probe/tables/f1_by_game.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in table] == ["game", "Breakout", "SpaceInvaders", "mean"]
     assert (repo / "reports/probe/tables/f1_by_variable_SpaceInvaders.md").exists()
     assert "SpaceInvaders" in run(["dvc", "exp", "show", "--json"], repo).stdout
     # (`-S env=<game>` alone: tests/test_experiments.py queues such runs)
-
-
-def test_the_report_shows_exactly_the_methods_in_params(repo):
-    run(["dvc", "exp", "run", "-S", "pretrain.methods=[stdim]"], repo, timeout=600)
     assert (repo / "data/probes/Breakout/random_cnn/scores.csv").exists()   # an old result left on disk...
-    header = (repo / "reports/probe/tables/f1_by_game.csv").read_text().splitlines()[0]
-    assert header == "game,majority,stdim,rl_agent"                         # ...is not shown
+    assert table[0] == "game,majority,stdim,rl_agent"                        # ...is not shown
     assert set(json.loads((repo / "reports/probe/summary.json").read_text())["f1"]) == {"majority", "stdim", "rl_agent"}
 
 
