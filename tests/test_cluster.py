@@ -138,8 +138,8 @@ def test_no_remote_is_one_line(repo):
 
 
 def test_a_worker_without_the_project_is_one_line(repo, tmp_path):
-    """A real scheduler and a worker whose environment lacks atarirep: this environment's packages but the
-    project's (its editable install and metadata), as on a machine where only dask was installed."""
+    """A real scheduler and a worker whose environment lacks atarirep: every package of this environment except
+    the project's editable install and metadata, as on a machine where only dask was installed."""
     import subprocess
     import sysconfig
     from pathlib import Path
