@@ -100,25 +100,20 @@ def _plan(repo, targets: list[str]) -> tuple[list[str], dict[str, list[str]], se
     return [s.addressing for s in order], upstream, changed, devices
 
 
-def _lock_text(root: Path, entries: dict[str, dict]) -> str:
-    """dvc.lock with `entries` put in (existing stages in place, new ones at the end, as DVC writes it)."""
-    from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
+def _read_lock(root: Path) -> dict:
+    """dvc.lock as DVC reads it for an update (an empty lock if there is none); read once per run, as the
+    workspace's lock does not change until the end."""
+    from dvc.utils.serialize import parse_yaml_for_update
 
     path = root / "dvc.lock"
-    data = parse_yaml_for_update(path.read_text(), str(path)) if path.exists() else {}
-    data = data or {"schema": "2.0", "stages": {}}
-    data.setdefault("stages", {})
-    for name, entry in entries.items():
-        data["stages"][name] = entry
-    return dumps_yaml(data)
+    return (parse_yaml_for_update(path.read_text(), str(path)) if path.exists() else None) or {"schema": "2.0"}
 
 
-def _lock_entries(root: Path) -> dict[str, dict]:
-    """dvc.lock's entries by stage name ({} without a lock)."""
-    import yaml
+def _lock_text(lock: dict, entries: dict[str, dict]) -> str:
+    """`lock` with `entries` put in (existing stages in place, new ones at the end, as DVC writes it)."""
+    from dvc.utils.serialize import dumps_yaml
 
-    path = root / "dvc.lock"
-    return ((yaml.safe_load(path.read_text()) or {}).get("stages") or {}) if path.exists() else {}
+    return dumps_yaml({**lock, "stages": {**(lock.get("stages") or {}), **entries}})
 
 
 def _connect(scheduler: str | None, local: int | None, scratch: str):
@@ -211,7 +206,8 @@ def repro(root: str | os.PathLike, targets: list[str], *, scheduler: str | None 
         # (floating-point sums split over other thread counts round differently: other encoder bytes)
         threads = {key: environment.get(key) for key in THREAD_VARS}
 
-        before = _lock_entries(root)
+        lock = _read_lock(root)
+        before = lock.get("stages") or {}
         results: dict[str, dict] = {}
         ran: dict[str, dict] = {}
         new_outputs: set[str] = set()   # stages that ran and wrote outputs other than the lock's
@@ -226,12 +222,12 @@ def repro(root: str | os.PathLike, targets: list[str], *, scheduler: str | None 
                 # What the stages that ran changed, over the project as it was: uncached outputs and lock entries.
                 overlay = {out: None for r in ran.values() for out in r["uncached_outs"]}
                 overlay.update({path: data for r in ran.values() for path, data in r["uncached"].items()})
-                lock = _lock_text(root, {n: r["entry"] for n, r in ran.items()})
+                lock_so_far = _lock_text(lock, {n: r["entry"] for n, r in ran.items()})
                 wants_gpu = gpu and name in uses_device and params.get("device") != "cpu"
                 with warnings.catch_warnings():   # "large object in the task graph": the project, on purpose
                     warnings.simplefilter("ignore", UserWarning)
-                    future = client.submit(run_stage, name, project, overlay, lock, upstream[name], remote_name,
-                                           remote_url, threads, name in changed,
+                    future = client.submit(run_stage, name, project, overlay, lock_so_far, upstream[name],
+                                           remote_name, remote_url, threads, name in changed,
                                            key=f"stage-{name}-{time.time_ns()}", pure=False,
                                            resources={"GPU": 1} if wants_gpu else None)
                 running[future] = name
@@ -256,7 +252,7 @@ def repro(root: str | os.PathLike, targets: list[str], *, scheduler: str | None 
                         new_outputs.add(name)
                 log(f"{name}: {'ran' if result['ran'] else 'unchanged'} on {result['worker']} "
                     f"({result['seconds']['command']:.1f} s command, {result['seconds']['overhead']:.1f} s around it)")
-        _apply(root, ran, remote_name, order)
+        _apply(root, lock, ran, remote_name, order)
     finally:
         if client is not None:
             client.close()
@@ -277,7 +273,7 @@ def _params(root: Path) -> dict:
     return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
 
-def _apply(root: Path, ran: dict[str, dict], remote: str, order: list[str]) -> None:
+def _apply(root: Path, lock: dict, ran: dict[str, dict], remote: str, order: list[str]) -> None:
     """Put every stage that ran into the workspace at once: its uncached outputs, its dvc.lock entry, its cached
     outputs from the remote (dvc pull) and their .gitignore lines, as `dvc repro` would have left them."""
     from dvc.repo import Repo
@@ -290,7 +286,7 @@ def _apply(root: Path, ran: dict[str, dict], remote: str, order: list[str]) -> N
         for rel, data in ran[name]["uncached"].items():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_bytes(data)
-    text = _lock_text(root, {name: ran[name]["entry"] for name in names})
+    text = _lock_text(lock, {name: ran[name]["entry"] for name in names})
     (root / "dvc.lock.cluster").write_text(text)
     os.replace(root / "dvc.lock.cluster", root / "dvc.lock")
     with _inside(root), Repo(str(root)) as repo:
