@@ -154,15 +154,14 @@ def gather(root: str | Path, experiments: list[Experiment], baseline_rev: str, w
                                 f"to report, with the others (python -m atarirep.experiments report "
                                 f"{by_game[game]} ...), or remove the other (dvc exp remove {exp.name})")
             by_game[game] = exp.name
-        # the report stage's columns for this experiment (stages/report.py)
-        methods = [*shown.baselines, *shown.methods, *([reports.RL_AGENT] if shown.rl_agent else [])]
+        methods = reports.shown_methods(shown)   # the report stage's columns for this experiment
         fs = DVCFileSystem(str(root), rev=exp.rev)
         try:
             for game in shown.games:
                 for method in methods:
-                    path = f"data/probes/{game}/{method}/scores.csv"
+                    path = reports.scores_path("data/probes", game, method)
                     (folder / path).parent.mkdir(parents=True)
-                    (folder / path).write_bytes(_read(fs, path, exp))
+                    (folder / path).write_bytes(_read(fs, path.as_posix(), exp))
         finally:
             fs.close()
         parts.append(reports.load_results(folder / "data/probes", shown.games, methods))

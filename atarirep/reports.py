@@ -39,6 +39,17 @@ PAPER_REFERENCE = ("Anand et al. 2019, Unsupervised State Representation Learnin
 
 
 # -- reading probe results -------------------------------------------------------------------------
+def shown_methods(report) -> list[str]:
+    """The report's columns, in order, from its params (atarirep.params.Report): baselines, the pretraining
+    methods, then the RL agent's checkpoints when `rl_agent` is on."""
+    return [*report.baselines, *report.methods, *([RL_AGENT] if report.rl_agent else [])]
+
+
+def scores_path(probes_dir: str | os.PathLike, game: str, method: str) -> Path:
+    """Where the probe stage writes one game's scores for one method."""
+    return Path(probes_dir) / game / method / "scores.csv"
+
+
 def load_results(probes_dir: str | os.PathLike, games: list[str], methods: list[str]) -> pd.DataFrame:
     """The probe stage's scores for exactly `games` x `methods`: `probes_dir/<game>/<method>/scores.csv`.
 
@@ -50,7 +61,7 @@ def load_results(probes_dir: str | os.PathLike, games: list[str], methods: list[
     parts = []
     for game in games:
         for method in methods:
-            parts.append(_read_scores(probes_dir / game / method / "scores.csv", game, method))
+            parts.append(_read_scores(scores_path(probes_dir, game, method), game, method))
     if not parts:
         raise UserError("the report has no games or no methods to show; list them in params.yaml (games, "
                         "report.methods, report.baselines)")

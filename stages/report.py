@@ -5,8 +5,7 @@ from atarirep.errors import run_stage
 
 def main(probes_dir: str, out_dir: str) -> None:
     p = params.load("report")
-    methods = [*p.baselines, *p.methods, *([reports.RL_AGENT] if p.rl_agent else [])]
-    results = reports.load_results(probes_dir, p.games, methods)
+    results = reports.load_results(probes_dir, p.games, reports.shown_methods(p))
     reports.save(out_dir, reports.tables(results), reports.figures(results), reports.summary(results))
 
 
