@@ -18,10 +18,12 @@ import torch
 from torch import nn
 
 from atarirep import collection
+from atarirep import sampling as sampling_lib
 from atarirep.episodes import Episodes
 from atarirep.errors import UserError
 from atarirep.probe import (NUM_CLASSES, LinearProbes, SupervisedProbes, encode, fit_probes, fit_supervised, predict,
                             predict_supervised)
+from atarirep.probe.linear import check_keep
 from atarirep.scores import score
 
 TRAIN_MODES = ("train_encoder", "probe", "dry_run")
@@ -80,6 +82,11 @@ def get_episodes(env_name: str, steps: int, seed: int = 42, num_processes: int =
     (tr_eps, tr_labels), (val_eps, val_labels), (test_eps, test_labels) = (
         splits["train"], splits["val"], splits["test"])
     return tr_eps, val_eps, tr_labels, val_labels, test_eps, test_labels
+
+
+def _episode_bounds(episode_list) -> np.ndarray:
+    """(E + 1,) int64 first row of each non-empty episode once stacked (`_stack_episodes`), then the total."""
+    return np.r_[0, np.cumsum([len(e) for e in episode_list if len(e)])].astype(np.int64)
 
 
 def _stack_episodes(episode_list, what: str) -> torch.Tensor:
@@ -145,13 +152,16 @@ class ProbeTrainer:
     small_object_localization, agent_localization, other_localization, score_clock_lives_display,
     misc_keys; then "overall_avg_acc", "across_categories_avg_acc"; the same with "_f1".
     `device`: "auto", "cpu", "cuda" or a torch.device (its type is used). `wandb` and `save_dir` are
-    accepted for compatibility and unused.
+    accepted for compatibility and unused. `sampling` and `keep` default to the reference's: batches, val
+    and test drawn by episode with replacement, probes tested with their last weights
+    (atarirep.probe.linear.fit_probes); the encoder is never altered (atarirep.probe.features).
     """
 
     def __init__(self, encoder: nn.Module | None = None, method_name: str = "my_method", wandb=None,
                  patience: int = 15, num_classes: int = NUM_CLASSES, fully_supervised: bool = False,
                  save_dir: str = ".models", device: str | torch.device = "auto", lr: float = 5e-4,
-                 epochs: int = 100, batch_size: int = 64, representation_len: int = 256, seed: int = 0):
+                 epochs: int = 100, batch_size: int = 64, representation_len: int = 256, seed: int = 0,
+                 sampling: str = "reference", keep: str = "last"):
         if fully_supervised and encoder is None:
             raise UserError("fully_supervised=True needs an encoder to copy and train; pass encoder=...")
         self.encoder = encoder
@@ -161,6 +171,9 @@ class ProbeTrainer:
         self.lr, self.epochs, self.batch_size = lr, epochs, batch_size   # lr default as the reference class
         self.feature_size = representation_len
         self.seed = seed   # Departs from AtariARI: runs repeat, because the reference never seeded
+        sampling_lib.check(sampling, "ProbeTrainer sampling")
+        check_keep(keep)
+        self.sampling, self.keep = sampling, keep
         self.variables: tuple[str, ...] = ()
         self._probes: LinearProbes | SupervisedProbes | None = None
 
@@ -186,7 +199,8 @@ class ProbeTrainer:
                 raise UserError(f"{name} episodes have {len(inputs)} frames but {name} labels {len(labels)}; "
                                 "pass the labels that came with the episodes")
         settings = dict(lr=self.lr, batch_size=self.batch_size, epochs=self.epochs, patience=self.patience,
-                        seed=self.seed, device=self.device, num_classes=self.num_classes)
+                        seed=self.seed, device=self.device, num_classes=self.num_classes, sampling=self.sampling,
+                        keep=self.keep, train_bounds=_episode_bounds(tr_eps), val_bounds=_episode_bounds(val_eps))
         if self.fully_supervised:
             self._probes = fit_supervised(lambda: copy.deepcopy(self.encoder), x, y, x_val, y_val,
                                           per_variable=True, **settings)
@@ -205,7 +219,9 @@ class ProbeTrainer:
             predictions = predict_supervised(self._probes, x)
         else:
             predictions = predict(self._probes, x)
-        scores = score(predictions, y, self.variables)
+        rows = sampling_lib.evaluation_rows(np.random.default_rng([self.seed, 2]), _episode_bounds(test_episodes),
+                                            self.sampling, self.batch_size)
+        scores = score(predictions[rows], y[rows], self.variables)
         return _atariari_metrics(scores, "accuracy", "_acc"), _atariari_metrics(scores, "f1", "_f1")
 
 

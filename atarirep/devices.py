@@ -72,9 +72,19 @@ def wrap(model: nn.Module, place: Distributed, device: torch.device) -> nn.Modul
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; full float32 on CPU (this machine class lacks fast bf16)."""
-    if device.type == "cuda":
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str, where: str) -> None:
+    """UserError (one line) unless `precision` is one of PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise UserError(f"{where}={precision!r} is not offered; use one of {', '.join(PRECISIONS)} "
+                        "(bf16: autocast on CUDA)")
+
+
+def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when `precision` is bf16; otherwise, and always on CPU, full float32."""
+    if device.type == "cuda" and precision == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -118,7 +119,8 @@ class BenchmarkEncoder(nn.Module):
 class BenchmarkDecoder(nn.Module):
     """The benchmark encoder's mirror: (B, feature_size) -> (B, C, 210, 160) logits (pre-sigmoid).
 
-    Linear(feature_size -> 3456) ReLU, ConvT(64->128, 3) ReLU [128x11x8], then `local_decoder`.
+    Linear(feature_size -> 3456) ReLU, ConvT(64->128, 3) ReLU [128x11x8], then `local_decoder`. As AtariARI's
+    Decoder: orthogonal transposed convolutions, the Linear with PyTorch's default initialisation.
     """
 
     def __init__(self, feature_size: int = 256, out_channels: int = 1):
@@ -127,7 +129,7 @@ class BenchmarkDecoder(nn.Module):
             nn.Linear(feature_size, 64 * 9 * 6), nn.ReLU(), nn.Unflatten(1, (64, 9, 6)),
             nn.ConvTranspose2d(64, 128, 3, stride=1), nn.ReLU(),
             *local_decoder(out_channels))
-        _init_orthogonal(self)
+        _init_orthogonal(self.layers[3:])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.layers(z)
@@ -286,6 +288,35 @@ def _read(path: Path) -> dict:
         raise UserError(f"encoder file {path} has unknown architecture {payload['architecture']!r} (known: "
                         f"{', '.join(ARCHITECTURES)}); update atarirep or {fix}")
     return payload
+
+
+EXPORT_HOWTO = ("save your module with torch.export.save(torch.export.export(model.eval(), (frames,), dynamic_shapes="
+                "{'x': {0: torch.export.Dim('batch')}}), path), frames a (2, 1, 210, 160) float batch")
+
+
+def _is_export_archive(path: Path) -> bool:
+    """True for a torch.export.save archive (a zip without the data.pkl that torch.save writes)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names)
+
+
+def load_any(path: str | os.PathLike) -> nn.Module:
+    """An encoder to probe from a file: an atarirep encoder (`load`), or any module saved with torch.export
+    (a user's own encoder, loaded without its code). UserError (one line) for anything else."""
+    path = Path(path)
+    if not path.is_file() or not _is_export_archive(path):
+        return load(path)
+    try:
+        module = torch.export.load(path).module()
+    except Exception as err:  # torch raises many types for a damaged or foreign archive, or a missing device
+        message = " ".join(str(err).split())[:200]
+        raise UserError(f"encoder file {path} is a torch.export archive that does not load here "
+                        f"({type(err).__name__}: {message}); {EXPORT_HOWTO}") from None
+    module.meta = {}
+    return module
 
 
 def load(path: str | os.PathLike, expect: str | None = None) -> nn.Module:

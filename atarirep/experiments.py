@@ -140,7 +140,7 @@ def gather(root: str | Path, experiments: list[Experiment], baseline_rev: str, w
         return yaml.safe_load((where / "params.yaml").read_text())
 
     baseline = params_at(baseline_rev, work / "baseline")
-    parts, by_game, record = [], {}, []
+    parts, by_game, record, sets = [], {}, [], set()
     for i, exp in enumerate(experiments):
         folder = work / f"exp{i}"
         exp_params = params_at(exp.rev, folder)
@@ -148,6 +148,7 @@ def gather(root: str | Path, experiments: list[Experiment], baseline_rev: str, w
             shown = params.load("report", folder / "params.yaml")
         except UserError as err:   # it names the temporary copy: say whose params these are
             raise UserError(f"experiment {exp.name}'s params.yaml: {err}") from None
+        sets.add(shown.annotations)
         for game in shown.games:
             if game in by_game:
                 raise UserError(f"experiments {by_game[game]} and {exp.name} both cover game {game}; name the one "
@@ -167,8 +168,11 @@ def gather(root: str | Path, experiments: list[Experiment], baseline_rev: str, w
         parts.append(reports.load_results(folder / "data/probes", shown.games, methods))
         record.append({"name": exp.name, "rev": exp.rev, "games": shown.games,
                        "params": differences(exp_params, baseline)})
+    if len(sets) > 1:
+        raise UserError(f"the experiments were probed with different annotation sets ({', '.join(sorted(sets))}); "
+                        "name experiments of one set")
     results = pd.concat(parts, ignore_index=True)
-    return results, {"baseline": baseline_rev, "games": by_game, "experiments": record}
+    return results, {"baseline": baseline_rev, "games": by_game, "experiments": record, "annotations": sets.pop()}
 
 
 def report(out_dir: str | Path = DEFAULT_OUT, names: list[str] | None = None, root: str | Path = ".") -> str:
@@ -190,8 +194,9 @@ def report(out_dir: str | Path = DEFAULT_OUT, names: list[str] | None = None, ro
         picked = select(experiments, list(names or []), baseline)
         with tempfile.TemporaryDirectory(prefix="atarirep-experiments-") as work:
             results, record = gather(repo.root_dir, picked, baseline, Path(work))
-    reports.save(out_dir, reports.tables(results), reports.figures(results), reports.summary(results),
-                 extra_json={"experiments.json": record})
+    annotation_set = record["annotations"]
+    reports.save(out_dir, reports.tables(results, annotation_set=annotation_set), reports.figures(results),
+                 reports.summary(results, annotation_set=annotation_set), extra_json={"experiments.json": record})
     games = ", ".join(f"{game} ({name})" for game, name in record["games"].items())
     return (f"reported {len(record['games'])} game(s) from {len(picked)} experiment(s) in {out_dir}: {games}")
 

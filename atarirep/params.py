@@ -53,6 +53,8 @@ class Pretrain:
     lr: float                       # Adam, reference: 3e-4 (eps 1e-5)
     patience: int                   # early stop on validation loss, reference: 15
     keep: str                       # last (reference) or best encoder
+    sampling: str                   # reference (AtariARI: episodes drawn with replacement) or every_frame
+    precision: str                  # fp32 (reference) or bf16 (autocast on CUDA; no effect on CPU)
     method_config: dict[str, dict]  # method -> its settings (feature_size, CPC offsets, ...)
 
 
@@ -68,6 +70,8 @@ class Probe:
     fast: bool                      # encode once, all variables' probes as one batched layer (same results)
     supervised_per_variable: bool   # reference: one end-to-end encoder per variable; false: one shared encoder
     supervised_epochs: int          # the supervised baseline's epochs, reference: 100
+    sampling: str                   # reference (AtariARI: train, val and test drawn by episode) or every_frame
+    keep: str                       # weights tested: last (reference) or best (best val epoch's)
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class Saliency:
 @dataclass(frozen=True)
 class Report:
     games: list[str]                # shared: the games of the tables, in their order
+    annotations: str                # shared: the set probed; games whose variables differ are not compared with the paper
     methods: list[str]              # pretrained encoders shown (default: pretrain.methods)
     baselines: list[str]            # baselines shown (default: probe.baselines)
     rl_agent: bool                  # show the trained agent's encoder (first seed, last sampled checkpoint)

@@ -156,10 +156,11 @@ def variable_table(results: pd.DataFrame, game: str, metric: str = "f1") -> pd.D
     return table
 
 
-def tables(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def tables(results: pd.DataFrame, annotation_set: str = "paper") -> dict[str, pd.DataFrame]:
     """Every table, by name: <metric>_by_game, <metric>_by_category, <metric>_by_variable_<game> (the main
     methods and our extra encoders); <metric>_ablations_by_{game,category} (ST-DIM and its ablations, when
-    any ran); f1_by_{game,category}_vs_paper (ours minus the paper's, `paper_difference`)."""
+    any ran); f1_by_{game,category}_vs_paper (ours minus the paper's, `paper_difference`, which needs the
+    annotation set the scores were probed with)."""
     main, ablations = main_and_ablations(results)
     games = list(dict.fromkeys(results["game"]))
     out = {}
@@ -173,7 +174,7 @@ def tables(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
             out[f"{metric}_ablations_by_category"] = category_table(ablations, metric)
     paper = paper_tables()
     for name in ("f1_by_game", "f1_by_category"):
-        difference = paper_difference(out[name], paper[name], games)
+        difference = paper_difference(out[name], paper[name], games, annotation_set=annotation_set)
         if difference is not None:
             out[f"{name}_vs_paper"] = difference
     return out
@@ -187,17 +188,48 @@ def paper_tables() -> dict[str, pd.DataFrame]:
             for name in ("f1_by_game", "f1_by_category")}
 
 
-def paper_difference(ours: pd.DataFrame, paper: pd.DataFrame, games) -> pd.DataFrame | None:
+def _paper_games() -> list[str]:
+    return [g for g in paper_tables()["f1_by_game"].index if g != "mean"]
+
+
+def _probed(game: str, annotation_set: str) -> list[tuple[int, tuple[str, ...]]]:
+    """What a game's probes measure under an annotation set: each variable's RAM byte and categories."""
+    annotation = annotations.for_game(game, annotation_set)
+    return sorted(zip(annotation.ram_indices, map(annotations.categories, annotation.variables)))
+
+
+def unlike_paper(games, annotation_set: str) -> list[str]:
+    """The games of `games` (in their order) that are in the paper's Table 2 but whose variables under
+    `annotation_set` differ from the paper's annotation set: another RAM byte, a byte more or fewer, or a
+    byte in other categories. Their F1 measures something else than the paper's, so it is not compared.
+    A variable renamed on the same byte and in the same categories (YarsRevenge's `player_yar_x` in `paper`,
+    `player_x` in `latest`) measures the same thing."""
+    if annotation_set not in annotations.ANNOTATION_SETS:
+        raise UserError(f"annotation set {annotation_set!r} is unknown; use one of "
+                        f"{', '.join(annotations.ANNOTATION_SETS)}")
+    in_paper = set(_paper_games())
+    return [g for g in dict.fromkeys(games)
+            if g in in_paper and annotation_set != "paper" and _probed(g, annotation_set) != _probed(g, "paper")]
+
+
+NOTE = "note"   # DataFrame.attrs key: a line that to_markdown and to_latex write under the table, never the CSV
+
+
+def paper_difference(ours: pd.DataFrame, paper: pd.DataFrame, games,
+                     annotation_set: str = "paper") -> pd.DataFrame | None:
     """Our value minus the paper's for every cell in both tables, then a `mean_abs_difference` row per method
     (over the compared cells of its column); None if no cell is in both.
 
-    `games`: the games `ours` averages. A summary row (the mean over games, or Table 3's per-category means)
-    averages the paper's 22 games, so it is compared only when `games` are those same games;
+    `games`: the games `ours` averages; `annotation_set`: the annotation set their scores were probed with.
+    A game whose variables differ from the paper's under that set (`unlike_paper`) is not compared, and the
+    table's attrs[NOTE] names it. A summary row (the mean over games, or Table 3's per-category means)
+    averages the paper's 22 games, so it is compared only when `games` are those same games, none left out;
     `across_categories` is not in the paper.
     """
-    ours = ours.drop(index="across_categories", errors="ignore")
+    left_out = unlike_paper(games, annotation_set)
+    ours = ours.drop(index=["across_categories", *left_out], errors="ignore")
     is_summary_table = "mean" not in paper.index         # Table 3: every row averages the 22 games
-    same_games = sorted(games) == sorted(g for g in paper_tables()["f1_by_game"].index if g != "mean")
+    same_games = not left_out and sorted(games) == sorted(_paper_games())
     rows = [r for r in ours.index if r in paper.index and ((r != "mean" and not is_summary_table) or same_games)]
     columns = [m for m in ours.columns if m in paper.columns]
     if not rows or not columns:
@@ -206,22 +238,34 @@ def paper_difference(ours: pd.DataFrame, paper: pd.DataFrame, games) -> pd.DataF
     cells = difference.drop(index="mean", errors="ignore")
     difference.loc["mean_abs_difference"] = cells.abs().mean()
     difference.index.name = ours.index.name
+    if left_out:
+        difference.attrs[NOTE] = left_out_note(left_out, annotation_set)
     return difference
 
 
-def summary(results: pd.DataFrame) -> dict:
+def left_out_note(left_out, annotation_set: str) -> str:
+    """The one line that says which games a comparison with the paper leaves out, and why."""
+    return (f"Not compared with the paper: {', '.join(left_out)} (variables differ from the paper's under "
+            f"annotations: {annotation_set}); nor are the paper's mean row and Table 3, which average its "
+            "22 games.")
+
+
+def summary(results: pd.DataFrame, annotation_set: str = "paper") -> dict:
     """Metrics for `dvc metrics show`, per metric and method: `across_categories`, the game table's mean row
     (the same rule: missing if a game lacks the method), and `overall`, the mean over games of the plain
-    per-game mean over variables; plus the games covered and, for F1, the mean absolute difference from
-    the paper's Table 2 per method where comparable."""
+    per-game mean over variables; plus the games covered, the annotation set, and, for F1, the mean absolute
+    difference from the paper's Table 2 per method where comparable (`paper_difference`) and the games it
+    leaves out because their variables differ from the paper's."""
     overall = aggregate(results, by="overall").pivot(index="game", columns="method")
-    out: dict = {"games": list(dict.fromkeys(results["game"]))}
+    out: dict = {"games": list(dict.fromkeys(results["game"])), "annotations": annotation_set}
     for metric in METRICS:
         table = game_table(results, metric)
         out[metric] = {method: {"across_categories": _number(table.loc["mean", method]),
                                 "overall": _number(overall[metric][method].mean(skipna=False))}
                        for method in table.columns}
-    difference = paper_difference(game_table(results, "f1"), paper_tables()["f1_by_game"], out["games"])
+    out["f1_vs_paper_games_left_out"] = unlike_paper(out["games"], annotation_set)
+    difference = paper_difference(game_table(results, "f1"), paper_tables()["f1_by_game"], out["games"],
+                                  annotation_set=annotation_set)
     if difference is not None:
         out["f1_vs_paper_mean_abs_difference"] = {m: _number(v) for m, v in
                                                   difference.loc["mean_abs_difference"].items()}
@@ -246,12 +290,15 @@ def _numeric(table: pd.DataFrame) -> list[bool]:
     return [pd.api.types.is_numeric_dtype(dtype) for dtype in table.dtypes]
 
 
-def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
-    """A GitHub-flavoured Markdown table; numbers right-aligned with `digits` decimals, missing as '-'."""
+def to_markdown(table: pd.DataFrame, digits: int = 3, note: str | None = None) -> str:
+    """A GitHub-flavoured Markdown table; numbers right-aligned with `digits` decimals, missing as '-';
+    `note`, if any, as a paragraph under it."""
     header = [table.index.name or "", *map(str, table.columns)]
     align = [":--", *("--:" if n else ":--" for n in _numeric(table))]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in _cells(table, digits)]
+    if note:
+        lines += ["", f"Note: {note}"]   # the blank line ends the table
     return "\n".join(lines) + "\n"
 
 
@@ -263,9 +310,9 @@ def _latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
-def to_latex(table: pd.DataFrame, digits: int = 3) -> str:
+def to_latex(table: pd.DataFrame, digits: int = 3, note: str | None = None) -> str:
     """A booktabs `tabular` (needs \\usepackage{booktabs}); a summary row (mean, across_categories)
-    is set off by a rule."""
+    is set off by a rule; `note`, if any, in small type in a paragraph under it."""
     spec = "l" + "".join("r" if n else "l" for n in _numeric(table))
     header = [table.index.name or "", *map(str, table.columns)]
     lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(map(_latex_escape, header)) + r" \\",
@@ -275,11 +322,14 @@ def to_latex(table: pd.DataFrame, digits: int = 3) -> str:
             lines.append(r"\midrule")
         lines.append(" & ".join("--" if c == MISSING else _latex_escape(c) for c in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
+    if note:
+        lines.append(rf"\par\smallskip{{\footnotesize Note: {_latex_escape(note)}\par}}")
     return "\n".join(lines) + "\n"
 
 
 def to_csv(table: pd.DataFrame) -> str:
-    """CSV with the index as first column, numbers to 6 decimals, missing values empty."""
+    """CSV with the index as first column, numbers to 6 decimals, missing values empty; a plain table (a
+    table's note is in its Markdown and LaTeX only)."""
     return table.to_csv(float_format="%.6f", lineterminator="\n")
 
 
@@ -352,16 +402,18 @@ def figures(results: pd.DataFrame) -> dict[str, Figure]:
 # -- writing ---------------------------------------------------------------------------------------
 def save(out_dir: str | os.PathLike, tables_by_name: dict[str, pd.DataFrame], figures_by_name: dict[str, Figure],
          metrics: dict, extra_json: dict[str, object] | None = None) -> None:
-    """Write one report folder atomically: tables/<name>.{md,csv,tex}, figures/<name>.png, summary.json, and
-    `extra_json`'s files by name (atarirep.experiments: experiments.json), if any."""
+    """Write one report folder atomically: tables/<name>.{md,csv,tex} (a table's attrs[NOTE] under its
+    Markdown and LaTeX), figures/<name>.png, summary.json, and `extra_json`'s files by name
+    (atarirep.experiments: experiments.json), if any."""
     with io.atomic_dir(out_dir) as folder:
         (folder / "tables").mkdir()
         (folder / "figures").mkdir()
         for name, table in tables_by_name.items():
             shown = table.rename(columns=DISPLAY_NAMES)   # the paper's names; the CSV keeps the method keys
-            (folder / "tables" / f"{name}.md").write_text(to_markdown(shown))
+            note = table.attrs.get(NOTE)
+            (folder / "tables" / f"{name}.md").write_text(to_markdown(shown, note=note))
             (folder / "tables" / f"{name}.csv").write_text(to_csv(table))
-            (folder / "tables" / f"{name}.tex").write_text(to_latex(shown))
+            (folder / "tables" / f"{name}.tex").write_text(to_latex(shown, note=note))
         for name, fig in figures_by_name.items():
             fig.savefig(folder / "figures" / f"{name}.png", dpi=120, metadata={"Software": None})
         io.write_json(folder / "summary.json", metrics)

@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from atarirep import annotations, collection, devices, envs, methods, params, training
+from atarirep import annotations, collection, devices, envs, methods, params, sampling, training
 from atarirep.agents import checkpoints, impala, ppo, saliency
 from atarirep.errors import UserError
 from atarirep.probe import BASELINES
+from atarirep.probe.linear import check_keep
 
 
 def _distinct(values: list[str], where: str) -> None:
@@ -51,7 +52,7 @@ def check_methods(pretrain: params.Pretrain, probe: params.Probe, report: params
     _distinct(pretrain.methods, "pretrain.methods")
     config = training.TrainConfig(epochs=pretrain.epochs, batch_size=pretrain.batch_size, lr=pretrain.lr,
                                   patience=pretrain.patience, keep=pretrain.keep, seed=pretrain.seed,
-                                  device=pretrain.device)
+                                  device=pretrain.device, sampling=pretrain.sampling, precision=pretrain.precision)
     config.check()
     for name in pretrain.methods:   # builds each method: its method_config must be accepted
         training.build_method(name, pretrain.seed, **pretrain.method_config[name])
@@ -64,6 +65,8 @@ def check_methods(pretrain: params.Pretrain, probe: params.Probe, report: params
             raise UserError(f"params.yaml probe.{name}={getattr(probe, name)} must be at least 1")
     if not probe.lr > 0:
         raise UserError(f"params.yaml probe.lr={probe.lr} must be positive, for example 0.0003")
+    sampling.check(probe.sampling, "params.yaml probe.sampling")
+    check_keep(probe.keep)
     for shown, computed, where in ((report.methods, pretrain.methods, "pretrain.methods"),
                                    (report.baselines, probe.baselines, "probe.baselines")):
         missing = [m for m in shown if m not in computed]

@@ -6,7 +6,10 @@ reads no params file (the stage passes plain arguments).
 
 Samples: a method needs `window` consecutive frames of ONE episode per sample (2 for ST-DIM pairs,
 the sequence length for CPC); `windows` lists every such place, so no sample crosses an episode
-boundary. An epoch is one pass over them in a seeded random order; the last partial batch is dropped.
+boundary. An epoch (atarirep.sampling) is AtariARI's draw, one sample per frame of the split (CPC: its
+sequence length per episode), each from an episode chosen with replacement and a window inside it
+(`reference`), or one pass over the windows in a seeded order (`every_frame`); the last partial batch is
+dropped. Validation draws anew each epoch (reference) or uses the same batches every epoch (every_frame).
 
 Frames: a stored dataset's frames are streamed by default, held compressed one frame per zlib stream
 (episodes.CompressedFrames, ~30-120x smaller) and decompressed batch by batch in a background thread,
@@ -40,6 +43,7 @@ from tqdm import tqdm
 from atarirep import devices, encoders
 from atarirep import episodes as episodes_lib
 from atarirep import methods
+from atarirep import sampling as sampling_lib
 from atarirep.episodes import CompressedFrames, Episodes, LazyFrames
 from atarirep.errors import UserError
 from atarirep.io import atomic_dir, write_bytes, write_json
@@ -65,6 +69,8 @@ class TrainConfig:
     keep: str = "last"       # encoder returned: the last epoch's (AtariARI) or the best val epoch's
     seed: int = 0            # model init, sample order, negatives, noise
     device: str = "auto"     # auto | cpu | cuda
+    sampling: str = "reference"   # reference (AtariARI's draw by episode) | every_frame (atarirep.sampling)
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
 
     def check(self) -> None:
         """UserError, one line, for a bad value."""
@@ -85,6 +91,8 @@ class TrainConfig:
             bad("keep", f"one of {', '.join(KEEP)}")
         if self.device not in devices.DEVICES:
             bad("device", f"one of {', '.join(devices.DEVICES)}")
+        sampling_lib.check(self.sampling, "pretrain sampling")
+        devices.check_precision(self.precision, "pretrain precision")
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,8 @@ class Windows:
     episode_start: np.ndarray   # (S,) int64 first row of the sample's episode
     episode_length: np.ndarray  # (S,) int64 frames in the sample's episode
     window: int
+    bounds: np.ndarray          # (E + 1,) int64 first window of each episode, then S (atarirep.sampling's bounds)
+    num_frames: int             # frames in the split
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -113,18 +123,35 @@ def windows(episodes: Episodes, window: int) -> Windows:
     first = np.repeat(bounds[:-1], counts)
     offsets = np.arange(len(episode_of)) - np.repeat(np.cumsum(counts) - counts, counts)
     return Windows(starts=(first + offsets).astype(np.int64), episode_start=first.astype(np.int64),
-                   episode_length=lengths[episode_of].astype(np.int64), window=window)
+                   episode_length=lengths[episode_of].astype(np.int64), window=window,
+                   bounds=np.r_[0, np.cumsum(counts)].astype(np.int64), num_frames=int(bounds[-1]))
+
+
+def epoch_size(windows_: Windows, sampling: str, sample_stride: int = 1, samples_per_episode: int | None = None) -> int:
+    """Samples an epoch draws: every_frame, len(windows) // sample_stride (a stride of the window length
+    visits each frame about once); reference, one per frame of the split, or `samples_per_episode` per
+    episode that holds a window (AtariARI's CPC: len(episodes) x sequence_length)."""
+    if sampling == "every_frame":
+        return len(windows_) // sample_stride
+    if samples_per_episode is not None:
+        return samples_per_episode * int((np.diff(windows_.bounds) > 0).sum())
+    return windows_.num_frames
 
 
 def epoch_plan(windows_: Windows, rng: np.random.Generator, batch_size: int, uses_negatives: bool,
-               place: devices.Distributed, sample_stride: int = 1) -> list[tuple[np.ndarray, np.ndarray | None]]:
+               place: devices.Distributed, sample_stride: int = 1, sampling: str = "every_frame",
+               samples_per_episode: int | None = None) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """This process's (frame rows (B, W), negative rows (B,) or None) for each step of one epoch.
 
-    An epoch draws len(windows) // sample_stride windows without replacement (a stride of the
-    window length visits each frame about once). All processes draw the same global order, then take
-    their own slice of each global batch.
+    `epoch_size` windows: without replacement in a seeded order (every_frame), or AtariARI's draw of an
+    episode with replacement and a window inside it (reference). All processes draw the same global
+    order, then take their own slice of each global batch.
     """
-    order = rng.permutation(len(windows_))[:len(windows_) // sample_stride]
+    size = epoch_size(windows_, sampling, sample_stride, samples_per_episode)
+    if sampling == "every_frame":
+        order = rng.permutation(len(windows_))[:size]
+    else:
+        order = sampling_lib.draw(rng, windows_.bounds, size)
     negatives = None
     if uses_negatives:  # a uniformly random frame of the same episode (may be t itself, as in AtariARI)
         negatives = windows_.episode_start[order] + rng.integers(0, windows_.episode_length[order])
@@ -320,11 +347,13 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
         return FitResult(method, [], 0, math.nan, False)
 
     split_windows, stride = {}, getattr(method, "sample_stride", 1)
+    per_episode = getattr(method, "samples_per_episode", None)
     for name, split in (("train", train), ("val", val)):
         split_windows[name] = windows(split, method.window)
-        if len(split_windows[name]) // stride < config.batch_size * place.world_size:
+        num_samples = epoch_size(split_windows[name], config.sampling, stride, per_episode)
+        if len(split_windows[name]) == 0 or num_samples < config.batch_size * place.world_size:
             longest = int(np.diff(split.episode_bounds()).max(initial=0))
-            raise UserError(f"the {name} split has {len(split_windows[name]) // stride} samples of {method.window} "
+            raise UserError(f"the {name} split has {num_samples} samples of {method.window} "
                             f"consecutive frames (longest episode: {longest} frames), fewer than one batch of "
                             f"{config.batch_size * place.world_size}; lower pretrain batch_size "
                             f"(or the method's sequence length) or collect more steps")
@@ -335,7 +364,8 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
 
     method.to(device, memory_format=devices.memory_format(device))
     model = devices.wrap(Objective(method), place, device)
-    optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, eps=1e-5)
+    # eps 1e-5 as AtariARI's trainers; a method may name its own (its CPC trainer keeps torch's 1e-8)
+    optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, eps=getattr(method, "adam_eps", 1e-5))
     sampling_rng = np.random.default_rng(config.seed)
     noise = torch.Generator(device=device).manual_seed(config.seed * 1000 + place.rank)
     # `epochs` is left out: a longer run resumes a shorter one's checkpoint (no LR schedule depends on it).
@@ -360,9 +390,12 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
         start_epoch = state["epoch"]
         is_finished = bad_epochs >= config.patience or start_epoch >= config.epochs
 
-    # Validation: the same batches and noise every epoch, so epochs compare on equal terms.
-    val_plan = epoch_plan(split_windows["val"], np.random.default_rng([config.seed, 1]), config.batch_size,
-                          method.uses_negatives, place, stride)
+    def val_plan(epoch: int):
+        """every_frame: the same batches every epoch, so epochs compare on equal terms; reference: a fresh draw
+        each epoch, as AtariARI, from a stream of the epoch's own (a resumed run draws the same)."""
+        seed = [config.seed, 1] if config.sampling == "every_frame" else [config.seed, 1, epoch]
+        return epoch_plan(split_windows["val"], np.random.default_rng(seed), config.batch_size,
+                          method.uses_negatives, place, stride, config.sampling, per_episode)
     samples_per_step = config.batch_size * place.world_size
     global_step = history[-1]["step"] if history else 0           # optimizer steps taken so far
     for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -370,13 +403,13 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
             break
         method.train()
         plan = epoch_plan(split_windows["train"], sampling_rng, config.batch_size, method.uses_negatives, place,
-                          stride)
+                          stride, config.sampling, per_episode)
         bar = tqdm(total=len(plan), desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=False,
                    disable=not (progress and place.is_main), file=sys.stderr)
         loss_sum, metric_sums, started = torch.zeros((), device=device), {}, time.perf_counter()
         window_sum, window_steps, window_started = torch.zeros((), device=device), 0, started
         for step, batch in enumerate(sources["train"].batches(plan, noise), start=1):
-            with devices.autocast(device):
+            with devices.autocast(device, config.precision):
                 loss, metrics = model(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -399,7 +432,7 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
                                 samples_per_s=f"{step * samples_per_step / (now - started):.0f}")
         bar.close()
         seconds = time.perf_counter() - started
-        val = _validate(method, sources["val"], val_plan, device, place, config.seed)
+        val = _validate(method, sources["val"], val_plan(epoch), device, place, config.seed, config.precision)
         if metric not in val:
             raise ValueError(f"{type(method).__name__}.early_stop_metric is {metric!r}, which its loss() "
                              f"does not return (it returns {', '.join(sorted(val))})")
@@ -441,14 +474,14 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
 
 @torch.no_grad()
 def _validate(method: nn.Module, source: _FrameSource, plan, device: torch.device,
-              place: devices.Distributed, seed: int) -> dict[str, float]:
+              place: devices.Distributed, seed: int, precision: str) -> dict[str, float]:
     """{"loss": mean loss, metric: mean of each of the loss's metrics} over the fixed validation batches (each
     process evaluates its slice of each; the means are over all processes)."""
     method.eval()
     noise = torch.Generator(device=device).manual_seed(seed * 1000 + 999 - place.rank)
     sums: dict[str, torch.Tensor] = {}
     for batch in source.batches(plan, noise):
-        with devices.autocast(device):
+        with devices.autocast(device, precision):
             loss, metrics = method.loss(batch)
         for key, value in {**metrics, "loss": loss}.items():
             sums[key] = sums.get(key, 0.0) + value.detach().float()
@@ -519,7 +552,8 @@ def write_live(live_dir: str | os.PathLike, result: FitResult) -> None:
 
 def pretrain(method: str, episodes_dir: str | os.PathLike, out_dir: str | os.PathLike, *, epochs: int = 100,
              batch_size: int = 64, lr: float = 3e-4, patience: int = 15, keep: str = "last", seed: int = 0,
-             device: str = "auto", method_config: dict | None = None,
+             device: str = "auto", sampling: str = "reference", precision: str = "fp32",
+             method_config: dict | None = None,
              checkpoint_path: str | os.PathLike | None = None, progress: bool = True,
              log_every: int = LOG_EVERY) -> Path:
     """Learn an encoder with `method` from the episodes in `episodes_dir`; returns out_dir.
@@ -537,7 +571,7 @@ def pretrain(method: str, episodes_dir: str | os.PathLike, out_dir: str | os.Pat
     name = methods.canonical_name(method)
     method_config = dict(method_config or {})
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, keep=keep,
-                         seed=seed, device=device)
+                         seed=seed, device=device, sampling=sampling, precision=precision)
     config.check()
     devices.resolve(device)
     module = build_method(name, seed, **method_config)

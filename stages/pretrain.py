@@ -7,6 +7,7 @@ def main(method: str, episodes_dir: str, out_dir: str) -> None:
     p = params.load("pretrain")
     training.pretrain(method, episodes_dir, out_dir, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
                       patience=p.patience, keep=p.keep, seed=p.seed, device=p.device,
+                      sampling=p.sampling, precision=p.precision,
                       method_config=p.method_config.get(method, {}))
 
 

@@ -8,7 +8,7 @@ def main(method: str, episodes_dir: str, out_dir: str, encoder_path: str | None 
     probe.run(episodes_dir, encoder_path, out_dir, method=method, lr=p.lr, batch_size=p.batch_size,
               epochs=p.epochs, patience=p.patience, seed=p.seed, device=p.device, fast=p.fast,
               supervised_per_variable=p.supervised_per_variable, supervised_epochs=p.supervised_epochs,
-              progress=True)
+              sampling=p.sampling, keep=p.keep, progress=True)
 
 
 if __name__ == "__main__":

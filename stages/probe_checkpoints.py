@@ -16,7 +16,7 @@ def main(game: str, sampled_root: str, episodes_dir: str, out_dir: str, rl_agent
     p = params.load("probe")
     sampled, num_test_frames = probing.probe_sampled(
         sampled_root, episodes_dir, game=game, lr=p.lr, batch_size=p.batch_size, epochs=p.epochs,
-        patience=p.patience, seed=p.seed, device=p.device, progress=True)
+        patience=p.patience, seed=p.seed, device=p.device, sampling=p.sampling, keep=p.keep, progress=True)
     curve = probing.category_curve(sampled, "f1")
     game = sampled["game"].iloc[0]
     first_seed = int(sampled["seed"].min())
@@ -39,7 +39,7 @@ def main(game: str, sampled_root: str, episodes_dir: str, out_dir: str, rl_agent
         figure = probing.category_curve_figure(curve, "f1", title=f"{game}, {reports.DISPLAY_NAMES[probing.METHOD]}: ")
         figure.savefig(folder / "f1_by_category.png", dpi=120, metadata={"Software": None})
         io.write_json(folder / "metrics.json", metrics)
-    write_scores(rl_agent_dir, rl_agent, num_test_frames=num_test_frames)
+    write_scores(rl_agent_dir, rl_agent, num_test_frames=num_test_frames, sampling=p.sampling)
     print(f"probed {len(curve)} checkpoints of {len(last)} seed(s) of {game}; {probing.METHOD} is seed "
           f"{first_seed}'s step {last_step}")
 

@@ -178,7 +178,7 @@ def test_aggregate_matches_hand_computed_iqm():
 
 
 # -- stages ------------------------------------------------------------------------------------------
-PARAMS = {"seed": 0, "device": "cpu", "games": ["Breakout"],
+PARAMS = {"seed": 0, "device": "cpu", "games": ["Breakout"], "annotations": "latest",
           "evaluate_agent": {"protocols": ["classic", "modern"], "episodes": 2, "epsilon": 0.001, "max_steps": 30},
           "report": {"methods": [], "baselines": [], "rl_agent": False},
           # AirRaid (6 actions, no reference scores) beside Breakout (4): one network on ALE's 18 actions

@@ -22,7 +22,8 @@ from atarirep.agents.vector_env import agent_frames, stack_frames
 from atarirep.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-PROBE = {"lr": 3e-3, "batch_size": 64, "epochs": 2, "patience": 15, "seed": 0, "device": "cpu"}
+PROBE = {"lr": 3e-3, "batch_size": 64, "epochs": 2, "patience": 15, "seed": 0, "device": "cpu", "sampling": "every_frame",
+         "keep": "best"}
 STEPS = (1024, 2048)
 
 
@@ -119,7 +120,8 @@ def test_the_stage_probes_every_sampled_checkpoint_and_the_last_as_rl_agent(brea
     direct = probing.probe_checkpoint(sampled_root / "0" / "model_2048.gz", breakout_probe_dir, **PROBE)
     assert rl["f1"].tolist() == pytest.approx(direct["f1"].tolist())
     rl_metrics = json.loads((rl_dir / "metrics.json").read_text())
-    assert set(rl_metrics) == {"game", "method", "f1", "accuracy", "num_variables", "num_test_frames"}
+    assert set(rl_metrics) == {"game", "method", "f1", "accuracy", "num_variables", "num_test_frames",
+                               "sampling"}
     assert rl_metrics["method"] == "rl_agent" and rl_metrics["num_variables"] == len(variables)
     shown = reports.load_results(tmp_path / "probes", ["Breakout"], ["rl_agent"])
     assert list(reports.game_table(shown).columns) == ["rl_agent"]

@@ -108,8 +108,10 @@ def test_probe_trainer_round_trip_with_atariari_episodes_equals_the_probes_it_wr
     variables = data["train"].variables
     features = {k: probe.encode(encoder, data[k].frames) for k in ("train", "val", "test")}
     probes = probe.fit_probes(features["train"], data["train"].labels, features["val"], data["val"].labels,
-                              lr=3e-3, epochs=2)
-    expected = scores.score(probe.predict(probes, features["test"]), data["test"].labels, variables)
+                              lr=3e-3, epochs=2, train_bounds=data["train"].episode_bounds(),
+                              val_bounds=data["val"].episode_bounds())         # the reference's sampling and keep
+    rows = probe.stage.test_rows(data["test"], sampling="reference", batch_size=64, seed=0)
+    expected = scores.score(probe.predict(probes, features["test"])[rows], data["test"].labels[rows], variables)
     assert [f1[f"{v}_f1"] for v in variables] == expected["f1"].tolist()
     assert [acc[f"{v}_acc"] for v in variables] == expected["accuracy"].tolist()
     assert f1["overall_avg_f1"] == pytest.approx(expected["f1"].mean())
@@ -131,8 +133,10 @@ def test_probe_trainer_fully_supervised_trains_copies_and_leaves_the_encoder_alo
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
     model = probe.fit_supervised(lambda: copy.deepcopy(encoder), np.asarray(data["train"].frames),
                                  data["train"].labels, np.asarray(data["val"].frames), data["val"].labels,
-                                 lr=5e-4, epochs=1)
-    expected = scores.score(probe.predict_supervised(model, data["val"].frames), data["val"].labels,
+                                 lr=5e-4, epochs=1, train_bounds=data["train"].episode_bounds(),
+                                 val_bounds=data["val"].episode_bounds())
+    rows = probe.stage.test_rows(data["val"], sampling="reference", batch_size=64, seed=0)
+    expected = scores.score(probe.predict_supervised(model, data["val"].frames)[rows], data["val"].labels[rows],
                             data["val"].variables)
     assert [f1[f"{v}_f1"] for v in data["val"].variables] == expected["f1"].tolist()
 
@@ -142,8 +146,8 @@ def test_an_encoder_whose_feature_size_differs_from_representation_len_is_refuse
     trainer = ProbeTrainer(tiny_encoder(), representation_len=256, device="cpu")
     with pytest.raises(UserError) as err:
         trainer.train(tr_eps, tr_eps, tr_labels, tr_labels)
-    assert str(err.value) == ("encoder TinyEncoder returns (256, 16) for a batch of 256 frames, expected (256, 256); "
-                              "probe an encoder whose output is one feature vector per frame (or fix "
+    assert str(err.value) == ("encoder TinyEncoder returned shape (256, 16) for a batch of (256, 1, 210, 160) frames, "
+                              "expected (256, 256); flatten to one feature vector per frame (or fix "
                               "representation_len/feature_size)")
 
 

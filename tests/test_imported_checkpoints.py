@@ -28,7 +28,8 @@ from atarirep.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent          # dvc of this environment
-PROBE = {"lr": 3e-3, "batch_size": 64, "epochs": 2, "patience": 15, "seed": 0, "device": "cpu"}
+PROBE = {"lr": 3e-3, "batch_size": 64, "epochs": 2, "patience": 15, "seed": 0, "device": "cpu", "sampling": "every_frame",
+         "keep": "best"}
 STEP = 50_000_000
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

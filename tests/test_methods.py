@@ -45,7 +45,7 @@ def test_info_nce_equals_a_hand_computed_2x2_case():
 def test_each_method_loss_goes_down_over_a_short_run_on_real_frames(train_split, name):
     method = training.build_method(name, seed=0, **SMALL.get(name, {}))
     batch = real_batch(train_split, method, batch_size=8)
-    optimizer = torch.optim.Adam(method.parameters(), lr=1e-3, eps=1e-5)
+    optimizer = torch.optim.Adam(method.parameters(), lr=1e-3, eps=getattr(method, "adam_eps", 1e-5))
     losses = []
     for _ in range(5):
         loss, metrics = method.loss(batch)
@@ -210,6 +210,21 @@ def test_vae_loss_equals_the_reference_elbo_with_z_sampled_from_the_posterior(tr
     assert metrics["kl"].item() == pytest.approx(kl.item() / 3, rel=1e-5)
     assert F.mse_loss(x_hat_at_mean, x, reduction="sum").item() / 3 != pytest.approx(
         metrics["reconstruction"].item(), rel=1e-3)     # the reconstruction really used the sampled z
+    with torch.no_grad():                               # eval mode (validation) decodes the mean, as AtariARI
+        _, eval_metrics = method.eval().loss(Batch(batch.frames, None, torch.Generator().manual_seed(9)))
+    assert eval_metrics["reconstruction"].item() == pytest.approx(
+        F.mse_loss(x_hat_at_mean, x, reduction="sum").item() / 3, rel=1e-5)
+
+
+def test_decoders_keep_pytorchs_default_init_on_their_linear_layer_as_atariari():
+    """AtariARI's Decoder leaves its Linear at nn.Linear's default (uniform in +-1/sqrt(in)), orthogonal elsewhere."""
+    decoder = encoders.BenchmarkDecoder(256)
+    linear, transposed = decoder.layers[0], decoder.layers[3]
+    assert linear.weight.abs().max() <= 1 / math.sqrt(256) and linear.bias.abs().max() > 0
+    flat = transposed.weight.flatten(1)                            # (64, 128*3*3): orthogonal rows, ReLU gain
+    gain = torch.nn.init.calculate_gain("relu")
+    torch.testing.assert_close(flat @ flat.T, gain ** 2 * torch.eye(64), atol=1e-4, rtol=0)
+    assert transposed.bias.abs().max() == 0
 
 
 class _IndexEncoder(torch.nn.Module):
@@ -255,8 +270,10 @@ def test_cpc_scores_the_prediction_at_t_for_offset_k_against_frame_t_plus_k():
     offset_2 = math.log(math.exp(-s) + n2 - 1) + s                    # -log(e^-s / (e^-s + n2 - 1))
     assert metrics["offset_1"].item() == pytest.approx(offset_1, rel=1e-6)
     assert metrics["offset_2"].item() == pytest.approx(offset_2, rel=1e-6)
-    assert loss.item() == pytest.approx((offset_1 + offset_2) / 2, rel=1e-6)
-    assert method.early_stop_metric == "accuracy"
+    assert loss.item() == pytest.approx(offset_1 + offset_2, rel=1e-6)          # summed, as AtariARI's CPCTrainer
+    method.offset_reduction = "mean"
+    assert method.loss(Batch(frames))[0].item() == pytest.approx((offset_1 + offset_2) / 2, rel=1e-6)
+    assert method.early_stop_metric == "accuracy" and method.adam_eps == 1e-8
     assert metrics["accuracy"].item() == pytest.approx((1.0 + 0.0) / 2)   # every positive first at k=1, none at k=2
 
 

@@ -67,6 +67,25 @@ def test_loop_batches_hold_consecutive_frames_and_same_episode_negatives(tiny):
         torch.testing.assert_close(batch.frames, expected, rtol=0, atol=0)
 
 
+def test_reference_epochs_draw_a_window_per_frame_from_episodes_chosen_with_replacement(tiny):
+    """AtariARI's epoch: len(split) samples (total_steps), each an episode uniformly with replacement then a
+    window inside it; CPC draws sequence_length per episode long enough (len(episodes) x sequence_length)."""
+    split = tiny["train"]
+    found = training.windows(split, 2)
+    plan = training.epoch_plan(found, np.random.default_rng(0), 8, True, devices.Distributed(), sampling="reference")
+    assert len(plan) == len(split) // 8 and len(split) > len(found)           # a sample per frame, not per window
+    rows = np.concatenate([r for r, _ in plan])
+    assert (rows[:, 1] == rows[:, 0] + 1).all()                                 # never across an episode's end
+    assert (split.episode_index[rows[:, 1]] == split.episode_index[rows[:, 0]]).all()
+    assert len(np.unique(rows[:, 0])) < len(rows)                               # with replacement
+    again = training.epoch_plan(found, np.random.default_rng(0), 8, True, devices.Distributed(), sampling="reference")
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(plan, again))
+    lengths = np.diff(split.episode_bounds())
+    sequences = training.windows(split, 10)
+    assert training.epoch_size(sequences, "reference", 10, 10) == 10 * int((lengths >= 10).sum())
+    assert training.epoch_size(sequences, "every_frame", 10, 10) == len(sequences) // 10
+
+
 def _state(module):
     return {k: v.clone() for k, v in module.state_dict().items()}
 
@@ -272,7 +291,8 @@ def test_untrained_baseline_saves_its_seeded_encoder_with_an_empty_log(tiny_dir,
 
 
 @pytest.mark.parametrize("case", ["unknown method", "missing folder", "truncated frames", "batch too large",
-                                  "cpc sequence too long", "bad keep", "bad log_every"])
+                                  "cpc sequence too long", "bad keep", "bad log_every", "bad sampling",
+                                  "bad precision"])
 def test_bad_input_is_one_user_error_line_and_nothing_is_written(tiny_dir, tmp_path, case):
     folder, method, options = tiny_dir, "static_dim", dict(FAST, epochs=1)
     if case == "unknown method":
@@ -291,6 +311,10 @@ def test_bad_input_is_one_user_error_line_and_nothing_is_written(tiny_dir, tmp_p
         options["keep"] = "first"
     elif case == "bad log_every":
         options["log_every"] = 0
+    elif case == "bad sampling":
+        options["sampling"] = "uniform"
+    elif case == "bad precision":
+        options["precision"] = "fp16"
     out = tmp_path / "out"
     with pytest.raises(UserError) as err:
         training.pretrain(method, folder, out, **options)
@@ -305,6 +329,8 @@ def test_bad_input_is_one_user_error_line_and_nothing_is_written(tiny_dir, tmp_p
                                  "frames), fewer than one batch of 16; lower pretrain batch_size",
         "bad keep": "pretrain keep='first' is invalid; it must be one of last, best",
         "bad log_every": "pretrain log_every=0 is invalid; it must be an integer >= 1",
+        "bad sampling": "pretrain sampling='uniform' is not offered; use one of reference, every_frame",
+        "bad precision": "pretrain precision='fp16' is not offered; use one of fp32, bf16",
     }[case]
     assert message.startswith(expected), message
     assert not out.exists() and not training.default_checkpoint_path(out).exists()

@@ -125,7 +125,7 @@ def test_supervised_baseline_reads_frames_a_batch_at_a_time(breakout_dir, tiny_e
     train = episodes.load_splits(breakout_dir)["train"]                 # ~1,100 frames: 300 train, 300 val
     frames = {"train": np.asarray(train.frames[:300]), "val": np.asarray(train.frames[300:600])}
     labels = {"train": train.labels[:300, :2], "val": train.labels[300:600, :2]}
-    settings = dict(per_variable=False, lr=1e-3, batch_size=64, epochs=2, patience=5, seed=0)
+    settings = dict(per_variable=False, lr=1e-3, batch_size=64, epochs=2, patience=5, seed=0, sampling="every_frame")
     counted = {k: CountingFrames(v) for k, v in frames.items()}
     lazily = probe.fit_supervised(tiny_encoder, counted["train"], labels["train"], counted["val"], labels["val"],
                                   **settings)
@@ -227,22 +227,25 @@ def test_batched_adam_steps_each_variable_exactly_as_its_own_torch_adam():
     assert torch.equal(batched[2], start[2]) and not torch.equal(batched[0], start[0])
 
 
-def test_fast_path_equals_one_probe_at_a_time_on_the_same_features():
-    """Same init, batches and schedules, and the same float operations per probe: bitwise the same
-    probes, so the same val accuracies, epochs trained and test predictions. The settings make probes
+@pytest.mark.parametrize("sampling, keep", [("every_frame", "best"), ("reference", "last"), ("reference", "best")])
+def test_fast_path_equals_one_probe_at_a_time_on_the_same_features(sampling, keep):
+    """Same init, batches, val draws and schedules, and the same float operations per probe: bitwise the
+    same probes, so the same val accuracies, epochs trained and test predictions. The settings make probes
     stop at different epochs (masking), cut their lr on plateaus (patience 8 > 5) and end each epoch
-    with a short batch (700 = 10 x 64 + 60)."""
+    with a short batch (700 = 10 x 64 + 60; every_frame) or draw by episode (reference)."""
     x, y = synthetic(1000, seed=1)
     (xt, yt), (xv, yv), (xs, ys) = split(x, y, 700, 150)
-    settings = dict(lr=1e-2, batch_size=64, epochs=25, patience=8, seed=3)
+    bounds = dict(train_bounds=np.array([0, 50, 300, 310, 700]), val_bounds=np.array([0, 100, 150]))
+    settings = dict(lr=1e-2, batch_size=64, epochs=25, patience=8, seed=3, sampling=sampling, keep=keep, **bounds)
     fast = probe.fit_probes(xt, yt, xv, yv, **settings)
     slow = probe.fit_probes_reference(xt, yt, xv, yv, **settings)
     for v, reference in enumerate(slow):
         assert torch.equal(fast.weight[v], reference.weight.detach())
         assert torch.equal(fast.bias[v], reference.bias.detach())
     assert np.array_equal(probe.predict(fast, xs), probe.predict_reference(slow, xs))
-    slow_val_accuracy = (probe.predict_reference(slow, xv) == yv).mean(axis=0)
-    np.testing.assert_allclose(fast.val_accuracy, slow_val_accuracy, rtol=0, atol=1e-6)
+    if sampling == "every_frame":          # the kept weights' val accuracy, on every val row
+        slow_val_accuracy = (probe.predict_reference(slow, xv) == yv).mean(axis=0)
+        np.testing.assert_allclose(fast.val_accuracy, slow_val_accuracy, rtol=0, atol=1e-6)
     assert fast.num_epochs.min() < fast.num_epochs.max()              # early stops and masking exercised
     f1 = scores.score(probe.predict(fast, xs), ys, ["a_x", "noise", "constant", "b_x"])["f1"]
     assert f1[0] > 0.6                                                 # and it learned (chance: 0.25)
@@ -265,8 +268,8 @@ def test_reference_loop_re_encoding_frames_matches_the_fast_path(breakout_dir, t
 
 # -- the stage's entry point --------------------------------------------------------------------
 def run_settings(**overrides):
-    return {**dict(method="majority", lr=3e-3, batch_size=64, epochs=2, patience=15, seed=0, device="cpu"),
-            **overrides}
+    return {**dict(method="majority", lr=3e-3, batch_size=64, epochs=2, patience=15, seed=0, device="cpu",
+                   sampling="every_frame", keep="best"), **overrides}
 
 
 def test_run_writes_scores_and_metrics_for_the_majority_baseline(breakout_dir, tmp_path):
@@ -301,11 +304,38 @@ def test_run_probes_an_encoder_file_on_its_train_val_and_test_splits(breakout_di
     data = episodes.load_splits(breakout_dir)
     features = {k: probe.encode(encoder, split.frames) for k, split in data.items()}
     probes = probe.fit_probes(features["train"], data["train"].labels, features["val"], data["val"].labels,
-                              lr=3e-3, batch_size=64, epochs=2, patience=15, seed=0)
+                              lr=3e-3, batch_size=64, epochs=2, patience=15, seed=0, sampling="every_frame",
+                              keep="best")
     expected = scores.score(probe.predict(probes, features["test"]), data["test"].labels, data["test"].variables)
     assert table["f1"].tolist() == expected["f1"].tolist()
     assert table["accuracy"].tolist() == expected["accuracy"].tolist()
-    assert json.loads((tmp_path / "random-cnn" / "metrics.json").read_text())["method"] == "random-cnn"
+    metrics = json.loads((tmp_path / "random-cnn" / "metrics.json").read_text())
+    assert metrics["method"] == "random-cnn" and metrics["sampling"] == "every_frame"
+    assert metrics["num_test_samples"] == metrics["num_test_frames"] == len(data["test"])
+
+
+def test_reference_sampling_trains_and_tests_on_draws_of_episodes(breakout_dir, tmp_path):
+    """AtariARI's protocol: train batches, val and test drawn by episode with replacement (whole batches), the
+    last weights tested."""
+    torch.manual_seed(0)
+    encoder = encoders.build("benchmark", feature_size=32)
+    encoders.save(encoder, tmp_path / "enc.pt", game="Breakout")
+    settings = run_settings(method="random-cnn", sampling="reference", keep="last")
+    table = probe.run(breakout_dir, tmp_path / "enc.pt", tmp_path / "out", **settings)
+    data = episodes.load_splits(breakout_dir)
+    features = {k: probe.encode(encoder, split.frames) for k, split in data.items()}
+    probes = probe.fit_probes(features["train"], data["train"].labels, features["val"], data["val"].labels,
+                              lr=3e-3, batch_size=64, epochs=2, patience=15, seed=0,
+                              train_bounds=data["train"].episode_bounds(), val_bounds=data["val"].episode_bounds())
+    rows = probe.stage.test_rows(data["test"], sampling="reference", batch_size=64, seed=0)
+    assert len(rows) == len(data["test"]) // 64 * 64 and len(np.unique(rows)) < len(rows)   # a draw, with repeats
+    predictions = probe.predict(probes, features["test"])[rows]
+    expected = scores.score(predictions, data["test"].labels[rows], data["test"].variables)
+    assert table["f1"].tolist() == expected["f1"].tolist()
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["sampling"] == "reference" and metrics["num_test_samples"] == len(rows)
+    every_frame = probe.run(breakout_dir, tmp_path / "enc.pt", tmp_path / "out2", **run_settings(method="random-cnn"))
+    assert table["f1"].tolist() != every_frame["f1"].tolist()
 
 
 def test_run_trains_the_supervised_baseline_for_supervised_epochs(breakout_dir, tmp_path):
@@ -314,7 +344,7 @@ def test_run_trains_the_supervised_baseline_for_supervised_epochs(breakout_dir, 
     data = episodes.load_splits(breakout_dir)
     model = probe.fit_supervised(lambda: encoders.build("benchmark"), data["train"].frames, data["train"].labels,
                                  data["val"].frames, data["val"].labels, per_variable=False, lr=3e-3,
-                                 batch_size=64, epochs=1, patience=15, seed=0)
+                                 batch_size=64, epochs=1, patience=15, seed=0, sampling="every_frame", keep="best")
     expected = scores.score(probe.predict_supervised(model, data["test"].frames), data["test"].labels,
                             data["test"].variables)
     assert table["f1"].tolist() == expected["f1"].tolist()
@@ -342,8 +372,10 @@ def test_an_encoder_that_does_not_take_full_size_frames_is_refused(breakout_dir,
     encoders.save(encoders.build("nature"), tmp_path / "nature.pt", game="Breakout")
     err = stage_error(capsys, lambda: probe.run(breakout_dir, tmp_path / "nature.pt", tmp_path / "out",
                                                 **run_settings(method="ppo")))
-    assert err == ("error: encoder NatureCNN does not take (B, 1, 210, 160) frames; probe an encoder built for "
-                   "full-size frames (architecture benchmark)\n")
+    assert err == ("error: encoder NatureCNN raised RuntimeError: Given groups=1, weight of size [32, 4, 8, 8], "
+                   "expected input[256, 1, 210, 160] to have 4 channels, but got 1 channels instead on a batch of "
+                   "(256, 1, 210, 160) torch.float32 frames; the probe needs a module that maps float frames "
+                   "(B, 1, 210, 160) in [0, 1] to (B, F) features\n")
     assert not (tmp_path / "out").exists()
 
 

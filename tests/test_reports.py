@@ -17,7 +17,8 @@ from atarirep.errors import UserError
 
 # f1 per (game, method) for the variables of each game; accuracy is f1 / 2 throughout.
 VARIABLES = {"Breakout": ["ball_x", "player_x", "score", "foo"],      # small, agent, score, none
-             "Pong": ["ball_y", "player_y", "enemy_score", "clock_count"]}  # small, agent, score, score+misc
+             "Pong": ["ball_y", "player_y", "enemy_score", "clock_count"],  # small, agent, score, score+misc
+             "SpaceInvaders": ["player_x", "enemies_x", "num_lives", "missiles_y"]}  # agent, other, lives, small
 F1 = {("Breakout", "stdim"): [0.5, 0.6, 0.9, 0.4], ("Breakout", "majority"): [0.1, 0.2, 0.3, 0.0],
       ("Pong", "stdim"): [0.7, 0.8, 0.6, 0.2], ("Pong", "majority"): [0.2, 0.1, 0.3, 0.5]}
 
@@ -207,7 +208,7 @@ def test_the_rl_agent_is_one_more_column_after_the_extra_encoders_when_report_rl
     monkeypatch.chdir(tmp_path)
     stage = runpy.run_path(str(Path(__file__).resolve().parents[1] / "stages/report.py"))   # its main, not run
     for rl_agent, columns in ((True, ["majority", "stdim", "rl_agent"]), (False, ["majority", "stdim"])):
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump({"games": ["Pong"], "report": {**report,
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({"games": ["Pong"], "annotations": "latest", "report": {**report,
                                                                                            "rl_agent": rl_agent}}))
         stage["main"]("probes", f"report_{rl_agent}")
         assert (tmp_path / f"report_{rl_agent}/tables/f1_by_game.csv").read_text().splitlines()[0].split(",") == [
@@ -221,3 +222,88 @@ def test_the_rl_agent_is_one_more_column_after_the_extra_encoders_when_report_rl
     assert str(err.value) == (f"no probe results {tmp_path / 'probes' / 'Breakout' / 'rl_agent' / 'scores.csv'} for "
                               "game Breakout and method rl_agent; run its stage (dvc repro probe_checkpoints@Breakout) "
                               "or dvc pull")
+
+
+# SpaceInvaders' num_lives is another RAM byte under `latest` than under `paper`; Breakout's variables are the same.
+UNLIKE = {**F1, ("SpaceInvaders", "stdim"): [0.9, 0.5, 0.3, 0.1], ("SpaceInvaders", "majority"): [0.2, 0.2, 0.2, 0.2]}
+
+
+def test_games_whose_variables_differ_from_the_papers_are_computed_from_the_two_annotation_sets():
+    paper_games = [g for g in reports.paper_tables()["f1_by_game"].index if g != "mean"]
+    assert reports.unlike_paper(paper_games, "latest") == ["Pitfall", "Pong", "Qbert", "Seaquest", "SpaceInvaders"]
+    assert reports.unlike_paper(paper_games, "paper") == []
+    # Only renamed (same RAM bytes, same categories): the same measurement, compared.
+    assert annotations.for_game("YarsRevenge", "latest").variables != annotations.for_game("YarsRevenge",
+                                                                                          "paper").variables
+    assert reports.unlike_paper(["YarsRevenge", "PrivateEye", "Breakout", "BattleZone"], "latest") == []
+    with pytest.raises(UserError, match="annotation set 'newest' is unknown"):
+        reports.unlike_paper(["Pong"], "newest")
+
+
+def test_a_game_whose_variables_differ_is_compared_with_the_paper_under_paper_only():
+    results = hand_results(UNLIKE)
+    ours = reports.game_table(results)
+    breakout = abs(ours.loc["Breakout", "stdim"] - 0.88)
+    space_invaders = abs(ours.loc["SpaceInvaders", "stdim"] - 0.57)
+    note = ("Not compared with the paper: Pong, SpaceInvaders (variables differ from the paper's under "
+            "annotations: latest); nor are the paper's mean row and Table 3, which average its 22 games.")
+
+    latest = reports.tables(results, annotation_set="latest")["f1_by_game_vs_paper"]
+    assert list(latest.index) == ["Breakout", "mean_abs_difference"]
+    assert latest.loc["mean_abs_difference", "stdim"] == pytest.approx(breakout)
+    assert latest.attrs[reports.NOTE] == note
+    summary = reports.summary(results, annotation_set="latest")
+    assert summary["annotations"] == "latest"
+    assert summary["f1_vs_paper_games_left_out"] == ["Pong", "SpaceInvaders"]
+    assert summary["f1_vs_paper_mean_abs_difference"]["stdim"] == pytest.approx(breakout)
+
+    paper = reports.tables(results, annotation_set="paper")["f1_by_game_vs_paper"]
+    assert list(paper.index) == ["Breakout", "Pong", "SpaceInvaders", "mean_abs_difference"]
+    assert paper.loc["SpaceInvaders", "stdim"] == pytest.approx(ours.loc["SpaceInvaders", "stdim"] - 0.57)
+    assert reports.NOTE not in paper.attrs
+    summary = reports.summary(results, annotation_set="paper")
+    assert summary["f1_vs_paper_games_left_out"] == []
+    assert summary["f1_vs_paper_mean_abs_difference"]["stdim"] == pytest.approx(
+        (breakout + abs(ours.loc["Pong", "stdim"] - 0.81) + space_invaders) / 3)
+
+
+def test_only_games_whose_variables_differ_leave_no_comparison():
+    only_unlike = {k: v for k, v in UNLIKE.items() if k[0] == "SpaceInvaders"}
+    assert "f1_by_game_vs_paper" not in reports.tables(hand_results(only_unlike), annotation_set="latest")
+    summary = reports.summary(hand_results(only_unlike), annotation_set="latest")
+    assert summary["f1_vs_paper_games_left_out"] == ["SpaceInvaders"]
+    assert "f1_vs_paper_mean_abs_difference" not in summary
+
+
+def test_with_all_22_games_a_game_left_out_drops_the_mean_row_and_table_3():
+    games = [g for g in reports.paper_tables()["f1_by_game"].index if g != "mean"]
+    results = pd.DataFrame([{"game": g, "method": "stdim", "variable": v, "categories": annotations.categories(v),
+                             "f1": 0.5, "accuracy": 0.5} for g in games for v in ("ball_x", "player_x", "score")])
+    latest = reports.tables(results, annotation_set="latest")
+    assert "f1_by_category_vs_paper" not in latest
+    by_game = latest["f1_by_game_vs_paper"]
+    assert list(by_game.index) == [g for g in games if g not in ("Pitfall", "Pong", "Qbert", "Seaquest",
+                                                                 "SpaceInvaders")] + ["mean_abs_difference"]
+    paper = reports.tables(results, annotation_set="paper")
+    assert paper["f1_by_game_vs_paper"].loc["mean", "stdim"] == pytest.approx(0.5 - 0.68)
+    assert "f1_by_category_vs_paper" in paper
+
+
+def test_the_note_is_written_under_the_markdown_and_latex_tables_and_not_in_the_csv(tmp_path):
+    results = hand_results(UNLIKE)
+    built = reports.tables(results, annotation_set="latest")
+    reports.save(tmp_path / "report", built, {}, reports.summary(results, annotation_set="latest"))
+    tables = tmp_path / "report" / "tables"
+    note = built["f1_by_game_vs_paper"].attrs[reports.NOTE]
+    markdown = (tables / "f1_by_game_vs_paper.md").read_text().splitlines()
+    assert markdown[-3].startswith("| mean_abs_difference |") and markdown[-2:] == ["", f"Note: {note}"]
+    latex = (tables / "f1_by_game_vs_paper.tex").read_text().splitlines()
+    assert latex[-2:] == [r"\end{tabular}", r"\par\smallskip{\footnotesize Note: Not compared with the paper: "
+                          r"Pong, SpaceInvaders (variables differ from the paper's under annotations: latest); nor "
+                          r"are the paper's mean row and Table 3, which average its 22 games.\par}"]
+    csv = (tables / "f1_by_game_vs_paper.csv").read_text()
+    assert csv == reports.to_csv(built["f1_by_game_vs_paper"]) and "Note" not in csv
+    assert [line.split(",")[0] for line in csv.splitlines()] == ["game", "Breakout", "mean_abs_difference"]
+    assert (tables / "f1_by_game.md").read_text().endswith("|\n")           # other tables have no note
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["f1_vs_paper_games_left_out"] == ["Pong", "SpaceInvaders"]

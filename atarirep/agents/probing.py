@@ -26,7 +26,7 @@ from atarirep.agents.network import ActorCritic
 from atarirep.agents.vector_env import AGENT_FRAME, STACK, agent_frames, stack_frames
 from atarirep.errors import UserError
 from atarirep.probe.features import ENCODE_BATCH_SIZE
-from atarirep.probe.stage import check_settings, load_probe_data, method_scores, probe_features
+from atarirep.probe.stage import check_settings, load_probe_data, method_scores, probe_features, test_rows
 from atarirep.scores import aggregate
 
 METHOD = "rl_agent"               # the method name of an agent's encoder in data/probes/<game>/<method>
@@ -92,29 +92,32 @@ def agent_features(network: ActorCritic, split: episodes.Episodes | AgentView, *
 
 def probe_network(network: ActorCritic, data: dict[str, episodes.Episodes], *, game: str,
                   views: dict[str, AgentView] | None = None, method: str = METHOD, lr: float, batch_size: int,
-                  epochs: int, patience: int, seed: int, device: str, progress: bool = False) -> pd.DataFrame:
+                  epochs: int, patience: int, seed: int, device: str, sampling: str = "reference",
+                  keep: str = "last", progress: bool = False) -> pd.DataFrame:
     """Scores (the probe stage's rows: game, method, variable, categories, f1, accuracy, num_epochs) of batched
     linear probes on the network's features of `data`'s train, val and test splits (`views`: their
-    `agent_view`s, when computed once for many networks)."""
+    `agent_view`s, when computed once for many networks), sampled and kept as the probe stage does."""
     views = views or {name: agent_view(split) for name, split in data.items()}
     features = {name: agent_features(network, views[name], device=device) for name in ("train", "val", "test")}
     predictions, num_epochs = probe_features(features, data, lr=lr, batch_size=batch_size, epochs=epochs,
-                                             patience=patience, seed=seed, device=device, progress=progress)
-    return method_scores(predictions, data["test"], num_epochs, game=game, method=method)
+                                             patience=patience, seed=seed, device=device, sampling=sampling,
+                                             keep=keep, progress=progress)
+    rows = test_rows(data["test"], sampling=sampling, batch_size=batch_size, seed=seed)
+    return method_scores(predictions, data["test"], num_epochs, game=game, method=method, rows=rows)
 
 
 def probe_checkpoint(checkpoint_path: str | os.PathLike, episodes_dir: str | os.PathLike, *, lr: float,
                      batch_size: int, epochs: int, patience: int, seed: int, device: str,
-                     progress: bool = False) -> pd.DataFrame:
+                     sampling: str = "reference", keep: str = "last", progress: bool = False) -> pd.DataFrame:
     """Probe one agent checkpoint's encoder on a stored probing dataset (train/val/test): its scores, one row per
     variable, in the probe stage's columns (method `rl_agent`). Writes nothing."""
     check_settings(method=METHOD, encoder_path=checkpoint_path, lr=lr, batch_size=batch_size, epochs=epochs,
-                   patience=patience)
+                   patience=patience, sampling=sampling, keep=keep)
     devices.resolve(device)   # a bad device is refused before any data is read
     game, data = load_probe_data(episodes_dir)
     network, _ = checkpoints.load_for_game(checkpoint_path, game)
     return probe_network(network, data, game=game, lr=lr, batch_size=batch_size, epochs=epochs, patience=patience,
-                         seed=seed, device=device, progress=progress)
+                         seed=seed, device=device, sampling=sampling, keep=keep, progress=progress)
 
 
 # -- the sampled checkpoints of one game ------------------------------------------------------------
@@ -128,8 +131,8 @@ def checkpoint_frames(meta: dict, path) -> int:
 
 
 def probe_sampled(root: str | os.PathLike, episodes_dir: str | os.PathLike, *, game: str, lr: float,
-                  batch_size: int, epochs: int, patience: int, seed: int, device: str,
-                  progress: bool = False) -> tuple[pd.DataFrame, int]:
+                  batch_size: int, epochs: int, patience: int, seed: int, device: str, sampling: str = "reference",
+                  keep: str = "last", progress: bool = False) -> tuple[pd.DataFrame, int]:
     """Probe every checkpoint of `checkpoints.sampled_runs(root)` on the probing dataset at `episodes_dir`.
 
     Every checkpoint is read (and checked: format, network, game, frames) before any data is; the dataset is
@@ -137,7 +140,8 @@ def probe_sampled(root: str | os.PathLike, episodes_dir: str | os.PathLike, *, g
     variable): game, seed, step, frames, method, variable, categories (tuple), f1, accuracy, num_epochs;
     seeds and steps in order.
     """
-    check_settings(method=METHOD, encoder_path=root, lr=lr, batch_size=batch_size, epochs=epochs, patience=patience)
+    check_settings(method=METHOD, encoder_path=root, lr=lr, batch_size=batch_size, epochs=epochs, patience=patience,
+                   sampling=sampling, keep=keep)
     devices.resolve(device)
     found = []
     for run_seed, run in checkpoints.sampled_runs(root).items():
@@ -153,7 +157,8 @@ def probe_sampled(root: str | os.PathLike, episodes_dir: str | os.PathLike, *, g
     for run_seed, step, frames, path in tqdm(found, desc="checkpoints", disable=not progress):
         network, _ = checkpoints.load_for_game(path, game)
         part = probe_network(network, data, game=data_game, views=views, lr=lr, batch_size=batch_size,
-                             epochs=epochs, patience=patience, seed=seed, device=device)
+                             epochs=epochs, patience=patience, seed=seed, device=device, sampling=sampling,
+                             keep=keep)
         part.insert(1, "seed", run_seed)
         part.insert(2, "step", step)
         part.insert(3, "frames", frames)

@@ -33,18 +33,20 @@ class VAE(nn.Module):
 
           L = sum_pixels (sigmoid(dec(z)) - x)^2 + beta * KL(N(mu, sigma^2) || N(0, I)),
           KL = -1/2 sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2),   z = mu + sigma * eps, eps ~ N(0, I)
-        with mu = the encoder's output (the features probed) and log sigma^2 from a linear head.
+        with mu = the encoder's output (the features probed) and log sigma^2 from a linear head. In eval
+        mode (validation) z = mu, as AtariARI's reparametrize does.
         """
         x = batch.frames[:, 0]                                             # (B, 1, 210, 160)
         local = self.encoder.local_features(x)                             # (B, 128, 11, 8)
         conv_map = self.encoder.global_layers[:-1](local)                  # (B, 3456): all but the last Linear
         mu = self.encoder.global_layers[-1](conv_map)                      # (B, 256)
         log_variance = self.log_variance(conv_map)                         # (B, 256)
-        eps = torch.randn(mu.shape, generator=batch.generator, device=mu.device, dtype=mu.dtype)
-        z = mu + torch.exp(0.5 * log_variance) * eps                       # (B, 256), reparameterised
+        if self.training:
+            eps = torch.randn(mu.shape, generator=batch.generator, device=mu.device, dtype=mu.dtype)
+            z = mu + torch.exp(0.5 * log_variance) * eps                   # (B, 256), reparameterised
+        else:
+            z = mu                                                         # as AtariARI: eval decodes the mean
         x_hat = torch.sigmoid(self.decoder(z).float())                     # (B, 1, 210, 160)
-        # Departs from AtariARI: its VAE decodes the mean at evaluation; here validation also samples
-        # z (from the loop's fixed validation generator), so the val loss is the same ELBO estimate as training.
         reconstruction = (x_hat - x).pow(2).flatten(1).sum(1).mean()
         mu, log_variance = mu.float(), log_variance.float()
         kl = (-0.5 * (1 + log_variance - mu.pow(2) - log_variance.exp()).sum(1)).mean()

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from atarirep import devices
+from atarirep import sampling as sampling_lib
 from atarirep.errors import UserError
 
 NUM_CLASSES = 256          # labels are RAM bytes
@@ -30,6 +31,7 @@ MIN_LR = 1e-5
 LR_EPS = 1e-8              # torch's ReduceLROnPlateau eps: smaller lr changes are skipped
 PLATEAU_THRESHOLD = 1e-4   # torch's ReduceLROnPlateau default (relative), which the reference used
 PREDICT_BATCH_SIZE = 1024
+KEEP = ("last", "best")    # weights a probe is tested with: its last epoch's (AtariARI) or its best val epoch's
 
 
 def labels_tensor(labels, num_classes: int, what: str) -> torch.Tensor:
@@ -43,13 +45,21 @@ def labels_tensor(labels, num_classes: int, what: str) -> torch.Tensor:
     return y
 
 
-def epoch_batches(rng: np.random.Generator, num_rows: int, batch_size: int) -> Iterator[torch.Tensor]:
-    """One epoch of shuffled row indices (int64 tensors), every row once, the last batch possibly smaller."""
-    # Departs from AtariARI: each epoch visits every train frame once in a seeded shuffle, because the
-    # reference draws episodes uniformly with replacement (frames of short episodes count more) from
-    # the unseeded global RNG, and measures val and test accuracy on such a resample too.
-    order = torch.from_numpy(rng.permutation(num_rows))
-    yield from order.split(batch_size)
+def epoch_batches(rng: np.random.Generator, bounds: np.ndarray, batch_size: int,
+                  sampling: str = "reference") -> Iterator[torch.Tensor]:
+    """One epoch of train row indices (int64 tensors), `batch_size` at a time (atarirep.sampling): AtariARI's draw
+    of one row per frame, episodes with replacement, the last partial batch dropped (reference), or every row
+    once in a seeded shuffle, the last batch possibly smaller (every_frame). bounds: the split's episode bounds."""
+    order = torch.from_numpy(sampling_lib.epoch_order(rng, bounds, sampling))
+    batches = order.split(batch_size)
+    if sampling == "reference" and len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches = batches[:-1]
+    yield from batches
+
+
+def whole_split(num_rows: int) -> np.ndarray:
+    """Episode bounds of rows given without episodes: one episode of them all."""
+    return np.array([0, num_rows], np.int64)
 
 
 def init_linear(generator: torch.Generator, in_features: int, out_features: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,7 +173,8 @@ class BatchedAdam:
 
 def fit_probes(train_features, train_labels, val_features, val_labels, *, lr: float = 3e-4,
                batch_size: int = 64, epochs: int = 100, patience: int = 15, seed: int = 0,
-               device: str = "cpu", num_classes: int = NUM_CLASSES, progress: bool = False) -> LinearProbes:
+               device: str = "cpu", num_classes: int = NUM_CLASSES, sampling: str = "reference",
+               keep: str = "last", train_bounds=None, val_bounds=None, progress: bool = False) -> LinearProbes:
     """Train one linear probe per variable on (N, F) features and (N, V) labels, all V at once.
 
     The reference protocol (PROTOCOLS.md 2) per probe: Linear(F -> 256), cross-entropy, Adam (lr, eps
@@ -171,16 +182,24 @@ def fit_probes(train_features, train_labels, val_features, val_labels, *, lr: fl
     after `patience` epochs without val improvement, at most `epochs`. The V probes form one (V, C, F)
     layer; each variable's loss is its own mean cross-entropy, so gradients do not mix, and each has
     its own lr, plateau and early stop (a stopped probe gets lr 0). Same seed -> same probes.
+    `sampling` (atarirep.sampling): reference draws train batches and each epoch's val sample as AtariARI
+    does, from the splits' episode bounds `train_bounds` / `val_bounds` (None: the rows as one episode);
+    every_frame visits each train row once an epoch and scores every val row. `keep`: "last" returns each
+    probe's weights when it stopped (AtariARI), "best" those of its best val epoch.
     `device`: auto, cpu or cuda (atarirep.devices).
     """
     # Departs from AtariARI: features are computed once (`encode`) and all probes train as one layer,
     # because the reference re-encodes every batch for every probe: the same numbers at V x epochs the cost.
+    sampling_lib.check(sampling, "probe sampling")
+    check_keep(keep)
     dev = devices.resolve(device)
     x = torch.as_tensor(train_features, dtype=torch.float32).to(dev)
     x_val = torch.as_tensor(val_features, dtype=torch.float32).to(dev)
     y = labels_tensor(train_labels, num_classes, "train labels").to(dev)
     y_val = labels_tensor(val_labels, num_classes, "val labels").to(dev)
     num_rows, num_features = x.shape
+    train_bounds = whole_split(num_rows) if train_bounds is None else np.asarray(train_bounds, np.int64)
+    val_bounds = whole_split(len(x_val)) if val_bounds is None else np.asarray(val_bounds, np.int64)
     num_variables = y.shape[1]
     generator = torch.Generator().manual_seed(seed)
     inits = [init_linear(generator, num_features, num_classes) for _ in range(num_variables)]
@@ -189,14 +208,15 @@ def fit_probes(train_features, train_labels, val_features, val_labels, *, lr: fl
     best = LinearProbes(weight.detach().clone(), bias.detach().clone(),
                         np.zeros(num_variables, int), np.zeros(num_variables))
     current = LinearProbes(weight, bias, best.num_epochs, best.val_accuracy)
+    last_val_accuracy = np.zeros(num_variables)
     adam = BatchedAdam([weight, bias])
     schedules = Schedules(num_variables, lr, patience)
-    order_rng = np.random.default_rng(seed)
+    order_rng, val_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     for _ in tqdm(range(epochs), desc="probe epochs", disable=not progress, leave=False):
         if not schedules.active.any():
             break
         lr_now = torch.as_tensor(np.where(schedules.active, schedules.lr, 0.0), device=dev)   # (V,) float64
-        for rows in epoch_batches(order_rng, num_rows, batch_size):
+        for rows in epoch_batches(order_rng, train_bounds, batch_size, sampling):
             rows = rows.to(dev)
             logits = current.logits(x[rows])                                                 # (B, V, C)
             # The sum of V mean cross-entropies: variable v's gradient is its own loss's gradient. Rows of
@@ -205,15 +225,26 @@ def fit_probes(train_features, train_labels, val_features, val_labels, *, lr: fl
             per_row = F.cross_entropy(logits.reshape(-1, num_classes), y[rows].reshape(-1), reduction="none")
             loss = per_row.view(len(rows), num_variables).mean(0).sum()
             adam.step(torch.autograd.grad(loss, [weight, bias]), lr_now)
-        best.num_epochs[schedules.active] += 1
+        running = schedules.active.copy()
+        best.num_epochs[running] += 1
+        val_rows = torch.from_numpy(sampling_lib.evaluation_rows(val_rng, val_bounds, sampling, batch_size)).to(dev)
         with torch.no_grad():
-            val_accuracy = (torch.as_tensor(predict(current, x_val), device=dev) == y_val).float().mean(0)
-        improved = schedules.update(val_accuracy.cpu().numpy())
-        # Departs from AtariARI: each probe is tested with the weights of its best val epoch, because
-        # the reference's EarlyStopping saved them only with checkpoint=True (off) and tested the last.
-        keep = torch.as_tensor(improved, device=dev)
+            val_predictions = torch.as_tensor(predict(current, x_val), device=dev)
+            val_accuracy = (val_predictions[val_rows] == y_val[val_rows]).float().mean(0).cpu().numpy()
+        last_val_accuracy[running] = val_accuracy[running]
+        improved = schedules.update(val_accuracy)
+        keep_rows = torch.as_tensor(improved, device=dev)
         with torch.no_grad():
-            best.weight[keep] = weight[keep]
-            best.bias[keep] = bias[keep]
+            best.weight[keep_rows] = weight[keep_rows]
+            best.bias[keep_rows] = bias[keep_rows]
         best.val_accuracy[improved] = schedules.best[improved]
+    if keep == "last":   # a stopped probe's lr was 0 since: its weights are those of the epoch it stopped at
+        return LinearProbes(weight.detach(), bias.detach(), best.num_epochs, last_val_accuracy)
     return best
+
+
+def check_keep(keep: str) -> None:
+    """UserError unless `keep` is one of KEEP."""
+    if keep not in KEEP:
+        raise UserError(f"probe keep={keep!r} is not offered; use one of {', '.join(KEEP)} "
+                        "(last: each probe's last weights, as AtariARI; best: its best validation epoch's)")

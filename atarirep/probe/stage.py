@@ -16,16 +16,20 @@ import pandas as pd
 from torch import nn
 
 from atarirep import annotations, devices, encoders, episodes, io
+from atarirep import sampling as sampling_lib
 from atarirep.errors import UserError
 from atarirep.probe.baselines import BASELINES, fit_supervised, majority_predictions, predict_supervised
 from atarirep.probe.features import encode
-from atarirep.probe.linear import fit_probes, predict
+from atarirep.probe.linear import check_keep, fit_probes, predict
 from atarirep.probe.reference import fit_probes_reference, predict_reference
 from atarirep.scores import score, summarize
 
 
-def check_settings(*, method: str, encoder_path, lr: float, batch_size: int, epochs: int, patience: int) -> None:
+def check_settings(*, method: str, encoder_path, lr: float, batch_size: int, epochs: int, patience: int,
+                   sampling: str = "reference", keep: str = "last") -> None:
     """UserError (one line) for settings that cannot work, before any data is read."""
+    sampling_lib.check(sampling, "probe.sampling")
+    check_keep(keep)
     if method in BASELINES and encoder_path is not None:
         raise UserError(f"method {method!r} trains its own model and takes no encoder file; "
                         f"drop the encoder path {encoder_path}")
@@ -60,74 +64,102 @@ def check_same_game(encoder: nn.Module, encoder_path, game: str, episodes_dir) -
 def run(episodes_dir: str | os.PathLike, encoder_path: str | os.PathLike | None, out_dir: str | os.PathLike, *,
         method: str, lr: float = 3e-4, batch_size: int = 64, epochs: int = 100, patience: int = 15,
         seed: int = 0, device: str = "auto", fast: bool = True, supervised_per_variable: bool = True,
-        supervised_epochs: int | None = None, progress: bool = False) -> pd.DataFrame:
+        supervised_epochs: int | None = None, sampling: str = "reference", keep: str = "last",
+        progress: bool = False) -> pd.DataFrame:
     """Probe one (game, method) and write out_dir/scores.csv then out_dir/metrics.json, atomically.
 
     method "majority" and "supervised" need no encoder (encoder_path None); any other method name
-    probes the encoder file at `encoder_path`. `fast` uses the batched path; fast=False the
-    reference loop (same results, far slower). The supervised baseline trains for at most
-    `supervised_epochs` (default `epochs`), one encoder per variable if `supervised_per_variable`.
+    probes the encoder file at `encoder_path` (an atarirep encoder or a TorchScript module,
+    `encoders.load_any`). `fast` uses the batched path; fast=False the one-probe-at-a-time loop (same
+    results, far slower). The supervised baseline trains for at most `supervised_epochs` (default
+    `epochs`), one encoder per variable if `supervised_per_variable`. `sampling` (atarirep.sampling) draws
+    train, val and test samples; `keep` which weights are tested (atarirep.probe.linear.fit_probes).
     Returns the scores (one row per variable).
     scores.csv: game, method, variable, categories (";"-joined), f1, accuracy, num_epochs.
-    metrics.json: game, method, `summarize`'s f1 and accuracy figures, num_variables, num_test_frames.
+    metrics.json: game, method, `summarize`'s f1 and accuracy figures, num_variables, num_test_frames,
+    num_test_samples (the rows scored: every test frame, or the reference's draw), sampling.
     """
     check_settings(method=method, encoder_path=encoder_path, lr=lr, batch_size=batch_size, patience=patience,
-                   epochs=supervised_epochs if method == "supervised" and supervised_epochs is not None else epochs)
+                   epochs=supervised_epochs if method == "supervised" and supervised_epochs is not None else epochs,
+                   sampling=sampling, keep=keep)
     devices.resolve(device)   # a bad device is refused before any data is read
+    encoder = None if method in BASELINES else encoders.load_any(encoder_path)
     game, data = load_probe_data(episodes_dir)
     train, val, test = data["train"], data["val"], data["test"]
-    settings = dict(lr=lr, batch_size=batch_size, epochs=epochs, patience=patience, seed=seed, device=device)
+    settings = dict(lr=lr, batch_size=batch_size, epochs=epochs, patience=patience, seed=seed, device=device,
+                    sampling=sampling, keep=keep)
+    bounds = dict(train_bounds=train.episode_bounds(), val_bounds=val.episode_bounds())
     if method == "majority":
         predictions = majority_predictions(train.labels, len(test))
         num_epochs = np.zeros(len(train.variables), int)
     elif method == "supervised":
         settings["epochs"] = epochs if supervised_epochs is None else supervised_epochs
         model = fit_supervised(lambda: encoders.build("benchmark"), train.frames, train.labels, val.frames,
-                               val.labels, per_variable=supervised_per_variable, progress=progress, **settings)
+                               val.labels, per_variable=supervised_per_variable, progress=progress, **settings, **bounds)
         predictions, num_epochs = predict_supervised(model, test.frames), model.num_epochs
     else:
-        encoder = encoders.load(encoder_path)
         check_same_game(encoder, encoder_path, game, episodes_dir)
         if fast:
             features = {name: encode(encoder, split.frames, device=device, progress=progress, what=f"{name} frames")
                         for name, split in data.items()}
             predictions, num_epochs = probe_features(features, data, progress=progress, **settings)
         else:
-            encode(encoder, test.frames[:1], device=device)   # the same shape checks as the fast path
+            encode(encoder, test.frames[:1], device=device)   # the same checks as the fast path, on one frame
             probes = fit_probes_reference(train.frames, train.labels, val.frames, val.labels, encoder=encoder,
-                                          **settings)
+                                          **settings, **bounds)
             predictions = predict_reference(probes, test.frames, encoder=encoder, device=device)
             num_epochs = np.full(len(train.variables), -1)   # not tracked by the reference loop
-    scores = method_scores(predictions, test, num_epochs, game=game, method=method)
-    write_scores(out_dir, scores, num_test_frames=len(test))
+    rows = test_rows(test, sampling=sampling, batch_size=batch_size, seed=seed)
+    scores = method_scores(predictions, test, num_epochs, game=game, method=method, rows=rows)
+    write_scores(out_dir, scores, num_test_frames=len(test), num_test_samples=len(rows), sampling=sampling)
     return scores
 
 
+def test_rows(test: episodes.Episodes, *, sampling: str, batch_size: int, seed: int) -> np.ndarray:
+    """The test rows scored: every frame once (every_frame), or AtariARI's draw of one sample per test frame,
+    episodes with replacement, whole batches (reference), from a seed stream of its own."""
+    return sampling_lib.evaluation_rows(np.random.default_rng([seed, 2]), test.episode_bounds(), sampling,
+                                        batch_size)
+
+
 def probe_features(features: dict, data: dict[str, episodes.Episodes], *, lr: float, batch_size: int, epochs: int,
-                   patience: int, seed: int, device: str, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   patience: int, seed: int, device: str, sampling: str = "reference", keep: str = "last",
+                   progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The fast path on features computed beforehand (any encoder): batched linear probes trained on
-    features["train"] with early stop on features["val"] (each (N, F) for that split of `data`); returns their
-    (N_test, V) predictions on features["test"] and the (V,) epochs each probe trained."""
+    features["train"] with early stop on features["val"] (each (N, F) for that split of `data`, whose episodes
+    give the samples); returns their (N_test, V) predictions on every row of features["test"] and the (V,)
+    epochs each probe trained."""
     probes = fit_probes(features["train"], data["train"].labels, features["val"], data["val"].labels, lr=lr,
                         batch_size=batch_size, epochs=epochs, patience=patience, seed=seed, device=device,
-                        progress=progress)
+                        sampling=sampling, keep=keep, train_bounds=data["train"].episode_bounds(),
+                        val_bounds=data["val"].episode_bounds(), progress=progress)
     return predict(probes, features["test"]), probes.num_epochs
 
 
-def method_scores(predictions, test: episodes.Episodes, num_epochs, *, game: str, method: str) -> pd.DataFrame:
-    """The rows of scores.csv (categories as tuples): game, method, variable, categories, f1, accuracy, num_epochs."""
-    scores = score(predictions, test.labels, test.variables)
+def method_scores(predictions, test: episodes.Episodes, num_epochs, *, game: str, method: str,
+                  rows: np.ndarray | None = None) -> pd.DataFrame:
+    """The rows of scores.csv (categories as tuples): game, method, variable, categories, f1, accuracy, num_epochs.
+
+    predictions (N_test, V) of every test frame; `rows` the test rows scored (`test_rows`; None: all)."""
+    labels = test.labels if rows is None else test.labels[rows]
+    scores = score(np.asarray(predictions) if rows is None else np.asarray(predictions)[rows], labels, test.variables)
     scores.insert(0, "method", method)
     scores.insert(0, "game", game)
     scores["num_epochs"] = np.asarray(num_epochs, int)
     return scores
 
 
-def write_scores(out_dir: str | os.PathLike, scores: pd.DataFrame, *, num_test_frames: int) -> None:
+def write_scores(out_dir: str | os.PathLike, scores: pd.DataFrame, *, num_test_frames: int,
+                 num_test_samples: int | None = None, sampling: str | None = None) -> None:
     """Write `method_scores` as out_dir/scores.csv, then out_dir/metrics.json (game, method, `summarize`,
-    num_test_frames), each atomically: the probe stage's output for one (game, method)."""
+    num_test_frames, num_test_samples and sampling when given), each atomically: the probe stage's output for
+    one (game, method)."""
     game, method = scores["game"].iloc[0], scores["method"].iloc[0]
     metrics = {"game": game, "method": method, **summarize(scores), "num_test_frames": int(num_test_frames)}
+    if num_test_samples is not None:
+        metrics["num_test_samples"] = int(num_test_samples)
+    if sampling is not None:
+        metrics["sampling"] = sampling
     out_dir = Path(out_dir)
     table = scores.assign(categories=scores["categories"].map(";".join))
     io.write_bytes(out_dir / "scores.csv", table.to_csv(index=False, lineterminator="\n").encode())
