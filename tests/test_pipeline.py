@@ -118,6 +118,17 @@ def test_every_stage_depends_on_all_the_code_it_reads():
         assert not uncovered, f"stage {name} reads {uncovered} but does not list them as deps"
 
 
+def test_the_sampling_keep_and_precision_params_rerun_the_stages_that_pass_them():
+    """A param a stage passes on but does not declare would leave its old outputs in place when it changes."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    passed = {"pretrain": ["pretrain.sampling", "pretrain.precision"],
+              **{name: ["probe.sampling", "probe.keep"] for name in ("probe", "probe_baseline", "probe_checkpoints")}}
+    for name, keys in passed.items():
+        script = (REPO / stages[name]["cmd"].split()[1]).read_text()
+        assert all(f"p.{key.split('.')[1]}" in script for key in keys)             # the script passes them on
+        assert set(keys) <= set(stages[name]["params"]), f"stage {name} does not declare {keys}"
+
+
 def _outputs(stage: dict) -> list[str]:
     """A stage's outs, metrics and plots, as paths."""
     return [next(iter(entry)) if isinstance(entry, dict) else entry
