@@ -114,7 +114,8 @@ def run_reference(train, steps: int, batch_size: int, device: torch.device) -> f
 def run_atarirep(train, val, batch_size: int, loader: str, device: str, epochs: int = 1) -> float:
     """Samples/s of the last epoch of atarirep.training.fit (train phase, as its log reports it)."""
     method = training.build_method("stdim", seed=0)
-    config = training.TrainConfig(epochs=epochs, batch_size=batch_size, seed=0, device=device)
+    precision = "bf16" if device == "cuda" else "fp32"   # the CUDA section measures bf16 autocast
+    config = training.TrainConfig(epochs=epochs, batch_size=batch_size, seed=0, device=device, precision=precision)
     result = training.fit(method, train, val, config, loader=loader)
     return result.history[-1]["samples_per_s"]
 
@@ -126,7 +127,7 @@ def run_encoder_only(steps: int, batch_size: int, device: torch.device) -> float
     frames = torch.rand(2 * batch_size, 1, 210, 160, device=device).contiguous(memory_format=memory_format)
 
     def step():
-        with devices.autocast(device):
+        with devices.autocast(device, "bf16"):   # bf16 on CUDA only; a no-op on CPU
             global_features, local_features = encoder.forward_with_local(frames)
             (global_features.float().sum() + local_features.float().sum()).backward()
     step()

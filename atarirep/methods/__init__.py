@@ -2,8 +2,11 @@
 
 A method also says what samples it needs: `window` consecutive frames of one episode, and whether
 it `uses_negatives` (a random frame of the same episode); `is_trainable` is False for baselines whose
-encoder is saved untrained. An optional `sample_stride` (CPC: its sequence length) makes an epoch
-draw one sample per that many windows, so long windows do not multiply an epoch's cost.
+encoder is saved untrained. An optional `sample_stride` (CPC: its sequence length) makes an
+every_frame epoch draw one sample per that many windows, so long windows do not multiply an epoch's
+cost; an optional `samples_per_episode` (CPC: its sequence length) sets a reference epoch to that many
+samples per episode instead of one per frame (atarirep.sampling). An optional `adam_eps` replaces the
+loop's Adam eps of 1e-5 (CPC: 1e-8, as AtariARI's CPCTrainer).
 An optional `early_stop_metric = "accuracy"` (CPC, JSD-ST-DIM, as AtariARI) makes the loop early-stop
 on the validation mean of `metrics["accuracy"]` (higher is better) instead of the validation loss.
 One loop (atarirep.training) trains them all.
