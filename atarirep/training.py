@@ -353,10 +353,15 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
         num_samples = epoch_size(split_windows[name], config.sampling, stride, per_episode)
         if len(split_windows[name]) == 0 or num_samples < config.batch_size * place.world_size:
             longest = int(np.diff(split.episode_bounds()).max(initial=0))
+            if config.sampling == "reference" and per_episode is not None and len(split_windows[name]):
+                fix = (f"under sampling: reference each of its {int((np.diff(split_windows[name].bounds) > 0).sum())} "
+                       f"episodes gives {per_episode} samples; collect more steps (more episodes), lower pretrain "
+                       "batch_size, or set pretrain.sampling: every_frame")
+            else:
+                fix = "lower pretrain batch_size (or the method's sequence length) or collect more steps"
             raise UserError(f"the {name} split has {num_samples} samples of {method.window} "
                             f"consecutive frames (longest episode: {longest} frames), fewer than one batch of "
-                            f"{config.batch_size * place.world_size}; lower pretrain batch_size "
-                            f"(or the method's sequence length) or collect more steps")
+                            f"{config.batch_size * place.world_size}; {fix}")
     frames = {"train": train.frames, "val": val.frames}
     is_streamed = _is_streamed(loader, frames, device)
     sources = {name: _FrameSource(f, device, is_streamed) for name, f in frames.items()}

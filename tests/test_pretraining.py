@@ -291,7 +291,7 @@ def test_untrained_baseline_saves_its_seeded_encoder_with_an_empty_log(tiny_dir,
 
 
 @pytest.mark.parametrize("case", ["unknown method", "missing folder", "truncated frames", "batch too large",
-                                  "cpc sequence too long", "bad keep", "bad log_every", "bad sampling",
+                                  "cpc sequence too long", "bad keep", "bad log_every", "cpc reference epoch too small", "bad sampling",
                                   "bad precision"])
 def test_bad_input_is_one_user_error_line_and_nothing_is_written(tiny_dir, tmp_path, case):
     folder, method, options = tiny_dir, "static_dim", dict(FAST, epochs=1)
@@ -311,6 +311,9 @@ def test_bad_input_is_one_user_error_line_and_nothing_is_written(tiny_dir, tmp_p
         options["keep"] = "first"
     elif case == "bad log_every":
         options["log_every"] = 0
+    elif case == "cpc reference epoch too small":
+        method, options["method_config"] = "cpc", {"sequence_length": 4, "offsets": [1, 2]}
+        options["sampling"] = "reference"
     elif case == "bad sampling":
         options["sampling"] = "uniform"
     elif case == "bad precision":
@@ -329,6 +332,9 @@ def test_bad_input_is_one_user_error_line_and_nothing_is_written(tiny_dir, tmp_p
                                  "frames), fewer than one batch of 16; lower pretrain batch_size",
         "bad keep": "pretrain keep='first' is invalid; it must be one of last, best",
         "bad log_every": "pretrain log_every=0 is invalid; it must be an integer >= 1",
+        "cpc reference epoch too small": "the val split has 12 samples of 4 consecutive frames (longest episode: 36 "
+                                         "frames), fewer than one batch of 16; under sampling: reference each of its 3 "
+                                         "episodes gives 4 samples; collect more steps (more episodes)",
         "bad sampling": "pretrain sampling='uniform' is not offered; use one of reference, every_frame",
         "bad precision": "pretrain precision='fp16' is not offered; use one of fp32, bf16",
     }[case]
