@@ -24,6 +24,7 @@ from atarirep.errors import UserError
 from atarirep.probe import (NUM_CLASSES, LinearProbes, SupervisedProbes, encode, fit_probes, fit_supervised, predict,
                             predict_supervised)
 from atarirep.probe.linear import check_keep
+from atarirep.probe.stage import scored_test_rows
 from atarirep.scores import score
 
 TRAIN_MODES = ("train_encoder", "probe", "dry_run")
@@ -219,8 +220,8 @@ class ProbeTrainer:
             predictions = predict_supervised(self._probes, x)
         else:
             predictions = predict(self._probes, x)
-        rows = sampling_lib.evaluation_rows(np.random.default_rng([self.seed, 2]), _episode_bounds(test_episodes),
-                                            self.sampling, self.batch_size)
+        rows = scored_test_rows(_episode_bounds(test_episodes), sampling=self.sampling, batch_size=self.batch_size,
+                                seed=self.seed)
         scores = score(predictions[rows], y[rows], self.variables)
         return _atariari_metrics(scores, "accuracy", "_acc"), _atariari_metrics(scores, "f1", "_f1")
 

@@ -110,7 +110,7 @@ def test_probe_trainer_round_trip_with_atariari_episodes_equals_the_probes_it_wr
     probes = probe.fit_probes(features["train"], data["train"].labels, features["val"], data["val"].labels,
                               lr=3e-3, epochs=2, train_bounds=data["train"].episode_bounds(),
                               val_bounds=data["val"].episode_bounds())         # the reference's sampling and keep
-    rows = probe.stage.test_rows(data["test"], sampling="reference", batch_size=64, seed=0)
+    rows = probe.stage.scored_test_rows(data["test"].episode_bounds(), sampling="reference", batch_size=64, seed=0)
     expected = scores.score(probe.predict(probes, features["test"])[rows], data["test"].labels[rows], variables)
     assert [f1[f"{v}_f1"] for v in variables] == expected["f1"].tolist()
     assert [acc[f"{v}_acc"] for v in variables] == expected["accuracy"].tolist()
@@ -135,7 +135,7 @@ def test_probe_trainer_fully_supervised_trains_copies_and_leaves_the_encoder_alo
                                  data["train"].labels, np.asarray(data["val"].frames), data["val"].labels,
                                  lr=5e-4, epochs=1, train_bounds=data["train"].episode_bounds(),
                                  val_bounds=data["val"].episode_bounds())
-    rows = probe.stage.test_rows(data["val"], sampling="reference", batch_size=64, seed=0)
+    rows = probe.stage.scored_test_rows(data["val"].episode_bounds(), sampling="reference", batch_size=64, seed=0)
     expected = scores.score(probe.predict_supervised(model, data["val"].frames)[rows], data["val"].labels[rows],
                             data["val"].variables)
     assert [f1[f"{v}_f1"] for v in data["val"].variables] == expected["f1"].tolist()

@@ -327,7 +327,7 @@ def test_reference_sampling_trains_and_tests_on_draws_of_episodes(breakout_dir, 
     probes = probe.fit_probes(features["train"], data["train"].labels, features["val"], data["val"].labels,
                               lr=3e-3, batch_size=64, epochs=2, patience=15, seed=0,
                               train_bounds=data["train"].episode_bounds(), val_bounds=data["val"].episode_bounds())
-    rows = probe.stage.test_rows(data["test"], sampling="reference", batch_size=64, seed=0)
+    rows = probe.stage.scored_test_rows(data["test"].episode_bounds(), sampling="reference", batch_size=64, seed=0)
     assert len(rows) == len(data["test"]) // 64 * 64 and len(np.unique(rows)) < len(rows)   # a draw, with repeats
     predictions = probe.predict(probes, features["test"])[rows]
     expected = scores.score(predictions, data["test"].labels[rows], data["test"].variables)

@@ -26,7 +26,7 @@ from atarirep.agents.network import ActorCritic
 from atarirep.agents.vector_env import AGENT_FRAME, STACK, agent_frames, stack_frames
 from atarirep.errors import UserError
 from atarirep.probe.features import ENCODE_BATCH_SIZE
-from atarirep.probe.stage import check_settings, load_probe_data, method_scores, probe_features, test_rows
+from atarirep.probe.stage import check_settings, load_probe_data, method_scores, probe_features, scored_test_rows
 from atarirep.scores import aggregate
 
 METHOD = "rl_agent"               # the method name of an agent's encoder in data/probes/<game>/<method>
@@ -102,7 +102,7 @@ def probe_network(network: ActorCritic, data: dict[str, episodes.Episodes], *, g
     predictions, num_epochs = probe_features(features, data, lr=lr, batch_size=batch_size, epochs=epochs,
                                              patience=patience, seed=seed, device=device, sampling=sampling,
                                              keep=keep, progress=progress)
-    rows = test_rows(data["test"], sampling=sampling, batch_size=batch_size, seed=seed)
+    rows = scored_test_rows(data["test"].episode_bounds(), sampling=sampling, batch_size=batch_size, seed=seed)
     return method_scores(predictions, data["test"], num_epochs, game=game, method=method, rows=rows)
 
 

@@ -114,7 +114,8 @@ class LinearProbes:
     """V linear probes held as one layer: logits[n, v] = features[n] @ weight[v].T + bias[v].
 
     weight (V, C, F) (each row block nn.Linear's (out, in) weight), bias (V, C) float32;
-    num_epochs (V,) epochs each probe trained; val_accuracy (V,) its best val accuracy, whose weights these are.
+    num_epochs (V,) epochs each probe trained; val_accuracy (V,) the val accuracy of the weights held (the best
+    epoch's for keep="best", the last epoch's for keep="last").
     """
 
     weight: torch.Tensor

@@ -69,7 +69,7 @@ def run(episodes_dir: str | os.PathLike, encoder_path: str | os.PathLike | None,
     """Probe one (game, method) and write out_dir/scores.csv then out_dir/metrics.json, atomically.
 
     method "majority" and "supervised" need no encoder (encoder_path None); any other method name
-    probes the encoder file at `encoder_path` (an atarirep encoder or a TorchScript module,
+    probes the encoder file at `encoder_path` (an atarirep encoder or a torch.export program,
     `encoders.load_any`). `fast` uses the batched path; fast=False the one-probe-at-a-time loop (same
     results, far slower). The supervised baseline trains for at most `supervised_epochs` (default
     `epochs`), one encoder per variable if `supervised_per_variable`. `sampling` (atarirep.sampling) draws
@@ -109,17 +109,17 @@ def run(episodes_dir: str | os.PathLike, encoder_path: str | os.PathLike | None,
                                           **settings, **bounds)
             predictions = predict_reference(probes, test.frames, encoder=encoder, device=device)
             num_epochs = np.full(len(train.variables), -1)   # not tracked by the reference loop
-    rows = test_rows(test, sampling=sampling, batch_size=batch_size, seed=seed)
+    rows = scored_test_rows(test.episode_bounds(), sampling=sampling, batch_size=batch_size, seed=seed)
     scores = method_scores(predictions, test, num_epochs, game=game, method=method, rows=rows)
     write_scores(out_dir, scores, num_test_frames=len(test), num_test_samples=len(rows), sampling=sampling)
     return scores
 
 
-def test_rows(test: episodes.Episodes, *, sampling: str, batch_size: int, seed: int) -> np.ndarray:
-    """The test rows scored: every frame once (every_frame), or AtariARI's draw of one sample per test frame,
-    episodes with replacement, whole batches (reference), from a seed stream of its own."""
-    return sampling_lib.evaluation_rows(np.random.default_rng([seed, 2]), test.episode_bounds(), sampling,
-                                        batch_size)
+def scored_test_rows(test_bounds: np.ndarray, *, sampling: str, batch_size: int, seed: int) -> np.ndarray:
+    """The test rows scored, given the test split's episode bounds: every frame once (every_frame), or AtariARI's
+    draw of one sample per test frame, episodes with replacement, whole batches (reference), from a seed stream
+    of its own."""
+    return sampling_lib.evaluation_rows(np.random.default_rng([seed, 2]), test_bounds, sampling, batch_size)
 
 
 def probe_features(features: dict, data: dict[str, episodes.Episodes], *, lr: float, batch_size: int, epochs: int,
@@ -140,7 +140,7 @@ def method_scores(predictions, test: episodes.Episodes, num_epochs, *, game: str
                   rows: np.ndarray | None = None) -> pd.DataFrame:
     """The rows of scores.csv (categories as tuples): game, method, variable, categories, f1, accuracy, num_epochs.
 
-    predictions (N_test, V) of every test frame; `rows` the test rows scored (`test_rows`; None: all)."""
+    predictions (N_test, V) of every test frame; `rows` the test rows scored (`scored_test_rows`; None: all)."""
     labels = test.labels if rows is None else test.labels[rows]
     scores = score(np.asarray(predictions) if rows is None else np.asarray(predictions)[rows], labels, test.variables)
     scores.insert(0, "method", method)
