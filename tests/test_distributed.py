@@ -61,6 +61,7 @@ if record:
 
 def _params(folder: Path) -> None:
     pretrain = {"methods": [METHOD], "epochs": 1, "batch_size": BATCH, "lr": 1e-3, "patience": 1, "keep": "last",
+                "sampling": "every_frame", "precision": "fp32",
                 "method_config": {}}
     (folder / "params.yaml").write_text(yaml.safe_dump({"seed": 0, "device": "cpu", "pretrain": pretrain}))
 

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,34 +211,17 @@ def test_the_probe_stage_probes_a_users_encoder_saved_with_torch_export(breakout
     assert table["f1"].tolist() == pytest.approx(
         scores.score(expected, data["test"].labels, data["test"].variables)["f1"].tolist(), abs=0.02)
     assert json.loads((out / "metrics.json").read_text())["method"] == "mine"
-    # a file that is neither an atarirep encoder nor a torch.export program: one line, nothing written
-    (tmp_path / "junk.pt2").write_bytes(b"not a model")
-    with pytest.raises(SystemExit) as exit_info:
-        run_stage(lambda: probe.run(breakout_dir, tmp_path / "junk.pt2", tmp_path / "junk", **settings), argv=[])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: encoder file {tmp_path / 'junk.pt2'} is truncated or corrupt") and err.count("\n") == 1
-    assert not (tmp_path / "junk").exists()
-
-
-def test_the_probe_stage_script_on_exported_encoders_writes_scores_or_exits_2_with_one_line(breakout_dir, tmp_path):
-    repo = Path(__file__).resolve().parents[1]
-    (tmp_path / "params.yaml").write_text((repo / "params.yaml").read_text())
-    export(build(MyEncoder), tmp_path / "mine.pt2")
+    # an exported encoder that returns a tuple, and a file that is neither an atarirep encoder nor a torch.export
+    # program: one line each, exit code 2, nothing written
     export(build(WithFeatureMaps), tmp_path / "maps.pt2")
-
-    def stage(name):
-        return subprocess.run([sys.executable, str(repo / "stages/probe.py"), name, str(breakout_dir),
-                               str(tmp_path / name), str(tmp_path / f"{name}.pt2")], cwd=tmp_path,
-                              capture_output=True, text=True)
-    done = stage("mine")
-    assert done.returncode == 0, done.stderr
-    assert json.loads((tmp_path / "mine" / "metrics.json").read_text())["method"] == "mine"
-    refused = stage("maps")
-    errors = [line for line in refused.stderr.splitlines() if "error" in line.lower()]   # beside progress bars
-    assert refused.returncode == 2 and len(errors) == 1 and refused.stderr.rstrip().endswith(errors[0])
-    assert errors[0].startswith("error: encoder ") and "returned a tuple of 2" in errors[0]
-    assert not (tmp_path / "maps").exists()
+    (tmp_path / "junk.pt2").write_bytes(b"not a model")
+    for name, expected in (("maps", "error: encoder maps.pt2 returned a tuple of 2 (tensor (256, 32), tensor "),
+                           ("junk", f"error: encoder file {tmp_path / 'junk.pt2'} is truncated or corrupt")):
+        with pytest.raises(SystemExit) as exit_info:
+            run_stage(lambda: probe.run(breakout_dir, tmp_path / f"{name}.pt2", tmp_path / name, **settings), argv=[])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith(expected) and err.count("\n") == 1, err
+        assert not (tmp_path / name).exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -139,7 +139,8 @@ class Featurizer:
 
     def __init__(self, encoder: nn.Module, device: torch.device, feature_size: int | None = None):
         self.encoder, self.device, self.feature_size = encoder, device, feature_size
-        self.name = type(encoder).__name__
+        meta = getattr(encoder, "meta", None)
+        self.name = (meta.get("name") if isinstance(meta, dict) else None) or type(encoder).__name__
         self.dtype = input_dtype(encoder)
         self.module: nn.Module | None = None
         self.layout = torch.contiguous_format

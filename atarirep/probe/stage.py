@@ -19,7 +19,7 @@ from atarirep import annotations, devices, encoders, episodes, io
 from atarirep import sampling as sampling_lib
 from atarirep.errors import UserError
 from atarirep.probe.baselines import BASELINES, fit_supervised, majority_predictions, predict_supervised
-from atarirep.probe.features import encode
+from atarirep.probe.features import encode, is_ours
 from atarirep.probe.linear import check_keep, fit_probes, predict
 from atarirep.probe.reference import fit_probes_reference, predict_reference
 from atarirep.scores import score, summarize
@@ -84,6 +84,8 @@ def run(episodes_dir: str | os.PathLike, encoder_path: str | os.PathLike | None,
                    sampling=sampling, keep=keep)
     devices.resolve(device)   # a bad device is refused before any data is read
     encoder = None if method in BASELINES else encoders.load_any(encoder_path)
+    if encoder is not None and not is_ours(encoder):   # errors name the file, not a generic GraphModule
+        encoder.meta = {**getattr(encoder, "meta", {}), "name": Path(encoder_path).name}
     game, data = load_probe_data(episodes_dir)
     train, val, test = data["train"], data["val"], data["test"]
     settings = dict(lr=lr, batch_size=batch_size, epochs=epochs, patience=patience, seed=seed, device=device,
