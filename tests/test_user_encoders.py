@@ -50,7 +50,7 @@ class NormalisedEncoder(nn.Module):
 
     def forward(self, x):
         x = self.drop(torch.relu(self.norm(self.conv(x))))
-        return self.fc(torch.flatten(x.reshape(len(x), 4, 26, 20), 1))
+        return self.fc(torch.flatten(x.reshape(x.shape[0], 4, 26, 20), 1))
 
 
 class WithFeatureMaps(MyEncoder):
@@ -194,6 +194,18 @@ def export(module: nn.Module, path) -> None:
     program = torch.export.export(module.eval(), (torch.rand(2, 1, 210, 160),),
                                   dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     torch.export.save(program, path)
+
+
+def test_an_exported_encoder_runs_channels_last_where_it_agrees_and_plain_where_it_does_not(tmp_path):
+    for cls, layout in ((NormalisedEncoder, torch.channels_last), (MyEncoder, torch.contiguous_format)):
+        module = build(cls)
+        export(module, tmp_path / "enc.pt2")
+        loaded = encoders.load_any(tmp_path / "enc.pt2")
+        with Featurizer(loaded, torch.device("cpu")) as featurize:
+            features = featurize(frames(4))
+            assert featurize.layout == layout
+        with torch.no_grad():
+            torch.testing.assert_close(features, module.eval()(frames(4).float() / 255), rtol=1e-4, atol=1e-5)
 
 
 def test_the_probe_stage_probes_a_users_encoder_saved_with_torch_export(breakout_dir, tmp_path, capsys):
