@@ -17,7 +17,7 @@ from atarirep.errors import UserError
 
 ANNOTATION_SETS = ("latest", "paper")
 
-# Category keywords, matched on the expanded variable name (PROTOCOLS.md section 2).
+# Category keywords, matched on the expanded variable name (docs/protocols.md section 2).
 _LOCALIZATION = ("_x", "_y", "_z", "_column")
 _SCORE_CLOCK_LIVES_DISPLAY = ("score", "clock", "lives", "lifes", "meter", "display")
 _MISC = ("count", "bit_map", "existence", "level", "room", "game_state", "direction")
@@ -86,7 +86,7 @@ def for_game(name: str, annotation_set: str = "latest") -> GameAnnotation:
 
 
 def categories(variable: str) -> tuple[str, ...]:
-    """The benchmark categories of an expanded variable name (PROTOCOLS.md section 2).
+    """The benchmark categories of an expanded variable name (docs/protocols.md section 2).
 
     A name may fall in two categories or in none. Localization splits into agent
     (`agent`/`player`, no `ball`/`missile`), small object (`ball`/`missile`) and other.

@@ -1,6 +1,6 @@
 """Encoder networks that turn frames into feature vectors, and their one-file storage.
 
-Architectures: `benchmark` (the AtariARI encoder for full-size 1x210x160 frames, PROTOCOLS.md 3),
+Architectures: `benchmark` (the AtariARI encoder for full-size 1x210x160 frames, docs/protocols.md 3),
 `nature` (Nature DQN CNN, 4x84x84), `impala` (IMPALA ResNet, 4x84x84) and `tokenizer` (the discrete
 encoder half of an IRIS-style VQ autoencoder, whose features are its quantized latents).
 `BenchmarkDecoder` mirrors the benchmark encoder for the methods that reconstruct frames.

@@ -22,7 +22,7 @@ gym.register_envs(ale_py)
 
 @dataclass(frozen=True)
 class Protocol:
-    """How an agent step maps to emulator frames, and when an episode ends (PROTOCOLS.md 1 and 4)."""
+    """How an agent step maps to emulator frames, and when an episode ends (docs/protocols.md 1 and 4)."""
 
     name: str
     frame_skip: int                 # an agent step repeats its action for this many frames
@@ -42,7 +42,7 @@ PROTOCOLS = {
     "atariari": Protocol("atariari", frame_skip=4, noop_max=30, fire_on_reset=True,
                          terminal_on_life_loss=True, sticky_action_prob=0.0,
                          max_frames_per_episode=108_000, clip_rewards=True),
-    # Agents (PROTOCOLS.md 4), stepped by atarirep.agents.vector_env: the life-loss rule applies to
+    # Agents (docs/protocols.md 4), stepped by atarirep.agents.vector_env: the life-loss rule applies to
     # training only, evaluation always plays whole games. Rewards are clipped for training; returns
     # are reported raw.
     "classic": Protocol("classic", frame_skip=4, noop_max=30, fire_on_reset=True,

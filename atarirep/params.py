@@ -105,7 +105,7 @@ class SampleCheckpoints:
 class EvaluateAgent:
     seed: int                       # shared
     device: str                     # shared
-    protocols: list[str]            # classic and/or modern (PROTOCOLS.md 4)
+    protocols: list[str]            # classic and/or modern (docs/protocols.md 4)
     episodes: int                   # games played per checkpoint and protocol
     epsilon: float                  # probability of a uniformly random action (reference: 0.001)
     max_steps: int                  # agent steps a game may last (reference: 27000, the 108,000-frame cap)
@@ -117,8 +117,8 @@ class Saliency:
     device: str                     # shared
     checkpoints: int                # the last this many sampled checkpoints of the first seed
     frames: int                     # observations kept from the start of one game
-    radius: int                     # sigma of the perturbation's Gaussian, in pixels (PROTOCOLS.md 4: 2 on 84x84)
-    stride: int                     # pixels between perturbed points (PROTOCOLS.md 4: 2 on 84x84)
+    radius: int                     # sigma of the perturbation's Gaussian, in pixels (docs/protocols.md 4: 2 on 84x84)
+    stride: int                     # pixels between perturbed points (docs/protocols.md 4: 2 on 84x84)
     protocol: str                   # evaluation protocol of the game played (classic or modern)
     epsilon: float                  # probability of a uniformly random action (reference: 0.001)
 
@@ -126,7 +126,7 @@ class Saliency:
 @dataclass(frozen=True)
 class Report:
     games: list[str]                # shared: the games of the tables, in their order
-    annotations: str                # shared: the set probed; games whose variables differ are not compared with the paper
+    annotations: str                # shared: the annotation set probed (decides what vs_paper compares)
     methods: list[str]              # pretrained encoders shown (default: pretrain.methods)
     baselines: list[str]            # baselines shown (default: probe.baselines)
     rl_agent: bool                  # show the trained agent's encoder (first seed, last sampled checkpoint)

@@ -38,7 +38,7 @@ class RandomAgent:
 
 
 class AgentPolicy:
-    """A trained agent's checkpoint acting on the stored frames (PROTOCOLS.md 1, trained-agent mode).
+    """A trained agent's checkpoint acting on the stored frames (docs/protocols.md 1, trained-agent mode).
 
     Each 210x160 frame is resized as the agent saw frames in training (atarirep.agents.vector_env) and
     stacked 4 deep, zeros before an episode's first frame; the action is drawn from the policy (the argmax for a

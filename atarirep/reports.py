@@ -1,7 +1,7 @@
 """Reports: the benchmark's tables and figures from probe scores, per game, category, variable and method.
 
 Builds pandas DataFrames and matplotlib Figures from the probe stage's per-variable scores and
-renders tables as Markdown, CSV and LaTeX (PROTOCOLS.md section 2: per game the mean of the
+renders tables as Markdown, CSV and LaTeX (docs/protocols.md section 2: per game the mean of the
 category means, then the mean over games). It does not probe (atarirep.probe); `save` is the only
 function that writes, and only into the folder it is given.
 """

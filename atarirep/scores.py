@@ -1,5 +1,5 @@
 """Scores of probes: weighted F1 and accuracy per state variable, and their means per benchmark category,
-across categories and overall (PROTOCOLS.md section 2).
+across categories and overall (docs/protocols.md section 2).
 
 Plain pandas over the predictions: it imports neither torch nor sklearn at module level (sklearn's F1
 only inside `score`), so tables and reports read scores without loading either. It does not train
@@ -23,7 +23,7 @@ GROUP_COLUMNS = ("game", "method")
 
 
 def score(predictions, labels, variables: Sequence[str]) -> pd.DataFrame:
-    """One row per variable: variable (str), categories (tuple of str, PROTOCOLS.md 2; may be empty),
+    """One row per variable: variable (str), categories (tuple of str, docs/protocols.md 2; may be empty),
     f1 (sklearn, average="weighted"), accuracy.
 
     predictions, labels: (N, V) integers, column j holding variables[j].

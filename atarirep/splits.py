@@ -1,5 +1,5 @@
 """The benchmark's dataset rules over collected episodes: short-episode filter, split by episode,
-label-entropy filter and test-frame deduplication (PROTOCOLS.md section 1).
+label-entropy filter and test-frame deduplication (docs/protocols.md section 1).
 
 Pure functions over arrays; they read and write nothing.
 """
@@ -67,7 +67,7 @@ def label_entropy(labels: np.ndarray) -> np.ndarray:
 
 
 def variables_to_keep(variables, entropies: np.ndarray, threshold: float) -> list[str]:
-    """The variables whose label entropy (nats) is at least `threshold`: one below it is dropped (PROTOCOLS.md 1)."""
+    """The variables whose label entropy (nats) is at least `threshold` (docs/protocols.md 1)."""
     return [v for v, e in zip(variables, entropies) if e >= threshold]
 
 
@@ -87,7 +87,7 @@ def dedupe_test_episodes(test_hashes: list[np.ndarray], seen: set[bytes]) -> tup
     test_hashes: one (T, 16) uint8 array per test episode. Returns (per episode the (T,) bool mask of
     frames kept, or None where the episode is dropped because one frame or none is left; the number
     of test frames removed, the lone frames of dropped episodes included; the number of test
-    episodes dropped). PROTOCOLS.md 1: test episodes left with 1 frame are dropped.
+    episodes dropped). docs/protocols.md 1: test episodes left with 1 frame are dropped.
     """
     keeps, num_removed, num_dropped = [], 0, 0
     for hashes in test_hashes:

@@ -60,7 +60,7 @@ LIVE_PLOTS = ("train/loss", "val/loss")               # the curves dvc.yaml plot
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How the loop optimises; the defaults are AtariARI's (PROTOCOLS.md 3)."""
+    """How the loop optimises; the defaults are AtariARI's (docs/protocols.md 3)."""
 
     epochs: int = 100        # passes over the train split's samples
     batch_size: int = 64     # samples per step and process; InfoNCE negatives are the batch's other samples

@@ -19,7 +19,7 @@ from atarirep.envs import LabelledAtariEnv, Protocol
 from atarirep.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-# PROTOCOLS.md 5: the 51 of 200 checkpoints the published collections keep.
+# docs/protocols.md 5: the 51 of 200 checkpoints the published collections keep.
 PUBLISHED_51 = [1, 15, 28, 40, 51, 62, 71, 80, 89, 97, 104, 111, 117, 123, 128, 133, 138, 142, 146, 150, 154, 157,
                 160, 163, 166, 168, 170, 173, 175, 176, 178, 180, 181, *range(183, 201)]
 TINY = ppo.PPOConfig(total_steps=1536, num_envs=4, num_steps=128, checkpoint_every=512, reset_every=1024)

@@ -1,5 +1,5 @@
 """V-trace (IMPALA) against a hand-computed unroll and against n-step returns on-policy; PopArt's statistics
-and its output-preserving rescaling (PROTOCOLS.md 4)."""
+and its output-preserving rescaling (docs/protocols.md 4)."""
 import io
 import math
 

@@ -5,7 +5,7 @@
 - `network`: the networks agents use: the actor-critic on the Nature CNN (PPO), IMPALA's (Nature CNN or
   IMPALA ResNet, one value output per game, PopArt), the Q-network of imported DQN-family checkpoints, and
   `choose_actions`, the one rule by which they act.
-- `ppo`: PPO, one file that reads top to bottom (CleanRL's `ppo_atari` settings, PROTOCOLS.md 4).
+- `ppo`: PPO, one file that reads top to bottom (CleanRL's `ppo_atari` settings, docs/protocols.md 4).
 - `impala`, `vtrace`, `popart`: IMPALA (monobeast actors and learner), V-trace, PopArt.
 - `checkpoints`: the published trained-agent format (gzip of a torch-saved dict with "estimator_state"),
   the `ALGO_protocol/GAME/SEED/model_STEP.gz` layout, and the geometric rule that keeps K of N.

@@ -1,4 +1,4 @@
-"""Agent checkpoints in the format of the published trained-agent collections (PROTOCOLS.md 5).
+"""Agent checkpoints in the format of the published trained-agent collections (docs/protocols.md 5).
 
 A checkpoint file is the gzip of a torch-saved dict whose "estimator_state" is the network's
 state_dict; files sit at `ALGO_protocol/GAME/SEED/model_STEP.gz`. Ours add plain keys beside it

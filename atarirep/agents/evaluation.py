@@ -1,4 +1,4 @@
-"""Returns of trained agents under the evaluation protocols, and their human-normalised scores (PROTOCOLS.md 4).
+"""Returns of trained agents under the evaluation protocols, and their human-normalised scores (docs/protocols.md 4).
 
 - `evaluate`: raw returns of whole games played by a network's policy under a protocol.
 - `human_normalized`: a raw return on the scale 0 = random play, 1 = the human reference

@@ -1,5 +1,5 @@
 """IMPALA (V-trace) on Atari, single- and multi-task, in one file that reads top to bottom (torchbeast's
-`monobeast` design, PROTOCOLS.md 4).
+`monobeast` design, docs/protocols.md 4).
 
 Actor processes play the games and write unrolls into shared-memory buffers; the learner trains on batches
 of them with V-trace (atarirep.agents.vtrace). The reference settings: unrolls of 80 steps, 32 unrolls a

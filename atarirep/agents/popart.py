@@ -1,4 +1,4 @@
-"""PopArt value normalisation for multi-task IMPALA (Hessel et al. 2019; PROTOCOLS.md 4), in pure torch.
+"""PopArt value normalisation for multi-task IMPALA (Hessel et al. 2019; docs/protocols.md 4), in pure torch.
 
 The value layer has one output per task and learns *normalized* values n; the value in the reward's scale
 is V = sigma * n + mu, with mu and sigma running statistics of that task's V-trace targets. After each

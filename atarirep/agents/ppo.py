@@ -1,4 +1,4 @@
-"""PPO on Atari, in one file that reads top to bottom (CleanRL's `ppo_atari.py`, PROTOCOLS.md 4).
+"""PPO on Atari, in one file that reads top to bottom (CleanRL's `ppo_atari.py`, docs/protocols.md 4).
 
 Settings are the reference's: 8 envs x 128 steps, 4 epochs of 4 minibatches, Adam lr 2.5e-4 (eps 1e-5)
 annealed to 0, gamma 0.99, GAE lambda 0.95, clip 0.1 with value clipping, entropy 0.01, value 0.5, grad

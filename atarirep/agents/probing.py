@@ -1,5 +1,5 @@
 """Probing an agent's encoder: the labelled episodes seen as the agent sees them, its 512-d features, and the
-probe stage's batched linear probes on them (PROTOCOLS.md 2, with the agent's network as the encoder).
+probe stage's batched linear probes on them (docs/protocols.md 2, with the agent's network as the encoder).
 
 The agent acts on 84x84 grayscale stacks of 4 (`vector_env`), so a split's stored 210x160 frames are resized
 with `vector_env.agent_frames` (the env's own resize, bit for bit) and stacked within their episode with

@@ -1,4 +1,4 @@
-"""Perturbation saliency of an agent's policy and value (Greydanus et al. 2018; PROTOCOLS.md 4).
+"""Perturbation saliency of an agent's policy and value (Greydanus et al. 2018; docs/protocols.md 4).
 
 For a grid of points every `stride` pixels, a blurred copy of the input replaces it around the point:
 perturbed = I (1 - M) + blur_sigma3(I) M, where M is a Gaussian of sigma `radius` centred on the point,
@@ -37,7 +37,7 @@ from atarirep.errors import UserError
 
 BLUR_SIGMA = 3.0        # the blurred image the perturbation blends in (Greydanus: gaussian_filter(I, sigma=3))
 TRUNCATE = 4.0          # scipy.ndimage's default: a Gaussian reaches int(TRUNCATE * sigma + 0.5) pixels
-DEFAULT_RADIUS = 2      # PROTOCOLS.md 4: r = d = 2 on 84x84 stacks (5 on the paper's 80x80 frames)
+DEFAULT_RADIUS = 2      # docs/protocols.md 4: r = d = 2 on 84x84 stacks (5 on the paper's 80x80 frames)
 DEFAULT_STRIDE = 2
 DEFAULT_BATCH = 256     # perturbed stacks per forward pass on CPU (about 29 MB of float32 input)
 
@@ -185,7 +185,7 @@ def saliency_grids(network: nn.Module, stacks, radius: float = DEFAULT_RADIUS, s
     """
     if radius <= 0 or stride < 1 or batch_size < 1:
         raise UserError(f"saliency radius {radius} and stride {stride} must be positive and batch_size "
-                        f"{batch_size} at least 1; PROTOCOLS.md 4 uses radius = stride = 2 on 84x84 stacks")
+                        f"{batch_size} at least 1; docs/protocols.md 4 uses radius = stride = 2 on 84x84 stacks")
     device = next(network.parameters()).device
     stacks = torch.as_tensor(np.asarray(stacks) if not torch.is_tensor(stacks) else stacks)
     if stacks.dtype != torch.uint8 or stacks.dim() != 4:

@@ -1,4 +1,4 @@
-"""V-trace off-policy targets (IMPALA, Espeholt et al. 2018; PROTOCOLS.md 4), as torchbeast's
+"""V-trace off-policy targets (IMPALA, Espeholt et al. 2018; docs/protocols.md 4), as torchbeast's
 `vtrace.from_importance_weights`, in pure torch.
 
 Everything is time-major: (T, B) for an unroll of T steps of B actors, and (B,) for the value of the state

@@ -4,7 +4,7 @@ The probed features are the quantized latents flattened, (B, 16 * embed_dim), fr
 `tokenizer` encoder (atarirep.encoders.TokenEncoder).
 
 Departs from IRIS (Micheli et al. 2023) in three ways:
-- input is the full 210x160 grayscale frame (PROTOCOLS.md 1: downsampling breaks the labels), not
+- input is the full 210x160 grayscale frame (docs/protocols.md 1: downsampling breaks the labels), not
   64x64 RGB; the benchmark encoder's conv stack (to 128x11x8) then a (5, 2) stride-2 conv reach the
   4x4 grid, instead of IRIS's residual/attention encoder with 4 downsamplings;
 - no perceptual (LPIPS) term: it needs pretrained VGG weights and nothing may download at run time;

@@ -1,4 +1,4 @@
-"""Probing: how well each state variable can be read from an encoder's frozen features (PROTOCOLS.md section 2).
+"""Probing: how well each state variable can be read from an encoder's frozen features (docs/protocols.md section 2).
 
 One module per part: `features` (encode every frame once), `linear` (all variables' linear probes
 trained as one batched layer), `reference` (the slow AtariARI-style loop, ground truth and

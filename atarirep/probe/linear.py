@@ -1,6 +1,6 @@
 """Linear probes: one linear classifier per state variable on frozen features, all trained as one layer.
 
-The reference protocol (PROTOCOLS.md 2) for each of V probes at once: Linear(F -> 256), cross-entropy,
+The reference protocol (docs/protocols.md 2) for each of V probes at once: Linear(F -> 256), cross-entropy,
 Adam, a plateau learning-rate schedule and early stopping, each per variable. This module does not
 compute features (atarirep.probe.features) or scores (atarirep.scores).
 
@@ -178,7 +178,7 @@ def fit_probes(train_features, train_labels, val_features, val_labels, *, lr: fl
                keep: str = "last", train_bounds=None, val_bounds=None, progress: bool = False) -> LinearProbes:
     """Train one linear probe per variable on (N, F) features and (N, V) labels, all V at once.
 
-    The reference protocol (PROTOCOLS.md 2) per probe: Linear(F -> 256), cross-entropy, Adam (lr, eps
+    The reference protocol (docs/protocols.md 2) per probe: Linear(F -> 256), cross-entropy, Adam (lr, eps
     1e-5), batch 64, ReduceLROnPlateau on val accuracy (patience 5, factor 0.2, min 1e-5), early stop
     after `patience` epochs without val improvement, at most `epochs`. The V probes form one (V, C, F)
     layer; each variable's loss is its own mean cross-entropy, so gradients do not mix, and each has
