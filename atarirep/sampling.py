@@ -39,13 +39,14 @@ def draw(rng: np.random.Generator, bounds: np.ndarray, num_samples: int) -> np.n
 
 def epoch_order(rng: np.random.Generator, bounds: np.ndarray, sampling: str, *,
                 num_samples: int | None = None) -> np.ndarray:
-    """One epoch's items in order: a permutation of every item (every_frame), or `draw` of `num_samples`
-    (default: one per item, AtariARI's total_steps) (reference)."""
+    """One epoch's `num_samples` items (default: one per item, AtariARI's total_steps) in order: the first of a
+    permutation of every item (every_frame), or `draw` (reference)."""
     num_items = int(bounds[-1])
+    num_samples = num_items if num_samples is None else num_samples
     if sampling == "every_frame":
-        return rng.permutation(num_items)
+        return rng.permutation(num_items)[:num_samples]
     check(sampling, "sampling")
-    return draw(rng, bounds, num_items if num_samples is None else num_samples)
+    return draw(rng, bounds, num_samples)
 
 
 def evaluation_rows(rng: np.random.Generator | None, bounds: np.ndarray, sampling: str, batch_size: int) -> np.ndarray:

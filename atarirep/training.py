@@ -109,6 +109,11 @@ class Windows:
     def __len__(self) -> int:
         return len(self.starts)
 
+    @property
+    def num_episodes(self) -> int:
+        """Episodes that hold at least one window."""
+        return int((np.diff(self.bounds) > 0).sum())
+
     def rows(self, samples: np.ndarray) -> np.ndarray:
         """(len(samples), window) int64: the frame rows of the given samples, t, t + 1, ..."""
         return self.starts[samples, None] + np.arange(self.window)
@@ -134,7 +139,7 @@ def epoch_size(windows_: Windows, sampling: str, sample_stride: int = 1, samples
     if sampling == "every_frame":
         return len(windows_) // sample_stride
     if samples_per_episode is not None:
-        return samples_per_episode * int((np.diff(windows_.bounds) > 0).sum())
+        return samples_per_episode * windows_.num_episodes
     return windows_.num_frames
 
 
@@ -147,11 +152,8 @@ def epoch_plan(windows_: Windows, rng: np.random.Generator, batch_size: int, use
     episode with replacement and a window inside it (reference). All processes draw the same global
     order, then take their own slice of each global batch.
     """
-    size = epoch_size(windows_, sampling, sample_stride, samples_per_episode)
-    if sampling == "every_frame":
-        order = rng.permutation(len(windows_))[:size]
-    else:
-        order = sampling_lib.draw(rng, windows_.bounds, size)
+    order = sampling_lib.epoch_order(rng, windows_.bounds, sampling,
+                                     num_samples=epoch_size(windows_, sampling, sample_stride, samples_per_episode))
     negatives = None
     if uses_negatives:  # a uniformly random frame of the same episode (may be t itself, as in AtariARI)
         negatives = windows_.episode_start[order] + rng.integers(0, windows_.episode_length[order])
@@ -354,9 +356,9 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
         if len(split_windows[name]) == 0 or num_samples < config.batch_size * place.world_size:
             longest = int(np.diff(split.episode_bounds()).max(initial=0))
             if config.sampling == "reference" and per_episode is not None and len(split_windows[name]):
-                fix = (f"under sampling: reference each of its {int((np.diff(split_windows[name].bounds) > 0).sum())} "
-                       f"episodes gives {per_episode} samples; collect more steps (more episodes), lower pretrain "
-                       "batch_size, or set pretrain.sampling: every_frame")
+                fix = (f"under sampling: reference each of its {split_windows[name].num_episodes} episodes gives "
+                       f"{per_episode} samples; collect more steps (more episodes), lower pretrain batch_size, or "
+                       "set pretrain.sampling: every_frame")
             else:
                 fix = "lower pretrain batch_size (or the method's sequence length) or collect more steps"
             raise UserError(f"the {name} split has {num_samples} samples of {method.window} "

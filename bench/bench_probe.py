@@ -20,6 +20,7 @@ minute on two CPU cores.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import tempfile
@@ -129,7 +130,6 @@ class ViewFlattened(torch.nn.Module):
 def encode_frames_per_s(encoder: torch.nn.Module, frames: np.ndarray, device: str, rounds: int = 3) -> dict:
     """Frames/s of probe.encode for `encoder` and its ViewFlattened twin (same weights), best of `rounds`,
     alternating; the twin's features are checked equal to the encoder's (float rounding aside)."""
-    import copy
     user = ViewFlattened(copy.deepcopy(encoder))
     torch.testing.assert_close(probe.encode(user, frames[:64], device=device),
                                probe.encode(encoder, frames[:64], device=device), rtol=1e-4, atol=1e-4)

@@ -182,9 +182,8 @@ def test_an_encoder_that_returns_a_tuple_or_raises_is_one_line_naming_what_happe
 
 
 def test_a_wrong_feature_width_names_the_shape_seen_and_expected():
-    trainer_like = build(MyEncoder)
     with pytest.raises(UserError) as err:
-        probe.encode(trainer_like, frames(10), feature_size=64)
+        probe.encode(build(MyEncoder), frames(10), feature_size=64)
     assert str(err.value) == ("encoder MyEncoder returned shape (10, 32) for a batch of (10, 1, 210, 160) frames, "
                               "expected (10, 64); flatten to one feature vector per frame (or fix "
                               "representation_len/feature_size)")

@@ -21,10 +21,10 @@ from tqdm import tqdm
 from atarirep import devices, encoders
 from atarirep import sampling as sampling_lib
 from atarirep.errors import UserError
-from atarirep.probe.features import (ENCODE_BATCH_SIZE, channels_last_agrees, checked_forward, eval_mode,
+from atarirep.probe.features import (ENCODE_BATCH_SIZE, channels_last_twin, checked_forward, eval_mode,
                                      input_dtype, is_ours)
 from atarirep.probe.linear import (ADAM_EPS, NUM_CLASSES, PREDICT_BATCH_SIZE, Schedules, check_keep, epoch_batches,
-                                   init_linear, labels_tensor, whole_split)
+                                   init_linear, labels_tensor, split_bounds)
 
 BASELINES = ("majority", "supervised")   # methods that need no pretrained encoder file
 
@@ -100,7 +100,7 @@ def _layout(encoder: nn.Module, first: torch.Tensor) -> torch.memory_format:
     """channels-last for atarirep's own encoders, or a user's encoder that computes the same in it on the first
     batch (NCHW `first`); else the plain layout."""
     layout = devices.memory_format(first.device)
-    if layout == torch.channels_last and (is_ours(encoder) or channels_last_agrees(encoder, first)):
+    if layout == torch.channels_last and (is_ours(encoder) or channels_last_twin(encoder, first) is not None):
         return layout
     return torch.contiguous_format
 
@@ -130,8 +130,7 @@ def fit_supervised(make_encoder: Callable[[], nn.Module], train_frames, train_la
     if len(frames) != len(y) or len(frames_val) != len(y_val):
         raise ValueError(f"frames and labels differ in length: train {len(frames)} vs {len(y)}, "
                          f"val {len(frames_val)} vs {len(y_val)}")
-    bounds = {"train": whole_split(len(y)) if train_bounds is None else np.asarray(train_bounds, np.int64),
-              "val": whole_split(len(y_val)) if val_bounds is None else np.asarray(val_bounds, np.int64)}
+    bounds = {"train": split_bounds(train_bounds, len(y)), "val": split_bounds(val_bounds, len(y_val))}
     num_variables = y.shape[1]
     # Departs from AtariARI (per_variable=False only): one shared encoder for all heads, because one
     # encoder per variable costs V end-to-end trainings, out of reach on a CPU.

@@ -105,22 +105,23 @@ def checked_forward(encoder: nn.Module, x: torch.Tensor, feature_size: int | Non
     return z
 
 
-def channels_last_agrees(module: nn.Module, x: torch.Tensor, z: torch.Tensor | None = None) -> bool:
-    """True when a channels-last copy of `module` (eval mode) computes `z` = module(x) from a channels-last x,
-    within float rounding; False if it raises, returns something else, or the module has no 4-d weights."""
+def channels_last_twin(module: nn.Module, x: torch.Tensor, z: torch.Tensor | None = None) -> nn.Module | None:
+    """A channels-last copy of `module` if, in eval mode, it computes `z` = module(x) from a channels-last x
+    within float rounding; None if it raises, returns something else, or the module has no 4-d weights."""
     if not any(p.ndim == 4 for p in module.parameters()):
-        return False
+        return None
     with torch.no_grad(), eval_mode(module):
         z = module(x) if z is None else z
-        trial = copy.deepcopy(module).to(memory_format=torch.channels_last)
+        twin = copy.deepcopy(module).to(memory_format=torch.channels_last)
         try:
-            z_fast = trial(x.contiguous(memory_format=torch.channels_last))
+            z_fast = twin(x.contiguous(memory_format=torch.channels_last))
         except Exception:  # e.g. `.view` on a channels-last tensor: the plain layout it is
-            return False
+            return None
     if not (isinstance(z_fast, torch.Tensor) and isinstance(z, torch.Tensor) and z_fast.shape == z.shape):
-        return False
+        return None
     scale = float(z.detach().float().abs().max()) if z.numel() else 0.0
-    return bool(torch.allclose(z_fast.float(), z.float(), rtol=1e-4, atol=1e-5 * max(1.0, scale)))
+    agrees = torch.allclose(z_fast.float(), z.float(), rtol=1e-4, atol=1e-5 * max(1.0, scale))
+    return twin if agrees else None
 
 
 class Featurizer:
@@ -133,7 +134,7 @@ class Featurizer:
     runs in eval mode (AtariARI's run_probe puts its encoder in eval mode before probing); its own flags are
     restored on exit. A module on another device than `device` runs as a copy there. Channels-last (faster
     convolutions on CPU and CUDA) only where it computes the same features: atarirep's own encoders, or a
-    user's module whose channels-last copy agrees with it on the first batch (`channels_last_agrees`);
+    user's module whose channels-last copy agrees with it on the first batch (`channels_last_twin`);
     `layout` says which was chosen once the first batch has run.
     """
 
@@ -166,10 +167,8 @@ class Featurizer:
         else:
             plain = copy.deepcopy(self.encoder).to(self.device).eval()
         z = checked_forward(plain, x, self.feature_size, name=self.name)
-        self.module = plain
-        if layout == torch.channels_last and channels_last_agrees(plain, x, z):
-            self.module = copy.deepcopy(plain).to(memory_format=layout).eval()
-            self.layout = layout
+        twin = channels_last_twin(plain, x, z) if layout == torch.channels_last else None
+        self.module, self.layout = (plain, torch.contiguous_format) if twin is None else (twin, layout)
         return z
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:

@@ -57,9 +57,9 @@ def epoch_batches(rng: np.random.Generator, bounds: np.ndarray, batch_size: int,
     yield from batches
 
 
-def whole_split(num_rows: int) -> np.ndarray:
-    """Episode bounds of rows given without episodes: one episode of them all."""
-    return np.array([0, num_rows], np.int64)
+def split_bounds(bounds, num_rows: int) -> np.ndarray:
+    """A split's episode bounds as int64, or, for rows given without episodes (None), one episode of them all."""
+    return np.array([0, num_rows], np.int64) if bounds is None else np.asarray(bounds, np.int64)
 
 
 def init_linear(generator: torch.Generator, in_features: int, out_features: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,8 +199,7 @@ def fit_probes(train_features, train_labels, val_features, val_labels, *, lr: fl
     y = labels_tensor(train_labels, num_classes, "train labels").to(dev)
     y_val = labels_tensor(val_labels, num_classes, "val labels").to(dev)
     num_rows, num_features = x.shape
-    train_bounds = whole_split(num_rows) if train_bounds is None else np.asarray(train_bounds, np.int64)
-    val_bounds = whole_split(len(x_val)) if val_bounds is None else np.asarray(val_bounds, np.int64)
+    train_bounds, val_bounds = split_bounds(train_bounds, num_rows), split_bounds(val_bounds, len(x_val))
     num_variables = y.shape[1]
     generator = torch.Generator().manual_seed(seed)
     inits = [init_linear(generator, num_features, num_classes) for _ in range(num_variables)]

@@ -18,7 +18,7 @@ from atarirep import devices
 from atarirep import sampling as sampling_lib
 from atarirep.probe.features import ENCODE_BATCH_SIZE, Featurizer
 from atarirep.probe.linear import (ADAM_EPS, LR_FACTOR, LR_PATIENCE, MIN_LR, NUM_CLASSES, check_keep, epoch_batches,
-                                   init_linear, labels_tensor, whole_split)
+                                   init_linear, labels_tensor, split_bounds)
 
 
 class _Features:
@@ -58,8 +58,7 @@ def fit_probes_reference(train_x, train_labels, val_x, val_labels, *, encoder: n
     x, x_val = torch.as_tensor(np.asarray(train_x)), torch.as_tensor(np.asarray(val_x))
     y = labels_tensor(train_labels, num_classes, "train labels").to(dev)
     y_val = labels_tensor(val_labels, num_classes, "val labels").to(dev)
-    train_bounds = whole_split(len(x)) if train_bounds is None else np.asarray(train_bounds, np.int64)
-    val_bounds = whole_split(len(x_val)) if val_bounds is None else np.asarray(val_bounds, np.int64)
+    train_bounds, val_bounds = split_bounds(train_bounds, len(x)), split_bounds(val_bounds, len(x_val))
     num_variables = y.shape[1]
     with _Features(encoder, dev) as featurize:
         num_features = featurize(x[:1].to(dev)).shape[1]
