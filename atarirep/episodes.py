@@ -6,7 +6,8 @@ A stored dataset is a folder:
   steps.csv.gz  one row per frame: split, episode, t (frame within episode), env and env_episode (which
                 environment produced it, and its episode number there), frame (index in frames.bin),
                 action (that led to the frame, -1 on a first frame), reward, then one column per kept
-                state variable (the label);
+                state variable (the label); an episode's frames lie in frames.bin in order, so frame - t is
+                its first frame, and test frames left out of the table (duplicates) are still there;
   meta.json     game, annotation set, protocol, seed, counts, kept and dropped variables, chunk index.
 This module reads and writes that format, and holds frames compressed in memory (CompressedFrames)
 for loops that sample them at random; it does not collect (atarirep.collection) or split (atarirep.splits).
@@ -44,9 +45,12 @@ class LazyFrames:
     """
 
     def __init__(self, path: Path, frame_ids: np.ndarray, chunk_starts: np.ndarray,
-                 chunk_offsets: np.ndarray):
+                 chunk_offsets: np.ndarray, first_ids: np.ndarray | None = None):
         self._path = path
         self.frame_ids = np.asarray(frame_ids, dtype=np.int64)    # row -> frame number in frames.bin
+        # row -> frame number of its episode's first frame: an episode's frames lie in frames.bin in order, test
+        # frames left out of the table (duplicates of train frames) included, so each row's history is there
+        self.first_ids = None if first_ids is None else np.asarray(first_ids, dtype=np.int64)
         self._chunk_starts = chunk_starts                         # (C + 1,) first frame of each chunk
         self._chunk_offsets = chunk_offsets                       # (C + 1,) byte offset of each chunk
         self.shape = (len(self.frame_ids), *FRAME_SHAPE)
@@ -74,6 +78,18 @@ class LazyFrames:
         frames = np.frombuffer(data, np.uint8).reshape(num_frames, *FRAME_SHAPE)
         self._cache = (chunk, frames)
         return frames
+
+    def history(self, length: int) -> np.ndarray:
+        """(N, length) frame numbers: each row's last `length` frames within its episode, oldest first, the episode's
+        first frame repeated before it starts; the frames a table leaves out are in it, so no history skips back."""
+        if self.first_ids is None:
+            raise ValueError("these frames do not know their episodes' first frames")
+        lags = np.arange(length - 1, -1, -1)
+        return np.maximum(self.frame_ids[:, None] - lags[None], self.first_ids[:, None])
+
+    def read(self, frame_ids: np.ndarray) -> np.ndarray:
+        """(len(frame_ids), 1, 210, 160) uint8: frames by their number in frames.bin (not by row)."""
+        return self._read(np.asarray(frame_ids, np.int64))
 
     def _read(self, frame_ids: np.ndarray) -> np.ndarray:
         out = np.empty((len(frame_ids), *FRAME_SHAPE), np.uint8)
@@ -285,7 +301,7 @@ class EpisodeStore:
                             "collect it with splits that include it")
         rows = self.steps[self.steps["split"] == name]
         frames = LazyFrames(self.folder / "frames.bin", rows["frame"].to_numpy(),
-                            self._chunk_starts, self._chunk_offsets)
+                            self._chunk_starts, self._chunk_offsets, (rows["frame"] - rows["t"]).to_numpy())
         return Episodes(frames=frames,
                         labels=rows[list(self.variables)].to_numpy(np.int16),
                         variables=self.variables,

@@ -41,7 +41,7 @@ class AgentPolicy:
     """A trained agent's checkpoint acting on the stored frames (docs/protocols.md 1, trained-agent mode).
 
     Each 210x160 frame is resized as the agent saw frames in training (atarirep.agents.vector_env) and
-    stacked 4 deep, zeros before an episode's first frame; the action is drawn from the policy (the argmax for a
+    stacked 4 deep, copies of an episode's first frame before it (as the training env stacks); the action is drawn from the policy (the argmax for a
     Q-network), and with probability `random_prob` (the reference: 0.2) a uniformly random action replaces it.
     """
 
@@ -61,10 +61,12 @@ class AgentPolicy:
         self._rng, self._random_prob, self._num_actions = rng, random_prob, num_actions
 
     def act(self, frame: np.ndarray, is_first: bool) -> int:
+        frame84 = self._resize(frame)[0]
         if is_first:
-            self._stack[:] = 0
-        self._stack[0, :-1] = self._stack[0, 1:]
-        self._stack[0, -1] = self._resize(frame)[0]
+            self._stack[0] = frame84
+        else:
+            self._stack[0, :-1] = self._stack[0, 1:]
+            self._stack[0, -1] = frame84
         with self._torch.no_grad():
             head, _ = self._network(self._torch.from_numpy(self._stack))
         return int(self._choose(self._network, head, self._rng, self._random_prob)[0])

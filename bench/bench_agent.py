@@ -314,7 +314,7 @@ def run_envs(steps: int) -> dict:
     num_envs = CONFIG.num_envs
     actions = np.random.default_rng(SEED).integers(0, 4, (steps, num_envs))   # Breakout's 4 actions
     found = {}
-    ours = AgentEnvs(GAME, num_envs, CONFIG.protocol, training=True, num_threads=min(num_envs, os.cpu_count() or 1))
+    ours = AgentEnvs(GAME, num_envs, CONFIG.protocol, training=True)
     ours.reset(SEED)
     found["ale_py_vector"] = step_rate(ours._env, actions)
     found["atarirep_agentenvs"] = step_rate(ours, actions)

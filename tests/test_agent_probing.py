@@ -18,7 +18,7 @@ import yaml
 from atarirep import episodes, reports
 from atarirep.agents import checkpoints, probing
 from atarirep.agents.network import ActorCritic
-from atarirep.agents.vector_env import agent_frames, stack_frames
+from atarirep.agents.vector_env import agent_frames
 from atarirep.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,24 +45,36 @@ def sampled_root(tmp_path_factory):
 def test_stacks_never_cross_episode_boundaries_and_match_a_hand_built_stack(breakout_probe_dir):
     split = episodes.load(breakout_probe_dir).split("train")
     view = probing.agent_view(split, batch_size=100)                  # resized a batch at a time
-    np.testing.assert_array_equal(view.frames[:150], agent_frames(np.asarray(split.frames[:150])))
-    frames84 = view.frames
+    whole = view.stacks(0, len(view))
+    np.testing.assert_array_equal(whole[:150, -1], agent_frames(np.asarray(split.frames[:150])))
+    frames84 = whole[:, -1]
     starts = split.episode_bounds()[:-1]
-    assert len(starts) >= 3 and np.flatnonzero(view.is_first).tolist() == starts.tolist()
-    whole = stack_frames(frames84, view.is_first)
-    batched = np.concatenate([view.stacks(s, s + 37) for s in range(0, len(view), 37)])   # batches cut episodes
+    assert len(starts) >= 3
+    batched = np.concatenate([view.stacks(s, s + 37) for s in range(0, len(view), 37)])
     np.testing.assert_array_equal(batched, whole)
     episode_start = starts[np.searchsorted(starts, np.arange(len(split)), side="right") - 1]
     for t in sorted({*starts, *(starts + 1), *(starts + 2), *(starts + 3), *(starts + 10)} - {len(split)}):
-        hand = np.zeros((4, 84, 84), np.uint8)
-        for k in range(4):                                             # oldest first, the newest is frame t
-            if t - 3 + k >= episode_start[t]:
-                hand[k] = frames84[t - 3 + k]
+        hand = np.stack([frames84[max(t - 3 + k, episode_start[t])] for k in range(4)])   # oldest first
         np.testing.assert_array_equal(whole[t], hand, err_msg=f"row {t}")
-    for start in starts[1:]:                                           # nothing of the previous episode
-        assert frames84[start - 1].any()
-        assert not whole[start, :3].any() and not whole[start + 1, :2].any() and not whole[start + 2, :1].any()
-        np.testing.assert_array_equal(whole[start + 3], frames84[start:start + 4])
+    for start in starts[1:]:                        # nothing of the previous episode: its first frame repeated
+        assert (frames84[start - 1] != frames84[start]).any()
+        np.testing.assert_array_equal(whole[start], np.repeat(frames84[start][None], 4, axis=0))
+
+
+def test_test_stacks_are_built_over_whole_episodes_removed_duplicates_included(breakout_probe_dir):
+    store = episodes.load(breakout_probe_dir)
+    test = store.split("test")
+    steps = store.steps[store.steps["split"] == "test"]
+    gaps = np.flatnonzero((np.diff(steps["t"].to_numpy()) > 1) & (np.diff(steps["episode"].to_numpy()) == 0))
+    view = probing.agent_view(test)
+    # Every row's stack is the 4 frames of frames.bin before it within its episode, whatever the table kept.
+    all_frames = test.frames.read(np.arange(steps["frame"].max() + 1))
+    for row in range(len(test)):
+        frame, t = int(steps["frame"].iloc[row]), int(steps["t"].iloc[row])
+        history = [max(frame - lag, frame - t) for lag in (3, 2, 1, 0)]
+        np.testing.assert_array_equal(view.stacks(row, row + 1)[0], agent_frames(all_frames[history]))
+    if not len(gaps):
+        pytest.skip("this dataset's test split had no duplicate removed inside an episode")
 
 
 def test_agent_features_are_the_networks_512_features_of_each_stack(breakout_probe_dir):

@@ -41,14 +41,16 @@ def test_geometric_rule_keeps_the_last_and_refuses_keeping_more_than_there_are()
         checkpoints.geometric_indices(8, 9)
 
 
-def test_agent_frames_are_the_vector_envs_own_84x84_view():
-    """The same emulator state, seen through the vector env and through our resize of the stored frame."""
-    envs = vector_env.AgentEnvs("Breakout", 1, Protocol("still", 4, 0, False, False, 0.0, 108_000, False))
-    labelled = LabelledAtariEnv("Breakout", Protocol("still", 4, 0, False, False, 0.0, 108_000, False))
+def test_agent_frames_of_stored_frames_are_close_to_the_envs_own_view():
+    """The same emulator state, seen through the vector env (RGB resized, then gray) and through our resize of the
+    stored frame (the emulator's luminance, then resized): a few gray levels apart (docs/agents.md)."""
+    still = Protocol("still", 4, 0, False, False, 0.0, 108_000, False)
+    envs, labelled = vector_env.AgentEnvs("Breakout", 1, still), LabelledAtariEnv("Breakout", still)
     stack, (frame, _) = envs.reset(seed=0), labelled.reset(seed=0)
-    np.testing.assert_array_equal(stack[0, :3], 0)               # zeros before the first frame
+    np.testing.assert_array_equal(stack[0, :3], stack[0, [3, 3, 3]])   # a new episode's stack: copies of its frame
     for _ in range(20):
-        np.testing.assert_array_equal(vector_env.agent_frames(frame)[0], stack[0, -1])
+        difference = np.abs(vector_env.agent_frames(frame)[0].astype(int) - stack[0, -1])
+        assert difference.mean() < 2 and difference.max() <= 12, (difference.mean(), difference.max())
         stack = envs.step(np.array([3])).obs
         frame = labelled.step(3)[0]
     envs.close()
@@ -56,9 +58,9 @@ def test_agent_frames_are_the_vector_envs_own_84x84_view():
 
 def test_stacks_of_stored_frames_never_reach_into_the_previous_episode():
     frames = np.arange(1, 7, dtype=np.uint8)[:, None, None] * np.ones((6, 84, 84), np.uint8)
-    stacks = vector_env.stack_frames(frames, is_first=np.array([1, 0, 0, 1, 0, 0], bool))
-    assert [list(s[:, 0, 0]) for s in stacks] == [[0, 0, 0, 1], [0, 0, 1, 2], [0, 1, 2, 3],
-                                                  [0, 0, 0, 4], [0, 0, 4, 5], [0, 4, 5, 6]]
+    stacks = frames[vector_env.stack_indices(np.array([1, 0, 0, 1, 0, 0], bool))]
+    assert [list(s[:, 0, 0]) for s in stacks] == [[1, 1, 1, 1], [1, 1, 1, 2], [1, 1, 2, 3],
+                                                  [4, 4, 4, 4], [4, 4, 4, 5], [4, 4, 5, 6]]
 
 
 def test_training_envs_end_episodes_at_a_life_lost_and_report_whole_games():

@@ -45,7 +45,7 @@ def evaluate(network: nn.Module, game: str, protocol: str, *, episodes: int, eps
     longer games in any case). Deterministic for a seed on CPU: the envs' no-ops and sticky actions
     follow `seed`, and so does the numpy generator that draws the actions.
     """
-    envs = AgentEnvs(game, episodes, protocol, training=False, num_threads=min(episodes, os.cpu_count() or 1),
+    envs = AgentEnvs(game, episodes, protocol, training=False,
                      full_action_space=network.full_action_space)
     try:
         if envs.num_actions != network.num_actions:

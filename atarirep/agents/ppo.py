@@ -136,8 +136,7 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
     fingerprint = json.dumps({"game": game, "seed": seed, "study_seed": study_seed, "algo": algo,
                               **asdict(config)}, sort_keys=True)
     seeded = run_seed(study_seed, seed)
-    envs = AgentEnvs(game, config.num_envs, config.protocol, training=True,
-                     num_threads=min(config.num_envs, os.cpu_count() or 1))
+    envs = AgentEnvs(game, config.num_envs, config.protocol, training=True)
     torch.manual_seed(seeded)
     network = ActorCritic(envs.num_actions).to(device_, memory_format=torch.channels_last)
     # fused: one kernel for all parameters (the same Adam; ~5% of a CPU update, bench/bench_agent.py)

@@ -2,8 +2,9 @@
 probe stage's batched linear probes on them (docs/protocols.md 2, with the agent's network as the encoder).
 
 The agent acts on 84x84 grayscale stacks of 4 (`vector_env`), so a split's stored 210x160 frames are resized
-with `vector_env.agent_frames` (the env's own resize, bit for bit) and stacked within their episode with
-`vector_env.stack_frames` (zeros before an episode's first frame, as after a reset). The probes, their
+with `vector_env.agent_frames` and stacked within their episode as the env stacks them (copies of an episode's
+first frame before it). A stored split's stacks are built over its whole episodes, test frames left out of the
+table as duplicates included, so no stack skips back in time where a frame was removed. The probes, their
 scores and the scores.csv / metrics.json format are atarirep.probe's (`probe_features`, `method_scores`,
 `write_scores`), not a copy. `probe_sampled` probes every checkpoint of the `SEED/model_STEP.gz` folders that
 sample_checkpoints writes; `category_curve` and
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from atarirep import annotations, devices, episodes, reports
 from atarirep.agents import checkpoints
 from atarirep.agents.network import ActorCritic
-from atarirep.agents.vector_env import AGENT_FRAME, STACK, agent_frames, stack_frames
+from atarirep.agents.vector_env import AGENT_FRAME, STACK, agent_frames, stack_indices
 from atarirep.errors import UserError
 from atarirep.probe.features import ENCODE_BATCH_SIZE
 from atarirep.probe.stage import check_settings, load_probe_data, method_scores, probe_features, scored_test_rows
@@ -36,20 +37,18 @@ CHECKPOINT_COLUMNS = ("game", "seed", "step", "frames")
 
 @dataclass(frozen=True)
 class AgentView:
-    """A split's frames as the agent sees them: frames (T, 84, 84) uint8, is_first (T,) bool (an episode's first)."""
+    """A split's frames as the agent sees them: `frames` (U, 84, 84) uint8 and `index` (T, 4), row t's stack being
+    frames[index[t]], oldest first."""
 
     frames: np.ndarray
-    is_first: np.ndarray
+    index: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.frames)
+        return len(self.index)
 
     def stacks(self, start: int, stop: int) -> np.ndarray:
-        """(stop - start, 4, 84, 84) uint8 stacks of rows start:stop, the same as `stack_frames` of the whole split."""
-        # The window starts up to 3 rows early, so every row kept has its history in it; a window that starts
-        # mid-episode only makes its first rows (dropped) stop there.
-        low = max(0, start - (STACK - 1))
-        return stack_frames(self.frames[low:stop], self.is_first[low:stop])[start - low:]
+        """(stop - start, 4, 84, 84) uint8 stacks of rows start:stop."""
+        return self.frames[self.index[start:stop]]
 
 
 def first_frames(split: episodes.Episodes) -> np.ndarray:
@@ -60,11 +59,21 @@ def first_frames(split: episodes.Episodes) -> np.ndarray:
 
 
 def agent_view(split: episodes.Episodes, *, batch_size: int = RESIZE_BATCH_SIZE) -> AgentView:
-    """The agent's view of a split: every stored frame resized by `agent_frames`, `batch_size` frames read at a time."""
-    frames = np.empty((len(split), *AGENT_FRAME), np.uint8)
-    for start in range(0, len(split), batch_size):
-        frames[start:start + batch_size] = agent_frames(np.asarray(split.frames[start:start + batch_size]))
-    return AgentView(frames, first_frames(split))
+    """The agent's view of a split, `batch_size` stored frames read and resized by `agent_frames` at a time.
+
+    A stored split (frames that know their episodes' first frames) is stacked from frames.bin, every frame of an
+    episode in its history; frames in memory are stacked over the split's own rows (`stack_indices`)."""
+    frames = split.frames
+    if isinstance(frames, episodes.LazyFrames) and frames.first_ids is not None:
+        ids, index = np.unique(frames.history(STACK), return_inverse=True)
+        read = frames.read
+    else:
+        ids, index = np.arange(len(split)), stack_indices(first_frames(split))
+        read = frames.__getitem__
+    table = np.empty((len(ids), *AGENT_FRAME), np.uint8)
+    for start in range(0, len(ids), batch_size):
+        table[start:start + batch_size] = agent_frames(np.asarray(read(ids[start:start + batch_size])))
+    return AgentView(table, index.reshape(len(split), STACK))
 
 
 def agent_features(network: ActorCritic, split: episodes.Episodes | AgentView, *,

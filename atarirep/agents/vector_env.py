@@ -1,32 +1,53 @@
-"""Games stepped as a batch for agents: ale-py's C++ `AtariVectorEnv` under a protocol of `envs.PROTOCOLS`.
+"""Games stepped as a batch for agents, exactly as CleanRL's `ppo_atari.py` wraps them (docs/protocols.md 4).
 
-Why ale-py's vector env: it ships with ale-py (a dependency already), and stepped Breakout faster than
-envpool in bench/bench_agent.py on 2 CPU cores; both do the classic preprocessing in C++ (frame skip 4
-with the max of the last two frames, 84x84 grayscale by area resize, a stack of 4).
+Each env is one emulator (ale-py's `ALEInterface`) driven the way CleanRL's wrapper chain drives
+`BreakoutNoFrameskip-v4` (gymnasium's `AtariEnv` under `NoopResetEnv`, `MaxAndSkipEnv`, `EpisodicLifeEnv`,
+`FireResetEnv`, `ClipRewardEnv`, `ResizeObservation`, `GrayscaleObservation`, `FrameStackObservation`, in a
+`SyncVectorEnv` with same-step autoreset), step for step and bit for bit (tests/test_vector_env.py plays both):
 
-`AgentEnvs` adds what training and evaluation need on top: the protocol's life-loss rule, raw (unclipped)
-returns of whole games, and which steps end a real game. `agent_frames` turns stored 210x160 frames into
-the same 84x84 view, so an agent can act on, and be probed with, the labelled episodes.
+- a real reset: `reset_game`, then 1..noop_max single-frame no-ops drawn from the env's generator;
+- an agent step: the action for `frame_skip` frames, the observation the pixel-wise max of the last two
+  RGB frames (kept from the previous step if the game ends before them, as the reference does);
+- a life lost (protocols with the life-loss rule) ends the training episode; the next episode starts with one
+  no-op step, then FIRE and action 2 (in games with FIRE), and a fresh stack, the game going on;
+- every episode start (real or after a life) in games with FIRE: FIRE, then action 2;
+- the frame: RGB resized to 84x84 by area (OpenCV), then gray (0.2125 R + 0.7154 G + 0.0721 B, truncated);
+  a new episode's stack holds 4 copies of its first frame.
+
+Evaluation (`training=False`) plays the same env but never reports a lost life as an end: a life lost still
+starts the next life with no-op, FIRE, action 2 and a fresh stack, as CleanRL's evaluation (the same env)
+does, so an agent is evaluated on the starts it trained on. Seeding follows gymnasium: `reset(seed)` seeds env
+i with `seed + i`, whose `SeedSequence` gives the no-op generator's seed and the emulator's (sticky actions).
+
+Why not ale-py's C++ `AtariVectorEnv` (faster per frame): it grays before resizing, zero-fills stacks and
+cannot play the no-op/FIRE start of a new life, so an agent trained there learns another game's starts.
+`agent_frames` turns stored 210x160 grayscale frames into the 84x84 view for probing and for policies that act
+on stored episodes (their gray comes from the emulator's palette, not from the resized RGB: docs/agents.md).
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
 
+import ale_py
+import cv2
+import gymnasium as gym
 import numpy as np
-from ale_py.vector_env import AtariVectorEnv
+from ale_py import roms
+from gymnasium.utils import seeding
 
 from atarirep.envs import Protocol, get_protocol, resolve_ale_game
 
 AGENT_FRAME = (84, 84)
 STACK = 4
+_GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])   # gymnasium's GrayscaleObservation
 
 
 @dataclass
 class Step:
     """One batched step: what PPO stores, and the games that ended in it (raw return, agent steps)."""
 
-    obs: np.ndarray             # (N, 4, 84, 84) uint8: the next observation (a new game's first after an end)
+    obs: np.ndarray             # (N, 4, 84, 84) uint8: the next observation (a new episode's first after an end)
     reward: np.ndarray          # (N,) float32, clipped to its sign when the protocol clips
     terminated: np.ndarray      # (N,) bool: game over, or a life lost where the protocol ends episodes there
     truncated: np.ndarray       # (N,) bool: the frame cap
@@ -34,69 +55,169 @@ class Step:
     finished_lengths: list[int]
 
 
+class _Game:
+    """One emulator under the reference's wrapper chain: `_skip` is MaxAndSkipEnv.step, `_life_step` and
+    `_life_reset` EpisodicLifeEnv's step and reset, `_real_reset` NoopResetEnv.reset, `reset` FireResetEnv.reset."""
+
+    def __init__(self, game: str, protocol: Protocol, full_action_space: bool):
+        self.protocol = protocol
+        self.ale = ale_py.ALEInterface()
+        self.ale.setLoggerMode(ale_py.LoggerMode.Error)
+        self.ale.setFloat("repeat_action_probability", protocol.sticky_action_prob)
+        self.ale.setInt("max_num_frames_per_episode", protocol.max_frames_per_episode)
+        self._rom = roms.get_rom_path(_rom_name(game))
+        self.seed(None)
+        self.actions = self.ale.getLegalActionSet() if full_action_space else self.ale.getMinimalActionSet()
+        # FireResetEnv is applied where the game's action 1 is FIRE (it then plays actions 1 and 2).
+        self.uses_fire = (protocol.fire_on_reset and len(self.actions) >= 3
+                          and self.actions[1] == ale_py.Action.FIRE)
+        self._rgb = np.zeros((2, 210, 160, 3), np.uint8)   # MaxAndSkipEnv's buffer: it outlives resets
+        self._lives = 0
+        self.was_real_done = True   # the last step ended the game (game over or the frame cap)
+        self.raw_return = 0.0       # RecordEpisodeStatistics: every frame's raw reward since the game's reset
+
+    def seed(self, seed: int | None) -> None:
+        """AtariEnv.seed_game + load_game: one SeedSequence gives the no-op generator's and the emulator's seeds;
+        the next `reset` starts a new game."""
+        np_seed, ale_seed = np.random.SeedSequence(seed).generate_state(n_words=2)
+        self.rng, _ = seeding.np_random(int(np_seed))
+        self.ale.setInt("random_seed", np.int32(ale_seed))
+        self.ale.loadROM(self._rom)
+        self.was_real_done = True
+
+    def _frame(self, action) -> bool:
+        """One emulator frame (AtariEnv.step without frame skip); whether the game ended."""
+        self.raw_return += self.ale.act(action)
+        return self.ale.game_over(with_truncation=False) or self.ale.game_truncated()
+
+    def _skip(self, index: int) -> tuple[float, bool]:
+        """One agent step: (its raw reward, the game ended); the step's frame is `pooled()`."""
+        action, skip = self.actions[index], self.protocol.frame_skip
+        before = self.raw_return
+        for i in range(skip):
+            done = self._frame(action)
+            if i >= skip - 2:
+                self.ale.getScreenRGB(self._rgb[i - (skip - 2)])
+            if done:
+                break
+        return self.raw_return - before, done
+
+    def pooled(self) -> np.ndarray:
+        """The last agent step's frame: the max of its last two RGB frames (the buffer's, stale if it ended early)."""
+        return np.maximum(self._rgb[0], self._rgb[1])
+
+    def _life_step(self, index: int) -> tuple[float, bool, bool]:
+        """(raw reward, terminated, truncated): terminated is a game over, or a life lost under the life-loss rule."""
+        reward, done = self._skip(index)
+        self.was_real_done = done
+        lives = self.ale.lives()
+        lost_life = self.protocol.terminal_on_life_loss and 0 < lives < self._lives
+        self._lives = lives
+        return reward, self.ale.game_over(with_truncation=False) or lost_life, self.ale.game_truncated()
+
+    def _real_reset(self) -> np.ndarray:
+        self.ale.reset_game()
+        self.raw_return = 0.0
+        if self.protocol.noop_max > 0:
+            for _ in range(int(self.rng.integers(1, self.protocol.noop_max + 1))):
+                if self._frame(self.actions[0]):
+                    self.ale.reset_game()
+                    self.raw_return = 0.0
+        return self.ale.getScreenRGB()   # the reset's own observation: the last frame, not a max
+
+    def _life_reset(self) -> np.ndarray:
+        if self.was_real_done or not self.protocol.terminal_on_life_loss:
+            obs = self._real_reset()
+        else:   # a life lost: one no-op step, the game going on
+            done = self._skip(0)[1]
+            obs = self._real_reset() if done else self.pooled()
+        self._lives = self.ale.lives()
+        return obs
+
+    def reset(self) -> np.ndarray:
+        """Start an episode (a game, or the next life); its first frame, (210, 160, 3) RGB."""
+        obs = self._life_reset()
+        if self.uses_fire:
+            for index in (1, 2):
+                _, terminated, truncated = self._life_step(index)
+                obs = self.pooled()
+                if terminated or truncated:
+                    self._life_reset()
+        return obs
+
+    def step(self, index: int) -> tuple[float, bool, bool]:
+        """(raw reward, terminated, truncated) of one agent step; the env then needs `reset` if either is true."""
+        return self._life_step(index)
+
+
 class AgentEnvs:
-    """`num_envs` copies of `game` under `protocol`; `training` applies its life-loss rule (evaluation never does);
-    `full_action_space`: all 18 ALE actions (games then share one action set), else the game's minimal set."""
+    """`num_envs` copies of `game` under `protocol` (module docstring); `training` reports a lost life as the end
+    of an episode where the protocol says so (evaluation never does); `full_action_space`: all 18 ALE actions
+    (games then share one action set), else the game's minimal set."""
 
     def __init__(self, game: str, num_envs: int, protocol: str | Protocol = "classic", *, training: bool = True,
-                 num_threads: int = 0, full_action_space: bool = False):
+                 full_action_space: bool = False):
         self.protocol = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
         self.game = resolve_ale_game(game)   # agents play any game with a ROM, annotated or not
         self.num_envs = num_envs
-        self._life_loss_ends = training and self.protocol.terminal_on_life_loss
-        # With life_loss_info a life loss reports terminated without resetting the game (the classic
-        # EpisodicLife rule); ale-py's episodic_life would reset the whole game at every life lost.
-        self._env = AtariVectorEnv(
-            _rom_name(self.game), num_envs, num_threads=num_threads, autoreset_mode="SameStep",
-            frameskip=self.protocol.frame_skip, maxpool=True, grayscale=True, stack_num=STACK,
-            img_height=AGENT_FRAME[0], img_width=AGENT_FRAME[1], noop_max=self.protocol.noop_max,
-            use_fire_reset=self.protocol.fire_on_reset, episodic_life=False,
-            life_loss_info=self._life_loss_ends, reward_clipping=False,
-            repeat_action_probability=self.protocol.sticky_action_prob,
-            max_num_frames_per_episode=self.protocol.max_frames_per_episode,
-            full_action_space=full_action_space)   # ALE's 18 actions in every game, not the game's minimal set
-        self.num_actions = int(self._env.single_action_space.n)
-        self._returns = np.zeros(num_envs, np.float64)
+        self.training = training
+        self._games = [_Game(self.game, self.protocol, full_action_space) for _ in range(num_envs)]
+        self.num_actions = len(self._games[0].actions)
+        self._stacks = np.zeros((num_envs, STACK, *AGENT_FRAME), np.uint8)
         self._lengths = np.zeros(num_envs, np.int64)
-        self._lives = np.zeros(num_envs, np.int64)
 
     def reset(self, seed: int) -> np.ndarray:
-        """Start a new game in every env; env i's no-ops and sticky actions follow `seed` and i."""
-        obs, info = self._env.reset(seed=int(seed))
-        self._returns[:] = 0
+        """Start a new game in every env; env i's no-ops and sticky actions follow `seed + i`."""
+        for i, game in enumerate(self._games):
+            game.seed(int(seed) + i)
+            self._stacks[i] = _agent_frames(game.reset()[None])[0]
         self._lengths[:] = 0
-        self._lives[:] = info["lives"]
-        return obs
+        return self._stacks.copy()
 
     def step(self, actions: np.ndarray) -> Step:
-        obs, raw_reward, terminated, truncated, info = self._env.step(np.asarray(actions, np.int64))
-        lives = info["lives"]
-        self._returns += raw_reward
+        n = self.num_envs
+        reward, terminated, truncated = np.zeros(n, np.float64), np.zeros(n, bool), np.zeros(n, bool)
+        frames, new_episode = [], np.zeros(n, bool)
+        finished_returns, finished_lengths = [], []
         self._lengths += 1
-        # A terminated step whose lives did not drop is a game over (SameStep autoreset has already
-        # started the next game, whose lives are the full count); one whose lives dropped, a life lost.
-        game_over = (terminated & (lives >= self._lives)) | truncated
-        self._lives[:] = lives
-        finished = np.flatnonzero(game_over)
-        step = Step(obs, (np.sign(raw_reward) if self.protocol.clip_rewards else raw_reward).astype(np.float32),
-                    terminated.astype(bool), truncated.astype(bool),
-                    self._returns[finished].tolist(), self._lengths[finished].tolist())
-        self._returns[finished] = 0
-        self._lengths[finished] = 0
-        return step
+        for i, (game, action) in enumerate(zip(self._games, np.asarray(actions, np.int64).tolist())):
+            reward[i], terminated[i], truncated[i] = game.step(action)
+            new_episode[i] = terminated[i] or truncated[i]
+            if game.was_real_done:
+                finished_returns.append(game.raw_return)
+                finished_lengths.append(int(self._lengths[i]))
+                self._lengths[i] = 0
+            if not self.training:   # a lost life still starts the next one (below), but ends nothing
+                terminated[i] = game.ale.game_over(with_truncation=False)
+            frames.append(game.reset() if new_episode[i] else game.pooled())   # same-step autoreset
+        gray = _agent_frames(np.stack(frames))
+        going_on = ~new_episode
+        self._stacks[going_on] = np.concatenate([self._stacks[going_on, 1:], gray[going_on, None]], axis=1)
+        self._stacks[new_episode] = gray[new_episode, None]    # a new episode's stack: 4 copies of its first frame
+        clipped = np.sign(reward) if self.protocol.clip_rewards else reward
+        return Step(self._stacks.copy(), clipped.astype(np.float32), terminated, truncated,
+                    finished_returns, finished_lengths)
 
     @property
     def running_returns(self) -> np.ndarray:
         """(N,) raw (unclipped) return of each env's game so far (a copy): what a cut game scored."""
-        return self._returns.copy()
+        return np.array([game.raw_return for game in self._games], np.float64)
 
     def close(self) -> None:
-        self._env.close()
+        self._games.clear()
+
+
+def _agent_frames(rgb: np.ndarray) -> np.ndarray:
+    """(N, 210, 160, 3) RGB -> (N, 84, 84) gray: area resize, then gymnasium's weights (truncated)."""
+    resized = np.stack([cv2.resize(frame, AGENT_FRAME[::-1], interpolation=cv2.INTER_AREA) for frame in rgb])
+    # The weighted sum in GrayscaleObservation's order (R, then G, then B), so every pixel is bit-equal to it.
+    gray = resized[..., 0] * _GRAY_WEIGHTS[0] + resized[..., 1] * _GRAY_WEIGHTS[1] + resized[..., 2] * _GRAY_WEIGHTS[2]
+    return gray.astype(np.uint8)
 
 
 def _rom_name(game: str) -> str:
-    """ALE name (MsPacman) -> ROM id (ms_pacman)."""
-    return "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(game))
+    """ALE name (MsPacman, TicTacToe3D) -> ROM id (ms_pacman, tic_tac_toe_3d), as gymnasium's registry has it."""
+    return gym.spec(f"ALE/{game}-v5").kwargs["game"]
 
 
 @functools.cache
@@ -125,18 +246,11 @@ def agent_frames(frames: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
 
 
-def stack_frames(frames84: np.ndarray, is_first: np.ndarray) -> np.ndarray:
-    """(T, 84, 84) frames of consecutive episodes -> (T, 4, 84, 84) stacks, oldest first.
-
-    A stack never reaches into the previous episode: before an episode's first frame it repeats zeros,
-    as the vector env's stack holds zeros after a reset.
-    """
-    frames84 = np.asarray(frames84)
+def stack_indices(is_first: np.ndarray) -> np.ndarray:
+    """(T, 4) row indices of each row's stack, oldest first, for rows of consecutive episodes (`is_first` (T,) bool
+    marks each episode's first row): a stack never reaches into the previous episode; before an episode's first
+    row it repeats that row, as the env's stack holds 4 copies of a new episode's first frame."""
     is_first = np.asarray(is_first, bool)
-    out = np.zeros((len(frames84), STACK, *frames84.shape[1:]), np.uint8)
-    episode_start = np.maximum.accumulate(np.where(is_first, np.arange(len(frames84)), 0))
-    for lag in range(STACK):
-        source = np.arange(len(frames84)) - lag
-        valid = source >= episode_start
-        out[valid, STACK - 1 - lag] = frames84[source[valid]]
-    return out
+    rows = np.arange(len(is_first))
+    episode_start = np.maximum.accumulate(np.where(is_first, rows, 0))
+    return np.maximum(rows[:, None] - np.arange(STACK - 1, -1, -1)[None], episode_start[:, None])
