@@ -5,11 +5,12 @@ first stage, before any stage that writes outputs has started. It does not run a
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 from atarirep import annotations, collection, devices, envs, methods, params, sampling, training
-from atarirep.agents import checkpoints, impala, ppo, saliency
+from atarirep.agents import checkpoints, impala, ppo, saliency, vector_env
 from atarirep.errors import UserError
 from atarirep.probe import BASELINES
 from atarirep.probe.linear import check_keep
@@ -75,19 +76,37 @@ def check_methods(pretrain: params.Pretrain, probe: params.Probe, report: params
                             f"there or drop it from the report")
 
 
-def check_agents(train: params.TrainAgent, sample: params.SampleCheckpoints, evaluate: params.EvaluateAgent) -> None:
-    """UserError unless the agent runs, the checkpoint sampling and the evaluation are well formed."""
+def _misplaced(section: dict, where: str, own: type, others: dict[str, type]) -> None:
+    """UserError for a key of `section` that is not `own`'s but another algorithm's: it says where it belongs."""
+    fields = {f.name for f in dataclasses.fields(own)}
+    for key in section:
+        for name, other in others.items():
+            if key not in fields and key in {f.name for f in dataclasses.fields(other)}:
+                raise UserError(f"params.yaml {where}.{key} is a param of {name}, not of this algorithm; set it "
+                                f"under train_agent.{name.lower()} (and train_agent.algo: {name}) or remove it")
+
+
+def check_agents(train: params.TrainAgent, sample: params.SampleCheckpoints, evaluate: params.EvaluateAgent,
+                 games: list[str] = ()) -> None:
+    """UserError unless the agent runs (on each of `games`), the checkpoint sampling and the evaluation are well
+    formed."""
     if train.algo not in checkpoints.ALGORITHMS:
         raise UserError(f"params.yaml train_agent.algo={train.algo!r} is unknown; use one of "
                         f"{', '.join(checkpoints.ALGORITHMS)}")
     if not train.seeds or min(train.seeds) < 0:
         raise UserError(f"params.yaml train_agent.seeds={train.seeds} must list seeds >= 0, for example [0]")
     _distinct([str(s) for s in train.seeds], "train_agent.seeds")
-    impala.config_from({**train.impala, "protocol": train.protocol})
-    made = len(ppo.config_from({**train.ppo, "protocol": train.protocol}).checkpoint_iterations())
+    _misplaced(train.ppo, "train_agent.ppo", ppo.PPOConfig, {"IMPALA": impala.IMPALAConfig})
+    _misplaced(train.impala, "train_agent.impala", impala.IMPALAConfig, {"PPO": ppo.PPOConfig})
+    configs = {"PPO": ppo.config_from({**train.ppo, "protocol": train.protocol}),
+               "IMPALA": impala.config_from({**train.impala, "protocol": train.protocol})}
+    made = len(configs[train.algo].checkpoint_iterations())   # the algorithm that trains makes the checkpoints
     if not 1 <= sample.keep <= made:
         raise UserError(f"params.yaml sample_checkpoints.keep={sample.keep} must be between 1 and the {made} "
-                        "checkpoints a run makes (train_agent.ppo total_steps / checkpoint_every); lower keep")
+                        f"checkpoints a run makes (train_agent.{train.algo.lower()} total_steps / checkpoint_every); "
+                        "lower keep")
+    for game in games:
+        vector_env.check_game(game, train.protocol)
     for protocol in evaluate.protocols:
         envs.get_protocol(protocol)
     _distinct(evaluate.protocols, "evaluate_agent.protocols")
@@ -140,7 +159,7 @@ def check(path: str | os.PathLike = "params.yaml") -> params.Study:
                                 agent_checkpoint="made by sample_checkpoints", agent_random_prob=collect.agent_random_prob)
     check_methods(params.load("pretrain", path), params.load("probe", path), params.load("report", path))
     check_agents(params.load("train_agent", path), params.load("sample_checkpoints", path),
-                 params.load("evaluate_agent", path))
+                 params.load("evaluate_agent", path), games)
     check_multitask(params.load("train_agent", path), params.load("multitask", path),
                     params.load("sample_checkpoints", path))
     saliency.check_settings(params.load("saliency", path))

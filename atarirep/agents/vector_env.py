@@ -37,6 +37,7 @@ from ale_py import roms
 from gymnasium.utils import seeding
 
 from atarirep.envs import Protocol, get_protocol, resolve_ale_game
+from atarirep.errors import UserError
 
 AGENT_FRAME = (84, 84)
 STACK = 4
@@ -68,9 +69,7 @@ class _Game:
         self._rom = roms.get_rom_path(_rom_name(game))
         self.seed(None)
         self.actions = self.ale.getLegalActionSet() if full_action_space else self.ale.getMinimalActionSet()
-        # FireResetEnv is applied where the game's action 1 is FIRE (it then plays actions 1 and 2).
-        self.uses_fire = (protocol.fire_on_reset and len(self.actions) >= 3
-                          and self.actions[1] == ale_py.Action.FIRE)
+        self.uses_fire = _fire_start(game, self.actions, protocol)
         self._rgb = np.zeros((2, 210, 160, 3), np.uint8)   # MaxAndSkipEnv's buffer: it outlives resets
         self._lives = 0
         self.was_real_done = True   # the last step ended the game (game over or the frame cap)
@@ -213,6 +212,25 @@ def _agent_frames(rgb: np.ndarray) -> np.ndarray:
     # The weighted sum in GrayscaleObservation's order (R, then G, then B), so every pixel is bit-equal to it.
     gray = resized[..., 0] * _GRAY_WEIGHTS[0] + resized[..., 1] * _GRAY_WEIGHTS[1] + resized[..., 2] * _GRAY_WEIGHTS[2]
     return gray.astype(np.uint8)
+
+
+def _fire_start(game: str, actions: list, protocol: Protocol) -> bool:
+    """Whether an episode starts with FIRE, then action 2: where the protocol says so and the game has FIRE (CleanRL
+    applies FireResetEnv where "FIRE" is among the game's actions; games without it start without). The
+    reference asserts that FIRE is action 1 and that there are 3 actions or more; UserError where it is not."""
+    if not protocol.fire_on_reset or ale_py.Action.FIRE not in actions:
+        return False
+    if actions[1] != ale_py.Action.FIRE or len(actions) < 3:
+        raise UserError(f"{game}'s actions ({', '.join(a.name for a in actions)}) do not have FIRE as action 1, so "
+                        f"protocol {protocol.name!r} cannot start its episodes with FIRE and action 2 as the "
+                        "reference does; play it under protocol 'modern' (no FIRE start) or choose another game")
+    return True
+
+
+def check_game(game: str, protocol: str | Protocol, full_action_space: bool = False) -> None:
+    """UserError (one line) unless an agent can play `game` under `protocol`: a ROM, and a FIRE start it can play."""
+    protocol = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
+    _Game(resolve_ale_game(game), protocol, full_action_space)
 
 
 def _rom_name(game: str) -> str:
