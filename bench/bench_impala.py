@@ -80,14 +80,13 @@ def one_at_a_time(network: torch.nn.Module, stack: np.ndarray, radius: int, stri
     images = torch.from_numpy(stack).float().div(255)
     blurred = saliency.gaussian_blur(images)
     rows, cols = saliency.grid(84, stride), saliency.grid(84, stride)
-    row_factors, col_factors = saliency.mask_factors(84, rows, radius), saliency.mask_factors(84, cols, radius)
     forward = saliency.float_forward(network)
     policy, value = np.zeros((len(rows), len(cols))), np.zeros((len(rows), len(cols)))
     with torch.inference_mode():
         logits0, value0 = forward(images)
         for i in range(len(rows)):
             for j in range(len(cols)):
-                mask = (row_factors[i][:, None] * col_factors[j][None, :])[None]
+                mask = torch.from_numpy(saliency.get_mask((int(rows[i]), int(cols[j])), (84, 84), radius)).float()[None]
                 logits, values = forward(saliency.perturb(images, blurred, mask))
                 policy[i, j] = 0.5 * float((logits - logits0).pow(2).sum())
                 value[i, j] = 0.5 * float((values - value0).pow(2).sum())

@@ -10,7 +10,10 @@ learning_curves.png, and training_<game>.png: the return curve above F1 per cate
 encoder against the same training frames (<agent_probes_root>/<game>/f1_by_category.csv, probe_checkpoints).
 The multi-task run's evaluations (evaluate_multitask, one folder per game of `multitask.games`) give
 multitask_returns_by_game (beside the single-task agent's return where a game is in both),
-multitask_aggregate and multitask_learning_curves.png. Aggregates cover the games with reference scores only.
+multitask_aggregate and multitask_learning_curves.png; comparison.{md,csv} sets out, per multi-task game and
+protocol, the reference's three models (docs/protocols.md 4) where they were run: single-task agents,
+"multi-task (clipped)" (multitask.algo IMPALA) and "multi-task PopArt" (IMPALA_PopArt), naming those that
+were not. Aggregates cover the games with reference scores only.
 """
 from pathlib import Path
 
@@ -23,6 +26,11 @@ from atarirep.agents import evaluation
 from atarirep.errors import UserError, run_stage
 from atarirep.io import atomic_dir, write_json
 from atarirep.reports import to_csv, to_markdown
+
+# The reference's three models, in its order: the column label and how a caption names each.
+MODELS = {"single_task": "single-task", "multitask_clipped": "multi-task (clipped)",
+          "multitask_popart": "multi-task PopArt"}
+MULTITASK_MODEL = {"IMPALA": "multitask_clipped", "IMPALA_PopArt": "multitask_popart"}   # by multitask.algo
 
 
 def read_returns(path: Path, game: str) -> pd.DataFrame:
@@ -95,9 +103,37 @@ def returns_report(rows: pd.DataFrame, games: list[str], seed: int) -> tuple[pd.
     return by_game, summary, caption + "\n\n" + to_markdown(table)
 
 
+def comparison(single: pd.DataFrame, multitask: pd.DataFrame, algo: str) -> tuple[pd.DataFrame, str]:
+    """(per multi-task game: the final mean return of each of the reference's models that has one, a column
+    PROTOCOL_MODEL each; its Markdown with a caption naming the models left out). `single` and `multitask`
+    are `returns_report` tables (PROTOCOL_return columns), `algo` the multi-task run's multitask.algo."""
+    if algo not in MULTITASK_MODEL:
+        raise UserError(f"params.yaml multitask.algo={algo!r} is unknown; use one of {', '.join(MULTITASK_MODEL)}")
+    models = {"single_task": single, MULTITASK_MODEL[algo]: multitask}
+    protocols = list(dict.fromkeys(c[:-len("_return")] for t in models.values() for c in t.columns
+                                   if c.endswith("_return")))
+    table = pd.DataFrame(index=multitask.index)
+    for protocol in protocols:
+        for label in MODELS:
+            column = f"{protocol}_return"
+            if label in models and column in models[label]:
+                values = models[label][column].reindex(table.index)
+                if values.notna().any():
+                    table[f"{protocol}_{label}"] = values
+    shown = [label for label in MODELS if any(c.endswith(f"_{label}") for c in table.columns)]
+    caption = ("Final mean return per game of the reference's three models (docs/protocols.md 4): "
+               + ", ".join(MODELS[label] for label in shown))
+    left_out = [MODELS[label] for label in MODELS if label not in shown]
+    if left_out:
+        caption += (f"; not run here: {', '.join(left_out)} (single-task: the games of `games`; the multi-task "
+                    "models: multitask.algo IMPALA or IMPALA_PopArt, one per run of the pipeline)")
+    return table, caption + "\n\n" + to_markdown(table)
+
+
 def main(evaluations_root: str, agent_probes_root: str, multitask_root: str, out_dir: str) -> None:
     games = params.load("report").games
-    multitask_games = params.load("multitask").games
+    multitask_params = params.load("multitask")
+    multitask_games = multitask_params.games
     seed = params.load("evaluate_agent").seed
     rows = pd.concat([read_returns(Path(evaluations_root) / game / "returns.csv", game) for game in games],
                      ignore_index=True)
@@ -115,11 +151,14 @@ def main(evaluations_root: str, agent_probes_root: str, multitask_root: str, out
     for column in [c for c in multitask.columns if c.endswith("_return")]:
         if column in by_game:
             multitask[f"{column}_single_task"] = by_game[column].reindex(multitask.index)
+    compared, compared_md = comparison(by_game, multitask, multitask_params.algo)
 
     with atomic_dir(out_dir) as tmp:
         for name, table in (("returns_by_game", by_game), ("multitask_returns_by_game", multitask)):
             (tmp / f"{name}.md").write_text(to_markdown(table))
             (tmp / f"{name}.csv").write_text(to_csv(table))
+        (tmp / "comparison.md").write_text(compared_md)
+        (tmp / "comparison.csv").write_text(to_csv(compared))
         write_json(tmp / "aggregate.json", summary)
         (tmp / "aggregate.md").write_text(aggregate_md)
         write_json(tmp / "multitask_aggregate.json", multitask_summary)

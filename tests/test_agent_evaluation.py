@@ -210,7 +210,7 @@ def evaluated(tmp_path_factory):
     result = _stage("evaluate_agent", "Breakout", "sampled/Breakout", "evaluations/Breakout", cwd=root)
     assert result.returncode == 0, result.stderr
     torch.manual_seed(0)
-    network = IMPALANet(18, 2, popart=True, full_action_space=True)
+    network = IMPALANet(18, 2, popart=True, full_action_space=True, last_action_reward=True, acts_greedily=True)
     impala.save_checkpoint(root / "multitask/0/model_100.gz", network, algo="IMPALA_PopArt", protocol="classic",
                            games=["Breakout", "AirRaid"], seed=0, step=100, frames=400)
     for game in ("Breakout", "AirRaid"):
@@ -274,6 +274,16 @@ def test_report_agents_stage_writes_tables_aggregates_and_curves(evaluated):
     assert json.loads((out / "multitask_aggregate.json").read_text())["modern"]["games"] == 1
     assert "AirRaid left out (no random and human reference scores)" in (out / "multitask_aggregate.md").read_text()
     assert (out / "multitask_learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The reference's comparison per multi-task game: single-task where it was run (Breakout), multi-task
+    # PopArt (this study's multitask.algo); the clipped multi-task model was not run and the caption says so.
+    compared = pd.read_csv(out / "comparison.csv", index_col="game")
+    assert list(compared.index) == ["Breakout", "AirRaid"]
+    assert list(compared.columns) == ["classic_single_task", "classic_multitask_popart", "modern_single_task",
+                                      "modern_multitask_popart"]
+    assert compared.loc["Breakout", "classic_single_task"] == pytest.approx(table.loc["Breakout", "classic_return"])
+    assert np.isnan(compared.loc["AirRaid", "classic_single_task"])
+    assert compared.loc["AirRaid", "modern_multitask_popart"] == pytest.approx(multitask.loc["AirRaid", "modern_return"])
+    assert "not run here: multi-task (clipped)" in (out / "comparison.md").read_text()
 
 
 def _truncate(sampled: Path) -> str:

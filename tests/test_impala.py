@@ -1,7 +1,9 @@
 """IMPALA (atarirep.agents.impala): short single- and multi-task runs with real actor processes write
 checkpoints in the published format that load back (PopArt statistics and one value output per game in a
-multi-task run's), a dead actor stops the run within seconds with a UserError naming it and the run
-resumes from its last checkpoint, and games whose action counts differ are refused. Tiny settings: 2 actors,
+multi-task PopArt run's, one shared output in the clipped ablation's), a dead actor stops the run within
+seconds with a UserError naming it and the run resumes from its last checkpoint, and games whose action
+counts differ are refused. The heads read the last action and reward, which an actor records in its
+unrolls (as monobeast), and PopArt's actors see unclipped rewards. Tiny settings: 2 actors,
 unrolls of 8, 2 unrolls a learner step; ~25 s in all on 2 shared cores, ~5 s of it the actors' forkserver
 starting once (it imports torch and this package; actors then fork from it in well under a second)."""
 import dataclasses
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 from atarirep.agents import checkpoints, evaluation, impala, saliency
-from atarirep.agents.network import ActorCritic, IMPALANet, OneGame
+from atarirep.agents.network import ActorCritic, IMPALANet, OneGame, play_outputs
 from atarirep.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,7 +32,8 @@ def _payload(path):
 
 def test_a_single_game_run_writes_checkpoints_that_load_as_the_ppo_network(tmp_path):
     out, logs = tmp_path / "IMPALA_classic/Breakout/0", tmp_path / "logs"
-    impala.train("Breakout", 0, out, logs, TINY, device="cpu", progress=False)
+    plain = dataclasses.replace(TINY, last_action_reward=False)     # the plain heads: ActorCritic's state_dict
+    impala.train("Breakout", 0, out, logs, plain, device="cpu", progress=False)
 
     assert [step for step, _ in checkpoints.list_run(out)] == [96, 192]
     assert not (tmp_path / "IMPALA_classic/Breakout/.0.partial").exists()
@@ -41,6 +44,7 @@ def test_a_single_game_run_writes_checkpoints_that_load_as_the_ppo_network(tmp_p
     ppo_net, _ = checkpoints.load_network(out / "model_192.gz")
     net, meta = impala.load_network(out / "model_192.gz")
     assert isinstance(ppo_net, ActorCritic) and meta["games"] == ["Breakout"]
+    assert ppo_net.acts_greedily and net.acts_greedily                # evaluated greedily, as torchbeast tests
     obs = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
     for mine, theirs in zip(net(obs), ppo_net(obs)):
         torch.testing.assert_close(mine, theirs)
@@ -61,9 +65,11 @@ def test_a_multi_task_run_keeps_each_games_popart_statistics_and_value_output(tm
     state = payload["estimator_state"]
     assert payload["games"] == ["Pong", "SpaceInvaders"] and payload["game"] == "Pong+SpaceInvaders"
     assert payload["architecture"] == {"name": "impala_actor_critic", "num_actions": 6, "encoder": "nature",
-                                       "num_tasks": 2, "popart": True, "full_action_space": False}
-    assert state["actor.weight"].shape == (6, 512)                # one policy for both games
-    assert state["critic.linear.weight"].shape == (2, 512)        # one value output per game
+                                       "num_tasks": 2, "popart": True, "full_action_space": False,
+                                       "last_action_reward": True, "value_outputs": 2, "acts_greedily": True}
+    # One policy for both games, one value output per game; both read features + last reward + one-hot action.
+    assert state["actor.weight"].shape == (6, 512 + 1 + 6)
+    assert state["critic.linear.weight"].shape == (2, 512 + 1 + 6)
     for key in ("critic.mu", "critic.nu", "critic.sigma"):
         assert state[key].shape == (2,)
     assert not torch.equal(state["critic.sigma"], torch.ones(2))  # updated after every learner step
@@ -76,6 +82,119 @@ def test_a_multi_task_run_keeps_each_games_popart_statistics_and_value_output(tm
     torch.testing.assert_close(net(obs, torch.tensor([1, 0]))[1], values[[0, 1], [1, 0]])
     for game in ("Pong", "SpaceInvaders"):
         assert (logs / f"plots/metrics/popart/sigma/{game}.tsv").is_file()
+
+
+def test_the_clipped_multi_task_ablation_has_one_shared_value_output(tmp_path):
+    config = impala.multitask_config({"total_steps": 32, "unroll_length": 8, "batch_size": 2, "checkpoint_every": 32},
+                                     {"num_actors": 2}, algo="IMPALA", protocol="classic",
+                                     games=["Pong", "SpaceInvaders"], full_action_space=False)
+    assert not config.uses_popart(2) and config.clips_rewards(2)
+    out = tmp_path / "IMPALA_classic/multitask/0"
+    impala.train(["Pong", "SpaceInvaders"], 0, out, tmp_path / "logs", config, device="cpu", progress=False)
+    payload = _payload(out / "model_32.gz")
+    assert payload["architecture"]["value_outputs"] == 1 and not payload["architecture"]["popart"]
+    assert payload["estimator_state"]["critic.weight"].shape == (1, 512 + 1 + 6)
+    obs = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
+    views = [checkpoints.load_for_game(out / "model_32.gz", game)[0] for game in ("Pong", "SpaceInvaders")]
+    torch.testing.assert_close(views[0](obs)[1], views[1](obs)[1])   # the same value for every game
+
+
+def test_the_heads_read_the_last_action_and_the_clipped_last_reward():
+    torch.manual_seed(0)
+    net = IMPALANet(6, last_action_reward=True).eval()
+    obs = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
+    action, reward = torch.tensor([1, 4]), torch.tensor([0.0, 1.0])
+    with torch.no_grad():
+        logits, value = net(obs, last_action=action, last_reward=reward)
+        for changed in ({"last_action": torch.tensor([2, 4]), "last_reward": reward},
+                        {"last_action": action, "last_reward": torch.tensor([-1.0, 1.0])}):
+            other_logits, other_value = net(obs, **changed)
+            assert not torch.allclose(other_logits[0], logits[0]) and not torch.allclose(other_value[0], value[0])
+            torch.testing.assert_close(other_logits[1], logits[1])   # the other row's inputs did not change
+        # The reward is clamped to [-1, 1] (monobeast's AtariNet): 5 reads as 1.
+        torch.testing.assert_close(net(obs, last_action=action, last_reward=torch.tensor([0.0, 5.0]))[0], logits)
+        # Absent: zeros, an episode's start. The features (what probing reads) are the torso's alone.
+        torch.testing.assert_close(net(obs)[0], net(obs, last_action=torch.zeros(2, dtype=torch.int64),
+                                                    last_reward=torch.zeros(2))[0])
+        assert net.features(obs).shape == (2, 512)
+    assert net.actor.in_features == 512 + 1 + 6 and net.architecture == "impala_actor_critic"
+
+
+class _Queue:
+    """A stand-in for the actor's queues in this process: hands out `items` in turn, records what is put."""
+
+    def __init__(self, items=()):
+        self.items, self.put_items = list(items), []
+
+    def get(self, timeout=None):
+        return self.items.pop(0)
+
+    def put(self, item):
+        self.put_items.append(item)
+
+
+def _unrolls(game: str, config: impala.IMPALAConfig, num_games: int, unrolls: int, length: int):
+    """The buffers one actor (run in this process) fills playing `game`: `unrolls` unrolls of `length` steps."""
+    config = dataclasses.replace(config, unroll_length=length, num_actors=1, batch_size=1, num_buffers=unrolls)
+    torch.manual_seed(0)
+    network = IMPALANet(6, num_games, popart=config.uses_popart(num_games), last_action_reward=True)
+    buffers = impala.make_buffers(config, 6)
+    free, full = _Queue([*range(unrolls), None]), _Queue()
+    impala.act(0, game, 0, config, config.training_protocol(num_games), 7, network.spec, network.state_dict(),
+               buffers, free, full, _Queue(), learner_pid=0)
+    assert full.put_items == list(range(unrolls))
+    return {key: value[:unrolls] for key, value in buffers.items()}
+
+
+def _check_last_inputs(b):
+    """last_action/last_reward[t + 1] are step t's action and clamped reward, across episode ends too (as
+    monobeast's Environment.step returns them with the next episode's first frame); zeros before the first."""
+    assert b["last_action"][0, 0] == 0 and b["last_reward"][0, 0] == 0
+    torch.testing.assert_close(b["last_action"][:, 1:], b["actions"])
+    torch.testing.assert_close(b["last_reward"][:, 1:], b["rewards"].clamp(-1, 1))
+    torch.testing.assert_close(b["last_action"][1:, 0], b["actions"][:-1, -1])   # an unroll goes on from the last
+    torch.testing.assert_close(b["last_reward"][1:, 0], b["rewards"][:-1, -1].clamp(-1, 1))
+    ends = b["dones"].nonzero()
+    assert len(ends)                                                 # episodes ended (lives lost) in the unrolls
+    for i, t in ends.tolist():                                       # the next stack is an episode's first
+        assert b["last_action"][i, t + 1] == b["actions"][i, t]
+
+
+def test_an_actor_records_the_last_action_and_reward_and_popart_actors_see_unclipped_rewards():
+    popart = impala.multitask_config({}, {}, algo="IMPALA_PopArt", protocol="classic", games=["Pong", "SpaceInvaders"],
+                                     full_action_space=False)
+    clipped = impala.multitask_config({}, {}, algo="IMPALA", protocol="classic", games=["Pong", "SpaceInvaders"],
+                                      full_action_space=False)
+    assert not popart.training_protocol(2).clip_rewards and clipped.training_protocol(2).clip_rewards
+    raw = _unrolls("SpaceInvaders", popart, 2, unrolls=3, length=150)
+    _check_last_inputs(raw)
+    assert raw["rewards"].max() > 1                                  # SpaceInvaders' 5-30 points, unclipped
+    assert raw["last_reward"].abs().max() <= 1
+    sign = _unrolls("SpaceInvaders", clipped, 2, unrolls=3, length=150)
+    _check_last_inputs(sign)
+    assert set(sign["rewards"].unique().tolist()) <= {-1.0, 0.0, 1.0} and sign["rewards"].max() == 1
+
+
+def test_an_impala_checkpoint_is_evaluated_greedily_with_its_last_action_and_reward(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    network = IMPALANet(4, last_action_reward=True, acts_greedily=True)
+    path = tmp_path / "model_8.gz"
+    impala.save_checkpoint(path, network, algo="IMPALA", protocol="classic", games=["Breakout"], seed=0, step=8,
+                           frames=32)
+    loaded, _ = checkpoints.load_for_game(path, "Breakout")
+    assert isinstance(loaded, IMPALANet) and loaded.acts_greedily and loaded.last_action_reward
+    seen = []
+
+    def recording(net, obs, last_action, last_reward):
+        head, value = play_outputs(net, obs, last_action, last_reward)
+        seen.append((head, last_action.clone()))
+        return head, value
+
+    monkeypatch.setattr(evaluation, "play_outputs", recording)
+    evaluation.evaluate(loaded, "Breakout", "classic", episodes=2, epsilon=0.0, max_steps=30, seed=0)
+    assert len(seen) == 30 and (seen[0][1] == 0).all()              # zeros at the games' start
+    for (head, _), (_, next_last) in zip(seen, seen[1:]):
+        torch.testing.assert_close(next_last, head.argmax(1))        # the argmax played, then fed back
 
 
 def test_a_dead_actor_stops_the_run_within_seconds_and_the_run_resumes(tmp_path, capsys):
@@ -155,8 +274,7 @@ def test_a_multi_task_checkpoint_plays_and_is_shown_per_game_with_that_games_val
     torch.testing.assert_close(p0, p1)
     assert not torch.allclose(v0, v1)
     images = obs[:1].float() / 255
-    masks = saliency.mask_factors(84, torch.tensor([36]), 2)[:, :, None] * saliency.mask_factors(
-        84, torch.tensor([48]), 2)[:, None, :]
+    masks = torch.from_numpy(saliency.get_mask((36, 48), (84, 84), 2)).float()[None]   # grid point (3, 4)
     perturbed = saliency.perturb(images, saliency.gaussian_blur(images), masks)
     with torch.no_grad():
         expected = 0.5 * (network(perturbed)[1][0, 1] - values[0, 1]) ** 2
@@ -183,13 +301,19 @@ def test_multitask_params_are_checked_in_one_line():
     assert config.popart and config.games == ("Pong", "SpaceInvaders") and config.popart_beta == 0.001
     plain = impala.multitask_config(base, {}, algo="IMPALA", protocol="classic", games=["Pong", "SpaceInvaders"],
                                     full_action_space=False)
-    assert not plain.popart
+    assert not plain.popart and plain.clips_rewards(2) and not config.clips_rewards(2)
+    sign = impala.multitask_config(base, {"reward_clipping": "sign"}, algo="IMPALA_PopArt", protocol="classic",
+                                   games=["Pong", "SpaceInvaders"], full_action_space=False)
+    assert sign.clips_rewards(2)                                    # PopArt on clipped rewards: an ablation
     for overrides, algo, games, message in [
             ({}, "PopArt", ["Pong", "SpaceInvaders"], "multitask.algo='PopArt' is unknown; use one of IMPALA_PopArt"),
             ({}, "IMPALA_PopArt", ["Pong"], "multitask.games=['Pong'] must list at least two games"),
             ({"games": ["Pong"]}, "IMPALA_PopArt", ["Pong", "SpaceInvaders"], "multitask.impala sets games"),
             ({"total_steps": 0}, "IMPALA_PopArt", ["Pong", "SpaceInvaders"],
-             "multitask.impala (over train_agent.impala).total_steps is 0")]:
+             "multitask.impala (over train_agent.impala).total_steps is 0"),
+            ({"reward_clipping": "none"}, "IMPALA", ["Pong", "SpaceInvaders"],
+             "multitask.impala (over train_agent.impala).reward_clipping is 'none' in a multi-task run without "
+             "PopArt (algo IMPALA): unclipped rewards need PopArt's normalised values")]:
         with pytest.raises(UserError, match=re.escape(message)):
             impala.multitask_config(base, overrides, algo=algo, protocol="classic", games=games,
                                     full_action_space=False)
@@ -199,12 +323,13 @@ def test_the_impala_resnet_learns_on_a_batch_and_its_checkpoint_loads_back(tmp_p
     """The learner step alone (no actors) on a made-up batch of 3 unrolls of 5 steps over 2 tasks."""
     torch.manual_seed(0)
     config = impala.IMPALAConfig(unroll_length=5, batch_size=3, architecture="impala")
-    net = impala.IMPALANet(6, num_tasks=2, encoder="impala", popart=True)
+    net = impala.IMPALANet(6, num_tasks=2, encoder="impala", popart=True, last_action_reward=True)
     optimizer = torch.optim.RMSprop(net.parameters(), lr=config.lr, alpha=0.99, eps=0.01)
     t, b = config.unroll_length, config.batch_size
     batch = {"obs": torch.randint(0, 256, (t + 1, b, 4, 84, 84), dtype=torch.uint8),
              "actions": torch.randint(0, 6, (t, b)), "logits": torch.randn(t, b, 6), "rewards": torch.ones(t, b),
-             "dones": torch.zeros(t, b, dtype=torch.bool), "task": torch.tensor([0, 1, 1])}
+             "dones": torch.zeros(t, b, dtype=torch.bool), "task": torch.tensor([0, 1, 1]),
+             "last_action": torch.randint(0, 6, (t + 1, b)), "last_reward": torch.ones(t + 1, b)}
     before = {k: v.clone() for k, v in net.state_dict().items()}
     stats = impala.learn(net, optimizer, config, batch)
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
@@ -225,8 +350,12 @@ def test_the_impala_resnet_learns_on_a_batch_and_its_checkpoint_loads_back(tmp_p
 
 def test_config_from_params():
     config = impala.config_from({"total_steps": 5000, "discount": 1, "games": ["Pong", "SpaceInvaders"]})
-    assert config.discount == 1.0 and config.games == ("Pong", "SpaceInvaders") and config.buffers == 32
-    assert impala.IMPALAConfig().buffers == 32 and impala.IMPALAConfig(num_actors=48).buffers == 96
+    assert config.discount == 1.0 and config.games == ("Pong", "SpaceInvaders") and config.buffers == 96
+    assert impala.IMPALAConfig().buffers == 96 and impala.IMPALAConfig(num_actors=8, batch_size=32).buffers == 32
+    # torchbeast's settings by default; the IMPALA paper's entropy and batch kept as alternatives.
+    default = impala.IMPALAConfig()
+    assert (default.batch_size, default.entropy_cost, default.num_actors) == (8, 0.0006, 48)
+    assert default.last_action_reward and default.greedy_evaluation and default.popart_statistics == "torchbeast"
     with pytest.raises(UserError, match="unknown keys nope"):
         impala.config_from({"nope": 1})
     with pytest.raises(UserError, match="architecture 'resnet' is unknown"):
@@ -236,7 +365,14 @@ def test_config_from_params():
     with pytest.raises(UserError, match="less than one learner step"):
         impala.config_from({"total_steps": 100})
     assert impala.IMPALAConfig(checkpoint_every=1_000_000, total_steps=2_600_000).checkpoint_iterations() == \
-        [391, 782, 1015]
+        [1563, 3125, 4062]                                         # 640 steps a learner step
+    with pytest.raises(UserError, match="popart_statistics 'hessel' is unknown; use one of torchbeast, second_moment"):
+        impala.config_from({"popart_statistics": "hessel"})
+    with pytest.raises(UserError, match="reward_clipping 'abs_one' is unknown; use one of auto, sign, none"):
+        impala.config_from({"reward_clipping": "abs_one"})
+    with pytest.raises(UserError, match=r"^train_agent.impala.reward_clipping is 'none' in a single-game run: "
+                                        r"unclipped rewards need PopArt"):
+        impala.config_from({"reward_clipping": "none", "games": ["Pong"]})
 
 
 def test_the_train_agent_stage_runs_impala_on_its_game(tmp_path):

@@ -60,6 +60,10 @@ def test_default_games_follow_env_and_paper_profile_is_the_22_game_reference():
     assert paper["train_agent"]["ppo"]["total_steps"] == 10_000_000 and paper["sample_checkpoints"]["keep"] == 51
     assert (paper["train_agent"]["ppo"]["checkpoint_every"], paper["evaluate_agent"]["epsilon"],
             paper["evaluate_agent"]["protocols"]) == (50_000, 0.001, ["classic", "modern"])
+    impala_ = paper["train_agent"]["impala"]   # torchbeast's monobeast settings; the multi-task runs on the ResNet
+    assert (impala_["batch_size"], impala_["entropy_cost"], impala_["num_actors"], impala_["last_action_reward"],
+            impala_["popart_statistics"], impala_["popart_beta"]) == (8, 0.0006, 48, True, "torchbeast", 0.0004)
+    assert paper["multitask"]["impala"] == {"total_steps": 300_000_000, "num_actors": 48, "architecture": "impala"}
     assert paper["collect"]["pretrain"] == {"steps": 100000, "splits": {"train": 0.8, "val": 0.2}}
     assert paper["collect"]["probe"] == {"steps": 50000, "splits": {"train": 0.7, "val": 0.1, "test": 0.2}}
     assert (paper["collect"]["num_envs"], paper["collect"]["min_episode_length"],

@@ -64,11 +64,12 @@ def _actor_critic(seed: int = 0) -> ActorCritic:
 
 def test_a_region_the_network_ignores_scores_exactly_zero():
     policy, value = saliency.saliency_grids(LeftHalf(), _stacks(2), radius=2, stride=2)
-    # Column 2j's mask reaches 8 pixels (4 sigma): points at j >= 25 never touch columns 0..41.
-    assert torch.all(policy[:, :, 25:] == 0) and torch.all(value[:, :, 25:] == 0)
-    assert torch.all(policy[:, :, 24] > 0) and torch.all(value[:, :, :24].mean((0, 1)) > 0)
+    # Column 2j's mask reaches 9 pixels (the disc's 1 + the blur's 4 sigma): j >= 26 never touch columns 0..41.
+    assert torch.all(policy[:, :, 26:] == 0) and torch.all(value[:, :, 26:] == 0)
+    assert torch.all(policy[:, :, 24] > 0) and torch.all(value[:, :, :25].mean((0, 1)) > 0)
+    assert torch.any(policy[:, :, 25] > 0)      # column 50's mask: the tail of its disc's side at column 41
     up_policy, up_value = saliency.saliency_maps(LeftHalf(), _stacks(2), radius=2, stride=2)
-    assert np.all(up_policy[:, :, 50:] == 0) and np.all(up_value[:, :, 50:] == 0)
+    assert np.all(up_policy[:, :, 52:] == 0) and np.all(up_value[:, :, 52:] == 0)
     assert np.all(up_policy[:, :, 48] > 0)
 
 
@@ -90,36 +91,78 @@ def test_shapes_and_dtypes():
         saliency.saliency_maps(_actor_critic(), stacks.astype(np.float32))
 
 
-def test_batched_equals_one_at_a_time_and_local_equals_whole_network():
+@pytest.mark.parametrize("radius, stride", [(2, 6), (3, 7)])
+def test_batched_equals_one_at_a_time_and_local_equals_whole_network(radius, stride):
     stacks = _stacks(2)
     network = _actor_critic()
-    whole = saliency.saliency_grids(network, stacks, stride=6, batch_size=50, local=False)   # batches span stacks
-    single = saliency.saliency_grids(network, stacks, stride=6, batch_size=1, local=False)
-    local = saliency.saliency_grids(network, stacks, stride=6, batch_size=50)
+    whole = saliency.saliency_grids(network, stacks, radius, stride, batch_size=50, local=False)   # batches span stacks
+    single = saliency.saliency_grids(network, stacks, radius, stride, batch_size=1, local=False)
+    local = saliency.saliency_grids(network, stacks, radius, stride, batch_size=50)
     for a, b, c in zip(whole, single, local):
         assert a.max() > 0
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(a.max()))
         torch.testing.assert_close(c, a, rtol=1e-3, atol=1e-4 * float(a.max()))
 
 
-def test_scores_match_the_formula_with_scipy_blur():
-    """I (1 - M) + gaussian_filter(I, 3) M with M a Gaussian of sigma r centred on the point, max 1."""
+def reference_get_mask(center, size, r):
+    """Greydanus et al.'s get_mask (visualize_atari's saliency.py), with scipy."""
+    y, x = np.ogrid[-center[0]:size[0] - center[0], -center[1]:size[1] - center[1]]
+    keep = x * x + y * y <= 1
+    mask = np.zeros(size)
+    mask[keep] = 1
+    mask = ndimage.gaussian_filter(mask, sigma=r)
+    return mask / mask.max()
+
+
+CORNERS_EDGES_AND_INSIDE = [(0, 0), (0, 83), (83, 0), (83, 83), (0, 40), (40, 83), (1, 1), (2, 82), (8, 9),
+                            (9, 75), (40, 40), (20, 62)]
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 5])
+def test_mask_is_the_references_get_mask_inside_and_at_the_edges(radius):
+    for point in CORNERS_EDGES_AND_INSIDE:
+        expected = reference_get_mask(point, (84, 84), radius)
+        mask = saliency.get_mask(point, (84, 84), radius)
+        np.testing.assert_allclose(mask, expected, rtol=0, atol=1e-12)
+        assert mask.max() == pytest.approx(1, abs=1e-15) and mask.min() >= 0
+    # Near an edge the disc's mirror image adds in (scipy's reflect): that mask is not a shifted inner one.
+    inner = saliency.get_mask((40, 40), (84, 84), radius)
+    corner = saliency.get_mask((0, 0), (84, 84), radius)
+    assert not np.allclose(corner[:20, :20], inner[40:60, 40:60])
+    # Every grid point's mask, as the saliency computes them (float32), on a non-square frame too.
+    for size, stride in (((84, 84), 2), ((80, 80), 5), ((84, 60), 7)):
+        rows, cols = saliency.grid(size[0], stride), saliency.grid(size[1], stride)
+        masks = saliency.GridMasks(size, rows, cols, radius).to("cpu")
+        row, col = torch.meshgrid(torch.arange(len(rows)), torch.arange(len(cols)), indexing="ij")
+        every = masks(row.flatten(), col.flatten()).numpy().reshape(len(rows), len(cols), *size)
+        for i in {0, 1, len(rows) // 2, len(rows) - 1}:
+            for j in {0, len(cols) // 3, len(cols) - 1}:
+                expected = reference_get_mask((int(rows[i]), int(cols[j])), size, radius)
+                np.testing.assert_allclose(every[i, j], expected, rtol=0, atol=1e-6)
+        assert np.allclose(every.max((2, 3)), 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_scores_match_the_references_loop(local):
+    """The reference's way: for each point, I (1 - M) + gaussian_filter(I, 3) M with M = get_mask(point) on
+    every frame of the stack, through the whole network alone; 0.5 ||out(I) - out(I')||^2."""
     stack = _stacks(1)[0]
     radius, stride = 2, 2
-    policy, value = saliency.saliency_grids(_actor_critic(), stack[None], radius=radius, stride=stride)
+    policy, value = saliency.saliency_grids(_actor_critic(), stack[None], radius=radius, stride=stride, local=local)
     image = stack.astype(np.float64) / 255
-    blurred = ndimage.gaussian_filter(image, sigma=(0, 3, 3), mode="reflect")
+    blurred = np.stack([ndimage.gaussian_filter(frame, sigma=3) for frame in image])
     forward = saliency.float_forward(_actor_critic().double())   # float64: a score is a small difference
-    y, x = np.mgrid[:84, :84]
-    for point in [(0, 0), (20, 40), (40, 82), (82, 6), (24, 52)]:
-        mask = np.exp(-((y - point[0]) ** 2 + (x - point[1]) ** 2) / (2 * radius ** 2))
-        mask[(np.abs(y - point[0]) > 8) | (np.abs(x - point[1]) > 8)] = 0        # scipy's reach: 4 sigma
+    for point in [(0, 0), (20, 40), (40, 82), (82, 6), (24, 52), (82, 82), (0, 50)]:
+        mask = reference_get_mask(point, (84, 84), radius)
         perturbed = image * (1 - mask) + blurred * mask
         with torch.no_grad():
             logits, values = forward(torch.tensor(np.stack([image, perturbed])))
         cell = (0, point[0] // stride, point[1] // stride)
-        assert float(policy[cell]) == pytest.approx(0.5 * float(((logits[1] - logits[0]) ** 2).sum()), rel=1e-2)
-        assert float(value[cell]) == pytest.approx(0.5 * float((values[1] - values[0]) ** 2), rel=1e-2)
+        # (float32 against float64: a point's tiny score may be off by rounding of the outputs, hence abs.)
+        assert float(policy[cell]) == pytest.approx(0.5 * float(((logits[1] - logits[0]) ** 2).sum()), rel=1e-2,
+                                                    abs=1e-4 * float(policy.max()))
+        assert float(value[cell]) == pytest.approx(0.5 * float((values[1] - values[0]) ** 2), rel=1e-2,
+                                                   abs=1e-4 * float(value.max()))
 
 
 def test_blur_is_scipys_gaussian_filter():
@@ -128,18 +171,68 @@ def test_blur_is_scipys_gaussian_filter():
     np.testing.assert_allclose(saliency.gaussian_blur(images).numpy(), expected, atol=1e-6)
 
 
+def reference_saliency_on_frame(saliency_map, frame, fudge_factor, channel):
+    """Greydanus et al.'s saliency_on_atari_frame for a map already of the frame's size (no resize, sigma 0),
+    in float64 (in float32 a pixel's truncation to an integer may differ by 1)."""
+    saliency_map = saliency_map.astype(np.float64)
+    pmax = saliency_map.max()
+    shown = saliency_map.copy()
+    shown -= shown.min()
+    shown = fudge_factor * pmax * shown / shown.max()
+    image = frame.astype("uint16")
+    image[:, :, channel] += shown.astype("uint16")
+    return image.clip(1, 255).astype("uint8")
+
+
+def _bump(scale: float) -> np.ndarray:
+    """A smooth (84, 84) map peaking at `scale` at (30, 50), scale / 10 far from it."""
+    y, x = np.mgrid[:84, :84]
+    return (scale * np.maximum(0.1, np.exp(-((y - 30) ** 2 + (x - 50) ** 2) / 50))).astype(np.float32)
+
+
+def test_overlay_draws_as_the_reference_with_one_fixed_factor():
+    frame = _stacks(1)[0, -1] // 2
+    policy, value = _bump(0.2), _bump(0.05)[::-1].copy()
+    image = saliency.overlay(frame, policy, value, scale=1)
+    expected = reference_saliency_on_frame(policy, np.repeat(frame[..., None], 3, axis=2), saliency.POLICY_FUDGE, 2)
+    expected = reference_saliency_on_frame(value, expected, saliency.VALUE_FUDGE, 0)
+    np.testing.assert_array_equal(image, expected)
+    assert (saliency.POLICY_FUDGE, saliency.VALUE_FUDGE) == (500, 600)     # the reference's Pong factors
+    np.testing.assert_array_equal(image[..., 1], np.clip(frame, 1, 255))      # green: the frame alone
+    # Twice the saliency, twice as bright (up to the integer truncation): one factor, not per frame.
+    dark = np.zeros((84, 84), np.uint8)
+    zeros = np.zeros((84, 84), np.float32)
+    once = saliency.overlay(dark, _bump(0.1), zeros, policy_fudge=1000, scale=1)[..., 2].astype(int)
+    twice = saliency.overlay(dark, _bump(0.2), zeros, policy_fudge=1000, scale=1)[..., 2].astype(int)
+    lit = once > 1
+    assert once.max() == 100 and twice.max() == 200 and lit.sum() > 100
+    assert np.all(np.abs(twice[lit] - 2 * once[lit]) <= 1)
+    # Maps of different scales are not both stretched to full brightness (the default factors).
+    weak = saliency.overlay(dark, _bump(1 / 16), zeros, scale=1)[..., 2]
+    strong = saliency.overlay(dark, _bump(1 / 2), zeros, scale=1)[..., 2]
+    assert weak.max() == 31 and strong.max() == 250                  # 500 x 1/16, 500 x 1/2
+    red = saliency.overlay(dark, zeros, _bump(1 / 8), scale=1)
+    # Value in red. The reference clips to 1..255 after each map: the black frame is 1 when the value adds 75.
+    assert red[..., 0].max() == 76 and red[..., 2].max() == 1
+    # Saturation clips at 255; a flat map adds nothing (its minimum is taken away).
+    assert saliency.overlay(dark, _bump(10), zeros, scale=1)[..., 2].max() == 255
+    assert saliency.overlay(dark, np.full((84, 84), 3, np.float32), zeros, scale=1).max() == 1
+
+
 def test_overlay_png_and_gif(tmp_path):
     frame = _stacks(1)[0, -1]
     policy = np.zeros((84, 84), np.float32)
-    policy[10, 20] = 5.0
+    policy[10, 20] = 0.4
     value = np.zeros((84, 84), np.float32)
-    value[60, 70] = 1e-9
+    value[60, 70] = 0.3
     image = saliency.overlay(frame, policy, value)
     assert image.shape == (336, 336, 3) and image.dtype == np.uint8
-    assert image[40, 80, 2] > image[40, 80, 1] and image[240, 280, 0] > image[240, 280, 1]   # each normalised
+    assert image[40, 80, 2] > image[40, 80, 1] and image[240, 280, 0] > image[240, 280, 1]
     assert (image[0:4, 0:4] == image[0, 0]).all()                                              # 4x nearest
     rgb = np.zeros((210, 160, 3), np.uint8)
-    assert saliency.overlay(rgb, policy, value, scale=2).shape == (420, 320, 3)
+    rgb[..., 1] = 90
+    drawn = saliency.overlay(rgb, policy, value, scale=2)
+    assert drawn.shape == (420, 320, 3) and (drawn[..., 1] == 90).all()     # an RGB frame keeps its colours
     saliency.write_png(image, tmp_path / "frame.png")
     saliency.write_gif([image, image[::-1]], tmp_path / "episode.gif", fps=15)
     with Image.open(tmp_path / "frame.png") as png:

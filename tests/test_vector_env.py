@@ -35,7 +35,7 @@ def _reference(env_id: str, num_envs: int):
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
-@pytest.mark.parametrize("game, steps", [("Breakout", 700), ("Pong", 250)])
+@pytest.mark.parametrize("game, steps", [("Breakout", 700), ("Pong", 250), ("AirRaid", 150)])   # AirRaid: 250 rows
 def test_training_env_equals_cleanrl_wrappers(game, steps):
     num_envs, seed = 3, 7
     reference, ours = _reference(f"{game}NoFrameskip-v4", num_envs), AgentEnvs(game, num_envs, "classic")

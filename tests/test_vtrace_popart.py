@@ -1,5 +1,6 @@
 """V-trace (IMPALA) against a hand-computed unroll and against n-step returns on-policy; PopArt's statistics
-and its output-preserving rescaling (docs/protocols.md 4)."""
+under both rules (torchbeast's average of the batches' std, Hessel et al.'s second moment) and its
+output-preserving rescaling (docs/protocols.md 4)."""
 import io
 import math
 
@@ -90,6 +91,27 @@ def _popart(in_features=6, num_tasks=3, seed=0):
     return PopArt(in_features, num_tasks).double()
 
 
+def test_both_statistics_rules_on_a_hand_computed_batch():
+    # Task 0's targets 1, 3: mean 2, mean of squares 5, std 1. Task 1's 10, 10, 16: mean 12, mean of squares
+    # 152, std sqrt(8). Task 2 is absent. From mu = 0, sigma = 1 (nu = 1), beta = 0.5:
+    #   torchbeast:    mu = 0.5 * 0 + 0.5 * mean;  sigma = 0.5 * 1 + 0.5 * std       -> (1, 1), (6, 0.5 + sqrt(2))
+    #   second_moment: nu = 0.5 * 1 + 0.5 * mean of squares; sigma = sqrt(nu - mu^2)  -> (1, sqrt(2)), (6, sqrt(40.5))
+    targets, task_ids = torch.tensor([1.0, 10.0, 3.0, 10.0, 16.0]), torch.tensor([0, 1, 0, 1, 1])
+    expected = {"torchbeast": (1.0, 1.0, 6.0, 0.5 + math.sqrt(2.0)),
+                "second_moment": (1.0, math.sqrt(2.0), 6.0, math.sqrt(40.5))}
+    features = torch.randn(4, 6, dtype=torch.float64)
+    for rule, (mu0, sigma0, mu1, sigma1) in expected.items():
+        popart = _popart()
+        before = popart.unnormalized(features)
+        popart.update(targets, task_ids, beta=0.5, statistics=rule)
+        torch.testing.assert_close(popart.mu, torch.tensor([mu0, mu1, 0.0], dtype=torch.float64))
+        torch.testing.assert_close(popart.sigma, torch.tensor([sigma0, sigma1, 1.0], dtype=torch.float64))
+        torch.testing.assert_close(popart.nu[:2], popart.sigma[:2] ** 2 + popart.mu[:2] ** 2)
+        torch.testing.assert_close(popart.unnormalized(features), before)   # outputs preserved
+    with pytest.raises(ValueError, match="statistics 'hessel' is unknown"):
+        _popart().update(targets, task_ids, statistics="hessel")
+
+
 def test_popart_update_statistics_and_preserves_outputs():
     popart = _popart()
     features = torch.randn(32, 6, dtype=torch.float64)
@@ -101,7 +123,7 @@ def test_popart_update_statistics_and_preserves_outputs():
     for step, beta in enumerate([0.1, 0.3]):   # the second update starts from mu != 0, sigma != 1
         mu0, nu0 = popart.mu.clone(), popart.nu.clone()
         before = popart.unnormalized(features)
-        popart.update(targets + step, task_ids, beta=beta)
+        popart.update(targets + step, task_ids, beta=beta, statistics="second_moment")
         after = popart.unnormalized(features)
         torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
 
@@ -130,14 +152,18 @@ def test_popart_task_absent_from_the_batch_is_untouched():
     assert popart.mu[0] != mu_before[0] and popart.mu[2] != mu_before[2]   # the present ones did move
 
 
-def test_popart_sigma_clamps_for_constant_and_huge_targets():
+@pytest.mark.parametrize("statistics", ["torchbeast", "second_moment"])
+def test_popart_sigma_clamps_for_constant_and_huge_targets(statistics):
     popart = _popart()
     features = torch.randn(8, 6, dtype=torch.float64)
     before = popart.unnormalized(features)
     # beta = 1: the statistics become the batch's. Task 0's targets are constant: nu - mu^2 = 0.
     # Task 1's spread is 1e7, above the upper clamp.
-    popart.update(torch.tensor([3.0, 3.0, 3.0, 1e7, -1e7]), torch.tensor([0, 0, 0, 1, 1]), beta=1.0)
-    assert popart.mu[0].item() == 3.0 and popart.nu[0].item() == 9.0
+    popart.update(torch.tensor([3.0, 3.0, 3.0, 1e7, -1e7]), torch.tensor([0, 0, 0, 1, 1]), beta=1.0,
+                  statistics=statistics)
+    assert popart.mu[0].item() == 3.0
+    if statistics == "second_moment":
+        assert popart.nu[0].item() == 9.0
     assert popart.sigma[0].item() == 1e-4
     assert popart.sigma[1].item() == 1e6
     assert torch.isfinite(popart.linear.weight).all() and torch.isfinite(popart.linear.bias).all()

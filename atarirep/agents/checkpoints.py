@@ -106,7 +106,8 @@ def load_network(path: str | os.PathLike, *, atoms: int | None = None) -> tuple[
     """(the network in eval mode on CPU, the checkpoint's other keys) from a checkpoint file.
 
     The network is an ActorCritic or a QNetwork, recognised from the state_dict (`build_network`; `atoms`: the
-    atom count of a C51 head whose file does not say it). The keys: the file's own, and where it lacks them
+    atom count of a C51 head whose file does not say it), or the IMPALANet its "architecture" names; an
+    "architecture" with `acts_greedily` (an IMPALA run's) makes it play its argmax in evaluation. The keys: the file's own, and where it lacks them
     `step` from the name model_STEP.gz, `frames` = 4 x step, `algo`, `protocol`, `game` and `seed` from the
     layout ALGO_protocol/GAME/SEED/model_STEP.gz, and `architecture`.
     """
@@ -116,10 +117,12 @@ def load_network(path: str | os.PathLike, *, atoms: int | None = None) -> tuple[
         given = payload.get("atoms", (payload.get("architecture") or {}).get("atoms"))
         atoms = given if isinstance(given, int) and not isinstance(given, bool) else None
     spec = payload.get("architecture") or {}
-    if spec.get("name") == "impala_actor_critic":   # an IMPALA ResNet torso or a multi-task (PopArt) network
+    if spec.get("name") == "impala_actor_critic":   # the IMPALA ResNet, last action/reward inputs, or multi-task
         network = network_from(state, spec, source=f"checkpoint {path}")
     else:
         network = build_network(state, atoms=atoms, source=f"checkpoint {path}")
+        if spec.get("acts_greedily"):   # an IMPALA run's ActorCritic-shaped network: it plays its argmax
+            network.acts_greedily = True
     if "step" not in payload:
         match = FILE_PATTERN.match(Path(path).name)
         payload["step"] = int(match.group(1)) if match else None

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure   # no pyplot: no global figure state; PNGs
 from matplotlib.ticker import EngFormatter
 from torch import nn
 
-from atarirep.agents.network import choose_actions
+from atarirep.agents.network import choose_actions, play_outputs
 from atarirep.agents.vector_env import AgentEnvs
 from atarirep.annotations import game_key
 from atarirep.errors import UserError
@@ -39,8 +39,9 @@ def evaluate(network: nn.Module, game: str, protocol: str, *, episodes: int, eps
     The games run side by side, one env each, with one batched forward pass per step; each env counts only
     its first game. A life lost never ends a game here. Each action is the network's choice or, with
     probability `epsilon`, a uniformly random action: a sample of the policy for an actor-critic, the argmax
-    of the Q-values for a network that `acts_greedily` (a QNetwork: epsilon-greedy, as the published DQN-family
-    agents were evaluated; ties go to the lowest action). A game still running after `max_steps` agent steps
+    of the head for a network that `acts_greedily` (a QNetwork: epsilon-greedy, as the published DQN-family
+    agents were evaluated; an IMPALA checkpoint's policy, as torchbeast's test mode plays; ties go to the lowest
+    action). An IMPALA network that reads the last action and reward gets them (zeros at a game's start). A game still running after `max_steps` agent steps
     is cut there and its return so far is counted (the protocol's 108,000-frame cap, 27,000 steps, ends
     longer games in any case). Deterministic for a seed on CPU: the envs' no-ops and sticky actions
     follow `seed`, and so does the numpy generator that draws the actions.
@@ -55,10 +56,14 @@ def evaluate(network: nn.Module, game: str, protocol: str, *, episodes: int, eps
         rng = np.random.default_rng(seed)
         returns = np.full(episodes, np.nan)     # NaN: the env's first game is still running
         obs = envs.reset(seed)
+        last_action, last_reward = np.zeros(episodes, np.int64), np.zeros(episodes, np.float32)
         for _ in range(max_steps):
-            with torch.no_grad():
-                head, _ = network(torch.from_numpy(obs).to(device))   # policy logits or Q-values (B, A)
-            step = envs.step(choose_actions(network, head, rng, epsilon))
+            with torch.no_grad():   # policy logits or Q-values (B, A)
+                head, _ = play_outputs(network, torch.from_numpy(obs).to(device),
+                                       torch.from_numpy(last_action).to(device), torch.from_numpy(last_reward).to(device))
+            actions = choose_actions(network, head, rng, epsilon)
+            step = envs.step(actions)
+            last_action, last_reward = _last_inputs(actions, step)
             # Outside training `terminated` is a game over only, so these are the envs of finished_returns.
             ended = np.flatnonzero(step.terminated | step.truncated)
             assert len(ended) == len(step.finished_returns)
@@ -73,6 +78,13 @@ def evaluate(network: nn.Module, game: str, protocol: str, *, episodes: int, eps
         return returns.tolist()
     finally:
         envs.close()
+
+
+def _last_inputs(actions: np.ndarray, step) -> tuple[np.ndarray, np.ndarray]:
+    """The last action and reward an IMPALA network reads at the next step: zeros where a game starts."""
+    started = step.terminated | step.truncated
+    return (np.where(started, 0, actions).astype(np.int64),
+            np.where(started, 0.0, step.reward).astype(np.float32))
 
 
 @functools.cache

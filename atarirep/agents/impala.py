@@ -2,27 +2,39 @@
 `monobeast` design, docs/protocols.md 4).
 
 Actor processes play the games and write unrolls into shared-memory buffers; the learner trains on batches
-of them with V-trace (atarirep.agents.vtrace). The reference settings: unrolls of 80 steps, 32 unrolls a
-learner step, RMSprop lr 4.8e-4 (alpha 0.99, eps 0.01, no momentum) decaying linearly to 0, gradient norm
-clipped at 40, discount 0.99, rho-bar = c-bar = 1; losses summed over time and batch: the policy gradient
-with V-trace advantages, baseline_cost (0.5) x 0.5 x the baseline's squared error (torchbeast's
-`compute_baseline_loss`), entropy_cost (0.01) x the negative entropy. Rewards are clipped to their sign by
-the protocol (AgentEnvs, as for PPO), a life lost ends a training episode under `classic`, and the frame
-cap counts as an episode's end (as torchbeast does).
+of them with V-trace (atarirep.agents.vtrace). The reference settings (torchbeast's defaults, and the
+torchbeast PopArt runs'): 48 actors, unrolls of 80 steps, 8 unrolls a learner step, RMSprop lr 4.8e-4
+(alpha 0.99, eps 0.01, no momentum) decaying linearly to 0, gradient norm clipped at 40, discount 0.99,
+rho-bar = c-bar = 1; losses summed over time and batch: the policy gradient with V-trace advantages,
+baseline_cost (0.5) x 0.5 x the baseline's squared error (torchbeast's `compute_baseline_loss`),
+entropy_cost (0.0006) x the negative entropy. (The IMPALA paper: entropy 0.01, batches of 32.) Rewards are
+clipped to their sign by the protocol (AgentEnvs, as for PPO) except under PopArt, whose actors see the
+raw rewards (`reward_clipping`); a life lost ends a training episode under `classic`, and the frame cap
+counts as an episode's end (as torchbeast does).
+
+The network (`last_action_reward`, as monobeast's AtariNet) reads beside the torso's features the last
+reward clamped to [-1, 1] and a one-hot of the last action. Each actor starts with zeros for both (monobeast's
+`Environment.initial`) and then always passes the step before's, across an episode's end too (monobeast's
+`Environment.step` resets the game and returns the ending step's reward and action with the new frame).
+Checkpoints record `acts_greedily` (`greedy_evaluation`): evaluation plays the argmax of the policy, as
+torchbeast's test mode does.
 
     actor i (a process)                          shared memory                  learner (this process)
     ---------------------                        -------------                  ----------------------
     index <- free_queue                          buffers[index]:                B indices <- full_queue
     copy the learner's weights                     obs      (T+1, 4, 84, 84)    copy the B unrolls out,
-    play T steps of its game (one env),            actions, rewards, dones,     give the indices back
-    write them into buffers[index]                 behaviour logits (T, ...)    V-trace, losses, RMSprop
-    full_queue <- index                            task id                      weights -> shared weights
+    play T steps of its game (one env),            last action, reward (T+1)    give the indices back
+    write them into buffers[index]                 actions, rewards, dones,     V-trace, losses, RMSprop
+    full_queue <- index                            behaviour logits (T, ...)    weights -> shared weights
+                                                   task id
 
-Multi-task (several games): actor i plays games[i % len(games)]; the policy is shared, the value layer has
-one output per game, and with `popart` (the default) those outputs are PopArt-normalised
-(atarirep.agents.popart): V-trace runs in the reward's scale, the baseline loss and the policy gradient's
-advantages in the normalised one, and each game's statistics move after every learner step. They are
-buffers of the network, so checkpoints and the resume file keep them. Every game must have the same
+Multi-task (several games): actor i plays games[i % len(games)]; the policy is shared. With `popart` (the
+default; "multi-task PopArt") the value layer has one PopArt-normalised output per game
+(atarirep.agents.popart) and the actors see unclipped rewards: V-trace runs in the reward's scale, the
+baseline loss and the policy gradient's advantages in the normalised one, and each game's statistics move
+after every learner step by `popart_statistics`' rule. They are buffers of the network, so checkpoints and
+the resume file keep them. Without it ("multi-task (clipped)", the reference's ablation) one value output is
+shared by every game and rewards are clipped. Every game must have the same
 action count (the reference set AirRaid, Carnival, DemonAttack, NameThisGame, Pong, SpaceInvaders has 6),
 unless `full_action_space` has every game play ALE's 18 actions (a game ignores those it lacks).
 
@@ -34,12 +46,14 @@ games. An actor that dies (an exception, or killed) stops the run within about a
 naming it; the others are stopped and the run resumes from its last checkpoint. Actors whose learner was
 killed outright notice within a second or two and exit.
 
-A single-game run with the Nature CNN has exactly the state_dict of atarirep.agents.network.ActorCritic,
-so its checkpoints load with `checkpoints.load_network` and go through evaluate_agent and
-probe_checkpoints as PPO's do; `load_network` here loads any checkpoint this file writes.
+A single-game run with the Nature CNN and `last_action_reward: false` has exactly the state_dict of
+atarirep.agents.network.ActorCritic, so its checkpoints load as PPO's do; every checkpoint this file writes
+loads with `checkpoints.load_network` (and `load_network` here) and goes through evaluate_agent, saliency and
+probe_checkpoints.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -59,14 +73,16 @@ from atarirep import devices, params
 from atarirep.agents import checkpoints, resume
 from atarirep.agents.checkpoints import run_seed
 from atarirep.agents.network import IMPALANet, network_from
+from atarirep.agents.popart import STATISTICS
 from atarirep.agents.vector_env import STACK, AGENT_FRAME, AgentEnvs
 from atarirep.agents.vtrace import action_log_probs, log_rhos, vtrace
-from atarirep.envs import get_protocol
+from atarirep.envs import Protocol, get_protocol
 from atarirep.errors import UserError
 from atarirep.live import StageLive, drop_rows_after
 
 RESUME_FORMAT = "atarirep-impala-resume/1"
 ARCHITECTURES = ("nature", "impala")
+REWARD_CLIPPING = ("auto", "sign", "none")   # auto: none under PopArt (the reference's PopArt run), else sign
 POLL_S = 0.5            # how often the learner, waiting for unrolls, checks that every actor is alive
 STALL_S = 600.0         # no unroll from any living actor for this long: something is wrong; stop
 
@@ -75,8 +91,8 @@ STALL_S = 600.0         # no unroll from any living actor for this long: somethi
 class IMPALAConfig:
     total_steps: int = 50_000_000     # agent steps the learner trains on (frames = 4x); 300M multi-task
     unroll_length: int = 80           # T: steps of one actor per unroll
-    batch_size: int = 32              # unrolls per learner step
-    num_actors: int = 8
+    batch_size: int = 8               # unrolls per learner step (torchbeast; the IMPALA paper: 32)
+    num_actors: int = 48
     num_buffers: int = 0              # shared unroll buffers; 0: max(2 x num_actors, batch_size)
     lr: float = 4.8e-4
     anneal_lr: bool = True            # linearly to 0 over total_steps
@@ -86,7 +102,7 @@ class IMPALAConfig:
     max_grad_norm: float = 40.0
     discount: float = 0.99
     baseline_cost: float = 0.5
-    entropy_cost: float = 0.01
+    entropy_cost: float = 0.0006      # torchbeast (the IMPALA paper: 0.01)
     rho_bar: float = 1.0              # clips the importance weights of the TD errors (and the policy gradient's)
     c_bar: float = 1.0                # clips the traces
     protocol: str = "classic"
@@ -94,7 +110,11 @@ class IMPALAConfig:
     checkpoint_every: int = 1_000_000
     games: tuple[str, ...] = ()       # a multi-task run's games (the stage passes them to train); empty: one game
     popart: bool = True               # multi-task: PopArt-normalised values (a single game has a plain value head)
-    popart_beta: float = 3e-4
+    popart_beta: float = 4e-4         # torchbeast's effective beta (Hessel et al.: 3e-4)
+    popart_statistics: str = "torchbeast"   # or second_moment (Hessel et al.): atarirep.agents.popart
+    reward_clipping: str = "auto"     # auto: unclipped under PopArt, else sign; sign; none (PopArt only)
+    last_action_reward: bool = True   # the heads also read the last reward and action (monobeast's AtariNet)
+    greedy_evaluation: bool = True    # checkpoints play the policy's argmax (torchbeast's test mode); false: sample
     full_action_space: bool = False   # every game plays ALE's 18 actions: games of different action sets can mix
 
     @property
@@ -129,6 +149,30 @@ class IMPALAConfig:
             raise UserError(f"{where}.lr must be in (0, 1), discount in (0, 1], popart_beta in [0, 1]")
         if self.rho_bar <= 0 or self.c_bar <= 0:
             raise UserError(f"{where}.rho_bar and c_bar must be positive (reference: 1)")
+        if self.popart_statistics not in STATISTICS:
+            raise UserError(f"{where}.popart_statistics {self.popart_statistics!r} is unknown; use one of "
+                            f"{', '.join(STATISTICS)}")
+        if self.reward_clipping not in REWARD_CLIPPING:
+            raise UserError(f"{where}.reward_clipping {self.reward_clipping!r} is unknown; use one of "
+                            f"{', '.join(REWARD_CLIPPING)}")
+        self.clips_rewards(len(self.games) or 1, where)     # no games: a single-game run's config
+
+    def uses_popart(self, num_games: int) -> bool:
+        """Whether a run over `num_games` games has PopArt values (several games and `popart`)."""
+        return self.popart and num_games > 1
+
+    def clips_rewards(self, num_games: int, where: str = "train_agent.impala") -> bool:
+        """Whether the actors of a run over `num_games` games see sign-clipped rewards; UserError for unclipped
+        rewards without PopArt (a plain value output has no scale to learn them in)."""
+        if self.reward_clipping == "none" and not self.uses_popart(num_games):
+            run = "a single-game run" if num_games < 2 else "a multi-task run without PopArt (algo IMPALA)"
+            raise UserError(f"{where}.reward_clipping is 'none' in {run}: unclipped rewards need PopArt's "
+                            f"normalised values (multitask.algo IMPALA_PopArt); use auto or sign")
+        return self.reward_clipping == "sign" or (self.reward_clipping == "auto" and not self.uses_popart(num_games))
+
+    def training_protocol(self, num_games: int) -> Protocol:
+        """The protocol the actors play: `protocol`, with its reward clipping as `clips_rewards` says."""
+        return dataclasses.replace(get_protocol(self.protocol), clip_rewards=self.clips_rewards(num_games))
 
     def checkpoint_iterations(self) -> list[int]:
         """The learner steps after which a checkpoint is written: the first to reach each multiple of
@@ -149,7 +193,8 @@ def config_from(mapping: dict, where: str = "train_agent.impala") -> IMPALAConfi
 def multitask_config(base: dict, overrides: dict, *, algo: str, protocol: str, games: list[str],
                      full_action_space: bool) -> IMPALAConfig:
     """train_multitask's config: train_agent.impala (`base`) with multitask.impala's keys (`overrides`) over it,
-    PopArt when `algo` is IMPALA_PopArt (IMPALA: one plain value output per game, the ablation)."""
+    PopArt when `algo` is IMPALA_PopArt (IMPALA: one value output shared by the games and clipped rewards, the
+    reference's "multi-task (clipped)" ablation)."""
     if algo not in checkpoints.MULTITASK_ALGORITHMS:
         raise UserError(f"params.yaml multitask.algo={algo!r} is unknown; use one of "
                         f"{', '.join(checkpoints.MULTITASK_ALGORITHMS)}")
@@ -166,7 +211,7 @@ def multitask_config(base: dict, overrides: dict, *, algo: str, protocol: str, g
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The network: a torso, a policy head shared by every game, one value output per game.
+# The network: a torso, a policy head shared by every game, a value output per game (PopArt) or one shared.
 
 def save_checkpoint(path: str | os.PathLike, network: IMPALANet, *, algo: str, protocol: str, games: list[str],
                     seed: int, step: int, frames: int) -> None:
@@ -193,34 +238,36 @@ def make_buffers(config: IMPALAConfig, num_actions: int) -> dict[str, torch.Tens
     """The shared unroll buffers, one tensor per field with the buffer index first.
 
     obs[i, t] is the stack the actor acted on at step t (obs[i, T] the one after the last step, whose
-    value bootstraps the unroll); actions, behaviour logits, rewards and dones[i, t] (step t ended an
-    episode: a life lost, a game over, or the frame cap) are step t's. game_over/game_return record each
-    whole game that ended, with its raw (unclipped) return, for the logs."""
+    value bootstraps the unroll), last_action[i, t] and last_reward[i, t] (clamped to [-1, 1]) what the
+    network read beside it (those of the step before; zeros before an actor's first step); actions,
+    behaviour logits, rewards (clipped or not, as the run trains) and dones[i, t] (step t ended an episode: a
+    life lost, a game over, or the frame cap) are step t's. game_over/game_return record each whole game that
+    ended, with its raw (unclipped) return, for the logs."""
     n, t = config.buffers, config.unroll_length
     specs = {"obs": ((n, t + 1, STACK, *AGENT_FRAME), torch.uint8), "actions": ((n, t), torch.int64),
+             "last_action": ((n, t + 1), torch.int64), "last_reward": ((n, t + 1), torch.float32),
              "logits": ((n, t, num_actions), torch.float32), "rewards": ((n, t), torch.float32),
              "dones": ((n, t), torch.bool), "game_over": ((n, t), torch.bool), "game_return": ((n, t), torch.float64),
              "task": ((n,), torch.int64)}
     return {key: torch.zeros(shape, dtype=dtype).share_memory_() for key, (shape, dtype) in specs.items()}
 
 
-def act(actor: int, game: str, task: int, config: IMPALAConfig, seed: int, spec: dict,
+def act(actor: int, game: str, task: int, config: IMPALAConfig, protocol: Protocol, seed: int, spec: dict,
         shared_state: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], free_queue, full_queue, errors,
         learner_pid: int, fault: tuple[int, int, str] | None = None) -> None:
-    """One actor process: fill free buffers with unrolls of `game` until the learner stops it.
+    """One actor process: fill free buffers with unrolls of `game` under `protocol` (the run's, its rewards
+    clipped or not) until the learner stops it.
 
     `seed` seeds its games' no-ops and its action draws (Gumbel-max from a numpy generator, as PPO). An
     exception is printed, sent to the learner on `errors` and ends the process at once with exit code 1.
     `fault` = (actor, unrolls, "raise" or "kill") makes that actor fail after that many unrolls (tests)."""
     try:
         torch.set_num_threads(1)    # many actors share the cores; one forward pass of one stack each step
-        envs = AgentEnvs(game, 1, config.protocol, training=True, num_threads=1,
-                         full_action_space=config.full_action_space)
-        model = IMPALANet(spec["num_actions"], spec["num_tasks"], spec["encoder"], spec["popart"],
-                          spec["full_action_space"])
-        model = model.to(memory_format=torch.channels_last)
+        envs = AgentEnvs(game, 1, protocol, training=True, full_action_space=config.full_action_space)
+        model = IMPALANet.from_spec(spec).to(memory_format=torch.channels_last)
         rng = np.random.default_rng(seed)
         obs = torch.from_numpy(envs.reset(int(rng.integers(2**31 - 2**16))))
+        last_action, last_reward = torch.zeros(1, dtype=torch.int64), torch.zeros(1)   # monobeast's initial()
         unrolls = 0
         while True:
             index = _next_free(free_queue, learner_pid)
@@ -229,12 +276,17 @@ def act(actor: int, game: str, task: int, config: IMPALAConfig, seed: int, spec:
             model.load_state_dict(shared_state)     # the learner's latest weights
             buffers["task"][index] = task
             buffers["obs"][index, 0] = obs[0]
+            buffers["last_action"][index, 0], buffers["last_reward"][index, 0] = last_action[0], last_reward[0]
             for t in range(config.unroll_length):
                 with torch.no_grad():
-                    logits = model.heads(obs)[0][0].float()
+                    logits = model.heads(obs, last_action, last_reward)[0][0].float()
                 action = int(np.argmax(logits.double().numpy() + rng.gumbel(size=len(logits))))  # a draw from softmax
                 step = envs.step(np.array([action]))
                 obs = torch.from_numpy(step.obs)
+                # What the network reads at the next step, across an episode's end too (as monobeast).
+                last_action = torch.tensor([action])
+                last_reward = torch.tensor([float(step.reward[0])]).clamp(-1.0, 1.0)
+                buffers["last_action"][index, t + 1], buffers["last_reward"][index, t + 1] = action, last_reward[0]
                 buffers["actions"][index, t] = action
                 buffers["logits"][index, t] = logits
                 buffers["rewards"][index, t] = float(step.reward[0])
@@ -276,6 +328,7 @@ class Actors:
 
     def __init__(self, games: list[str], config: IMPALAConfig, seed: tuple[int, ...], network: IMPALANet,
                  buffers: dict[str, torch.Tensor], fault: tuple[int, int, str] | None = None):
+        protocol = config.training_protocol(len(games))
         # forkserver: actors are forked from a clean server process that has imported this module once (not
         # from the learner, whose OpenMP threads, ALE thread pool or CUDA context a fork would inherit), so
         # they start in well under a second where spawn's fresh interpreters took seconds each. Shared tensors
@@ -287,7 +340,7 @@ class Actors:
         self.games = [games[i % len(games)] for i in range(config.num_actors)]
         self.processes = [
             ctx.Process(target=act, name=f"impala-actor-{i}", daemon=True,
-                        args=(i, self.games[i], i % len(games), config, _actor_seed(seed, i), network.spec,
+                        args=(i, self.games[i], i % len(games), config, protocol, _actor_seed(seed, i), network.spec,
                               self.shared_state, buffers, self.free_queue, self.full_queue, self.errors,
                               os.getpid(), fault))
             for i in range(config.num_actors)]
@@ -382,19 +435,20 @@ def train(games: str | list[str], seed: int, out_dir: str | os.PathLike, log_dir
 
     Weights, each actor's games and action draws follow run_seed(study_seed, seed) (and, after a resume,
     the step it resumed from); which unrolls form a batch depends on the actors' timing."""
-    config.check()
     games = [games] if isinstance(games, str) else list(games)
+    config = config if config.games else dataclasses.replace(config, games=tuple(games))
+    config.check()      # unclipped rewards without PopArt, among others, stop the run here
     device_ = devices.resolve(device)
     out_dir, log_dir = Path(out_dir), Path(log_dir)
     work = resume.work_folder(out_dir)
     games, num_actions = check_games(games, config)
-    multi = len(games) > 1
     fingerprint = json.dumps({"games": games, "seed": seed, "study_seed": study_seed, "algo": algo,
                               **asdict(config)}, sort_keys=True)
     seeded = run_seed(study_seed, seed)
     torch.manual_seed(seeded)
-    network = IMPALANet(num_actions, len(games), config.architecture, popart=multi and config.popart,
-                        full_action_space=config.full_action_space)
+    network = IMPALANet(num_actions, len(games), config.architecture, popart=config.uses_popart(len(games)),
+                        full_action_space=config.full_action_space, last_action_reward=config.last_action_reward,
+                        acts_greedily=config.greedy_evaluation)
     network = network.to(device_, memory_format=torch.channels_last)
     optimizer = torch.optim.RMSprop(network.parameters(), lr=config.lr, alpha=config.rmsprop_alpha,
                                     eps=config.rmsprop_eps, momentum=config.rmsprop_momentum)
@@ -473,12 +527,15 @@ def learn(network: IMPALANet, optimizer: torch.optim.Optimizer, config: IMPALACo
     Losses are sums over time and batch (torchbeast): the policy gradient weighted by V-trace's advantages,
     baseline_cost x 0.5 x (vs - V)^2, entropy_cost x the negative entropy. Under PopArt the baseline
     regresses the normalised output on the normalised targets and the advantages are divided by sigma;
-    the statistics then move toward this batch's targets (outputs preserved)."""
+    the statistics then move toward this batch's targets (outputs preserved). The network reads each
+    stack's last_action and last_reward (T+1, B)."""
     obs, task = batch["obs"], batch["task"]
     t_plus_1, b = obs.shape[:2]
-    logits, outputs = network.heads(obs.reshape(t_plus_1 * b, *obs.shape[2:]))
+    logits, outputs = network.heads(obs.reshape(t_plus_1 * b, *obs.shape[2:]), batch["last_action"].reshape(-1),
+                                    batch["last_reward"].reshape(-1))
     logits = logits.float().view(t_plus_1, b, -1)
-    outputs = outputs.float().view(t_plus_1, b, -1).gather(2, task.expand(t_plus_1, b)[..., None]).squeeze(2)
+    column = network.output_index(task).expand(t_plus_1, b)[..., None]     # each unroll's value output
+    outputs = outputs.float().view(t_plus_1, b, -1).gather(2, column).squeeze(2)
     values = network.unnormalize(outputs.detach(), task)       # (T+1, B) in the reward's scale
 
     # V-trace in the reward's scale, on the learner's policy (target) against the actors' (behaviour).
@@ -503,7 +560,7 @@ def learn(network: IMPALANet, optimizer: torch.optim.Optimizer, config: IMPALACo
     grad_norm = nn.utils.clip_grad_norm_(network.parameters(), config.max_grad_norm)
     optimizer.step()
     if network.popart:
-        network.critic.update(vs, task, beta=config.popart_beta)
+        network.critic.update(vs, task, beta=config.popart_beta, statistics=config.popart_statistics)
     return {"total": loss.item(), "policy": pg_loss.item(), "baseline": baseline_loss.item(),
             "entropy": entropy.mean().item(), "grad_norm": grad_norm.item()}
 
@@ -515,7 +572,7 @@ def check_games(games: list[str], config: IMPALAConfig) -> tuple[list[str], int]
         raise UserError("IMPALA needs at least one game")
     counts = {}
     for game in games:
-        envs = AgentEnvs(game, 1, config.protocol, training=True, num_threads=1,   # resolves the name
+        envs = AgentEnvs(game, 1, config.protocol, training=True,   # resolves the name
                          full_action_space=config.full_action_space)
         counts[envs.game] = envs.num_actions
         envs.close()

@@ -4,7 +4,9 @@ probing.
 
 Both take (B, 4, 84, 84) uint8 stacks, scale them to [0, 1] (obs / 255) once in `features`, and return
 (head output (B, A), value (B,)), so code written for the actor-critic's (logits, value) runs on either;
-`acts_greedily` tells whether the head is a policy's logits to sample (False) or Q-values to maximise (True).
+`acts_greedily` tells whether the head is a policy's logits to sample (False) or Q-values to maximise (True);
+an IMPALA checkpoint sets it for its policy (torchbeast's test mode takes the argmax). `play_outputs` calls
+any of them while playing, with the last action and reward for an IMPALA network that reads them.
 Both have the same `encoder` (the Nature CNN up to its 512-d layer, after its ReLU) and `features`, the
 representation `probe_checkpoints` probes.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from atarirep.agents.popart import PopArt
 from atarirep.encoders import ImpalaCNN, NatureCNN, _init_orthogonal, preprocess
@@ -119,97 +122,151 @@ def num_actions_of(state_dict: dict) -> int:
 
 
 class IMPALANet(nn.Module):
-    """(B, 4, 84, 84) uint8 stacks -> policy logits (B, A) and values (B, num_tasks).
+    """(B, 4, 84, 84) uint8 stacks -> policy logits (B, A) and values (B, value_outputs).
 
-    With the Nature CNN, one task and no PopArt its state_dict is ActorCritic's (encoder, actor, critic),
-    so the PPO network loads it. `critic` is a PopArt layer (normalised outputs, per-task mu/nu/sigma
-    buffers) when `popart`, else a plain Linear.
+    As monobeast's AtariNet, with `last_action_reward` the heads read, beside the torso's features, the last
+    reward clamped to [-1, 1] and a one-hot of the last action (core input: features + 1 + num_actions, in
+    that order); `features` stays the torso's alone (what probing probes). The value layer has one output per
+    task under PopArt (`critic` a PopArt layer: normalised outputs, per-task mu/nu/sigma buffers), else one
+    output shared by every task (a plain Linear; `value_outputs` given: that many, as older checkpoints had).
+    With the Nature CNN, one task, no PopArt and no last action/reward its state_dict is ActorCritic's
+    (encoder, actor, critic), so the PPO network loads it. `acts_greedily`: evaluation takes the argmax of the
+    logits (torchbeast's test mode) rather than a sample.
     """
 
-    acts_greedily = False
-
     def __init__(self, num_actions: int, num_tasks: int = 1, encoder: str = "nature", popart: bool = False,
-                 full_action_space: bool = False):
+                 full_action_space: bool = False, *, last_action_reward: bool = False,
+                 value_outputs: int | None = None, acts_greedily: bool = False):
         super().__init__()
         self.num_actions, self.num_tasks, self.encoder_name, self.popart = num_actions, num_tasks, encoder, popart
         self.full_action_space = full_action_space     # it plays ALE's 18 actions in every game (a multi-task mapping)
+        self.last_action_reward, self.acts_greedily = last_action_reward, acts_greedily
+        self.value_outputs = value_outputs or (num_tasks if popart else 1)
+        if popart and self.value_outputs != num_tasks:
+            raise ValueError(f"PopArt needs one value output per task ({num_tasks}), not {self.value_outputs}")
         self.encoder = NatureCNN(in_channels=4, feature_size=512) if encoder == "nature" else \
             ImpalaCNN(in_channels=4, feature_size=256, input_size=(84, 84))
-        features = self.encoder.feature_size
-        self.actor = nn.Linear(features, num_actions)
-        self.critic = PopArt(features, num_tasks) if popart else nn.Linear(features, num_tasks)
+        core = self.encoder.feature_size + (1 + num_actions if last_action_reward else 0)
+        self.actor = nn.Linear(core, num_actions)
+        self.critic = PopArt(core, num_tasks) if popart else nn.Linear(core, self.value_outputs)
         _init_orthogonal(self.actor, gain=0.01)     # as ActorCritic (CleanRL)
         _init_orthogonal(self.critic, gain=1.0)
 
+    @classmethod
+    def from_spec(cls, spec: dict) -> "IMPALANet":
+        """A fresh network of a checkpoint's "architecture" (`spec`); absent keys: ActorCritic's network."""
+        return cls(int(spec["num_actions"]), num_tasks=int(spec.get("num_tasks", 1)),
+                   encoder=spec.get("encoder", "nature"), popart=bool(spec.get("popart", False)),
+                   full_action_space=bool(spec.get("full_action_space", False)),
+                   last_action_reward=bool(spec.get("last_action_reward", False)),
+                   value_outputs=spec.get("value_outputs"), acts_greedily=bool(spec.get("acts_greedily", False)))
+
     @property
     def architecture(self) -> str:
-        """ActorCritic's name when this is that network (the Nature CNN, one task, no PopArt), else our own."""
-        plain = self.encoder_name == "nature" and self.num_tasks == 1 and not self.popart and not self.full_action_space
+        """ActorCritic's name when this is that network (the Nature CNN, one task, no PopArt, no last
+        action/reward inputs), else our own."""
+        plain = (self.encoder_name == "nature" and self.num_tasks == 1 and not self.popart
+                 and not self.full_action_space and not self.last_action_reward)
         return "nature_actor_critic" if plain else "impala_actor_critic"
 
     @property
     def spec(self) -> dict:
-        """What a checkpoint's "architecture" records to rebuild this network (`load_network`)."""
+        """What a checkpoint's "architecture" records to rebuild this network (`load_network`) and how it plays."""
         return {"name": self.architecture, "num_actions": self.num_actions, "encoder": self.encoder_name,
-                "num_tasks": self.num_tasks, "popart": self.popart, "full_action_space": self.full_action_space}
+                "num_tasks": self.num_tasks, "popart": self.popart, "full_action_space": self.full_action_space,
+                "last_action_reward": self.last_action_reward, "value_outputs": self.value_outputs,
+                "acts_greedily": self.acts_greedily}
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        """Features of uint8 stacks, or of float stacks already in [0, 1] (saliency's perturbed stacks)."""
+        """The torso's features of uint8 stacks, or of float stacks already in [0, 1] (saliency's perturbed stacks)."""
         if obs.dtype == torch.uint8:
             return self.encoder(preprocess(obs.contiguous(memory_format=torch.channels_last)))
         return self.encoder(obs.contiguous(memory_format=_memory_format(obs)))
 
-    def heads(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits (B, A), the value layer's outputs (B, num_tasks): PopArt-normalised when popart)."""
-        hidden = self.features(obs)
-        return self.actor(hidden), self.critic(hidden)
+    def core(self, hidden: torch.Tensor, last_action: torch.Tensor | None = None,
+             last_reward: torch.Tensor | None = None) -> torch.Tensor:
+        """What the heads read: the features, then (with last_action_reward) the last reward clamped to [-1, 1]
+        and the last action one-hot, as monobeast's AtariNet concatenates them; either absent: zeros (an
+        episode's start). Both enter the heads linearly, so a saliency score (a difference of outputs at the
+        same last action and reward) does not depend on them."""
+        if not self.last_action_reward:
+            return hidden
+        n = hidden.shape[0]
+        action = torch.zeros(n, dtype=torch.int64, device=hidden.device) if last_action is None else last_action
+        reward = torch.zeros(n, device=hidden.device) if last_reward is None else last_reward
+        reward = reward.reshape(n, 1).to(hidden.dtype).clamp(-1.0, 1.0)
+        one_hot = F.one_hot(action.reshape(n).long(), self.num_actions).to(hidden.dtype)
+        return torch.cat([hidden, reward, one_hot], dim=-1)
+
+    def heads(self, obs: torch.Tensor, last_action: torch.Tensor | None = None,
+              last_reward: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, A), the value layer's outputs (B, value_outputs): PopArt-normalised when popart)."""
+        inputs = self.core(self.features(obs), last_action, last_reward)
+        return self.actor(inputs), self.critic(inputs)
+
+    def output_index(self, task_ids: torch.Tensor) -> torch.Tensor:
+        """Each task's column of the value outputs: its own under PopArt, else the shared one (0)."""
+        return task_ids if self.value_outputs > 1 else torch.zeros_like(task_ids)
 
     def unnormalize(self, outputs: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The value layer's outputs in the reward's scale (sigma n + mu under PopArt)."""
         return self.critic.unnormalize(outputs, task_ids) if self.popart else outputs
 
-    def forward(self, obs: torch.Tensor, task_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, obs: torch.Tensor, task_ids: torch.Tensor | None = None, *,
+                last_action: torch.Tensor | None = None,
+                last_reward: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, A), values in the reward's scale): of each row's task given task_ids (B,), else (B,)
-        for a single task (as ActorCritic) and (B, num_tasks) for several."""
-        logits, outputs = self.heads(obs)
+        for one value output (as ActorCritic) and (B, value_outputs) for several."""
+        logits, outputs = self.heads(obs, last_action, last_reward)
         values = self.unnormalize(outputs)
         if task_ids is not None:
-            return logits, values.gather(1, task_ids[:, None]).squeeze(1)
-        return logits, values.squeeze(1) if self.num_tasks == 1 else values
+            return logits, values.gather(1, self.output_index(task_ids)[:, None]).squeeze(1)
+        return logits, values.squeeze(1) if self.value_outputs == 1 else values
 
 
 class OneGame(nn.Module):
     """One game's view of a multi-task IMPALANet: (logits (B, A), that game's value (B,)), as ActorCritic returns,
-    so evaluation, saliency and probing run on it unchanged. The policy is shared; the value is game `task`'s."""
-
-    acts_greedily = False
+    so evaluation, saliency and probing run on it unchanged. The policy is shared; the value is game `task`'s
+    (the shared output when the network has one)."""
 
     def __init__(self, network: IMPALANet, task: int):
         super().__init__()
         self.network, self.task = network, task
         self.num_actions, self.full_action_space = network.num_actions, network.full_action_space
         self.architecture = network.architecture
+        self.acts_greedily, self.last_action_reward = network.acts_greedily, network.last_action_reward
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         return self.network.features(obs)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, values = self.network(obs)
-        return logits, values[:, self.task]
+    def forward(self, obs: torch.Tensor, *, last_action: torch.Tensor | None = None,
+                last_reward: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        task_ids = torch.full((obs.shape[0],), self.task, dtype=torch.int64, device=obs.device)
+        return self.network(obs, task_ids, last_action=last_action, last_reward=last_reward)
 
 
 def network_from(state: dict, spec: dict, source: str = "the state_dict") -> IMPALANet:
     """The IMPALANet a state_dict holds, given its checkpoint's "architecture" (absent: the Nature CNN actor-critic
     of one task); UserError starting with `source` for other weights."""
     try:
-        network = IMPALANet(int(state["actor.weight"].shape[0]), num_tasks=int(spec.get("num_tasks", 1)),
-                            encoder=spec.get("encoder", "nature"), popart=bool(spec.get("popart", False)),
-                            full_action_space=bool(spec.get("full_action_space", False)))
+        spec = {**spec, "num_actions": int(state["actor.weight"].shape[0])}
+        if not spec.get("popart") and "value_outputs" not in spec:   # older files: one plain output per task
+            spec["value_outputs"] = int(state["critic.weight"].shape[0])
+        network = IMPALANet.from_spec(spec)
         network.load_state_dict(state)
     except (KeyError, RuntimeError, TypeError, ValueError):
         raise UserError(f"{source} holds weights of another network (keys {', '.join(list(state)[:3])}, ...), "
                         "not an IMPALA actor-critic; point to a checkpoint written by train_agent") from None
     return network
+
+
+def play_outputs(network: nn.Module, obs: torch.Tensor, last_action: torch.Tensor,
+                 last_reward: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's (head, value) for acting on `obs`: given the last action and reward (B,) when it reads them
+    (`last_action_reward`, an IMPALA network), else of the stacks alone."""
+    if getattr(network, "last_action_reward", False):
+        return network(obs, last_action=last_action, last_reward=last_reward)
+    return network(obs)
 
 
 def choose_actions(network: nn.Module, head: torch.Tensor, rng: np.random.Generator, epsilon: float) -> np.ndarray:

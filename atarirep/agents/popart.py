@@ -2,19 +2,24 @@
 
 The value layer has one output per task and learns *normalized* values n; the value in the reward's scale
 is V = sigma * n + mu, with mu and sigma running statistics of that task's V-trace targets. After each
-learner update, for each task present in the batch:
+learner update, for each task present in the batch, with mu_b and nu_b the mean of its targets and of their
+squares, the statistics move by beta under one of two rules (`STATISTICS`):
 
-    mu_b = mean of the targets, nu_b = mean of their squares
-    mu  <- (1 - beta) mu + beta mu_b        nu <- (1 - beta) nu + beta nu_b
-    sigma = sqrt(nu - mu^2), clamped to [1e-4, 1e6]
+    torchbeast (aluscher/torchbeastpopart's PopArtLayer; the reference run):
+        sigma_b = sqrt(nu_b - mu_b^2), clamped to [1e-4, 1e6]   (the batch's standard deviation)
+        mu  <- (1 - beta) mu + beta mu_b        sigma <- (1 - beta) sigma + beta sigma_b
+    second_moment (Hessel et al.):
+        mu  <- (1 - beta) mu + beta mu_b        nu <- (1 - beta) nu + beta nu_b
+        sigma = sqrt(nu - mu^2)
 
-and the layer is rescaled so that its unnormalised outputs do not change ("preserving outputs"):
+sigma is clamped to [1e-4, 1e6] under both, and the layer is rescaled so that its unnormalised outputs do not
+change ("preserving outputs"):
 
     W <- W sigma_old / sigma_new            b <- (sigma_old b + mu_old - mu_new) / sigma_new
 
 Tasks absent from the batch keep their statistics and their row of the layer exactly. mu, nu and sigma
-are buffers: they are in the state_dict, so checkpoints keep them. The rescaling does not touch the
-optimizer's state (as in the paper).
+are buffers: they are in the state_dict, so checkpoints keep them (under the torchbeast rule nu follows as
+sigma^2 + mu^2). The rescaling does not touch the optimizer's state (as in the paper).
 
 The losses are in normalized space: the baseline regresses n on (vs - mu) / sigma (`normalize`), and
 the policy gradient's advantage is divided by sigma (`normalize_advantages`; mu cancels in a
@@ -26,7 +31,7 @@ difference). A learner step, sketched, with `task` (B,) the task of each actor's
     baseline_loss = 0.5 * ((popart.normalize(vs, task) - n) ** 2).sum()
     pg_loss = -(action_log_probs * popart.normalize_advantages(pg_adv, task)).sum()
     ... optimizer step ...
-    popart.update(vs, task, beta=3e-4)
+    popart.update(vs, task, beta=4e-4, statistics="torchbeast")
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from torch import nn
 
 SIGMA_MIN = 1e-4
 SIGMA_MAX = 1e6
+STATISTICS = ("torchbeast", "second_moment")   # how sigma follows the targets (module docstring)
 
 
 class PopArt(nn.Module):
@@ -82,27 +88,23 @@ class PopArt(nn.Module):
         return advantages / sigma
 
     @torch.no_grad()
-    def update(self, targets: torch.Tensor, task_ids: torch.Tensor, beta: float = 3e-4) -> None:
-        """Move the statistics of the tasks in the batch towards its targets, then rescale their rows of
-        the layer so that their unnormalised outputs are unchanged. targets: any shape, e.g. (N,) or vs's
-        (T, B); task_ids: int64 of the same shape or one that broadcasts to it (the (B,) of an unroll)."""
-        targets = targets.to(self.mu.dtype)
-        task_ids = task_ids.expand_as(targets).reshape(-1)
-        targets = targets.reshape(-1)
-
-        # Per-task batch moments (count, mean, mean of squares), over the tasks present.
-        counts = torch.bincount(task_ids, minlength=self.num_tasks).to(targets.dtype)
-        sums = torch.zeros_like(self.mu).index_add_(0, task_ids, targets)
-        sums_sq = torch.zeros_like(self.mu).index_add_(0, task_ids, targets * targets)
-        present = counts > 0
-        mu_b = sums[present] / counts[present]
-        nu_b = sums_sq[present] / counts[present]
-
+    def update(self, targets: torch.Tensor, task_ids: torch.Tensor, beta: float = 4e-4,
+               statistics: str = "torchbeast") -> None:
+        """Move the statistics of the tasks in the batch towards its targets by `statistics`' rule, then rescale
+        their rows of the layer so that their unnormalised outputs are unchanged. targets: any shape, e.g. (N,)
+        or vs's (T, B); task_ids: int64 of the same shape or one that broadcasts to it (the (B,) of an unroll)."""
+        if statistics not in STATISTICS:
+            raise ValueError(f"PopArt statistics {statistics!r} is unknown; use one of {', '.join(STATISTICS)}")
+        present, mu_b, nu_b = self._batch_moments(targets, task_ids)
         mu_old, sigma_old = self.mu[present], self.sigma[present]
         mu_new = (1 - beta) * mu_old + beta * mu_b
-        nu_new = (1 - beta) * self.nu[present] + beta * nu_b
-        # nu - mu^2 >= 0 in exact arithmetic; clamp the rounding below 0 before the square root.
-        sigma_new = torch.sqrt(torch.clamp(nu_new - mu_new**2, min=0.0)).clamp(SIGMA_MIN, SIGMA_MAX)
+        if statistics == "torchbeast":
+            sigma_new = (1 - beta) * sigma_old + beta * _std(nu_b, mu_b)
+            nu_new = sigma_new**2 + mu_new**2
+        else:
+            nu_new = (1 - beta) * self.nu[present] + beta * nu_b
+            sigma_new = _std(nu_new, mu_new)
+        sigma_new = sigma_new.clamp(SIGMA_MIN, SIGMA_MAX)
 
         # Preserve outputs: sigma_new * n_new + mu_new == sigma_old * n_old + mu_old for every input.
         w, b = self.linear.weight, self.linear.bias
@@ -112,3 +114,20 @@ class PopArt(nn.Module):
         self.mu[present] = mu_new
         self.nu[present] = nu_new
         self.sigma[present] = sigma_new
+
+    def _batch_moments(self, targets: torch.Tensor, task_ids: torch.Tensor):
+        """(which tasks are in the batch (num_tasks,) bool, their targets' means, their means of squares)."""
+        targets = targets.to(self.mu.dtype)
+        task_ids = task_ids.expand_as(targets).reshape(-1)
+        targets = targets.reshape(-1)
+        counts = torch.bincount(task_ids, minlength=self.num_tasks).to(targets.dtype)
+        sums = torch.zeros_like(self.mu).index_add_(0, task_ids, targets)
+        sums_sq = torch.zeros_like(self.mu).index_add_(0, task_ids, targets * targets)
+        present = counts > 0
+        return present, sums[present] / counts[present], sums_sq[present] / counts[present]
+
+
+def _std(nu: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """sqrt(nu - mu^2), clamped to [SIGMA_MIN, SIGMA_MAX] (nu - mu^2 >= 0 in exact arithmetic; rounding can
+    take it below 0)."""
+    return torch.sqrt(torch.clamp(nu - mu**2, min=0.0)).clamp(SIGMA_MIN, SIGMA_MAX)

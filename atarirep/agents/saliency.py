@@ -1,22 +1,32 @@
-"""Perturbation saliency of an agent's policy and value (Greydanus et al. 2018; docs/protocols.md 4).
+"""Perturbation saliency of an agent's policy and value (Greydanus et al. 2018; docs/protocols.md 4), as
+Greydanus et al.'s visualize_atari code computes and draws it (and the torchbeast PopArt code runs it).
 
 For a grid of points every `stride` pixels, a blurred copy of the input replaces it around the point:
-perturbed = I (1 - M) + blur_sigma3(I) M, where M is a Gaussian of sigma `radius` centred on the point,
-scaled to a maximum of 1, applied alike to each of the 4 stacked frames. A point's score is
-0.5 * ||out(I) - out(I')||^2, for the policy logits and separately for the value; the (H/stride, W/stride)
-grid of scores is interpolated back to the frame size. Defaults on 84x84 stacks: radius = stride = 2.
+perturbed = I (1 - M) + blur_sigma3(I) M, applied alike to each of the 4 stacked frames, where M is the
+reference's `get_mask`: the disc x^2 + y^2 <= 1 around the point (the point and its 4 neighbours, those
+inside the frame), blurred by scipy's gaussian_filter of sigma `radius`, divided by its maximum. A point's
+score is 0.5 * ||out(I) - out(I')||^2, for the policy logits and separately for the value; the
+(H/stride, W/stride) grid of scores is interpolated back to the frame size. Defaults on 84x84 stacks:
+radius = stride = 2.
 
 As scipy's `gaussian_filter` (the paper's code), Gaussians reach int(4 sigma + 0.5) pixels along each axis
-and no further, and the blur reflects the frame at its edges (scipy's `reflect`); so a point farther than
-that from every pixel a network reads scores exactly 0. The blur and the masks' 1-D factors are built once
-per call; the perturbed stacks go through the network in batches of `batch_size`, across points and stacks.
-For an ActorCritic the first convolution is computed only on the patch a perturbation changes (it is
-linear: conv1(I') = conv1(I) + conv1((B - I) M)), which makes the maps of a stack 2-3x faster on CPU:
-about 0.5 s for radius = stride = 2 on one core.
+and no further, and both blurs reflect the frame at its edges (scipy's `reflect`): the mask of a point at
+an edge also holds the blurred mirror image of its disc, so it reaches int(4 radius + 0.5) + 1 pixels from
+the point, never more, and a point farther than that from every pixel a network reads scores exactly 0.
+The disc is a sum of two separable terms, so every mask comes from 1-D factors and a peak per point, built
+once per call; the perturbed stacks go through the network in batches of `batch_size`, across points and
+stacks. For an ActorCritic the first convolution is computed only on the patch a perturbation changes (it
+is linear: conv1(I') = conv1(I) + conv1((B - I) M)), which saves most of that layer's work.
+
+Drawing (the reference's `saliency_on_atari_frame`): each map, less its minimum, is scaled so that its
+brightest pixel is a fixed factor (POLICY_FUDGE, VALUE_FUDGE) times its maximum score and added to one
+colour channel of the frame, clipped to 255: brightness is proportional to saliency, so frames compare;
+no frame is stretched to full brightness on its own.
 
 - `saliency_maps`: (N, 4, 84, 84) uint8 stacks -> policy and value maps (N, 84, 84) float32.
+- `get_mask`, `GridMasks`: the reference's mask of one point, of every grid point.
 - `episode_stacks`: the first observations of one game played by a network under a protocol.
-- `overlay`, `write_png`, `write_gif`: the frame in gray, policy saliency in blue, value saliency in red.
+- `overlay`, `write_png`, `write_gif`: the frame, policy saliency added in blue, value saliency in red.
 - `time_one_frame`: seconds for the maps of one stack on CPU (the bench's figure).
 """
 from __future__ import annotations
@@ -78,12 +88,85 @@ def grid(size: int, stride: int) -> torch.Tensor:
     return torch.arange(0, size, stride)
 
 
-def mask_factors(size: int, centres: torch.Tensor, radius: float) -> torch.Tensor:
-    """(len(centres), size): a Gaussian of sigma `radius` around each centre, 1 there, 0 beyond its reach;
-    the mask of point (y, x) is the outer product of its row's and its column's factor."""
-    t = torch.arange(size, dtype=torch.float64)[None, :] - centres.to(torch.float64)[:, None]
-    g = torch.exp(-0.5 * (t / radius) ** 2)
-    return torch.where(t.abs() <= _reach(radius), g, 0.0).to(torch.float32)
+def blur_matrix(size: int, sigma: float) -> torch.Tensor:
+    """(size, size) float64 B with B @ v = scipy.ndimage.gaussian_filter1d(v, sigma) (mode `reflect`,
+    truncate 4): row y holds the kernel's weights on the input pixels output y reads, mirrored ones included."""
+    reach = _reach(sigma)
+    t = torch.arange(-reach, reach + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    sources = _reflect_index(size, reach).unfold(0, 2 * reach + 1, 1)     # (size, taps): pixel of each tap
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    return matrix.scatter_add_(1, sources, kernel.expand(size, -1).contiguous())
+
+
+def mask_factors(size: int, centres: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centre, sides), each (len(centres), size) float64: along one axis, the Gaussian blur (sigma `radius`,
+    as `blur_matrix`) of the centre pixel and of its two neighbours (those inside the frame).
+
+    The reference's disc x^2 + y^2 <= 1 is the point and its 4 neighbours, e_y (x) (e_x + s_x) + s_y (x) e_x
+    (e a unit pixel, s its two neighbours); the 2-D blur is separable and linear, so the blurred disc of
+    point (y, x) is centre_y (x) (centre_x + sides_x) + sides_y (x) centre_x (`combine_factors`)."""
+    blur = blur_matrix(size, radius)
+    centres = centres.long()
+    sides = torch.zeros(len(centres), size, dtype=torch.float64)
+    for offset in (-1, 1):
+        pixel = centres + offset
+        inside = (pixel >= 0) & (pixel < size)
+        sides[inside] += blur[:, pixel[inside]].T
+    return blur[:, centres].T.contiguous(), sides
+
+
+def combine_factors(row_centre: torch.Tensor, row_sides: torch.Tensor, col_centre: torch.Tensor,
+                    col_sides: torch.Tensor) -> torch.Tensor:
+    """(K, h) row and (K, w) column factors (`mask_factors`, or a window of them) -> the (K, h, w) blurred
+    discs, not yet scaled to a maximum of 1."""
+    return (row_centre[:, :, None] * (col_centre + col_sides)[:, None, :]
+            + row_sides[:, :, None] * col_centre[:, None, :])
+
+
+class GridMasks:
+    """The masks of every grid point (rows x cols) of an (H, W) frame, as Greydanus et al.'s `get_mask`
+    builds each: a disc of radius 1 around the point (x^2 + y^2 <= 1: 5 pixels, fewer at the frame's edge)
+    blurred by scipy's gaussian_filter of sigma `radius` (truncate 4, mode `reflect`: near an edge the
+    disc's mirror image adds in), divided by its maximum. Kept as per-axis factors and per-point peaks.
+    """
+
+    def __init__(self, shape: tuple[int, int], rows: torch.Tensor, cols: torch.Tensor, radius: float):
+        self.rows = mask_factors(shape[0], rows, radius)
+        self.cols = mask_factors(shape[1], cols, radius)
+        # A mask reaches the blur's reach beyond the disc: the disc's mirror images lie no nearer to a pixel
+        # of the frame than the disc itself. So each point's maximum is the maximum over that square.
+        self.reach = _reach(radius) + 1
+        square = []
+        for centres, size, factors in ((rows, shape[0], self.rows), (cols, shape[1], self.cols)):
+            pixels = (centres.long()[:, None] + torch.arange(-self.reach, self.reach + 1)).clamp(0, size - 1)
+            square.append(tuple(f.gather(1, pixels) for f in factors))
+        (row_centre, row_sides), (col_centre, col_sides) = square
+        i, j = torch.meshgrid(torch.arange(len(rows)), torch.arange(len(cols)), indexing="ij")
+        i, j = i.flatten(), j.flatten()
+        self.peaks = combine_factors(row_centre[i], row_sides[i], col_centre[j], col_sides[j]).amax((1, 2))
+        self.peaks = self.peaks.view(len(rows), len(cols))
+
+    def to(self, device, dtype=torch.float32) -> GridMasks:
+        """The factors and peaks on `device` as `dtype` (computed in float64)."""
+        moved = copy.copy(self)
+        moved.rows = tuple(f.to(device, dtype) for f in self.rows)
+        moved.cols = tuple(f.to(device, dtype) for f in self.cols)
+        moved.peaks = self.peaks.to(device, dtype)
+        return moved
+
+    def __call__(self, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        """(K,) grid rows and columns -> their (K, H, W) masks, each of maximum 1."""
+        masks = combine_factors(self.rows[0][row], self.rows[1][row], self.cols[0][col], self.cols[1][col])
+        return masks / self.peaks[row, col][:, None, None]
+
+
+def get_mask(centre: tuple[int, int], size: tuple[int, int], radius: float) -> np.ndarray:
+    """(H, W) float64: Greydanus et al.'s `get_mask(center, size, r)` for one point (`GridMasks`)."""
+    masks = GridMasks(tuple(size), torch.tensor([centre[0]]), torch.tensor([centre[1]]), radius)
+    zero = torch.zeros(1, dtype=torch.long)
+    return masks(zero, zero)[0].numpy()
 
 
 def perturb(images: torch.Tensor, blurred: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -127,9 +210,10 @@ class _LocalFirstLayer:
     """An ActorCritic's outputs on perturbed stacks, its first convolution computed only where it changes.
 
     The first layer is linear and a perturbation I' - I = (B - I) M is zero beyond the mask's reach, so
-    conv1(I') = conv1(I) + conv1((B - I) M) where the last term is a convolution of a small patch (28x28
-    pixels for radius 2, against 84x84: its 6x6 outputs of 20x20). The layers after it run in full. Same
-    function as the network on the perturbed stacks, up to float rounding (a test compares them).
+    conv1(I') = conv1(I) + conv1((B - I) M) where the last term is a convolution of a small patch (for
+    radius 2 a mask reaches 9 pixels: 32x32 pixels, against 84x84, give 7x7 of the 20x20 outputs). The
+    layers after it run in full. Same function as the network on the perturbed stacks, up to float
+    rounding (a test compares them).
     """
 
     @staticmethod
@@ -139,18 +223,24 @@ class _LocalFirstLayer:
         return (isinstance(conv, nn.Conv2d) and conv.padding == (0, 0) and conv.dilation == (1, 1)
                 and conv.groups == 1 and conv.kernel_size[0] == conv.kernel_size[1] and conv.stride[0] == conv.stride[1])
 
-    def __init__(self, network: ActorCritic, images, blurred, rows, cols, row_factors, col_factors, reach: int):
+    def __init__(self, network: ActorCritic, images, blurred, rows, cols, masks: GridMasks):
         conv = network.encoder.layers[0]
         self.network, self.weight, self.stride = network, conv.weight, conv.stride[0]
-        k, s = conv.kernel_size[0], conv.stride[0]
+        self.peaks = masks.peaks
+        k, s, reach = conv.kernel_size[0], conv.stride[0], masks.reach
         self.windows = []
-        for centres, factors, size in ((rows, row_factors, images.shape[-2]), (cols, col_factors, images.shape[-1])):
+        for centres, factors, size in ((rows, masks.rows, images.shape[-2]), (cols, masks.cols, images.shape[-1])):
             outputs = (size - k) // s + 1
             span = min(outputs, (2 * reach + k - 1) // s + 1)      # outputs one perturbation can change
-            first = torch.clamp(-((reach + k - 1 - centres) // s), 0, outputs - span).to(factors.device)
-            pixels = (s * first)[:, None] + torch.arange(s * (span - 1) + k, device=factors.device)
-            outs = first[:, None] + torch.arange(span, device=factors.device)
-            self.windows.append((pixels, outs, factors.gather(1, pixels)))
+            first = torch.clamp(-((reach + k - 1 - centres) // s), 0, outputs - span).to(images.device)
+            pixels = (s * first)[:, None] + torch.arange(s * (span - 1) + k, device=images.device)
+            outs = first[:, None] + torch.arange(span, device=images.device)
+            patch = tuple(f.gather(1, pixels) for f in factors)
+            # Every output a mask changes lies in its window: its factors are 0 at the pixels left out.
+            read = s * (outputs - 1) + k                            # the pixels the convolution reads
+            if any(f[:, :read].scatter(1, pixels, 0.0).any() for f in factors):
+                raise RuntimeError("a saliency mask reaches beyond its first-layer window")
+            self.windows.append((pixels, outs, patch))
         self.delta = (blurred - images).permute(0, 2, 3, 1)          # (N, H, W, C)
         first_layer = F.conv2d(images, conv.weight, conv.bias, stride=s)
         self.base = first_layer.permute(0, 2, 3, 1).contiguous()     # (N, h1, w1, 32)
@@ -164,9 +254,10 @@ class _LocalFirstLayer:
         return self._rest(self.base.clone())
 
     def __call__(self, stack, row, col) -> tuple[torch.Tensor, torch.Tensor]:
-        (row_pixels, row_outs, row_mask), (col_pixels, col_outs, col_mask) = self.windows
+        (row_pixels, row_outs, (row_centre, row_sides)), (col_pixels, col_outs, (col_centre, col_sides)) = self.windows
         r_px, c_px = row_pixels[row][:, :, None], col_pixels[col][:, None, :]
-        masks = row_mask[row][:, :, None] * col_mask[col][:, None, :]
+        masks = combine_factors(row_centre[row], row_sides[row], col_centre[col], col_sides[col])
+        masks = masks / self.peaks[row, col][:, None, None]
         patches = self.delta[stack[:, None, None], r_px, c_px] * masks[..., None]    # (K, ph, pw, C)
         change = F.conv2d(patches.permute(0, 3, 1, 2), self.weight, stride=self.stride)
         hidden = self.base[stack]
@@ -181,7 +272,7 @@ def saliency_grids(network: nn.Module, stacks, radius: float = DEFAULT_RADIUS, s
     each, on the network's device. Grid point (i, j) is pixel (i stride, j stride).
 
     `local`: for an ActorCritic, compute its first convolution only where a perturbation changes it
-    (`_LocalFirstLayer`, 2-3x faster on CPU); False runs every perturbed stack through the whole network.
+    (`_LocalFirstLayer`); False runs every perturbed stack through the whole network.
     """
     if radius <= 0 or stride < 1 or batch_size < 1:
         raise UserError(f"saliency radius {radius} and stride {stride} must be positive and batch_size "
@@ -193,8 +284,7 @@ def saliency_grids(network: nn.Module, stacks, radius: float = DEFAULT_RADIUS, s
     n, _, h, w = stacks.shape
     forward = float_forward(network)
     rows, cols = grid(h, stride), grid(w, stride)
-    row_factors = mask_factors(h, rows, radius).to(device)
-    col_factors = mask_factors(w, cols, radius).to(device)
+    masks = GridMasks((h, w), rows, cols, radius).to(device)
     points = len(rows) * len(cols)
     policy = torch.empty(n * points, device=device)
     value = torch.empty(n * points, device=device)
@@ -203,8 +293,7 @@ def saliency_grids(network: nn.Module, stacks, radius: float = DEFAULT_RADIUS, s
         blurred = gaussian_blur(images)
         perturbed_outputs = None
         if local and _LocalFirstLayer.applies(network):
-            perturbed_outputs = _LocalFirstLayer(network, images, blurred, rows, cols, row_factors, col_factors,
-                                                 _reach(radius))
+            perturbed_outputs = _LocalFirstLayer(network, images, blurred, rows.to(device), cols.to(device), masks)
             logits0, value0 = perturbed_outputs.unperturbed()
         else:
             logits0, value0 = forward(images)
@@ -216,8 +305,7 @@ def saliency_grids(network: nn.Module, stacks, radius: float = DEFAULT_RADIUS, s
             if perturbed_outputs is not None:
                 logits, values = perturbed_outputs(stack, row, col)
             else:
-                masks = row_factors[row][:, :, None] * col_factors[col][:, None, :]
-                logits, values = forward(perturb(images[stack], blurred[stack], masks))
+                logits, values = forward(perturb(images[stack], blurred[stack], masks(row, col)))
             policy[job] = 0.5 * (logits - logits0[stack]).pow(2).sum(-1)
             value[job] = 0.5 * (values - value0[stack]).pow(2)
     return policy.view(n, len(rows), len(cols)), value.view(n, len(rows), len(cols))
@@ -254,10 +342,11 @@ def episode_stacks(network: nn.Module, game: str, protocol: str, *, frames: int,
                    seed: int) -> np.ndarray:
     """(T, 4, 84, 84) uint8: the first `frames` observations (fewer if the game ends) of one game played by
     `network` under `protocol`, acting as `evaluation.evaluate` does (`network.choose_actions`, from a numpy
-    generator seeded by `seed`)."""
+    generator seeded by `seed`; an IMPALA network gets the last action and reward, zeros at the start)."""
+    from atarirep.agents.network import play_outputs
     from atarirep.agents.vector_env import AgentEnvs   # imported here: the maps need no emulator
 
-    envs = AgentEnvs(game, 1, protocol, training=False, num_threads=1,
+    envs = AgentEnvs(game, 1, protocol, training=False,
                      full_action_space=network.full_action_space)
     try:
         if envs.num_actions != network.num_actions:
@@ -267,12 +356,16 @@ def episode_stacks(network: nn.Module, game: str, protocol: str, *, frames: int,
         rng = np.random.default_rng(seed)
         obs = envs.reset(seed)
         kept = [obs[0]]
+        last_action, last_reward = torch.zeros(1, dtype=torch.int64), torch.zeros(1)   # a game's start
         while len(kept) < frames:
             with torch.no_grad():
-                head, _ = network(torch.from_numpy(obs).to(device))
-            step = envs.step(choose_actions(network, head, rng, epsilon))
+                head, _ = play_outputs(network, torch.from_numpy(obs).to(device), last_action.to(device),
+                                       last_reward.to(device))
+            actions = choose_actions(network, head, rng, epsilon)
+            step = envs.step(actions)
             if step.terminated[0] or step.truncated[0]:   # the next observation is a new game's first
                 break
+            last_action, last_reward = torch.from_numpy(actions.astype(np.int64)), torch.from_numpy(step.reward)
             obs = step.obs
             kept.append(obs[0])
         return np.stack(kept)
@@ -281,10 +374,13 @@ def episode_stacks(network: nn.Module, game: str, protocol: str, *, frames: int,
 
 
 # -- drawing ------------------------------------------------------------------------------------------
-def _normalised(saliency: np.ndarray) -> np.ndarray:
-    saliency = saliency.astype(np.float32) - saliency.min()
-    top = saliency.max()
-    return saliency / top if top > 0 else saliency
+# Brightness per unit of saliency: Greydanus et al.'s get_env_meta for Pong (actor_ff, critic_ff), the
+# same as the torchbeast PopArt code's policy_ff and baseline_ff for Pong. One factor for every frame, so
+# that frames (and checkpoints) compare: a map's brightest pixel is fudge x its maximum score, clipped at 255.
+POLICY_FUDGE = 500.0
+VALUE_FUDGE = 600.0
+POLICY_CHANNEL = 2      # blue, as the reference draws the actor's saliency
+VALUE_CHANNEL = 0       # red, the critic's
 
 
 def _resize(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -295,20 +391,31 @@ def _resize(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized[0, 0].numpy()
 
 
-def overlay(frame: np.ndarray, policy_map: np.ndarray, value_map: np.ndarray, *, scale: int = 4,
-            strength: float = 0.9, dim: float = 0.6) -> np.ndarray:
-    """An RGB uint8 picture (H scale, W scale, 3): `frame` ((84, 84) gray or (210, 160, 3) RGB, shown in gray
-    dimmed by `dim`), with the policy saliency added to the blue channel and the value saliency to the
-    red, each scaled to [0, 1] within this frame and then by `strength` (Greydanus et al.'s drawing);
-    enlarged `scale` times, nearest neighbour. Maps of another size than the frame are resized to it."""
+def saliency_on_frame(saliency: np.ndarray, image: np.ndarray, fudge_factor: float, channel: int) -> np.ndarray:
+    """Greydanus et al.'s `saliency_on_atari_frame`: (H, W, 3) uint8 `image` with `saliency` (resized to H x W,
+    bilinear) added to one channel: S - min(S), scaled so its maximum is fudge_factor x the map's maximum,
+    truncated to integers; the sum clipped to 1..255 (the reference's bounds)."""
+    saliency = np.asarray(saliency, np.float32)
+    top_score = float(saliency.max())
+    shown = _resize(saliency, image.shape[:2]).astype(np.float64)
+    shown -= shown.min()
+    top = shown.max()
+    shown = fudge_factor * top_score * shown / top if top > 0 else np.zeros_like(shown)
+    image = np.asarray(image).astype(np.uint16)
+    image[..., channel] += np.clip(shown, 0, 255).astype(np.uint16)    # past 255 it is clipped anyway
+    return image.clip(1, 255).astype(np.uint8)
+
+
+def overlay(frame: np.ndarray, policy_map: np.ndarray, value_map: np.ndarray, *,
+            policy_fudge: float = POLICY_FUDGE, value_fudge: float = VALUE_FUDGE, scale: int = 4) -> np.ndarray:
+    """An RGB uint8 picture (H scale, W scale, 3): `frame` ((H, W) gray, drawn in gray, or (H, W, 3) RGB)
+    with the policy saliency added to the blue channel and the value saliency to the red as the reference
+    draws them (`saliency_on_frame`, one fixed factor each, not stretched per frame); enlarged `scale`
+    times, nearest neighbour. Maps of another size than the frame are resized to it."""
     frame = np.asarray(frame)
-    if frame.ndim == 3:   # RGB -> luma (ITU-R 601)
-        frame = frame[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    size = frame.shape
-    image = np.repeat(frame.astype(np.float32)[..., None] * dim, 3, axis=2)
-    image[..., 2] += 255 * strength * _normalised(_resize(np.asarray(policy_map), size))
-    image[..., 0] += 255 * strength * _normalised(_resize(np.asarray(value_map), size))
-    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    image = frame[..., :3] if frame.ndim == 3 else np.repeat(frame[..., None], 3, axis=2)
+    image = saliency_on_frame(policy_map, image, policy_fudge, POLICY_CHANNEL)
+    image = saliency_on_frame(value_map, image, value_fudge, VALUE_CHANNEL)
     return image.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else image
 
 

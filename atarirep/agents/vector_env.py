@@ -70,7 +70,8 @@ class _Game:
         self.seed(None)
         self.actions = self.ale.getLegalActionSet() if full_action_space else self.ale.getMinimalActionSet()
         self.uses_fire = _fire_start(game, self.actions, protocol)
-        self._rgb = np.zeros((2, 210, 160, 3), np.uint8)   # MaxAndSkipEnv's buffer: it outlives resets
+        height, width = self.ale.getScreenDims()   # 210 x 160 in most games, 250 rows in AirRaid
+        self._rgb = np.zeros((2, height, width, 3), np.uint8)   # MaxAndSkipEnv's buffer: it outlives resets
         self._lives = 0
         self.was_real_done = True   # the last step ended the game (game over or the frame cap)
         self.raw_return = 0.0       # RecordEpisodeStatistics: every frame's raw reward since the game's reset
@@ -134,7 +135,7 @@ class _Game:
         return obs
 
     def reset(self) -> np.ndarray:
-        """Start an episode (a game, or the next life); its first frame, (210, 160, 3) RGB."""
+        """Start an episode (a game, or the next life); its first frame, (H, W, 3) RGB."""
         obs = self._life_reset()
         if self.uses_fire:
             for index in (1, 2):
@@ -207,7 +208,7 @@ class AgentEnvs:
 
 
 def _agent_frames(rgb: np.ndarray) -> np.ndarray:
-    """(N, 210, 160, 3) RGB -> (N, 84, 84) gray: area resize, then gymnasium's weights (truncated)."""
+    """(N, H, W, 3) RGB -> (N, 84, 84) gray: area resize, then gymnasium's weights (truncated)."""
     resized = np.stack([cv2.resize(frame, AGENT_FRAME[::-1], interpolation=cv2.INTER_AREA) for frame in rgb])
     # The weighted sum in GrayscaleObservation's order (R, then G, then B), so every pixel is bit-equal to it.
     gray = resized[..., 0] * _GRAY_WEIGHTS[0] + resized[..., 1] * _GRAY_WEIGHTS[1] + resized[..., 2] * _GRAY_WEIGHTS[2]
