@@ -6,29 +6,27 @@ the same seed and the same torch thread count; steps/s counts agent steps (frame
 iterations (rollout + GAE + update + the loop's own logging), after 1 warm-up iteration that is not timed.
 
   atarirep  atarirep.agents.ppo.train itself (total_steps = (iterations + 1) x 1,024, one checkpoint, after
-            the last timed iteration, so outside the timing): ale-py's C++ AtariVectorEnv through AgentEnvs,
-            the ActorCritic channels-last on uint8 rollout storage, Gumbel-max sampling, dvclive logging.
-            Timed through thin wrappers on AgentEnvs.step, ActorCritic.forward (no-grad calls = inference),
-            ppo.compute_gae and ppo.update, so the breakdown is of the real code path.
+            the last timed iteration, so outside the timing): AgentEnvs (CleanRL's wrapper chain on the
+            emulators, atarirep.agents.vector_env), the ActorCritic channels-last on uint8 rollout storage,
+            Gumbel-max sampling, dvclive logging. Timed through thin wrappers on AgentEnvs.step,
+            ActorCritic.forward (no-grad calls = inference), ppo.compute_gae and ppo.update, so the breakdown is
+            of the real code path.
   baseline  CleanRL's ppo_atari.py, written below as that file writes it: gymnasium SyncVectorEnv (same-step
-            autoreset, as CleanRL's gymnasium 0.29 had) of gym.make("BreakoutNoFrameskip-v4") under
-            gymnasium's AtariPreprocessing (30 no-ops, frame skip 4 with max-pool, 84x84 grayscale by
-            cv2 area resize) + CleanRL's EpisodicLifeEnv and FireResetEnv + ClipReward +
-            FrameStackObservation(4); float32 rollout storage; an NCHW nn.Sequential Nature CNN with the
-            ActorCritic's layer shapes and init, obs/255; Categorical sampling; CleanRL's GAE and minibatch
-            loop (minus its tensorboard writes and its torch_deterministic flag; atarirep sets neither).
-Why the baseline is fair: same algorithm, settings, network shapes, seeds and threads, and the same protocol
-(a life lost ends the training episode but not the game, FIRE after a reset); it is the loop most
-PPO-on-Atari code is copied from. AtariPreprocessing's own terminal_on_life_loss=True is not used: it resets
-the whole game (30 no-ops and all) at every life lost, another protocol, which also stepped 15-30% slower.
+            autoreset) of gym.make("BreakoutNoFrameskip-v4") under CleanRL's wrappers (stable-baselines3's
+            NoopResetEnv, MaxAndSkipEnv, EpisodicLifeEnv, FireResetEnv, ClipRewardEnv; gymnasium's Resize,
+            Grayscale and FrameStack observations); float32 rollout storage; an NCHW nn.Sequential Nature CNN
+            with the ActorCritic's layer shapes and init, obs/255; Categorical sampling; CleanRL's GAE and
+            minibatch loop (minus its tensorboard writes and its torch_deterministic flag; atarirep sets neither).
+Why the baseline is fair: same algorithm, settings, network shapes, seeds and threads, and the same env step for
+step (tests/test_vector_env.py); it is the loop most PPO-on-Atari code is copied from.
 
 Breakdown ("seconds_per_iteration"): rollout = rollout_env (env.step) + rollout_inference (no-grad forward;
 the baseline's includes its Categorical sampling) + rollout_rest (sampling, storage); gae includes the bootstrap
 value's forward; update = 4 epochs x 4 minibatches; other = the rest of the loop (lr, logging).
 
-Also measured: env stepping alone (random actions, 8 envs, --env-steps steps) for ale-py's AtariVectorEnv as
-AgentEnvs configures it (raw, and through AgentEnvs.step), envpool's Breakout-v5 and the SyncVectorEnv
-above; the peak RSS of each training (each runs in a fresh process); a "cuda" section when a GPU is present.
+Also measured: env stepping alone (random actions, 8 envs, --env-steps steps) for AgentEnvs, ale-py's C++
+AtariVectorEnv (how atarirep stepped games before: faster, but not CleanRL's env), envpool's Breakout-v5 and the
+SyncVectorEnv above; the peak RSS of each training (each runs in a fresh process); a "cuda" section when a GPU is present.
 
 Each training runs --rounds times, round-robin with the other, each time in a fresh process; the best round is
 reported. Usage: python bench/bench_agent.py [--iterations 6] [--threads N] [--rounds 2] [--env-steps 1000] [--quick]
@@ -47,11 +45,15 @@ import tempfile
 import time
 
 import ale_py
+from ale_py.vector_env import AtariVectorEnv
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 from torch.distributions.categorical import Categorical
+
+from stable_baselines3.common.atari_wrappers import (ClipRewardEnv, EpisodicLifeEnv, FireResetEnv, MaxAndSkipEnv,
+                                                     NoopResetEnv)
 
 from atarirep.agents import ppo
 from atarirep.agents.network import ActorCritic
@@ -63,53 +65,19 @@ CONFIG = ppo.PPOConfig()   # 8 envs x 128 steps, 4 epochs x 4 minibatches: Clean
 
 
 # -- baseline: CleanRL's ppo_atari.py ------------------------------------------------------------------
-class EpisodicLifeEnv(gym.Wrapper):
-    """stable_baselines3.common.atari_wrappers.EpisodicLifeEnv (CleanRL's): a life lost ends the episode,
-    the game goes on (reset is one no-op step unless the game is over)."""
-
-    def __init__(self, env):
-        super().__init__(env)
-        self.lives, self.was_real_done = 0, True
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        self.was_real_done = terminated or truncated
-        lives = self.env.unwrapped.ale.lives()
-        terminated = terminated or 0 < lives < self.lives
-        self.lives = lives
-        return obs, reward, terminated, truncated, info
-
-    def reset(self, **kwargs):
-        if self.was_real_done:
-            obs, info = self.env.reset(**kwargs)
-        else:
-            obs, _, terminated, truncated, info = self.env.step(0)
-            if terminated or truncated:
-                obs, info = self.env.reset(**kwargs)
-        self.lives = self.env.unwrapped.ale.lives()
-        return obs, info
-
-
-class FireResetEnv(gym.Wrapper):
-    """stable_baselines3.common.atari_wrappers.FireResetEnv (CleanRL's): FIRE, then RIGHT, after a reset."""
-
-    def reset(self, **kwargs):
-        self.env.reset(**kwargs)
-        for action in (1, 2):
-            obs, _, terminated, truncated, info = self.env.step(action)
-            if terminated or truncated:
-                obs, info = self.env.reset(**kwargs)
-        return obs, info
-
-
 def make_env(env_id: str):
+    """CleanRL ppo_atari.py's make_env, wrapper for wrapper (its wrappers are stable-baselines3's)."""
     def thunk():
         env = gym.make(env_id)
         env = gym.wrappers.RecordEpisodeStatistics(env)
-        env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84,
-                                              terminal_on_life_loss=False, grayscale_obs=True)
-        env = FireResetEnv(EpisodicLifeEnv(env))
-        env = gym.wrappers.ClipReward(env, -1.0, 1.0)
+        env = NoopResetEnv(env, noop_max=30)
+        env = MaxAndSkipEnv(env, skip=4)
+        env = EpisodicLifeEnv(env)
+        if "FIRE" in env.unwrapped.get_action_meanings():
+            env = FireResetEnv(env)
+        env = ClipRewardEnv(env)
+        env = gym.wrappers.ResizeObservation(env, (84, 84))
+        env = gym.wrappers.GrayscaleObservation(env)
         return gym.wrappers.FrameStackObservation(env, 4)
     return thunk
 
@@ -316,9 +284,16 @@ def run_envs(steps: int) -> dict:
     found = {}
     ours = AgentEnvs(GAME, num_envs, CONFIG.protocol, training=True)
     ours.reset(SEED)
-    found["ale_py_vector"] = step_rate(ours._env, actions)
     found["atarirep_agentenvs"] = step_rate(ours, actions)
     ours.close()
+    # ale-py's C++ vector env, as atarirep stepped games before (gray before resize, no FIRE after a lost life)
+    vector = AtariVectorEnv("breakout", num_envs, autoreset_mode="SameStep", frameskip=4, maxpool=True,
+                            grayscale=True, stack_num=4, img_height=84, img_width=84, noop_max=30,
+                            use_fire_reset=True, episodic_life=False, life_loss_info=True, reward_clipping=False,
+                            repeat_action_probability=0.0, max_num_frames_per_episode=108_000)
+    vector.reset(seed=SEED)
+    found["ale_py_vector"] = step_rate(vector, actions)
+    vector.close()
     try:
         import envpool
     except ImportError:
