@@ -67,7 +67,7 @@ def _run_env(job: dict, report: Callable[[int], None]) -> dict:
             ep, is_first, ended = ep + 1, True, False
             obs, _ = env.reset()
             continue
-        action = policy.act(obs, is_first)
+        action = policy.act(obs, is_first, 0.0 if is_first else float(rewards[i]))
         obs, reward, terminated, truncated, _ = env.step(action)
         actions[i + 1], rewards[i + 1] = action, reward
         is_first, ended = False, terminated or truncated

@@ -16,10 +16,11 @@ RANDOM_ACTIONS = ("nonzero", "all")
 
 
 class Policy(Protocol):
-    def act(self, frame: np.ndarray, is_first: bool) -> int:
+    def act(self, frame: np.ndarray, is_first: bool, reward: float = 0.0) -> int:
         """An action index into the game's minimal action set for `frame` (1, 210, 160) uint8.
 
-        `is_first` marks the first frame of an episode (a stateful agent resets its frame stack).
+        `is_first` marks the first frame of an episode (a stateful agent resets its frame stack); `reward` is the
+        (clipped) reward of the step that led to `frame` (0 on a first frame), which an IMPALA network reads.
         """
 
 
@@ -33,7 +34,7 @@ class RandomAgent:
         self._num_actions = num_actions
         self._rng = rng
 
-    def act(self, frame: np.ndarray, is_first: bool) -> int:
+    def act(self, frame: np.ndarray, is_first: bool, reward: float = 0.0) -> int:
         return int(self._rng.integers(self._low, self._num_actions))
 
 
@@ -42,7 +43,7 @@ class AgentPolicy:
 
     Each 210x160 frame is resized as the agent saw frames in training (atarirep.agents.vector_env) and
     stacked 4 deep, copies of an episode's first frame before it (as the training env stacks); the action is drawn from the policy (the argmax for a
-    Q-network), and with probability `random_prob` (the reference: 0.2) a uniformly random action replaces it.
+    Q-network; an IMPALA network also reads the last action and reward), and with probability `random_prob` (the reference: 0.2) a uniformly random action replaces it.
     """
 
     def __init__(self, checkpoint: str, num_actions: int, rng: np.random.Generator, random_prob: float = 0.2):
@@ -53,23 +54,32 @@ class AgentPolicy:
         if multiprocessing.parent_process() is not None:   # a collecting worker: they run side by side
             torch.set_num_threads(1)                        # (never changed in the caller's own process)
         self._torch, self._resize, self._choose = torch, vector_env.agent_frames, network.choose_actions
+        self._play = network.play_outputs
         self._network, _ = checkpoints.load_network(checkpoint)
         if self._network.num_actions != num_actions:
             raise UserError(f"checkpoint {checkpoint} acts with {self._network.num_actions} actions but this game "
                             f"has {num_actions}; use a checkpoint trained on this game")
         self._stack = np.zeros((1, vector_env.STACK, *vector_env.AGENT_FRAME), np.uint8)
+        self._greedy, self._last_action = isinstance(self._network, network.QNetwork), 0
         self._rng, self._random_prob, self._num_actions = rng, random_prob, num_actions
 
-    def act(self, frame: np.ndarray, is_first: bool) -> int:
+    def act(self, frame: np.ndarray, is_first: bool, reward: float = 0.0) -> int:
         frame84 = self._resize(frame)[0]
         if is_first:
             self._stack[0] = frame84
+            self._last_action = 0
         else:
             self._stack[0, :-1] = self._stack[0, 1:]
             self._stack[0, -1] = frame84
-        with self._torch.no_grad():
-            head, _ = self._network(self._torch.from_numpy(self._stack))
-        return int(self._choose(self._network, head, self._rng, self._random_prob)[0])
+        torch = self._torch
+        with torch.no_grad():
+            head, _ = self._play(self._network, torch.from_numpy(self._stack), torch.tensor([self._last_action]),
+                                 torch.tensor([reward], dtype=torch.float32))
+        # The reference's trained-agent mode samples a policy (greedy only for a Q-network), whatever the
+        # checkpoint's evaluation rule.
+        action = int(self._choose(self._network, head, self._rng, self._random_prob, greedy=self._greedy)[0])
+        self._last_action = action
+        return action
 
 
 COLLECT_MODES = ("random_agent", "agent")

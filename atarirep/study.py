@@ -87,7 +87,7 @@ def _misplaced(section: dict, where: str, own: type, others: dict[str, type]) ->
 
 
 def check_agents(train: params.TrainAgent, sample: params.SampleCheckpoints, evaluate: params.EvaluateAgent,
-                 games: list[str] = ()) -> None:
+                 games: list[str] = (), saliency_protocols: tuple[str, ...] = ()) -> None:
     """UserError unless the agent runs (on each of `games`), the checkpoint sampling and the evaluation are well
     formed."""
     if train.algo not in checkpoints.ALGORITHMS:
@@ -105,8 +105,9 @@ def check_agents(train: params.TrainAgent, sample: params.SampleCheckpoints, eva
         raise UserError(f"params.yaml sample_checkpoints.keep={sample.keep} must be between 1 and the {made} "
                         f"checkpoints a run makes (train_agent.{train.algo.lower()} total_steps / checkpoint_every); "
                         "lower keep")
-    for game in games:
-        vector_env.check_game(game, train.protocol)
+    for game in games:   # every protocol a game is played under: training, evaluation, saliency
+        for protocol in dict.fromkeys([train.protocol, *evaluate.protocols, *saliency_protocols]):
+            vector_env.check_game(game, protocol)
     for protocol in evaluate.protocols:
         envs.get_protocol(protocol)
     _distinct(evaluate.protocols, "evaluate_agent.protocols")
@@ -159,7 +160,7 @@ def check(path: str | os.PathLike = "params.yaml") -> params.Study:
                                 agent_checkpoint="made by sample_checkpoints", agent_random_prob=collect.agent_random_prob)
     check_methods(params.load("pretrain", path), params.load("probe", path), params.load("report", path))
     check_agents(params.load("train_agent", path), params.load("sample_checkpoints", path),
-                 params.load("evaluate_agent", path), games)
+                 params.load("evaluate_agent", path), games, (params.load("saliency", path).protocol,))
     check_multitask(params.load("train_agent", path), params.load("multitask", path),
                     params.load("sample_checkpoints", path))
     saliency.check_settings(params.load("saliency", path))

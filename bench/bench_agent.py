@@ -300,7 +300,7 @@ def run_envs(steps: int) -> dict:
         found["envpool"] = "not installed"
     else:
         pool = envpool.make("Breakout-v5", env_type="gymnasium", num_envs=num_envs, episodic_life=True,
-                            reward_clip=True)   # num_threads 0 = min(num_envs, cores), as AgentEnvs asks
+                            reward_clip=True)   # num_threads 0 = min(num_envs, cores)
         pool.reset()
         found["envpool"] = step_rate(pool, actions)
         pool.close()

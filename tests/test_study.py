@@ -49,14 +49,14 @@ def test_both_profiles_pass(tmp_path, profile):
     (["sample_checkpoints.keep=9", "train_agent.ppo.checkpoint_every=1024"],
      "params.yaml sample_checkpoints.keep=9 must be between 1 and the 8 checkpoints a multi-task run makes"),
     # The checkpoints counted are those of the algorithm that trains (IMPALA here: 10240 / 1024 = 10, PPO's 8).
-    (["sample_checkpoints.keep=11", "train_agent.algo=IMPALA", "+train_agent.impala.total_steps=10240",
-      "+train_agent.impala.checkpoint_every=1024", "+train_agent.impala.batch_size=8"],
+    (["sample_checkpoints.keep=11", "train_agent.algo=IMPALA", "++train_agent.impala.total_steps=10240",
+      "++train_agent.impala.checkpoint_every=1024", "++train_agent.impala.batch_size=8"],
      "params.yaml sample_checkpoints.keep=11 must be between 1 and the 10 checkpoints a run makes "
      "(train_agent.impala total_steps / checkpoint_every)"),
     (["+train_agent.ppo.entropy_cost=0.01"], "params.yaml train_agent.ppo.entropy_cost is a param of IMPALA, not "
                                              "of this algorithm; set it under train_agent.impala"),
     (["+train_agent.impala.ent_coef=0.01"], "params.yaml train_agent.impala.ent_coef is a param of PPO"),
-    (["multitask.games=[Backgammon,VideoCheckers]", "multitask.full_action_space=true"],
+    (["multitask.games=[Backgammon,VideoCheckers]"],
      "Backgammon's actions (FIRE, RIGHT, LEFT) do not have FIRE as action 1, so protocol 'classic' cannot start"),
 ])
 def test_each_bad_value_is_one_line_naming_it(tmp_path, overrides, message):
@@ -68,8 +68,8 @@ def test_each_bad_value_is_one_line_naming_it(tmp_path, overrides, message):
 def test_keep_counts_the_training_algorithms_checkpoints(tmp_path):
     # IMPALA makes 10 checkpoints, PPO would make 8: keeping 9 is fine when IMPALA trains.
     study.check(_params(tmp_path, "sample_checkpoints.keep=9", "train_agent.algo=IMPALA",
-                        "+train_agent.impala.total_steps=10240", "+train_agent.impala.checkpoint_every=1024",
-                        "+train_agent.impala.batch_size=8", "multitask.impala.checkpoint_every=1024"))
+                        "++train_agent.impala.total_steps=10240", "++train_agent.impala.checkpoint_every=1024",
+                        "++train_agent.impala.batch_size=8", "multitask.impala.checkpoint_every=1024"))
 
 
 def test_a_method_config_the_method_refuses_is_caught(tmp_path):

@@ -1,9 +1,9 @@
 """RL agents, their checkpoints, and what is measured on them.
 
-- `vector_env`: the games stepped as a batch by ale-py's C++ `AtariVectorEnv` (84x84x4 stacks) under a
-  protocol of `atarirep.envs.PROTOCOLS`, and `agent_frames`, the same 84x84 view of stored 210x160 frames.
+- `vector_env`: the games stepped as a batch as CleanRL's wrapper chain steps them (84x84x4 stacks) under a
+  protocol of `atarirep.envs.PROTOCOLS`, and `agent_frames`, the 84x84 view of stored 210x160 frames.
 - `network`: the networks agents use: the actor-critic on the Nature CNN (PPO), IMPALA's (Nature CNN or
-  IMPALA ResNet, one value output per game, PopArt), the Q-network of imported DQN-family checkpoints, and
+  IMPALA ResNet, the last action and reward beside the features, a value output per game under PopArt), the Q-network of imported DQN-family checkpoints, and
   `choose_actions`, the one rule by which they act.
 - `ppo`: PPO, one file that reads top to bottom (CleanRL's `ppo_atari` settings, docs/protocols.md 4).
 - `impala`, `vtrace`, `popart`: IMPALA (monobeast actors and learner), V-trace, PopArt.

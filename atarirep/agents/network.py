@@ -269,13 +269,16 @@ def play_outputs(network: nn.Module, obs: torch.Tensor, last_action: torch.Tenso
     return network(obs)
 
 
-def choose_actions(network: nn.Module, head: torch.Tensor, rng: np.random.Generator, epsilon: float) -> np.ndarray:
-    """Actions for a batch of network outputs `head` (B, A): the argmax of the Q-values for a network that
-    `acts_greedily` (epsilon-greedy, as the published DQN-family agents were evaluated), else a Gumbel-max draw
-    from the policy; with probability `epsilon` a uniformly random action instead. The uniform draws are made
-    every step, so later actions do not depend on which envs took a random one."""
+def choose_actions(network: nn.Module, head: torch.Tensor, rng: np.random.Generator, epsilon: float, *,
+                   greedy: bool | None = None) -> np.ndarray:
+    """Actions for a batch of network outputs `head` (B, A): the argmax for a network that `acts_greedily` (Q-values,
+    epsilon-greedy as the published DQN-family agents were evaluated; an IMPALA policy in torchbeast's test mode),
+    else a Gumbel-max draw from the policy; `greedy` overrides the network's rule. With probability `epsilon` a
+    uniformly random action instead. The uniform draws are made every step, so later actions do not depend on
+    which envs took a random one."""
     head = head.double().cpu().numpy()
-    chosen = head.argmax(1) if getattr(network, "acts_greedily", False) else (
+    greedy = getattr(network, "acts_greedily", False) if greedy is None else greedy
+    chosen = head.argmax(1) if greedy else (
         head + rng.gumbel(size=head.shape)).argmax(1)
     uniform = rng.integers(head.shape[1], size=len(head))
     return np.where(rng.random(len(head)) < epsilon, uniform, chosen)

@@ -46,14 +46,13 @@ _GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])   # gymnasium's GrayscaleObse
 
 @dataclass
 class Step:
-    """One batched step: what PPO stores, and the games that ended in it (raw return, agent steps)."""
+    """One batched step: what PPO stores, and the raw returns of the games that ended in it."""
 
     obs: np.ndarray             # (N, 4, 84, 84) uint8: the next observation (a new episode's first after an end)
     reward: np.ndarray          # (N,) float32, clipped to its sign when the protocol clips
     terminated: np.ndarray      # (N,) bool: game over, or a life lost where the protocol ends episodes there
     truncated: np.ndarray       # (N,) bool: the frame cap
     finished_returns: list[float]
-    finished_lengths: list[int]
 
 
 class _Game:
@@ -164,29 +163,24 @@ class AgentEnvs:
         self._games = [_Game(self.game, self.protocol, full_action_space) for _ in range(num_envs)]
         self.num_actions = len(self._games[0].actions)
         self._stacks = np.zeros((num_envs, STACK, *AGENT_FRAME), np.uint8)
-        self._lengths = np.zeros(num_envs, np.int64)
 
     def reset(self, seed: int) -> np.ndarray:
         """Start a new game in every env; env i's no-ops and sticky actions follow `seed + i`."""
         for i, game in enumerate(self._games):
             game.seed(int(seed) + i)
             self._stacks[i] = _agent_frames(game.reset()[None])[0]
-        self._lengths[:] = 0
         return self._stacks.copy()
 
     def step(self, actions: np.ndarray) -> Step:
         n = self.num_envs
         reward, terminated, truncated = np.zeros(n, np.float64), np.zeros(n, bool), np.zeros(n, bool)
         frames, new_episode = [], np.zeros(n, bool)
-        finished_returns, finished_lengths = [], []
-        self._lengths += 1
+        finished_returns = []
         for i, (game, action) in enumerate(zip(self._games, np.asarray(actions, np.int64).tolist())):
             reward[i], terminated[i], truncated[i] = game.step(action)
             new_episode[i] = terminated[i] or truncated[i]
             if game.was_real_done:
                 finished_returns.append(game.raw_return)
-                finished_lengths.append(int(self._lengths[i]))
-                self._lengths[i] = 0
             if not self.training:   # a lost life still starts the next one (below), but ends nothing
                 terminated[i] = game.ale.game_over(with_truncation=False)
             frames.append(game.reset() if new_episode[i] else game.pooled())   # same-step autoreset
@@ -195,8 +189,7 @@ class AgentEnvs:
         self._stacks[going_on] = np.concatenate([self._stacks[going_on, 1:], gray[going_on, None]], axis=1)
         self._stacks[new_episode] = gray[new_episode, None]    # a new episode's stack: 4 copies of its first frame
         clipped = np.sign(reward) if self.protocol.clip_rewards else reward
-        return Step(self._stacks.copy(), clipped.astype(np.float32), terminated, truncated,
-                    finished_returns, finished_lengths)
+        return Step(self._stacks.copy(), clipped.astype(np.float32), terminated, truncated, finished_returns)
 
     @property
     def running_returns(self) -> np.ndarray:
@@ -255,7 +248,8 @@ def _area_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def agent_frames(frames: np.ndarray) -> np.ndarray:
-    """(T, 1, 210, 160) or (T, 210, 160) uint8 grayscale -> (T, 84, 84) uint8, as the vector env resizes."""
+    """(T, 1, 210, 160) or (T, 210, 160) uint8 grayscale -> (T, 84, 84) uint8 by area weights (OpenCV's area
+    resize within one gray level); the env resizes RGB, then grays it."""
     frames = frames.reshape(-1, *frames.shape[-2:])
     (row_idx, row_w), (col_idx, col_w) = (_area_weights(frames.shape[1], AGENT_FRAME[0]),
                                           _area_weights(frames.shape[2], AGENT_FRAME[1]))
