@@ -1,37 +1,24 @@
 """The agents' env against the reference: CleanRL's wrapper chain (stable-baselines3's atari_wrappers, which
 CleanRL's are adapted from) over gymnasium's BreakoutNoFrameskip-v4 in a same-step SyncVectorEnv, played with
 the same seed and actions: observations, rewards, ends of episodes and returns of whole games agree exactly."""
+import sys
+from pathlib import Path
+
 import ale_py
 import gymnasium as gym
 import numpy as np
 import pytest
-from stable_baselines3.common.atari_wrappers import (ClipRewardEnv, EpisodicLifeEnv, FireResetEnv, MaxAndSkipEnv,
-                                                     NoopResetEnv)
 
 from atarirep.agents.vector_env import AgentEnvs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from bench_agent import make_env  # noqa: E402  CleanRL's make_env, written once (the bench's baseline runs it too)
 
 gym.register_envs(ale_py)
 
 
-def _reference_env(env_id: str):
-    """CleanRL ppo_atari.py's make_env, thunk for thunk."""
-    def thunk():
-        env = gym.make(env_id)
-        env = gym.wrappers.RecordEpisodeStatistics(env)
-        env = NoopResetEnv(env, noop_max=30)
-        env = MaxAndSkipEnv(env, skip=4)
-        env = EpisodicLifeEnv(env)
-        if "FIRE" in env.unwrapped.get_action_meanings():
-            env = FireResetEnv(env)
-        env = ClipRewardEnv(env)
-        env = gym.wrappers.ResizeObservation(env, (84, 84))
-        env = gym.wrappers.GrayscaleObservation(env)
-        return gym.wrappers.FrameStackObservation(env, 4)
-    return thunk
-
-
 def _reference(env_id: str, num_envs: int):
-    return gym.vector.SyncVectorEnv([_reference_env(env_id) for _ in range(num_envs)],
+    return gym.vector.SyncVectorEnv([make_env(env_id) for _ in range(num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
