@@ -2,6 +2,7 @@
 
 The names AtariARI users know are importable from here: AtariARIWrapper, get_episodes, ProbeTrainer.
 """
+
 from atarirep.envs import AtariARIWrapper, LabelledAtariEnv
 
 __all__ = ["AtariARIWrapper", "LabelledAtariEnv", "ProbeTrainer", "get_episodes"]
@@ -10,5 +11,6 @@ __all__ = ["AtariARIWrapper", "LabelledAtariEnv", "ProbeTrainer", "get_episodes"
 def __getattr__(name):  # torch-backed names load on first use, so `import atarirep` stays light
     if name in ("get_episodes", "ProbeTrainer"):
         from atarirep import compat
+
         return getattr(compat, name)
     raise AttributeError(f"module 'atarirep' has no attribute {name!r}")

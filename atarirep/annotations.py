@@ -4,6 +4,7 @@ Two annotation sets ship with the package (atarirep/data): `latest` (24 games, 3
 `paper` (the 22-game, 308-variable set the benchmark's published tables used). This module does not
 touch an emulator: reading the bytes from a running game is `atarirep.envs`' job.
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,17 +22,22 @@ ANNOTATION_SETS = ("latest", "paper")
 _LOCALIZATION = ("_x", "_y", "_z", "_column")
 _SCORE_CLOCK_LIVES_DISPLAY = ("score", "clock", "lives", "lifes", "meter", "display")
 _MISC = ("count", "bit_map", "existence", "level", "room", "game_state", "direction")
-CATEGORIES = ("agent_localization", "small_object_localization", "other_localization",
-              "score_clock_lives_display", "misc")
+CATEGORIES = (
+    "agent_localization",
+    "small_object_localization",
+    "other_localization",
+    "score_clock_lives_display",
+    "misc",
+)
 
 
 @dataclass(frozen=True)
 class GameAnnotation:
     """One game's annotated variables, lists already expanded to `<name>_<i>`."""
 
-    game: str                      # annotation key: ALE name lowercased without separators, e.g. "mspacman"
-    variables: tuple[str, ...]     # expanded names, in file order
-    ram_indices: tuple[int, ...]   # ram_indices[j] is the RAM byte of variables[j]
+    game: str  # annotation key: ALE name lowercased without separators, e.g. "mspacman"
+    variables: tuple[str, ...]  # expanded names, in file order
+    ram_indices: tuple[int, ...]  # ram_indices[j] is the RAM byte of variables[j]
 
 
 def game_key(name: str) -> str:
@@ -50,8 +56,7 @@ def game_key(name: str) -> str:
 @functools.cache
 def _load_set(annotation_set: str) -> dict[str, GameAnnotation]:
     if annotation_set not in ANNOTATION_SETS:
-        raise UserError(f"annotation set {annotation_set!r} is unknown; use one of "
-                        f"{', '.join(ANNOTATION_SETS)}")
+        raise UserError(f"annotation set {annotation_set!r} is unknown; use one of {', '.join(ANNOTATION_SETS)}")
     text = resources.files("atarirep.data").joinpath(f"annotations_{annotation_set}.yaml").read_text()
     games = {}
     for game, entries in yaml.safe_load(text).items():
@@ -80,8 +85,9 @@ def for_game(name: str, annotation_set: str = "latest") -> GameAnnotation:
     games = _load_set(annotation_set)
     key = game_key(name)
     if key not in games:
-        raise UserError(f"game {name!r} has no RAM annotations in the {annotation_set!r} set; use one of "
-                        f"{', '.join(sorted(games))}")
+        raise UserError(
+            f"game {name!r} has no RAM annotations in the {annotation_set!r} set; use one of {', '.join(sorted(games))}"
+        )
     return games[key]
 
 

@@ -31,6 +31,7 @@ processes get the head's OMP/MKL/OpenBLAS thread settings, not the Dask nanny's 
 computes what it computes under `dvc repro` on the same kind of machine. Workers need the project installed
 (the same environment) and the remote's credentials in their environment, as `dvc pull` would.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,10 +51,10 @@ from pathlib import Path
 
 from atarirep.errors import UserError
 
-CONNECT_TIMEOUT_S = 10     # a scheduler that does not answer in this time is reported, not waited for
-WORKERS_TIMEOUT_S = 60     # a scheduler without workers after this long is reported
+CONNECT_TIMEOUT_S = 10  # a scheduler that does not answer in this time is reported, not waited for
+WORKERS_TIMEOUT_S = 60  # a scheduler without workers after this long is reported
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-LOG_TAIL = 20              # lines of a stage's log the head keeps
+LOG_TAIL = 20  # lines of a stage's log the head keeps
 
 
 # -- the head --------------------------------------------------------------------------------------
@@ -71,8 +72,16 @@ def _inside(folder: Path):
 def project_archive(root: Path) -> bytes:
     """A tar.gz of the workspace as git sees it: tracked and untracked files that are not ignored (code, DVC
     files, params, uncached outputs), and .dvc/config; not the DVC cache or any cached output."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=root,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
         for name in sorted({*filter(None, listed), ".dvc/config"}):
@@ -88,15 +97,16 @@ def _plan(repo, targets: list[str]) -> tuple[list[str], dict[str, list[str]], se
     from dvc.dependency.param import ParamsDependency
     from dvc.repo.reproduce import get_subgraph
 
-    graph = repo.index.graph                      # edges point from a stage to the stages it depends on
+    graph = repo.index.graph  # edges point from a stage to the stages it depends on
     stages = None
     if targets:
         stages = [info.stage for target in targets for info in repo.stage.collect_granular(target)]
-    order = list(nx.dfs_postorder_nodes(get_subgraph(graph, stages)))   # what `dvc repro` walks, in its order
+    order = list(nx.dfs_postorder_nodes(get_subgraph(graph, stages)))  # what `dvc repro` walks, in its order
     upstream = {s.addressing: [u.addressing for u in graph.successors(s)] for s in order}
     changed = {name.split(":")[-1] for name in repo.status(targets=[s.addressing for s in order])}
-    devices = {s.addressing for s in order
-               if any(isinstance(d, ParamsDependency) and "device" in d.params for d in s.deps)}
+    devices = {
+        s.addressing for s in order if any(isinstance(d, ParamsDependency) and "device" in d.params for d in s.deps)
+    }
     return [s.addressing for s in order], upstream, changed, devices
 
 
@@ -124,15 +134,18 @@ def _connect(scheduler: str | None, local: int | None, scratch: str):
         try:
             return Client(scheduler, timeout=CONNECT_TIMEOUT_S), None
         except (OSError, TimeoutError) as err:
-            raise UserError(f"the Dask scheduler at {scheduler} did not answer in {CONNECT_TIMEOUT_S} s "
-                            f"({type(err).__name__}); start one (`dask scheduler`, workers with `dask worker "
-                            f"{scheduler}`) or run on this machine with --local N") from None
+            raise UserError(
+                f"the Dask scheduler at {scheduler} did not answer in {CONNECT_TIMEOUT_S} s "
+                f"({type(err).__name__}); start one (`dask scheduler`, workers with `dask worker "
+                f"{scheduler}`) or run on this machine with --local N"
+            ) from None
     # The head reports a failed stage in one line; the local workers' own logs (they inherit this process's
     # stderr) would repeat it with a traceback. (repro restores this process's environment afterwards.)
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
     with config.set({"distributed.worker.daemon": False, "logging.distributed": "critical"}):
-        cluster = LocalCluster(n_workers=local, threads_per_worker=1, processes=True, dashboard_address=None,
-                               local_directory=scratch)
+        cluster = LocalCluster(
+            n_workers=local, threads_per_worker=1, processes=True, dashboard_address=None, local_directory=scratch
+        )
     return Client(cluster), cluster
 
 
@@ -142,17 +155,21 @@ def _check_workers(client) -> None:
         client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
     except TimeoutError:
         address = client.scheduler.address
-        raise UserError(f"the Dask scheduler at {address} has no workers after {WORKERS_TIMEOUT_S} s; start some "
-                        f"(`dask worker {address}`, or dask-jobqueue on Slurm/PBS) and run again") from None
+        raise UserError(
+            f"the Dask scheduler at {address} has no workers after {WORKERS_TIMEOUT_S} s; start some "
+            f"(`dask worker {address}`, or dask-jobqueue on Slurm/PBS) and run again"
+        ) from None
     try:
         versions = client.run(importlib.metadata.version, "atarirep", on_error="return")
     except OSError as err:
         raise UserError(f"the Dask workers did not answer ({err}); check them with `dask worker --help`") from None
     for worker, version in versions.items():
         if isinstance(version, BaseException):
-            raise UserError(f"Dask worker {worker} does not have atarirep installed ({type(version).__name__}: "
-                            f"{version}); install the project in the workers' environment (`pip install -e .` "
-                            "from a checkout) and start them again")
+            raise UserError(
+                f"Dask worker {worker} does not have atarirep installed ({type(version).__name__}: "
+                f"{version}); install the project in the workers' environment (`pip install -e .` "
+                "from a checkout) and start them again"
+            )
 
 
 def _remote(repo, name: str | None) -> tuple[str, str]:
@@ -160,19 +177,30 @@ def _remote(repo, name: str | None) -> tuple[str, str]:
     config = repo.config
     name = name or config["core"].get("remote")
     if not name:
-        raise UserError("no DVC remote to exchange outputs through: add one with `dvc remote add -d shared "
-                        "<url>` (an S3 bucket or a directory every machine sees), or pass --remote NAME")
+        raise UserError(
+            "no DVC remote to exchange outputs through: add one with `dvc remote add -d shared "
+            "<url>` (an S3 bucket or a directory every machine sees), or pass --remote NAME"
+        )
     if name not in config["remote"]:
-        raise UserError(f"DVC remote {name!r} is not configured (known: {', '.join(config['remote']) or 'none'}); "
-                        f"add it with `dvc remote add {name} <url>`")
+        raise UserError(
+            f"DVC remote {name!r} is not configured (known: {', '.join(config['remote']) or 'none'}); "
+            f"add it with `dvc remote add {name} <url>`"
+        )
     url = config["remote"][name]["url"]
     if "://" not in url:
         url = os.path.abspath(os.path.join(repo.root_dir, ".dvc", url)) if not os.path.isabs(url) else url
     return name, url
 
 
-def repro(root: str | os.PathLike, targets: list[str], *, scheduler: str | None = None, local: int | None = None,
-          remote: str | None = None, log=print) -> dict:
+def repro(
+    root: str | os.PathLike,
+    targets: list[str],
+    *,
+    scheduler: str | None = None,
+    local: int | None = None,
+    remote: str | None = None,
+    log=print,
+) -> dict:
     """Run the changed stages of `targets` (every stage by default) on the cluster and leave the workspace at
     `root` as a serial `dvc repro` would. Returns a summary: per stage its worker, whether it ran, and the
     seconds of its command and of everything around it (the executor's overhead)."""
@@ -190,11 +218,11 @@ def repro(root: str | os.PathLike, targets: list[str], *, scheduler: str | None 
 
     scratch = tempfile.mkdtemp(prefix="atarirep-cluster-")
     client, cluster = None, None
-    environment = dict(os.environ)   # a local cluster's nannies set OMP_NUM_THREADS=1 and more in this process
+    environment = dict(os.environ)  # a local cluster's nannies set OMP_NUM_THREADS=1 and more in this process
     try:
         client, cluster = _connect(scheduler, local, scratch)
         _check_workers(client)
-        with _inside(root), Repo(str(root)) as repo:   # every cached output the workers may need, in the remote
+        with _inside(root), Repo(str(root)) as repo:  # every cached output the workers may need, in the remote
             pushed = repo.push(remote=remote_name)
         log(f"pushed {pushed} files to remote {remote_name}; {len(changed)} of {len(order)} stages changed")
         params = _params(root)
@@ -210,7 +238,7 @@ def repro(root: str | os.PathLike, targets: list[str], *, scheduler: str | None 
         before = lock.get("stages") or {}
         results: dict[str, dict] = {}
         ran: dict[str, dict] = {}
-        new_outputs: set[str] = set()   # stages that ran and wrote outputs other than the lock's
+        new_outputs: set[str] = set()  # stages that ran and wrote outputs other than the lock's
         waiting, running = list(order), {}
         while waiting or running:
             for name in list(waiting):
@@ -218,40 +246,55 @@ def repro(root: str | os.PathLike, targets: list[str], *, scheduler: str | None 
                     continue
                 waiting.remove(name)
                 if name not in changed and not any(u in new_outputs for u in upstream[name]):
-                    continue   # unchanged, and no output it depends on changed: serial repro skips it too
+                    continue  # unchanged, and no output it depends on changed: serial repro skips it too
                 # What the stages that ran changed, over the project as it was: uncached outputs and lock entries.
                 overlay = {out: None for r in ran.values() for out in r["uncached_outs"]}
                 overlay.update({path: data for r in ran.values() for path, data in r["uncached"].items()})
                 lock_so_far = _lock_text(lock, {n: r["entry"] for n, r in ran.items()})
                 wants_gpu = gpu and name in uses_device and params.get("device") != "cpu"
-                with warnings.catch_warnings():   # "large object in the task graph": the project, on purpose
+                with warnings.catch_warnings():  # "large object in the task graph": the project, on purpose
                     warnings.simplefilter("ignore", UserWarning)
-                    future = client.submit(run_stage, name, project, overlay, lock_so_far, upstream[name],
-                                           remote_name, remote_url, threads, name in changed,
-                                           key=f"stage-{name}-{time.time_ns()}", pure=False,
-                                           resources={"GPU": 1} if wants_gpu else None)
+                    future = client.submit(
+                        run_stage,
+                        name,
+                        project,
+                        overlay,
+                        lock_so_far,
+                        upstream[name],
+                        remote_name,
+                        remote_url,
+                        threads,
+                        name in changed,
+                        key=f"stage-{name}-{time.time_ns()}",
+                        pure=False,
+                        resources={"GPU": 1} if wants_gpu else None,
+                    )
                 running[future] = name
                 log(f"submitted {name}")
             try:
                 done, _ = wait(list(running), return_when="FIRST_COMPLETED")
-            except CancelledError:   # Dask gave up on a task (it killed more workers than allowed-failures)
+            except CancelledError:  # Dask gave up on a task (it killed more workers than allowed-failures)
                 done = [future for future in running if future.done()]
             for future in done:
                 name = running.pop(future)
                 try:
                     result = future.result()
-                except (Exception, CancelledError) as err:   # the stage's own error (a dead worker's task is rerun)
+                except (Exception, CancelledError) as err:  # the stage's own error (a dead worker's task is rerun)
                     for other in running:
                         other.cancel()
-                    raise UserError(f"stage {name} failed on the cluster: {err}; the workspace is unchanged; "
-                                    "fix it and run again (stages that finished are in the remote's cache)") from None
+                    raise UserError(
+                        f"stage {name} failed on the cluster: {err}; the workspace is unchanged; "
+                        "fix it and run again (stages that finished are in the remote's cache)"
+                    ) from None
                 results[name] = result
                 if result["ran"]:
                     ran[name] = result
                     if (result["entry"] or {}).get("outs") != (before.get(name) or {}).get("outs"):
                         new_outputs.add(name)
-                log(f"{name}: {'ran' if result['ran'] else 'unchanged'} on {result['worker']} "
-                    f"({result['seconds']['command']:.1f} s command, {result['seconds']['overhead']:.1f} s around it)")
+                log(
+                    f"{name}: {'ran' if result['ran'] else 'unchanged'} on {result['worker']} "
+                    f"({result['seconds']['command']:.1f} s command, {result['seconds']['overhead']:.1f} s around it)"
+                )
         _apply(root, lock, ran, remote_name, order)
     finally:
         if client is not None:
@@ -261,9 +304,12 @@ def repro(root: str | os.PathLike, targets: list[str], *, scheduler: str | None 
         shutil.rmtree(scratch, ignore_errors=True)
         os.environ.clear()
         os.environ.update(environment)
-    return {"stages": {name: {k: v for k, v in r.items() if k in ("worker", "ran", "seconds")}
-                       for name, r in results.items()},
-            "wall_s": time.perf_counter() - started}
+    return {
+        "stages": {
+            name: {k: v for k, v in r.items() if k in ("worker", "ran", "seconds")} for name, r in results.items()
+        },
+        "wall_s": time.perf_counter() - started,
+    }
 
 
 def _params(root: Path) -> dict:
@@ -280,7 +326,7 @@ def _apply(root: Path, lock: dict, ran: dict[str, dict], remote: str, order: lis
 
     names = [name for name in order if name in ran]
     for name in names:
-        for out in ran[name]["uncached_outs"]:    # an uncached output is replaced whole, as a stage rewrites it
+        for out in ran[name]["uncached_outs"]:  # an uncached output is replaced whole, as a stage rewrites it
             path = root / out
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         for rel, data in ran[name]["uncached"].items():
@@ -298,8 +344,17 @@ def _apply(root: Path, lock: dict, ran: dict[str, dict], remote: str, order: lis
 
 
 # -- a worker --------------------------------------------------------------------------------------
-def run_stage(name: str, project: bytes, overlay: dict[str, bytes | None], lock: str, upstream: list[str], remote: str,
-              remote_url: str, threads: dict[str, str | None], force: bool) -> dict:
+def run_stage(
+    name: str,
+    project: bytes,
+    overlay: dict[str, bytes | None],
+    lock: str,
+    upstream: list[str],
+    remote: str,
+    remote_url: str,
+    threads: dict[str, str | None],
+    force: bool,
+) -> dict:
     """Run stage `name` in a scratch copy of the project (a Dask task): its upstream stages' outputs pulled from
     `remote`, `dvc repro --single-item` if it changed (`force`: the head saw it changed), its outputs pushed.
     Returns its dvc.lock entry, its uncached outputs' bytes, whether it ran, the worker and timings; raises
@@ -315,7 +370,7 @@ def run_stage(name: str, project: bytes, overlay: dict[str, bytes | None], lock:
     try:
         with tarfile.open(fileobj=io.BytesIO(project), mode="r:gz") as tar:
             tar.extractall(scratch, filter="data")
-        for rel, data in overlay.items():   # None: an uncached output rewritten by a stage, removed first
+        for rel, data in overlay.items():  # None: an uncached output rewritten by a stage, removed first
             path = scratch / rel
             if data is None:
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
@@ -329,7 +384,7 @@ def run_stage(name: str, project: bytes, overlay: dict[str, bytes | None], lock:
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(scratch), saved_env["PYTHONPATH"]]))
         with _output_to(log_path), _inside(scratch), Repo(str(scratch)) as repo:
-            with repo.config.edit("local") as local:   # a directory remote's path as this machine sees it
+            with repo.config.edit("local") as local:  # a directory remote's path as this machine sees it
                 local.setdefault("remote", {}).setdefault(remote, {})["url"] = remote_url
             if upstream:
                 repo.pull(targets=upstream, remote=remote)
@@ -343,7 +398,7 @@ def run_stage(name: str, project: bytes, overlay: dict[str, bytes | None], lock:
             uncached_outs = [out.def_path for out in stage.outs if not out.use_cache]
             # Its own outputs are not here (only the head has them): missing outputs do not make it run, as
             # they would under `dvc repro`; changed deps, command or params do, and whatever the head saw.
-            with repo.lock:   # DVC checks a stage's status under the repository's lock
+            with repo.lock:  # DVC checks a stage's status under the repository's lock
                 changed = force or stage.changed(allow_missing=True)
             stages = repo.reproduce(name, single_item=True, force=True) if changed else []
             command = time.perf_counter() - ready
@@ -356,9 +411,15 @@ def run_stage(name: str, project: bytes, overlay: dict[str, bytes | None], lock:
             files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path] if path.exists() else []
             uncached.update({str(p.relative_to(scratch)): p.read_bytes() for p in files})
         total = time.perf_counter() - started
-        return {"name": name, "ran": bool(stages), "entry": entry, "uncached": uncached,
-                "uncached_outs": uncached_outs, "worker": f"{os.uname().nodename}:{os.getpid()}",
-                "seconds": {"command": round(command, 3), "overhead": round(total - command, 3)}}
+        return {
+            "name": name,
+            "ran": bool(stages),
+            "entry": entry,
+            "uncached": uncached,
+            "uncached_outs": uncached_outs,
+            "worker": f"{os.uname().nodename}:{os.getpid()}",
+            "seconds": {"command": round(command, 3), "overhead": round(total - command, 3)},
+        }
     except Exception as err:
         tail = _tail(log_path)
         raise RuntimeError(f"{type(err).__name__}: {err}" + (f" (its log ends: {tail})" if tail else "")) from None
@@ -374,7 +435,7 @@ def _worker_directory() -> str:
         from distributed import get_worker
 
         return get_worker().local_directory
-    except ValueError:   # called outside a worker (tests)
+    except ValueError:  # called outside a worker (tests)
         return tempfile.gettempdir()
 
 
@@ -428,13 +489,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except DvcException as err:   # the project itself: not a DVC repository, a broken dvc.yaml, ...
+    except DvcException as err:  # the project itself: not a DVC repository, a broken dvc.yaml, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: DVC: {first}; fix it (`dvc repro --dry` shows the same) and run again", file=sys.stderr)
         return 2
     ran = [name for name, s in summary["stages"].items() if s["ran"]]
-    print(f"ran {len(ran)} stages on the cluster in {summary['wall_s']:.1f} s; the workspace is as `dvc repro` "
-          "leaves it")
+    print(
+        f"ran {len(ran)} stages on the cluster in {summary['wall_s']:.1f} s; the workspace is as `dvc repro` leaves it"
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ Each environment has its own seed stream and step budget, so the output for a se
 whatever the number of workers. Frames are compressed as they are produced (memory stays bounded) and
 written atomically: a killed collection leaves no folder that looks finished.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,10 +14,10 @@ import multiprocessing as mp
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -41,14 +42,20 @@ def _run_env(job: dict, report: Callable[[int], None]) -> dict:
     """Step one environment for its budget of frames; frames go compressed to job['part_path']."""
     env = LabelledAtariEnv(job["game"], job["protocol"], job["annotation_set"])
     ale_seed, env_rng, policy_rng = _env_seeds(job["seed"], job["stream"], job["rank"])
-    policy = make_policy(job["collect_mode"], env.action_space.n, policy_rng, random_actions=job["random_actions"],
-                         agent_checkpoint=job["agent_checkpoint"], agent_random_prob=job["agent_random_prob"])
+    policy = make_policy(
+        job["collect_mode"],
+        env.action_space.n,
+        policy_rng,
+        random_actions=job["random_actions"],
+        agent_checkpoint=job["agent_checkpoint"],
+        agent_random_prob=job["agent_random_prob"],
+    )
     budget, num_vars = job["budget"], len(env.annotation.variables)
     labels = np.empty((budget, num_vars), np.uint8)
-    actions = np.full(budget, -1, np.int16)      # the action that led to this frame; -1 on a first frame
-    rewards = np.zeros(budget, np.float32)       # the (protocol-clipped) reward of that step
+    actions = np.full(budget, -1, np.int16)  # the action that led to this frame; -1 on a first frame
+    rewards = np.zeros(budget, np.float32)  # the (protocol-clipped) reward of that step
     episode = np.empty(budget, np.int32)
-    hashes = np.empty((budget, 16), np.uint8)    # for removing test frames equal to train/val frames
+    hashes = np.empty((budget, 16), np.uint8)  # for removing test frames equal to train/val frames
     writer = episodes.ChunkWriter(Path(job["part_path"]))
     obs, _ = env.reset(seed=ale_seed)
     env.np_random = env_rng  # reset noops draw from this environment's own stream
@@ -74,10 +81,17 @@ def _run_env(job: dict, report: Callable[[int], None]) -> dict:
     writer.close()
     env.close()
     report(budget % 256)
-    return {"rank": job["rank"], "labels": labels, "actions": actions, "rewards": rewards,
-            "episode": episode, "hashes": hashes, "variables": env.annotation.variables,
-            "chunk_frames": np.asarray(writer.chunk_frames, np.int64),
-            "chunk_bytes": np.asarray(writer.chunk_bytes, np.int64)}
+    return {
+        "rank": job["rank"],
+        "labels": labels,
+        "actions": actions,
+        "rewards": rewards,
+        "episode": episode,
+        "hashes": hashes,
+        "variables": env.annotation.variables,
+        "chunk_frames": np.asarray(writer.chunk_frames, np.int64),
+        "chunk_bytes": np.asarray(writer.chunk_bytes, np.int64),
+    }
 
 
 _progress_counter = None
@@ -107,8 +121,7 @@ def _run_all(jobs: list[dict], num_workers: int, progress: bool, description: st
         groups = [jobs[w::num_workers] for w in range(num_workers)]
         ctx = mp.get_context("spawn")  # no fork: worker state never inherits torch/threads from the parent
         counter = ctx.Value("q", 0)
-        with ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(counter,)) as pool:
+        with ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,)) as pool:
             futures = [pool.submit(_run_envs_in_worker, group) for group in groups]
             while not all(f.done() for f in futures):
                 time.sleep(0.2)
@@ -120,15 +133,23 @@ def _run_all(jobs: list[dict], num_workers: int, progress: bool, description: st
         bar.close()
 
 
-def _too_few_episodes(kept_lengths: list[int], num_short: int, fractions: dict[str, float], steps: int,
-                      num_envs: int, min_episode_length: int) -> UserError:
+def _too_few_episodes(
+    kept_lengths: list[int],
+    num_short: int,
+    fractions: dict[str, float],
+    steps: int,
+    num_envs: int,
+    min_episode_length: int,
+) -> UserError:
     need = splits.min_episodes_for(fractions)
     typical = float(np.mean(kept_lengths)) if kept_lengths else steps / num_envs
     suggested = math.ceil(1.5 * need * max(typical, min_episode_length + 1) / num_envs) * num_envs
     pattern = "/".join(f"{round(100 * f)}" for f in fractions.values())
-    return UserError(f"collected {len(kept_lengths)} episodes longer than {min_episode_length} frames "
-                     f"({num_short} shorter ones dropped), but a {pattern} split needs at least {need}; "
-                     f"raise steps from {steps} to at least {max(suggested, steps + num_envs)}")
+    return UserError(
+        f"collected {len(kept_lengths)} episodes longer than {min_episode_length} frames "
+        f"({num_short} shorter ones dropped), but a {pattern} split needs at least {need}; "
+        f"raise steps from {steps} to at least {max(suggested, steps + num_envs)}"
+    )
 
 
 def _agent_meta(checkpoint: str, random_prob: float) -> dict:
@@ -136,14 +157,29 @@ def _agent_meta(checkpoint: str, random_prob: float) -> dict:
     from atarirep.agents import checkpoints
 
     payload = checkpoints.read(checkpoint)
-    return {**{k: payload[k] for k in ("algo", "protocol", "game", "seed", "step", "frames") if k in payload},
-            "random_prob": random_prob}
+    return {
+        **{k: payload[k] for k in ("algo", "protocol", "game", "seed", "step", "frames") if k in payload},
+        "random_prob": random_prob,
+    }
 
 
-def validate(game: str, *, steps: int, splits_fractions: dict[str, float], num_envs: int, num_workers: int,
-             annotation_set: str, protocol: str, collect_mode: str, random_actions: str, purpose: str,
-             min_episode_length: int, entropy_threshold: float, agent_checkpoint: str | None = None,
-             agent_random_prob: float = 0.2) -> str:
+def validate(
+    game: str,
+    *,
+    steps: int,
+    splits_fractions: dict[str, float],
+    num_envs: int,
+    num_workers: int,
+    annotation_set: str,
+    protocol: str,
+    collect_mode: str,
+    random_actions: str,
+    purpose: str,
+    min_episode_length: int,
+    entropy_threshold: float,
+    agent_checkpoint: str | None = None,
+    agent_random_prob: float = 0.2,
+) -> str:
     """Check collection arguments before any emulator runs; returns the game's ALE name.
 
     Raises UserError (one line naming the problem and the fix) for any bad argument.
@@ -166,19 +202,35 @@ def validate(game: str, *, steps: int, splits_fractions: dict[str, float], num_e
     if collect_mode not in COLLECT_MODES:
         raise UserError(f"collect_mode {collect_mode!r} is unknown; use one of {', '.join(COLLECT_MODES)}")
     if collect_mode == "agent" and not agent_checkpoint:
-        raise UserError("collect_mode agent needs an agent checkpoint; run train_agent and sample_checkpoints "
-                        "first (dvc repro does)")
+        raise UserError(
+            "collect_mode agent needs an agent checkpoint; run train_agent and sample_checkpoints "
+            "first (dvc repro does)"
+        )
     if not 0 <= agent_random_prob <= 1:
         raise UserError(f"agent_random_prob {agent_random_prob} must be in [0, 1] (the reference: 0.2)")
     return ale_name
 
 
-def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractions: dict[str, float],
-            seed: int = 42, purpose: str = "pretrain", num_envs: int = 8, num_workers: int = 1,
-            annotation_set: str = "latest", protocol: str = "atariari", collect_mode: str = "random_agent",
-            random_actions: str = "nonzero", min_episode_length: int = 64, entropy_threshold: float = 0.6,
-            agent_checkpoint: str | None = None, agent_random_prob: float = 0.2,
-            progress: bool = False) -> episodes.EpisodeStore:
+def collect(
+    game: str,
+    out_dir: str | os.PathLike,
+    *,
+    steps: int,
+    splits_fractions: dict[str, float],
+    seed: int = 42,
+    purpose: str = "pretrain",
+    num_envs: int = 8,
+    num_workers: int = 1,
+    annotation_set: str = "latest",
+    protocol: str = "atariari",
+    collect_mode: str = "random_agent",
+    random_actions: str = "nonzero",
+    min_episode_length: int = 64,
+    entropy_threshold: float = 0.6,
+    agent_checkpoint: str | None = None,
+    agent_random_prob: float = 0.2,
+    progress: bool = False,
+) -> episodes.EpisodeStore:
     """Collect `steps` labelled frames of `game` over `num_envs` environments into folder `out_dir`.
 
     `steps` counts agent steps (stored frames, a reset frame included) over all environments, as
@@ -188,11 +240,22 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
     all kept frames) dropped, and test frames equal to a train or val frame removed.
     Returns the written dataset, opened.
     """
-    ale_name = validate(game, steps=steps, splits_fractions=splits_fractions, num_envs=num_envs,
-                        num_workers=num_workers, annotation_set=annotation_set, protocol=protocol,
-                        collect_mode=collect_mode, random_actions=random_actions, purpose=purpose,
-                        min_episode_length=min_episode_length, entropy_threshold=entropy_threshold,
-                        agent_checkpoint=agent_checkpoint, agent_random_prob=agent_random_prob)
+    ale_name = validate(
+        game,
+        steps=steps,
+        splits_fractions=splits_fractions,
+        num_envs=num_envs,
+        num_workers=num_workers,
+        annotation_set=annotation_set,
+        protocol=protocol,
+        collect_mode=collect_mode,
+        random_actions=random_actions,
+        purpose=purpose,
+        min_episode_length=min_episode_length,
+        entropy_threshold=entropy_threshold,
+        agent_checkpoint=agent_checkpoint,
+        agent_random_prob=agent_random_prob,
+    )
     splits_fractions = splits.check_fractions(splits_fractions)  # canonical train, val, test order
     variables_all = annotations.for_game(game, annotation_set).variables
 
@@ -200,18 +263,36 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
         parts = folder / "parts"
         parts.mkdir()
         budgets = [steps // num_envs + (rank < steps % num_envs) for rank in range(num_envs)]
-        jobs = [{"game": ale_name, "protocol": protocol, "annotation_set": annotation_set, "seed": seed,
-                 "stream": PURPOSE_STREAMS[purpose], "rank": rank, "budget": budget,
-                 "collect_mode": collect_mode, "random_actions": random_actions,
-                 "agent_checkpoint": agent_checkpoint, "agent_random_prob": agent_random_prob,
-                 "part_path": str(parts / f"env{rank}.bin")} for rank, budget in enumerate(budgets)]
+        jobs = [
+            {
+                "game": ale_name,
+                "protocol": protocol,
+                "annotation_set": annotation_set,
+                "seed": seed,
+                "stream": PURPOSE_STREAMS[purpose],
+                "rank": rank,
+                "budget": budget,
+                "collect_mode": collect_mode,
+                "random_actions": random_actions,
+                "agent_checkpoint": agent_checkpoint,
+                "agent_random_prob": agent_random_prob,
+                "part_path": str(parts / f"env{rank}.bin"),
+            }
+            for rank, budget in enumerate(budgets)
+        ]
         results = _run_all(jobs, min(num_workers, num_envs), progress, f"collect {ale_name} ({purpose})")
 
         records = _episode_records(results)
         kept = [rec for rec in records if len(rec.rows) > min_episode_length]
         num_short = len(records) - len(kept)
-        too_few = lambda: _too_few_episodes([len(rec.rows) for rec in kept], num_short, splits_fractions,  # noqa: E731
-                                            steps, num_envs, min_episode_length)
+        too_few = lambda: _too_few_episodes(
+            [len(rec.rows) for rec in kept],
+            num_short,
+            splits_fractions,  # noqa: E731
+            steps,
+            num_envs,
+            min_episode_length,
+        )
         if len(kept) < splits.min_episodes_for(splits_fractions):
             raise too_few()
 
@@ -219,31 +300,55 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
         entropies = splits.label_entropy(np.concatenate([rec.field(results, "labels") for rec in kept]))
         kept_variables = splits.variables_to_keep(variables_all, entropies, entropy_threshold)
         if not kept_variables:
-            raise UserError(f"every variable of {ale_name} has label entropy below {entropy_threshold} nats on "
-                            "this data; collect more steps or lower entropy_threshold")
+            raise UserError(
+                f"every variable of {ale_name} has label entropy below {entropy_threshold} nats on "
+                "this data; collect more steps or lower entropy_threshold"
+            )
 
         rng = np.random.default_rng(np.random.SeedSequence([seed, PURPOSE_STREAMS[purpose], 2**20]))
-        split_episodes = {name: [kept[i] for i in ids]
-                          for name, ids in splits.split_episodes(len(kept), splits_fractions, rng).items()}
+        split_episodes = {
+            name: [kept[i] for i in ids]
+            for name, ids in splits.split_episodes(len(kept), splits_fractions, rng).items()
+        }
         steps_table, chunk_frames, chunk_bytes, num_removed, num_test_dropped = _write_frames(
-            folder / "frames.tmp", parts, results, split_episodes, variables_all, kept_variables)
-        counts = {name: {"episodes": int(steps_table.loc[steps_table.split == name, "episode"].nunique()),
-                         "frames": int((steps_table.split == name).sum())} for name in split_episodes}
+            folder / "frames.tmp", parts, results, split_episodes, variables_all, kept_variables
+        )
+        counts = {
+            name: {
+                "episodes": int(steps_table.loc[steps_table.split == name, "episode"].nunique()),
+                "frames": int((steps_table.split == name).sum()),
+            }
+            for name in split_episodes
+        }
         if any(c["frames"] == 0 for c in counts.values()):
             raise too_few()
         meta = {
-            "game": ale_name, "annotation_set": annotation_set, "protocol": get_protocol(protocol).as_dict(),
-            "purpose": purpose, "seed": seed, "steps": steps, "num_envs": num_envs,
-            "collect_mode": collect_mode, "random_actions": random_actions,
+            "game": ale_name,
+            "annotation_set": annotation_set,
+            "protocol": get_protocol(protocol).as_dict(),
+            "purpose": purpose,
+            "seed": seed,
+            "steps": steps,
+            "num_envs": num_envs,
+            "collect_mode": collect_mode,
+            "random_actions": random_actions,
             **({"agent": _agent_meta(agent_checkpoint, agent_random_prob)} if collect_mode == "agent" else {}),
-            "min_episode_length": min_episode_length, "entropy_threshold": entropy_threshold,
-            "splits": dict(splits_fractions), "counts": counts, "variables": kept_variables,
-            "dropped_variables": {v: round(float(e), 6) for v, e in zip(variables_all, entropies)
-                                  if v not in kept_variables},
+            "min_episode_length": min_episode_length,
+            "entropy_threshold": entropy_threshold,
+            "splits": dict(splits_fractions),
+            "counts": counts,
+            "variables": kept_variables,
+            "dropped_variables": {
+                v: round(float(e), 6) for v, e in zip(variables_all, entropies) if v not in kept_variables
+            },
             "label_entropy": {v: round(float(e), 6) for v, e in zip(variables_all, entropies)},
-            "collected": {"episodes": len(records), "frames": steps, "short_episodes_dropped": num_short,
-                          "duplicate_test_frames_removed": num_removed,
-                          "test_episodes_dropped_after_dedup": num_test_dropped},
+            "collected": {
+                "episodes": len(records),
+                "frames": steps,
+                "short_episodes_dropped": num_short,
+                "duplicate_test_frames_removed": num_removed,
+                "test_episodes_dropped_after_dedup": num_test_dropped,
+            },
         }
         episodes.write_store(folder, folder / "frames.tmp", chunk_frames, chunk_bytes, steps_table, meta)
         shutil.rmtree(parts)
@@ -254,12 +359,12 @@ def collect(game: str, out_dir: str | os.PathLike, *, steps: int, splits_fractio
 class _EpisodeRecord:
     """Where one collected episode lies: its rows in its environment's arrays and its chunks' bytes."""
 
-    rank: int                       # the environment
-    env_episode: int                # the episode's number in that environment
-    rows: np.ndarray                # (T,) rows of the environment's result arrays
-    chunk_frames: np.ndarray        # frames per compressed chunk
-    chunk_bytes: np.ndarray         # bytes per compressed chunk
-    byte_range: tuple[int, int]     # the chunks' span in the environment's part file
+    rank: int  # the environment
+    env_episode: int  # the episode's number in that environment
+    rows: np.ndarray  # (T,) rows of the environment's result arrays
+    chunk_frames: np.ndarray  # frames per compressed chunk
+    chunk_bytes: np.ndarray  # bytes per compressed chunk
+    byte_range: tuple[int, int]  # the chunks' span in the environment's part file
 
     def field(self, results: list[dict], key: str) -> np.ndarray:
         return results[self.rank][key][self.rows]
@@ -274,15 +379,27 @@ def _episode_records(results: list[dict]) -> list[_EpisodeRecord]:
         chunk_episode = r["episode"][chunk_starts[:-1]]
         for ep in np.unique(r["episode"]):
             chunks = np.flatnonzero(chunk_episode == ep)
-            records.append(_EpisodeRecord(r["rank"], int(ep), np.flatnonzero(r["episode"] == ep),
-                                          r["chunk_frames"][chunks], r["chunk_bytes"][chunks],
-                                          (int(byte_starts[chunks[0]]), int(byte_starts[chunks[-1] + 1]))))
+            records.append(
+                _EpisodeRecord(
+                    r["rank"],
+                    int(ep),
+                    np.flatnonzero(r["episode"] == ep),
+                    r["chunk_frames"][chunks],
+                    r["chunk_bytes"][chunks],
+                    (int(byte_starts[chunks[0]]), int(byte_starts[chunks[-1] + 1])),
+                )
+            )
     return records
 
 
-def _write_frames(frames_path: Path, parts: Path, results: list[dict],
-                  split_episodes: dict[str, list[_EpisodeRecord]], variables: tuple[str, ...],
-                  kept_variables: list[str]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, int, int]:
+def _write_frames(
+    frames_path: Path,
+    parts: Path,
+    results: list[dict],
+    split_episodes: dict[str, list[_EpisodeRecord]],
+    variables: tuple[str, ...],
+    kept_variables: list[str],
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, int, int]:
     """Copy the split episodes' compressed chunks into one file, split by split, without recompressing.
 
     Test frames equal to a train or val frame are left out of the table (their bytes stay in their
@@ -290,10 +407,14 @@ def _write_frames(frames_path: Path, parts: Path, results: list[dict],
     chunk, bytes per chunk, number of test frames removed (a dropped episode's lone frame included),
     number of test episodes dropped).
     """
-    seen = splits.hash_set(np.concatenate([rec.field(results, "hashes") for name, recs in split_episodes.items()
-                                           if name != "test" for rec in recs]))
+    seen = splits.hash_set(
+        np.concatenate(
+            [rec.field(results, "hashes") for name, recs in split_episodes.items() if name != "test" for rec in recs]
+        )
+    )
     test_keeps, num_removed, num_dropped = splits.dedupe_test_episodes(
-        [rec.field(results, "hashes") for rec in split_episodes.get("test", [])], seen)
+        [rec.field(results, "hashes") for rec in split_episodes.get("test", [])], seen
+    )
     label_columns = [variables.index(v) for v in kept_variables]
     tables, chunk_frames, chunk_bytes = [], [], []
     next_frame = 0
@@ -309,23 +430,39 @@ def _write_frames(frames_path: Path, parts: Path, results: list[dict],
                 chunk_frames += rec.chunk_frames.tolist()
                 chunk_bytes += rec.chunk_bytes.tolist()
                 t = np.flatnonzero(keep)
-                table = pd.DataFrame({"split": split_name, "episode": len(tables), "t": t, "env": rec.rank,
-                                      "env_episode": rec.env_episode, "frame": next_frame + t,
-                                      "action": rec.field(results, "actions")[keep],
-                                      "reward": rec.field(results, "rewards")[keep]})
+                table = pd.DataFrame(
+                    {
+                        "split": split_name,
+                        "episode": len(tables),
+                        "t": t,
+                        "env": rec.rank,
+                        "env_episode": rec.env_episode,
+                        "frame": next_frame + t,
+                        "action": rec.field(results, "actions")[keep],
+                        "reward": rec.field(results, "rewards")[keep],
+                    }
+                )
                 labels = rec.field(results, "labels")[keep][:, label_columns]
                 tables.append(pd.concat([table, pd.DataFrame(labels, columns=kept_variables)], axis=1))
                 next_frame += len(rec.rows)
-    return (pd.concat(tables, ignore_index=True), np.asarray(chunk_frames), np.asarray(chunk_bytes), num_removed,
-            num_dropped)
+    return (
+        pd.concat(tables, ignore_index=True),
+        np.asarray(chunk_frames),
+        np.asarray(chunk_bytes),
+        num_removed,
+        num_dropped,
+    )
 
 
 def summary(store: episodes.EpisodeStore) -> dict:
     """Numbers worth tracking as DVC metrics: frames and episodes per split, variables kept and dropped."""
     meta = store.meta
-    return {"game": meta["game"],
-            **{f"{split}_{kind}": count[kind] for split, count in meta["counts"].items() for kind in count},
-            "variables_kept": len(meta["variables"]), "variables_dropped": len(meta["dropped_variables"]),
-            "duplicate_test_frames_removed": meta["collected"]["duplicate_test_frames_removed"],
-            "test_episodes_dropped_after_dedup": meta["collected"]["test_episodes_dropped_after_dedup"],
-            "short_episodes_dropped": meta["collected"]["short_episodes_dropped"]}
+    return {
+        "game": meta["game"],
+        **{f"{split}_{kind}": count[kind] for split, count in meta["counts"].items() for kind in count},
+        "variables_kept": len(meta["variables"]),
+        "variables_dropped": len(meta["dropped_variables"]),
+        "duplicate_test_frames_removed": meta["collected"]["duplicate_test_frames_removed"],
+        "test_episodes_dropped_after_dedup": meta["collected"]["test_episodes_dropped_after_dedup"],
+        "short_episodes_dropped": meta["collected"]["short_episodes_dropped"],
+    }

@@ -5,6 +5,7 @@ variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); `init_distri
 launcher protocol and nothing else. The same code runs on CPU (gloo) and CUDA (nccl).
 This module does not train or decide batch sizes (atarirep.training).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -78,8 +79,9 @@ PRECISIONS = ("fp32", "bf16")
 def check_precision(precision: str, where: str) -> None:
     """UserError (one line) unless `precision` is one of PRECISIONS."""
     if precision not in PRECISIONS:
-        raise UserError(f"{where}={precision!r} is not offered; use one of {', '.join(PRECISIONS)} "
-                        "(bf16: autocast on CUDA)")
+        raise UserError(
+            f"{where}={precision!r} is not offered; use one of {', '.join(PRECISIONS)} (bf16: autocast on CUDA)"
+        )
 
 
 def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:

@@ -6,6 +6,7 @@ encoder half of an IRIS-style VQ autoencoder, whose features are its quantized l
 `BenchmarkDecoder` mirrors the benchmark encoder for the methods that reconstruct frames.
 This module does not train (atarirep.training) or define losses (atarirep.methods).
 """
+
 from __future__ import annotations
 
 import io
@@ -53,13 +54,14 @@ class SpaceToDepthConv2d(nn.Conv2d):
     use_space_to_depth = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        is_channels_last = self.weight.stride(1) == 1   # (O, C, 8, 8) weights restrided by .to(channels_last)
+        is_channels_last = self.weight.stride(1) == 1  # (O, C, 8, 8) weights restrided by .to(channels_last)
         if not self.use_space_to_depth or is_channels_last:
             return super().forward(x)
         b, c, h, w = x.shape
         hb, wb = h // 4, w // 4
-        blocks = (x[:, :, :4 * hb, :4 * wb].reshape(b, c, hb, 4, wb, 4)
-                  .permute(0, 1, 3, 5, 2, 4).reshape(b, c * 16, hb, wb))             # (B, 16C, H/4, W/4)
+        blocks = (
+            x[:, :, : 4 * hb, : 4 * wb].reshape(b, c, hb, 4, wb, 4).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 16, hb, wb)
+        )  # (B, 16C, H/4, W/4)
         o = self.out_channels
         weight = self.weight.reshape(o, c, 2, 4, 2, 4).permute(0, 1, 3, 5, 2, 4).reshape(o, c * 16, 2, 2)
         return F.conv2d(blocks, weight, self.bias)
@@ -75,9 +77,12 @@ def local_decoder(out_channels: int = 1) -> nn.Sequential:
     ConvT(128->64, 4, s2) ReLU, ConvT(64->32, 4, s2, output_padding 1) ReLU, ConvT(32->C, 8, s4, output_padding (2, 0)).
     """
     return nn.Sequential(
-        nn.ConvTranspose2d(128, 64, 4, stride=2), nn.ReLU(),
-        nn.ConvTranspose2d(64, 32, 4, stride=2, output_padding=(1, 1)), nn.ReLU(),
-        nn.ConvTranspose2d(32, out_channels, 8, stride=4, output_padding=(2, 0)))
+        nn.ConvTranspose2d(128, 64, 4, stride=2),
+        nn.ReLU(),
+        nn.ConvTranspose2d(64, 32, 4, stride=2, output_padding=(1, 1)),
+        nn.ReLU(),
+        nn.ConvTranspose2d(32, out_channels, 8, stride=4, output_padding=(2, 0)),
+    )
 
 
 class BenchmarkEncoder(nn.Module):
@@ -95,12 +100,16 @@ class BenchmarkEncoder(nn.Module):
         self.config = {"in_channels": in_channels, "feature_size": feature_size}
         self.feature_size = feature_size
         self.local_layers = nn.Sequential(
-            _conv8x8s4(in_channels, 32), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 128, 4, stride=2), nn.ReLU())
+            _conv8x8s4(in_channels, 32),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 128, 4, stride=2),
+            nn.ReLU(),
+        )
         self.global_layers = nn.Sequential(
-            nn.Conv2d(128, 64, 3, stride=1), nn.ReLU(), nn.Flatten(),
-            nn.Linear(64 * 9 * 6, feature_size))
+            nn.Conv2d(128, 64, 3, stride=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 9 * 6, feature_size)
+        )
         _init_orthogonal(self)
 
     def local_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,9 +135,13 @@ class BenchmarkDecoder(nn.Module):
     def __init__(self, feature_size: int = 256, out_channels: int = 1):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(feature_size, 64 * 9 * 6), nn.ReLU(), nn.Unflatten(1, (64, 9, 6)),
-            nn.ConvTranspose2d(64, 128, 3, stride=1), nn.ReLU(),
-            *local_decoder(out_channels))
+            nn.Linear(feature_size, 64 * 9 * 6),
+            nn.ReLU(),
+            nn.Unflatten(1, (64, 9, 6)),
+            nn.ConvTranspose2d(64, 128, 3, stride=1),
+            nn.ReLU(),
+            *local_decoder(out_channels),
+        )
         _init_orthogonal(self.layers[3:])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -145,10 +158,16 @@ class NatureCNN(nn.Module):
         self.config = {"in_channels": in_channels, "feature_size": feature_size}
         self.feature_size = feature_size
         self.layers = nn.Sequential(
-            _conv8x8s4(in_channels, 32), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten(),
-            nn.Linear(64 * 7 * 7, feature_size), nn.ReLU())
+            _conv8x8s4(in_channels, 32),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, feature_size),
+            nn.ReLU(),
+        )
         _init_orthogonal(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -174,20 +193,34 @@ class ImpalaCNN(nn.Module):
 
     architecture = "impala"
 
-    def __init__(self, in_channels: int = 4, feature_size: int = 256, channels: tuple[int, ...] = (16, 32, 32),
-                 input_size: tuple[int, int] = (84, 84)):
+    def __init__(
+        self,
+        in_channels: int = 4,
+        feature_size: int = 256,
+        channels: tuple[int, ...] = (16, 32, 32),
+        input_size: tuple[int, int] = (84, 84),
+    ):
         super().__init__()
         channels, input_size = tuple(channels), tuple(input_size)
-        self.config = {"in_channels": in_channels, "feature_size": feature_size, "channels": list(channels),
-                       "input_size": list(input_size)}
+        self.config = {
+            "in_channels": in_channels,
+            "feature_size": feature_size,
+            "channels": list(channels),
+            "input_size": list(input_size),
+        }
         self.feature_size = feature_size
         stages, height, width, previous = [], *input_size, in_channels
         for c in channels:
-            stages += [nn.Conv2d(previous, c, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1),
-                       _ResidualBlock(c), _ResidualBlock(c)]
+            stages += [
+                nn.Conv2d(previous, c, 3, padding=1),
+                nn.MaxPool2d(3, stride=2, padding=1),
+                _ResidualBlock(c),
+                _ResidualBlock(c),
+            ]
             height, width, previous = (height + 1) // 2, (width + 1) // 2, c
-        self.layers = nn.Sequential(*stages, nn.ReLU(), nn.Flatten(),
-                                    nn.Linear(previous * height * width, feature_size), nn.ReLU())
+        self.layers = nn.Sequential(
+            *stages, nn.ReLU(), nn.Flatten(), nn.Linear(previous * height * width, feature_size), nn.ReLU()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -209,9 +242,13 @@ class TokenEncoder(nn.Module):
         self.config = {"in_channels": in_channels, "vocab_size": vocab_size, "embed_dim": embed_dim}
         self.feature_size = self.grid[0] * self.grid[1] * embed_dim
         self.local_layers = nn.Sequential(
-            _conv8x8s4(in_channels, 32), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 128, 4, stride=2), nn.ReLU())
+            _conv8x8s4(in_channels, 32),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 128, 4, stride=2),
+            nn.ReLU(),
+        )
         self.pre_quant = nn.Conv2d(128, embed_dim, (5, 2), stride=2)  # 11x8 -> 4x4
         self.codebook = nn.Embedding(vocab_size, embed_dim)
         _init_orthogonal(self)
@@ -220,19 +257,22 @@ class TokenEncoder(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> z (B, 16, D) continuous, z_q (B, 16, D) nearest codebook entries, tokens (B, 16) int64."""
         z = self.pre_quant(self.local_layers(x)).flatten(2).transpose(1, 2).float()  # (B, 16, D)
-        codes = self.codebook.weight.float()                                   # (K, D)
-        with torch.autocast(z.device.type, enabled=False):                    # nearest code in float32
-            distances = (z.pow(2).sum(-1, keepdim=True) - 2 * z @ codes.T
-                         + codes.pow(2).sum(-1))                               # (B, 16, K)
-        tokens = distances.argmin(-1)                                          # (B, 16)
+        codes = self.codebook.weight.float()  # (K, D)
+        with torch.autocast(z.device.type, enabled=False):  # nearest code in float32
+            distances = z.pow(2).sum(-1, keepdim=True) - 2 * z @ codes.T + codes.pow(2).sum(-1)  # (B, 16, K)
+        tokens = distances.argmin(-1)  # (B, 16)
         return z, self.codebook(tokens), tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encode(x)[1].flatten(1)                                    # (B, 16 * D)
+        return self.encode(x)[1].flatten(1)  # (B, 16 * D)
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
-    "benchmark": BenchmarkEncoder, "nature": NatureCNN, "impala": ImpalaCNN, "tokenizer": TokenEncoder}
+    "benchmark": BenchmarkEncoder,
+    "nature": NatureCNN,
+    "impala": ImpalaCNN,
+    "tokenizer": TokenEncoder,
+}
 
 
 def build(architecture: str, **config) -> nn.Module:
@@ -258,10 +298,17 @@ def save(encoder: nn.Module, path: str | os.PathLike, **extra_meta) -> None:
     Weights are stored as float32 CPU tensors; `extra_meta` (plain values) goes to "meta".
     """
     encoder = _unwrap(encoder)
-    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in encoder.state_dict().items()}
-    payload = {"format": FORMAT, "architecture": encoder.architecture, "config": dict(encoder.config),
-               "state_dict": state, "meta": dict(extra_meta)}
+    state = {
+        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in encoder.state_dict().items()
+    }
+    payload = {
+        "format": FORMAT,
+        "architecture": encoder.architecture,
+        "config": dict(encoder.config),
+        "state_dict": state,
+        "meta": dict(extra_meta),
+    }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     write_bytes(path, buffer.getvalue())
@@ -281,17 +328,24 @@ def _read(path: Path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a truncated or foreign file
         raise UserError(f"encoder file {path} is truncated or corrupt ({type(err).__name__}); {fix}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or not {
-            "architecture", "config", "state_dict", "meta"} <= payload.keys():
+    if (
+        not isinstance(payload, dict)
+        or payload.get("format") != FORMAT
+        or not {"architecture", "config", "state_dict", "meta"} <= payload.keys()
+    ):
         raise UserError(f"encoder file {path} is not an atarirep encoder ({FORMAT}); {fix}")
     if payload["architecture"] not in ARCHITECTURES:
-        raise UserError(f"encoder file {path} has unknown architecture {payload['architecture']!r} (known: "
-                        f"{', '.join(ARCHITECTURES)}); update atarirep or {fix}")
+        raise UserError(
+            f"encoder file {path} has unknown architecture {payload['architecture']!r} (known: "
+            f"{', '.join(ARCHITECTURES)}); update atarirep or {fix}"
+        )
     return payload
 
 
-EXPORT_HOWTO = ("save your module with torch.export.save(torch.export.export(model.eval(), (frames,), dynamic_shapes="
-                "{'x': {0: torch.export.Dim('batch')}}), path), frames a (2, 1, 210, 160) float batch")
+EXPORT_HOWTO = (
+    "save your module with torch.export.save(torch.export.export(model.eval(), (frames,), dynamic_shapes="
+    "{'x': {0: torch.export.Dim('batch')}}), path), frames a (2, 1, 210, 160) float batch"
+)
 
 
 def _is_export_archive(path: Path) -> bool:
@@ -313,8 +367,10 @@ def load_any(path: str | os.PathLike) -> nn.Module:
         module = torch.export.load(path).module()
     except Exception as err:  # torch raises many types for a damaged or foreign archive, or a missing device
         message = " ".join(str(err).split())[:200]
-        raise UserError(f"encoder file {path} is a torch.export archive that does not load here "
-                        f"({type(err).__name__}: {message}); {EXPORT_HOWTO}") from None
+        raise UserError(
+            f"encoder file {path} is a torch.export archive that does not load here "
+            f"({type(err).__name__}: {message}); {EXPORT_HOWTO}"
+        ) from None
     module.meta = {}
     return module
 
@@ -324,13 +380,17 @@ def load(path: str | os.PathLike, expect: str | None = None) -> nn.Module:
     path = Path(path)
     payload = _read(path)
     if expect is not None and payload["architecture"] != expect:
-        raise UserError(f"encoder file {path} holds a {payload['architecture']!r} encoder, expected "
-                        f"{expect!r}; point to a {expect} encoder file")
+        raise UserError(
+            f"encoder file {path} holds a {payload['architecture']!r} encoder, expected "
+            f"{expect!r}; point to a {expect} encoder file"
+        )
     encoder = build(payload["architecture"], **payload["config"])
     try:
         encoder.load_state_dict(payload["state_dict"])
     except RuntimeError:
-        raise UserError(f"encoder file {path} has weights that do not fit its {payload['architecture']!r} "
-                        "config; rerun the stage that makes it (`dvc repro`)") from None
+        raise UserError(
+            f"encoder file {path} has weights that do not fit its {payload['architecture']!r} "
+            "config; rerun the stage that makes it (`dvc repro`)"
+        ) from None
     encoder.meta = payload["meta"]
     return encoder.eval()

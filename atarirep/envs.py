@@ -4,6 +4,7 @@
 the emulator, and `AtariARIWrapper` adds the labels to an ALE env a user made with `gym.make`.
 Collection loops, storage and policies live elsewhere (`atarirep.collection`, `atarirep.episodes`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,13 +26,13 @@ class Protocol:
     """How an agent step maps to emulator frames, and when an episode ends (docs/protocols.md 1 and 4)."""
 
     name: str
-    frame_skip: int                 # an agent step repeats its action for this many frames
-    noop_max: int                   # a real reset plays 1..noop_max no-op frames (0: none)
-    fire_on_reset: bool             # press FIRE (then action 2) after a reset, in games that need it
-    terminal_on_life_loss: bool     # a life loss ends the episode (stored episodes are per-life segments)
-    sticky_action_prob: float       # ALE repeat_action_probability
-    max_frames_per_episode: int     # emulator frame cap of a game
-    clip_rewards: bool              # rewards become their sign
+    frame_skip: int  # an agent step repeats its action for this many frames
+    noop_max: int  # a real reset plays 1..noop_max no-op frames (0: none)
+    fire_on_reset: bool  # press FIRE (then action 2) after a reset, in games that need it
+    terminal_on_life_loss: bool  # a life loss ends the episode (stored episodes are per-life segments)
+    sticky_action_prob: float  # ALE repeat_action_probability
+    max_frames_per_episode: int  # emulator frame cap of a game
+    clip_rewards: bool  # rewards become their sign
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -39,18 +40,39 @@ class Protocol:
 
 # The AtariARI benchmark: "NoFrameskip-v4" ALE, wrapped as OpenAI baselines' wrap_deepmind does.
 PROTOCOLS = {
-    "atariari": Protocol("atariari", frame_skip=4, noop_max=30, fire_on_reset=True,
-                         terminal_on_life_loss=True, sticky_action_prob=0.0,
-                         max_frames_per_episode=108_000, clip_rewards=True),
+    "atariari": Protocol(
+        "atariari",
+        frame_skip=4,
+        noop_max=30,
+        fire_on_reset=True,
+        terminal_on_life_loss=True,
+        sticky_action_prob=0.0,
+        max_frames_per_episode=108_000,
+        clip_rewards=True,
+    ),
     # Agents (docs/protocols.md 4), stepped by atarirep.agents.vector_env: the life-loss rule applies to
     # training only, evaluation always plays whole games. Rewards are clipped for training; returns
     # are reported raw.
-    "classic": Protocol("classic", frame_skip=4, noop_max=30, fire_on_reset=True,
-                        terminal_on_life_loss=True, sticky_action_prob=0.0,
-                        max_frames_per_episode=108_000, clip_rewards=True),
-    "modern": Protocol("modern", frame_skip=4, noop_max=0, fire_on_reset=False,
-                       terminal_on_life_loss=False, sticky_action_prob=0.25,
-                       max_frames_per_episode=108_000, clip_rewards=True),
+    "classic": Protocol(
+        "classic",
+        frame_skip=4,
+        noop_max=30,
+        fire_on_reset=True,
+        terminal_on_life_loss=True,
+        sticky_action_prob=0.0,
+        max_frames_per_episode=108_000,
+        clip_rewards=True,
+    ),
+    "modern": Protocol(
+        "modern",
+        frame_skip=4,
+        noop_max=0,
+        fire_on_reset=False,
+        terminal_on_life_loss=False,
+        sticky_action_prob=0.25,
+        max_frames_per_episode=108_000,
+        clip_rewards=True,
+    ),
 }
 
 
@@ -77,7 +99,9 @@ def resolve_ale_game(name: str) -> str:
     such as AirRaid, Carnival and NameThisGame of the multi-task set)."""
     key = annotations.game_key(name)
     if key not in _ale_names():
-        raise UserError(f"game {name!r} has no ROM in this ale-py; use one of {', '.join(sorted(_ale_names().values()))}")
+        raise UserError(
+            f"game {name!r} has no ROM in this ale-py; use one of {', '.join(sorted(_ale_names().values()))}"
+        )
     return _ale_names()[key]
 
 
@@ -89,8 +113,9 @@ def resolve_game(name: str, annotation_set: str = "latest") -> str:
     """
     key = annotations.for_game(name, annotation_set).game  # refuses unannotated games
     if key not in _ale_names():
-        raise UserError(f"game {name!r} is annotated but this ale-py has no ROM for it; "
-                        "install an ale-py that ships it")
+        raise UserError(
+            f"game {name!r} is annotated but this ale-py has no ROM for it; install an ale-py that ships it"
+        )
     return _ale_names()[key]
 
 
@@ -115,14 +140,17 @@ class LabelledAtariEnv(gym.Env):
         self.game = resolve_game(game, annotation_set)
         self.annotation = annotations.for_game(game, annotation_set)
         self._ram_indices = np.asarray(self.annotation.ram_indices, dtype=np.intp)
-        self._ale_env = gym.make(f"ALE/{self.game}-v5", frameskip=1,
-                                 repeat_action_probability=self.protocol.sticky_action_prob,
-                                 full_action_space=False,
-                                 max_num_frames_per_episode=self.protocol.max_frames_per_episode)
+        self._ale_env = gym.make(
+            f"ALE/{self.game}-v5",
+            frameskip=1,
+            repeat_action_probability=self.protocol.sticky_action_prob,
+            full_action_space=False,
+            max_num_frames_per_episode=self.protocol.max_frames_per_episode,
+        )
         self.ale = self._ale_env.unwrapped.ale
         self.action_set = self.ale.getMinimalActionSet()
         meanings = self._ale_env.unwrapped.get_action_meanings()
-        self._uses_fire = (self.protocol.fire_on_reset and len(meanings) >= 3 and meanings[1] == "FIRE")
+        self._uses_fire = self.protocol.fire_on_reset and len(meanings) >= 3 and meanings[1] == "FIRE"
         self.action_space = gym.spaces.Discrete(len(self.action_set))
         self.observation_space = gym.spaces.Box(0, 255, FRAME_SHAPE, np.uint8)
         self._rgb = np.zeros((2, 210, 160, 3), np.uint8)
@@ -237,8 +265,10 @@ class AtariARIWrapper(gym.Wrapper):
         super().__init__(env)
         base = env.unwrapped
         if not hasattr(base, "ale"):
-            raise UserError(f"AtariARIWrapper needs an ALE Atari env, got {type(base).__name__}; "
-                            "make one with gym.make('ALE/Pong-v5') after `import ale_py`")
+            raise UserError(
+                f"AtariARIWrapper needs an ALE Atari env, got {type(base).__name__}; "
+                "make one with gym.make('ALE/Pong-v5') after `import ale_py`"
+            )
         name = getattr(base, "_game", None) or (env.spec.id if env.spec else "")
         self.annotation = annotations.for_game(name, annotation_set)
         self._ram_indices = np.asarray(self.annotation.ram_indices, dtype=np.intp)

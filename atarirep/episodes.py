@@ -12,6 +12,7 @@ A stored dataset is a folder:
 This module reads and writes that format, and holds frames compressed in memory (CompressedFrames)
 for loops that sample them at random; it does not collect (atarirep.collection) or split (atarirep.splits).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -19,9 +20,9 @@ import io
 import json
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -31,8 +32,8 @@ from atarirep.errors import UserError
 FORMAT = "atarirep-episodes/1"
 FRAME_SHAPE = (1, 210, 160)  # full-size grayscale; downsampling would break the labels' meaning
 FRAME_BYTES = int(np.prod(FRAME_SHAPE))
-CHUNK_FRAMES = 32          # small chunks keep random access cheap; compression barely changes
-COMPRESSION_LEVEL = 3      # zlib: ~30-120x on Atari frames at ~80 us per frame
+CHUNK_FRAMES = 32  # small chunks keep random access cheap; compression barely changes
+COMPRESSION_LEVEL = 3  # zlib: ~30-120x on Atari frames at ~80 us per frame
 SPLITS = ("train", "val", "test")
 STEP_COLUMNS = ("split", "episode", "t", "env", "env_episode", "frame", "action", "reward")
 
@@ -44,15 +45,21 @@ class LazyFrames:
     and integer-array indexing, and `np.asarray(frames)` to load them all.
     """
 
-    def __init__(self, path: Path, frame_ids: np.ndarray, chunk_starts: np.ndarray,
-                 chunk_offsets: np.ndarray, first_ids: np.ndarray | None = None):
+    def __init__(
+        self,
+        path: Path,
+        frame_ids: np.ndarray,
+        chunk_starts: np.ndarray,
+        chunk_offsets: np.ndarray,
+        first_ids: np.ndarray | None = None,
+    ):
         self._path = path
-        self.frame_ids = np.asarray(frame_ids, dtype=np.int64)    # row -> frame number in frames.bin
+        self.frame_ids = np.asarray(frame_ids, dtype=np.int64)  # row -> frame number in frames.bin
         # row -> frame number of its episode's first frame: an episode's frames lie in frames.bin in order, test
         # frames left out of the table (duplicates of train frames) included, so each row's history is there
         self.first_ids = None if first_ids is None else np.asarray(first_ids, dtype=np.int64)
-        self._chunk_starts = chunk_starts                         # (C + 1,) first frame of each chunk
-        self._chunk_offsets = chunk_offsets                       # (C + 1,) byte offset of each chunk
+        self._chunk_starts = chunk_starts  # (C + 1,) first frame of each chunk
+        self._chunk_offsets = chunk_offsets  # (C + 1,) byte offset of each chunk
         self.shape = (len(self.frame_ids), *FRAME_SHAPE)
         self.dtype = np.dtype(np.uint8)
         self.ndim = 4
@@ -73,8 +80,10 @@ class LazyFrames:
         except zlib.error:
             data = b""
         if len(data) != num_frames * FRAME_BYTES:
-            raise UserError(f"{self._path} is corrupt (chunk {chunk} does not decompress to "
-                            f"{num_frames} frames); delete it and run `dvc repro collect` (or `dvc pull`)")
+            raise UserError(
+                f"{self._path} is corrupt (chunk {chunk} does not decompress to "
+                f"{num_frames} frames); delete it and run `dvc repro collect` (or `dvc pull`)"
+            )
         frames = np.frombuffer(data, np.uint8).reshape(num_frames, *FRAME_SHAPE)
         self._cache = (chunk, frames)
         return frames
@@ -112,7 +121,7 @@ class LazyFrames:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for start in range(0, len(self), 1024):
-            yield from self[start:start + 1024]
+            yield from self[start : start + 1024]
 
 
 class CompressedFrames:
@@ -127,7 +136,7 @@ class CompressedFrames:
     def __init__(self, frames: np.ndarray | LazyFrames, level: int = 1, block_frames: int = 1024):
         self._blobs: list[bytes] = []
         for start in range(0, len(frames), block_frames):  # a block at a time: bounded memory while building
-            for frame in np.asarray(frames[start:start + block_frames]):
+            for frame in np.asarray(frames[start : start + block_frames]):
                 self._blobs.append(zlib.compress(frame.tobytes(), level))  # level 1: ratio ~as level 3, faster
         self.shape = (len(self._blobs), *FRAME_SHAPE)
         self.dtype = np.dtype(np.uint8)
@@ -178,8 +187,9 @@ class Episodes:
         if tuple(self.frames.shape[1:]) != FRAME_SHAPE or self.frames.dtype != np.uint8:
             raise ValueError(f"frames must be (N, 1, 210, 160) uint8, got {self.frames.shape} {self.frames.dtype}")
         if self.labels.shape != (n, len(self.variables)) or self.labels.dtype != np.int16:
-            raise ValueError(f"labels must be ({n}, {len(self.variables)}) int16, got {self.labels.shape} "
-                             f"{self.labels.dtype}")
+            raise ValueError(
+                f"labels must be ({n}, {len(self.variables)}) int16, got {self.labels.shape} {self.labels.dtype}"
+            )
         if self.episode_index.shape != (n,) or self.episode_index.dtype != np.int32:
             raise ValueError(f"episode_index must be ({n},) int32")
         first_rows = self.episode_bounds()[:-1]
@@ -209,8 +219,8 @@ class ChunkWriter:
     def __init__(self, path: Path):
         self._file = open(path, "wb")
         self._pending: list[np.ndarray] = []
-        self.chunk_frames: list[int] = []   # frames in each chunk written
-        self.chunk_bytes: list[int] = []    # compressed size of each chunk written
+        self.chunk_frames: list[int] = []  # frames in each chunk written
+        self.chunk_bytes: list[int] = []  # compressed size of each chunk written
 
     def add(self, frame: np.ndarray) -> None:
         self._pending.append(frame)
@@ -232,8 +242,9 @@ class ChunkWriter:
         self._file.close()
 
 
-def write_store(folder: Path, frames_bin: Path, chunk_frames: np.ndarray, chunk_bytes: np.ndarray,
-                steps: pd.DataFrame, meta: dict) -> None:
+def write_store(
+    folder: Path, frames_bin: Path, chunk_frames: np.ndarray, chunk_bytes: np.ndarray, steps: pd.DataFrame, meta: dict
+) -> None:
     """Finish a dataset inside `folder` (a temporary folder the caller will rename into place).
 
     `frames_bin` already holds the chunks, in order; `steps` has STEP_COLUMNS then label columns.
@@ -243,8 +254,11 @@ def write_store(folder: Path, frames_bin: Path, chunk_frames: np.ndarray, chunk_
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, filename="") as gz:  # mtime 0: same bytes each run
         gz.write(steps.to_csv(index=False, lineterminator="\n").encode())
     (folder / "steps.csv.gz").write_bytes(buffer.getvalue())
-    meta = {**meta, "format": FORMAT,
-            "chunks": {"num_frames": [int(x) for x in chunk_frames], "num_bytes": [int(x) for x in chunk_bytes]}}
+    meta = {
+        **meta,
+        "format": FORMAT,
+        "chunks": {"num_frames": [int(x) for x in chunk_frames], "num_bytes": [int(x) for x in chunk_bytes]},
+    }
     (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
@@ -271,8 +285,9 @@ class EpisodeStore:
         frames_path = self.folder / "frames.bin"
         size = frames_path.stat().st_size if frames_path.exists() else -1
         if size != self._chunk_offsets[-1]:
-            raise UserError(f"{frames_path} is truncated or missing ({max(size, 0)} of "
-                            f"{self._chunk_offsets[-1]} bytes); {fix}")
+            raise UserError(
+                f"{frames_path} is truncated or missing ({max(size, 0)} of {self._chunk_offsets[-1]} bytes); {fix}"
+            )
         try:
             self.steps = pd.read_csv(self.folder / "steps.csv.gz")
         except (OSError, EOFError, zlib.error, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
@@ -280,9 +295,11 @@ class EpisodeStore:
         self.variables = tuple(self.meta["variables"])
         expected = [*STEP_COLUMNS, *self.variables]
         if list(self.steps.columns) != expected or len(self.steps) != sum(
-                c["frames"] for c in self.meta["counts"].values()):
-            raise UserError(f"{self.folder / 'steps.csv.gz'} does not match meta.json (columns or row "
-                            f"count differ); {fix}")
+            c["frames"] for c in self.meta["counts"].values()
+        ):
+            raise UserError(
+                f"{self.folder / 'steps.csv.gz'} does not match meta.json (columns or row count differ); {fix}"
+            )
         if len(self.steps) and self.steps["frame"].max() >= self._chunk_starts[-1]:
             raise UserError(f"{self.folder} refers to frames beyond frames.bin; {fix}")
 
@@ -297,15 +314,24 @@ class EpisodeStore:
     def split(self, name: str) -> Episodes:
         """The frames and labels of split `name` ("train", "val" or "test")."""
         if name not in self.meta["counts"]:
-            raise UserError(f"{self.folder} has no {name!r} split (it has {', '.join(self.split_names)}); "
-                            "collect it with splits that include it")
+            raise UserError(
+                f"{self.folder} has no {name!r} split (it has {', '.join(self.split_names)}); "
+                "collect it with splits that include it"
+            )
         rows = self.steps[self.steps["split"] == name]
-        frames = LazyFrames(self.folder / "frames.bin", rows["frame"].to_numpy(),
-                            self._chunk_starts, self._chunk_offsets, (rows["frame"] - rows["t"]).to_numpy())
-        return Episodes(frames=frames,
-                        labels=rows[list(self.variables)].to_numpy(np.int16),
-                        variables=self.variables,
-                        episode_index=rows["episode"].to_numpy(np.int32))
+        frames = LazyFrames(
+            self.folder / "frames.bin",
+            rows["frame"].to_numpy(),
+            self._chunk_starts,
+            self._chunk_offsets,
+            (rows["frame"] - rows["t"]).to_numpy(),
+        )
+        return Episodes(
+            frames=frames,
+            labels=rows[list(self.variables)].to_numpy(np.int16),
+            variables=self.variables,
+            episode_index=rows["episode"].to_numpy(np.int32),
+        )
 
 
 def load(folder: str | os.PathLike) -> EpisodeStore:

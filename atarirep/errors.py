@@ -1,8 +1,10 @@
 """User-facing errors: one line naming what is wrong and how to fix it, exit code 2, no traceback."""
+
 from __future__ import annotations
 
 import sys
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 
 class UserError(Exception):

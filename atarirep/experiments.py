@@ -17,6 +17,7 @@ which experiment gave which game, its params that differ from the baseline's and
 A game covered by two of the experiments taken is refused (name the one to keep), as is an experiment that
 is still queued or running, or failed; nothing is half-written (the folder is replaced whole).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,8 @@ class Experiment:
     """One experiment of the baseline commit, as `dvc exp show` lists it."""
 
     name: str
-    rev: str        # the experiment's commit (a queued or failed one: its queue entry)
-    state: str      # success, queued, running or failed
+    rev: str  # the experiment's commit (a queued or failed one: its queue entry)
+    state: str  # success, queued, running or failed
 
 
 def baseline_and_experiments(repo) -> tuple[str, list[Experiment]]:
@@ -46,10 +47,11 @@ def baseline_and_experiments(repo) -> tuple[str, list[Experiment]]:
     from dvc.exceptions import DvcException
 
     try:
-        states = repo.experiments.show(hide_workspace=True)   # HEAD and its experiments, queued and failed too
+        states = repo.experiments.show(hide_workspace=True)  # HEAD and its experiments, queued and failed too
     except DvcException as err:
-        raise UserError(f"cannot list the experiments ({err}); run from the project's git + DVC folder with "
-                        "at least one commit") from None
+        raise UserError(
+            f"cannot list the experiments ({err}); run from the project's git + DVC folder with at least one commit"
+        ) from None
     if not states:
         raise UserError("the project has no git commit to run experiments from; commit it first (git commit)")
     baseline = states[0]
@@ -68,25 +70,32 @@ def select(experiments: list[Experiment], names: list[str], baseline: str) -> li
     known = ", ".join(e.name for e in experiments) or "none"
     if not names:
         if not experiments:
-            raise UserError(f"the baseline commit {baseline[:7]} has no experiments; queue one per game "
-                            "(dvc exp run --queue -S env=Pong), run them (dvc queue start -j 2), then report")
+            raise UserError(
+                f"the baseline commit {baseline[:7]} has no experiments; queue one per game "
+                "(dvc exp run --queue -S env=Pong), run them (dvc queue start -j 2), then report"
+            )
         picked = experiments
     else:
         picked = []
         for name in dict.fromkeys(names):
             match = [e for e in experiments if e.name == name or (len(name) >= 4 and e.rev.startswith(name))]
             if not match:
-                raise UserError(f"no experiment {name!r} of the baseline commit {baseline[:7]} (it has: {known}); "
-                                "name one that `dvc exp show` lists, or check out its baseline commit first")
+                raise UserError(
+                    f"no experiment {name!r} of the baseline commit {baseline[:7]} (it has: {known}); "
+                    "name one that `dvc exp show` lists, or check out its baseline commit first"
+                )
             picked += [e for e in match[:1] if e not in picked]
     fix = "or name the finished ones (python -m atarirep.experiments report EXP ...)"
     for exp in picked:
         if exp.state in ("queued", "running"):
-            raise UserError(f"experiment {exp.name} is still {exp.state}; wait until `dvc queue status` shows it "
-                            f"Success, {fix}")
+            raise UserError(
+                f"experiment {exp.name} is still {exp.state}; wait until `dvc queue status` shows it Success, {fix}"
+            )
         if exp.state != "success":
-            raise UserError(f"experiment {exp.name} {exp.state} (`dvc queue logs {exp.name}` says why); remove it "
-                            f"(dvc queue remove {exp.name}) {fix}")
+            raise UserError(
+                f"experiment {exp.name} {exp.state} (`dvc queue logs {exp.name}` says why); remove it "
+                f"(dvc queue remove {exp.name}) {fix}"
+            )
     return picked
 
 
@@ -104,22 +113,29 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def differences(params: dict, baseline: dict) -> dict:
     """The params of `params` whose value differs from the baseline's (a key it lacks: None)."""
     ours, theirs = flatten(params), flatten(baseline)
-    return {key: ours.get(key) for key in [*ours, *(k for k in theirs if k not in ours)]
-            if ours.get(key, _ABSENT) != theirs.get(key, _ABSENT)}
+    return {
+        key: ours.get(key)
+        for key in [*ours, *(k for k in theirs if k not in ours)]
+        if ours.get(key, _ABSENT) != theirs.get(key, _ABSENT)
+    }
 
 
 def _read(fs, path: str, exp: Experiment) -> bytes:
     from dvc.exceptions import DvcException
 
     if not fs.exists(path):
-        raise UserError(f"experiment {exp.name} has no {path}, which its report showed; its pipeline did not "
-                        f"finish: remove it (dvc exp remove {exp.name}) or name the others")
+        raise UserError(
+            f"experiment {exp.name} has no {path}, which its report showed; its pipeline did not "
+            f"finish: remove it (dvc exp remove {exp.name}) or name the others"
+        )
     try:
         return fs.read_bytes(path)
     except (FileNotFoundError, DvcException):
         # A committed output whose data is not in this clone's cache (an experiment pulled with --no-cache, gc)
-        raise UserError(f"experiment {exp.name} has no {path} in the local DVC cache; fetch it "
-                        f"(dvc exp pull <git remote> {exp.name}) or report the experiments run here") from None
+        raise UserError(
+            f"experiment {exp.name} has no {path} in the local DVC cache; fetch it "
+            f"(dvc exp pull <git remote> {exp.name}) or report the experiments run here"
+        ) from None
 
 
 def gather(root: str | Path, experiments: list[Experiment], baseline_rev: str, work: Path):
@@ -146,16 +162,18 @@ def gather(root: str | Path, experiments: list[Experiment], baseline_rev: str, w
         exp_params = params_at(exp.rev, folder)
         try:
             shown = params.load("report", folder / "params.yaml")
-        except UserError as err:   # it names the temporary copy: say whose params these are
+        except UserError as err:  # it names the temporary copy: say whose params these are
             raise UserError(f"experiment {exp.name}'s params.yaml: {err}") from None
         sets.add(shown.annotations)
         for game in shown.games:
             if game in by_game:
-                raise UserError(f"experiments {by_game[game]} and {exp.name} both cover game {game}; name the one "
-                                f"to report, with the others (python -m atarirep.experiments report "
-                                f"{by_game[game]} ...), or remove the other (dvc exp remove {exp.name})")
+                raise UserError(
+                    f"experiments {by_game[game]} and {exp.name} both cover game {game}; name the one "
+                    f"to report, with the others (python -m atarirep.experiments report "
+                    f"{by_game[game]} ...), or remove the other (dvc exp remove {exp.name})"
+                )
             by_game[game] = exp.name
-        methods = reports.shown_methods(shown)   # the report stage's columns for this experiment
+        methods = reports.shown_methods(shown)  # the report stage's columns for this experiment
         fs = DVCFileSystem(str(root), rev=exp.rev)
         try:
             for game in shown.games:
@@ -166,11 +184,14 @@ def gather(root: str | Path, experiments: list[Experiment], baseline_rev: str, w
         finally:
             fs.close()
         parts.append(reports.load_results(folder / "data/probes", shown.games, methods))
-        record.append({"name": exp.name, "rev": exp.rev, "games": shown.games,
-                       "params": differences(exp_params, baseline)})
+        record.append(
+            {"name": exp.name, "rev": exp.rev, "games": shown.games, "params": differences(exp_params, baseline)}
+        )
     if len(sets) > 1:
-        raise UserError(f"the experiments were probed with different annotation sets ({', '.join(sorted(sets))}); "
-                        "name experiments of one set")
+        raise UserError(
+            f"the experiments were probed with different annotation sets ({', '.join(sorted(sets))}); "
+            "name experiments of one set"
+        )
     results = pd.concat(parts, ignore_index=True)
     return results, {"baseline": baseline_rev, "games": by_game, "experiments": record, "annotations": sets.pop()}
 
@@ -187,28 +208,39 @@ def report(out_dir: str | Path = DEFAULT_OUT, names: list[str] | None = None, ro
     try:
         repo = Repo(str(root))
     except NotDvcRepoError:
-        raise UserError(f"{Path(root).resolve()} is not in a DVC repository; run this from the project's "
-                        "folder") from None
+        raise UserError(
+            f"{Path(root).resolve()} is not in a DVC repository; run this from the project's folder"
+        ) from None
     with repo:
         baseline, experiments = baseline_and_experiments(repo)
         picked = select(experiments, list(names or []), baseline)
         with tempfile.TemporaryDirectory(prefix="atarirep-experiments-") as work:
             results, record = gather(repo.root_dir, picked, baseline, Path(work))
     annotation_set = record["annotations"]
-    reports.save(out_dir, reports.tables(results, annotation_set=annotation_set), reports.figures(results),
-                 reports.summary(results, annotation_set=annotation_set), extra_json={"experiments.json": record})
+    reports.save(
+        out_dir,
+        reports.tables(results, annotation_set=annotation_set),
+        reports.figures(results),
+        reports.summary(results, annotation_set=annotation_set),
+        extra_json={"experiments.json": record},
+    )
     games = ", ".join(f"{game} ({name})" for game, name in record["games"].items())
-    return (f"reported {len(record['games'])} game(s) from {len(picked)} experiment(s) in {out_dir}: {games}")
+    return f"reported {len(record['games'])} game(s) from {len(picked)} experiment(s) in {out_dir}: {games}"
 
 
 def main(*argv: str) -> None:
-    parser = argparse.ArgumentParser(prog="python -m atarirep.experiments",
-                                     description="The multi-game report of finished DVC experiments.")
+    parser = argparse.ArgumentParser(
+        prog="python -m atarirep.experiments", description="The multi-game report of finished DVC experiments."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     cmd = commands.add_parser("report", help="tables of every game of the finished experiments, none rerun")
     cmd.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
-    cmd.add_argument("experiments", nargs="*", metavar="EXP",
-                     help="experiment names or commit prefixes (default: all of the baseline commit's)")
+    cmd.add_argument(
+        "experiments",
+        nargs="*",
+        metavar="EXP",
+        help="experiment names or commit prefixes (default: all of the baseline commit's)",
+    )
     args = parser.parse_args(argv)
     print(report(args.out, args.experiments))
 

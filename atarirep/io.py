@@ -3,6 +3,7 @@
 A killed stage therefore leaves either the old artifact or nothing, never a half-written one that
 DVC could take as finished. This module does not decide formats; callers write bytes or folders.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -10,8 +11,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from atarirep.errors import UserError
 
@@ -21,11 +22,11 @@ def _check_parent_writable(target: Path) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"cannot create folder {parent} for output {target} ({err.strerror}); "
-                        "choose a writable output path") from None
+        raise UserError(
+            f"cannot create folder {parent} for output {target} ({err.strerror}); choose a writable output path"
+        ) from None
     if not os.access(parent, os.W_OK):
-        raise UserError(f"output folder {parent} is not writable; choose a writable output path "
-                        "or fix its permissions")
+        raise UserError(f"output folder {parent} is not writable; choose a writable output path or fix its permissions")
 
 
 def _umask() -> int:

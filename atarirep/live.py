@@ -1,5 +1,6 @@
 """dvclive for stage outputs: the training logs of pretrain and train_agent (curves for `dvc plots`, summaries
 for `dvc exp show`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,11 +15,11 @@ class StageLive(Live):
     posts. The log is a stage output like any other (dvc.yaml declares it); no experiment, dvc.yaml or git
     change belongs to it."""
 
-    def __init__(self, dir: str, resume: bool = False):   # noqa: A002 (dvclive's own name)
+    def __init__(self, dir: str, resume: bool = False):  # noqa: A002 (dvclive's own name)
         super().__init__(dir=dir, resume=resume, save_dvc_exp=False, dvcyaml=None)
 
     def _init_dvc(self):
-        self._dvc_file = "dvc.yaml"   # what Live._init_dvc_file gives for dvcyaml=None; never written
+        self._dvc_file = "dvc.yaml"  # what Live._init_dvc_file gives for dvcyaml=None; never written
 
     def _init_studio(self):
         self._studio_events_to_skip.update(("start", "data", "done"))

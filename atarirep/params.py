@@ -3,6 +3,7 @@
 Only stage scripts call `load(section)`; library functions take plain arguments. params.yaml is the
 composition of conf/ (DVC's Hydra composition writes it on `dvc exp run`); stages see plain values.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,24 +18,24 @@ from atarirep.errors import UserError
 
 @dataclass(frozen=True)
 class Dataset:
-    steps: int                      # agent steps (stored frames) over all environments
-    splits: dict[str, float]        # split name -> fraction of episodes, e.g. {train: 0.8, val: 0.2}
+    steps: int  # agent steps (stored frames) over all environments
+    splits: dict[str, float]  # split name -> fraction of episodes, e.g. {train: 0.8, val: 0.2}
 
 
 @dataclass(frozen=True)
 class Collect:
-    seed: int                       # shared
-    annotations: str                # shared: annotation set, paper or latest
-    collect_mode: str               # random_agent, or agent: the first seed's last sampled checkpoint of train_agent
-    random_actions: str             # nonzero: actions 1..n-1 as the reference; all: 0..n-1
-    agent_random_prob: float        # agent mode: a uniformly random action with this probability (reference: 0.2)
-    protocol: str                   # environment protocol, atariari
-    num_envs: int                   # environments, each with its own seed stream (reference: 8)
-    num_workers: int                # processes stepping them; does not change the output
-    min_episode_length: int         # episodes of this many frames or fewer are dropped (reference: 64)
-    entropy_threshold: float        # variables below this label entropy (nats) are dropped (reference: 0.6)
-    pretrain: Dataset               # encoder pretraining data (reference: 100k steps, 80/20)
-    probe: Dataset                  # probing data (reference: 50k steps, 70/10/20)
+    seed: int  # shared
+    annotations: str  # shared: annotation set, paper or latest
+    collect_mode: str  # random_agent, or agent: the first seed's last sampled checkpoint of train_agent
+    random_actions: str  # nonzero: actions 1..n-1 as the reference; all: 0..n-1
+    agent_random_prob: float  # agent mode: a uniformly random action with this probability (reference: 0.2)
+    protocol: str  # environment protocol, atariari
+    num_envs: int  # environments, each with its own seed stream (reference: 8)
+    num_workers: int  # processes stepping them; does not change the output
+    min_episode_length: int  # episodes of this many frames or fewer are dropped (reference: 64)
+    entropy_threshold: float  # variables below this label entropy (nats) are dropped (reference: 0.6)
+    pretrain: Dataset  # encoder pretraining data (reference: 100k steps, 80/20)
+    probe: Dataset  # probing data (reference: 50k steps, 70/10/20)
 
     def dataset(self, name: str) -> Dataset:
         """The `pretrain` or `probe` dataset's settings; UserError for another name."""
@@ -45,109 +46,118 @@ class Collect:
 
 @dataclass(frozen=True)
 class Pretrain:
-    seed: int                       # shared
-    device: str                     # shared: auto, cpu or cuda
-    methods: list[str]              # one pretrain stage per method (a DVC matrix)
-    epochs: int                     # reference: 100
-    batch_size: int                 # reference: 64
-    lr: float                       # Adam, reference: 3e-4 (eps 1e-5)
-    patience: int                   # early stop on validation loss, reference: 15
-    keep: str                       # last (reference) or best encoder
-    sampling: str                   # reference (AtariARI: episodes drawn with replacement) or every_frame
-    precision: str                  # fp32 (reference) or bf16 (autocast on CUDA; no effect on CPU)
+    seed: int  # shared
+    device: str  # shared: auto, cpu or cuda
+    methods: list[str]  # one pretrain stage per method (a DVC matrix)
+    epochs: int  # reference: 100
+    batch_size: int  # reference: 64
+    lr: float  # Adam, reference: 3e-4 (eps 1e-5)
+    patience: int  # early stop on validation loss, reference: 15
+    keep: str  # last (reference) or best encoder
+    sampling: str  # reference (AtariARI: episodes drawn with replacement) or every_frame
+    precision: str  # fp32 (reference) or bf16 (autocast on CUDA; no effect on CPU)
     method_config: dict[str, dict]  # method -> its settings (feature_size, CPC offsets, ...)
 
 
 @dataclass(frozen=True)
 class Probe:
-    seed: int                       # shared
-    device: str                     # shared
-    baselines: list[str]            # majority and supervised need no pretrained encoder
-    lr: float                       # Adam, reference: 3e-4
-    batch_size: int                 # reference: 64
-    epochs: int                     # reference: 100
-    patience: int                   # early stop on validation accuracy, reference: 15
-    fast: bool                      # encode once, all variables' probes as one batched layer (same results)
-    supervised_per_variable: bool   # reference: one end-to-end encoder per variable; false: one shared encoder
-    supervised_epochs: int          # the supervised baseline's epochs, reference: 100
-    sampling: str                   # reference (AtariARI: train, val and test drawn by episode) or every_frame
-    keep: str                       # weights tested: last (reference) or best (best val epoch's)
+    seed: int  # shared
+    device: str  # shared
+    baselines: list[str]  # majority and supervised need no pretrained encoder
+    lr: float  # Adam, reference: 3e-4
+    batch_size: int  # reference: 64
+    epochs: int  # reference: 100
+    patience: int  # early stop on validation accuracy, reference: 15
+    fast: bool  # encode once, all variables' probes as one batched layer (same results)
+    supervised_per_variable: bool  # reference: one end-to-end encoder per variable; false: one shared encoder
+    supervised_epochs: int  # the supervised baseline's epochs, reference: 100
+    sampling: str  # reference (AtariARI: train, val and test drawn by episode) or every_frame
+    keep: str  # weights tested: last (reference) or best (best val epoch's)
 
 
 @dataclass(frozen=True)
 class TrainAgent:
-    seed: int                       # shared: each run's seeds derive from it and the run's own seed
-    device: str                     # shared
-    algo: str                       # PPO or IMPALA
-    protocol: str                   # the training protocol (classic); the checkpoints' ALGO_protocol folder
-    seeds: list[int]                # one run per game x seed (a DVC matrix); the checkpoints' SEED folder
-    ppo: dict[str, object]          # atarirep.agents.ppo.PPOConfig, checked there
-    impala: dict[str, object]       # atarirep.agents.impala.IMPALAConfig, checked there
+    seed: int  # shared: each run's seeds derive from it and the run's own seed
+    device: str  # shared
+    algo: str  # PPO or IMPALA
+    protocol: str  # the training protocol (classic); the checkpoints' ALGO_protocol folder
+    seeds: list[int]  # one run per game x seed (a DVC matrix); the checkpoints' SEED folder
+    ppo: dict[str, object]  # atarirep.agents.ppo.PPOConfig, checked there
+    impala: dict[str, object]  # atarirep.agents.impala.IMPALAConfig, checked there
 
 
 @dataclass(frozen=True)
 class Multitask:
-    seed: int                       # shared: each run's seeds derive from it and the run's own seed
-    device: str                     # shared
-    algo: str                       # IMPALA_PopArt (reference) or IMPALA: one plain value output per game
-    games: list[str]                # the games one network plays (reference: 6 games of 6 actions each)
-    seeds: list[int]                # one run per seed (a DVC matrix); the checkpoints' SEED folder
-    full_action_space: bool         # every game plays ALE's 18 actions, so games of other action sets mix
-    impala: dict[str, object]       # keys of train_agent.impala set otherwise here (total_steps: 300M, ...)
+    seed: int  # shared: each run's seeds derive from it and the run's own seed
+    device: str  # shared
+    algo: str  # IMPALA_PopArt (reference) or IMPALA: one plain value output per game
+    games: list[str]  # the games one network plays (reference: 6 games of 6 actions each)
+    seeds: list[int]  # one run per seed (a DVC matrix); the checkpoints' SEED folder
+    full_action_space: bool  # every game plays ALE's 18 actions, so games of other action sets mix
+    impala: dict[str, object]  # keys of train_agent.impala set otherwise here (total_steps: 300M, ...)
 
 
 @dataclass(frozen=True)
 class SampleCheckpoints:
-    keep: int                       # checkpoints kept of each run, by the geometric rule (reference: 51 of 200)
+    keep: int  # checkpoints kept of each run, by the geometric rule (reference: 51 of 200)
 
 
 @dataclass(frozen=True)
 class EvaluateAgent:
-    seed: int                       # shared
-    device: str                     # shared
-    protocols: list[str]            # classic and/or modern (docs/protocols.md 4)
-    episodes: int                   # games played per checkpoint and protocol
-    epsilon: float                  # probability of a uniformly random action (reference: 0.001)
-    max_steps: int                  # agent steps a game may last (reference: 27000, the 108,000-frame cap)
+    seed: int  # shared
+    device: str  # shared
+    protocols: list[str]  # classic and/or modern (docs/protocols.md 4)
+    episodes: int  # games played per checkpoint and protocol
+    epsilon: float  # probability of a uniformly random action (reference: 0.001)
+    max_steps: int  # agent steps a game may last (reference: 27000, the 108,000-frame cap)
 
 
 @dataclass(frozen=True)
 class Saliency:
-    seed: int                       # shared
-    device: str                     # shared
-    checkpoints: int                # the last this many sampled checkpoints of the first seed
-    frames: int                     # observations kept from the start of one game
-    radius: int                     # sigma of the perturbation's Gaussian, in pixels (docs/protocols.md 4: 2 on 84x84)
-    stride: int                     # pixels between perturbed points (docs/protocols.md 4: 2 on 84x84)
-    protocol: str                   # evaluation protocol of the game played (classic or modern)
-    epsilon: float                  # probability of a uniformly random action (reference: 0.001)
+    seed: int  # shared
+    device: str  # shared
+    checkpoints: int  # the last this many sampled checkpoints of the first seed
+    frames: int  # observations kept from the start of one game
+    radius: int  # sigma of the perturbation's Gaussian, in pixels (docs/protocols.md 4: 2 on 84x84)
+    stride: int  # pixels between perturbed points (docs/protocols.md 4: 2 on 84x84)
+    protocol: str  # evaluation protocol of the game played (classic or modern)
+    epsilon: float  # probability of a uniformly random action (reference: 0.001)
 
 
 @dataclass(frozen=True)
 class Report:
-    games: list[str]                # shared: the games of the tables, in their order
-    annotations: str                # shared: the annotation set probed (decides what vs_paper compares)
-    methods: list[str]              # pretrained encoders shown (default: pretrain.methods)
-    baselines: list[str]            # baselines shown (default: probe.baselines)
-    rl_agent: bool                  # show the trained agent's encoder (first seed, last sampled checkpoint)
+    games: list[str]  # shared: the games of the tables, in their order
+    annotations: str  # shared: the annotation set probed (decides what vs_paper compares)
+    methods: list[str]  # pretrained encoders shown (default: pretrain.methods)
+    baselines: list[str]  # baselines shown (default: probe.baselines)
+    rl_agent: bool  # show the trained agent's encoder (first seed, last sampled checkpoint)
 
 
 @dataclass(frozen=True)
 class Study:
     """The shared keys: what the whole pipeline covers."""
 
-    env: str                        # the single-game study's game (the default profile's `games`)
-    games: list[str]                # every game collected, pretrained, probed and reported
+    env: str  # the single-game study's game (the default profile's `games`)
+    games: list[str]  # every game collected, pretrained, probed and reported
     seed: int
-    device: str                     # auto, cpu or cuda
-    annotations: str                # paper or latest
-    profile: str                    # default or paper
+    device: str  # auto, cpu or cuda
+    annotations: str  # paper or latest
+    profile: str  # default or paper
 
 
 DATASETS = ("pretrain", "probe")
-SECTIONS = {"collect": Collect, "pretrain": Pretrain, "probe": Probe, "report": Report, "study": Study,
-            "train_agent": TrainAgent, "multitask": Multitask, "sample_checkpoints": SampleCheckpoints, "evaluate_agent": EvaluateAgent,
-            "saliency": Saliency}
+SECTIONS = {
+    "collect": Collect,
+    "pretrain": Pretrain,
+    "probe": Probe,
+    "report": Report,
+    "study": Study,
+    "train_agent": TrainAgent,
+    "multitask": Multitask,
+    "sample_checkpoints": SampleCheckpoints,
+    "evaluate_agent": EvaluateAgent,
+    "saliency": Saliency,
+}
 SHARED_KEYS = ("env", "seed", "annotations", "device", "profile", "games")
 
 
@@ -160,7 +170,7 @@ def _check_type(value, kind, where: str):
             raise UserError(f"params.yaml {where} must be a list, got {value!r}")
         (item_type,) = typing.get_args(kind)
         return [_check_type(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:   # tuple[X, ...]: a YAML list held immutably
+    if origin is tuple:  # tuple[X, ...]: a YAML list held immutably
         if not isinstance(value, (list, tuple)):
             raise UserError(f"params.yaml {where} must be a list, got {value!r}")
         item_type = typing.get_args(kind)[0]
@@ -169,8 +179,10 @@ def _check_type(value, kind, where: str):
         key_type, value_type = typing.get_args(kind)
         if not isinstance(value, dict):
             raise UserError(f"params.yaml {where} must be a mapping, got {value!r}")
-        return {_check_type(k, key_type, f"{where} key"): _check_type(v, value_type, f"{where}.{k}")
-                for k, v in value.items()}
+        return {
+            _check_type(k, key_type, f"{where} key"): _check_type(v, value_type, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -185,8 +197,7 @@ def _known_fields(cls, mapping, where: str) -> tuple[list[str], dict]:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(mapping) - set(names))
     if unknown:
-        raise UserError(f"params.yaml {where} has unknown keys {', '.join(unknown)}; "
-                        f"known keys are {', '.join(names)}")
+        raise UserError(f"params.yaml {where} has unknown keys {', '.join(unknown)}; known keys are {', '.join(names)}")
     return names, typing.get_type_hints(cls)
 
 
@@ -194,8 +205,10 @@ def _build(cls, mapping, where: str):
     names, hints = _known_fields(cls, mapping, where)
     missing = [n for n in names if n not in mapping]
     if missing:
-        raise UserError(f"params.yaml {where} is missing {', '.join(missing)}; "
-                        "regenerate params.yaml from conf/ (dvc exp run) or add them")
+        raise UserError(
+            f"params.yaml {where} is missing {', '.join(missing)}; "
+            "regenerate params.yaml from conf/ (dvc exp run) or add them"
+        )
     return cls(**{n: _check_type(mapping[n], hints[n], f"{where}.{n}") for n in names})
 
 
@@ -237,10 +250,10 @@ def compose(conf_dir: str | Path = "conf", overrides: list[str] | None = None) -
 
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
         # resolve=True as DVC does when it writes params.yaml: `games: ["${env}"]` becomes `[Pong]`
-        return OmegaConf.to_container(hydra_compose(config_name="config", overrides=overrides or []),
-                                      resolve=True)
+        return OmegaConf.to_container(hydra_compose(config_name="config", overrides=overrides or []), resolve=True)
 
 
 if __name__ == "__main__":  # python -m atarirep.params [overrides...]: rewrite params.yaml from conf/
     import sys
+
     Path("params.yaml").write_text(yaml.safe_dump(compose("conf", sys.argv[1:]), sort_keys=False))

@@ -3,6 +3,7 @@
 A policy is built per environment (with that environment's own RNG), so what an environment
 records does not depend on how environments are grouped into worker processes.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -51,14 +52,16 @@ class AgentPolicy:
 
         from atarirep.agents import checkpoints, network, vector_env
 
-        if multiprocessing.parent_process() is not None:   # a collecting worker: they run side by side
-            torch.set_num_threads(1)                        # (never changed in the caller's own process)
+        if multiprocessing.parent_process() is not None:  # a collecting worker: they run side by side
+            torch.set_num_threads(1)  # (never changed in the caller's own process)
         self._torch, self._resize, self._choose = torch, vector_env.agent_frames, network.choose_actions
         self._play = network.play_outputs
         self._network, _ = checkpoints.load_network(checkpoint)
         if self._network.num_actions != num_actions:
-            raise UserError(f"checkpoint {checkpoint} acts with {self._network.num_actions} actions but this game "
-                            f"has {num_actions}; use a checkpoint trained on this game")
+            raise UserError(
+                f"checkpoint {checkpoint} acts with {self._network.num_actions} actions but this game "
+                f"has {num_actions}; use a checkpoint trained on this game"
+            )
         self._stack = np.zeros((1, vector_env.STACK, *vector_env.AGENT_FRAME), np.uint8)
         self._greedy, self._last_action = isinstance(self._network, network.QNetwork), 0
         self._rng, self._random_prob, self._num_actions = rng, random_prob, num_actions
@@ -73,8 +76,12 @@ class AgentPolicy:
             self._stack[0, -1] = frame84
         torch = self._torch
         with torch.no_grad():
-            head, _ = self._play(self._network, torch.from_numpy(self._stack), torch.tensor([self._last_action]),
-                                 torch.tensor([reward], dtype=torch.float32))
+            head, _ = self._play(
+                self._network,
+                torch.from_numpy(self._stack),
+                torch.tensor([self._last_action]),
+                torch.tensor([reward], dtype=torch.float32),
+            )
         # The reference's trained-agent mode samples a policy (greedy only for a Q-network), whatever the
         # checkpoint's evaluation rule.
         action = int(self._choose(self._network, head, self._rng, self._random_prob, greedy=self._greedy)[0])

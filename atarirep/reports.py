@@ -5,6 +5,7 @@ renders tables as Markdown, CSV and LaTeX (docs/protocols.md section 2: per game
 category means, then the mean over games). It does not probe (atarirep.probe); `save` is the only
 function that writes, and only into the folder it is given.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from matplotlib.figure import Figure   # no pyplot: no global figure state, no backend to choose
+from matplotlib.figure import Figure  # no pyplot: no global figure state, no backend to choose
 
 from atarirep import annotations, io
 from atarirep.errors import UserError
@@ -27,15 +28,24 @@ SCORE_COLUMNS = ("game", "method", "variable", "categories", "f1", "accuracy")
 PAPER_METHODS = ("majority", "random_cnn", "vae", "pixel_pred", "cpc", "stdim", "supervised")
 EXTRA_METHODS = ("tokenizer", "rl_agent")
 RL_AGENT = "rl_agent"
-ABLATIONS = ("stdim", "global_local_stdim", "global_t_dim", "jsd_stdim", "static_dim")   # ST-DIM first, for reference
-DISPLAY_NAMES = {"majority": "majority", "random_cnn": "random-CNN", "vae": "VAE", "pixel_pred": "pixel prediction",
-                 "cpc": "CPC", "stdim": "ST-DIM", "supervised": "supervised", "tokenizer": "tokenizer (IRIS)",
-                 "rl_agent": "RL agent (PPO)",
-                 "global_local_stdim": "ST-DIM, global-local only", "global_t_dim": "Global-T-DIM",
-                 "jsd_stdim": "JSD-ST-DIM", "static_dim": "static DIM"}
+ABLATIONS = ("stdim", "global_local_stdim", "global_t_dim", "jsd_stdim", "static_dim")  # ST-DIM first, for reference
+DISPLAY_NAMES = {
+    "majority": "majority",
+    "random_cnn": "random-CNN",
+    "vae": "VAE",
+    "pixel_pred": "pixel prediction",
+    "cpc": "CPC",
+    "stdim": "ST-DIM",
+    "supervised": "supervised",
+    "tokenizer": "tokenizer (IRIS)",
+    "rl_agent": "RL agent (PPO)",
+    "global_local_stdim": "ST-DIM, global-local only",
+    "global_t_dim": "Global-T-DIM",
+    "jsd_stdim": "JSD-ST-DIM",
+    "static_dim": "static DIM",
+}
 MISSING = "-"
-PAPER_REFERENCE = ("Anand et al. 2019, Unsupervised State Representation Learning in Atari (NeurIPS), "
-                   "random-agent data")
+PAPER_REFERENCE = "Anand et al. 2019, Unsupervised State Representation Learning in Atari (NeurIPS), random-agent data"
 
 
 # -- reading probe results -------------------------------------------------------------------------
@@ -63,8 +73,10 @@ def load_results(probes_dir: str | os.PathLike, games: list[str], methods: list[
         for method in methods:
             parts.append(_read_scores(scores_path(probes_dir, game, method), game, method))
     if not parts:
-        raise UserError("the report has no games or no methods to show; list them in params.yaml (games, "
-                        "report.methods, report.baselines)")
+        raise UserError(
+            "the report has no games or no methods to show; list them in params.yaml (games, "
+            "report.methods, report.baselines)"
+        )
     results = pd.concat(parts, ignore_index=True)
     results["categories"] = results["categories"].map(lambda s: tuple(c for c in s.split(";") if c))
     return results
@@ -74,27 +86,37 @@ def _read_scores(path: Path, game: str, method: str) -> pd.DataFrame:
     kind = "probe_baseline" if method in ("majority", "supervised") else "probe"
     stage = f"probe_checkpoints@{game}" if method == RL_AGENT else f"{kind}@{game}-{method}"
     if not path.exists():
-        raise UserError(f"no probe results {path} for game {game} and method {method}; run its stage "
-                        f"(dvc repro {stage}) or dvc pull")
+        raise UserError(
+            f"no probe results {path} for game {game} and method {method}; run its stage "
+            f"(dvc repro {stage}) or dvc pull"
+        )
     try:
-        part = pd.read_csv(path, dtype={"categories": str, "variable": str, "game": str, "method": str},
-                           keep_default_na=False)
+        part = pd.read_csv(
+            path, dtype={"categories": str, "variable": str, "game": str, "method": str}, keep_default_na=False
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
-        raise UserError(f"probe results {path} are corrupt ({type(err).__name__}); rerun its stage "
-                        f"(dvc repro -f {stage}) or dvc pull") from None
+        raise UserError(
+            f"probe results {path} are corrupt ({type(err).__name__}); rerun its stage "
+            f"(dvc repro -f {stage}) or dvc pull"
+        ) from None
     missing = [c for c in SCORE_COLUMNS if c not in part.columns]
     if missing or not len(part):
-        raise UserError(f"probe results {path} lack columns {', '.join(missing) or '(no rows)'}; rerun its stage "
-                        f"(dvc repro -f {stage})")
+        raise UserError(
+            f"probe results {path} lack columns {', '.join(missing) or '(no rows)'}; rerun its stage "
+            f"(dvc repro -f {stage})"
+        )
     part = part[list(SCORE_COLUMNS)]
     if set(part["game"]) != {game} or set(part["method"]) != {method}:
-        raise UserError(f"probe results {path} hold game {part['game'].iloc[0]} and method {part['method'].iloc[0]}, "
-                        f"not {game} and {method}; rerun its stage (dvc repro -f {stage})")
+        raise UserError(
+            f"probe results {path} hold game {part['game'].iloc[0]} and method {part['method'].iloc[0]}, "
+            f"not {game} and {method}; rerun its stage (dvc repro -f {stage})"
+        )
     for metric in METRICS:
         part[metric] = pd.to_numeric(part[metric], errors="coerce")
     if part[list(METRICS)].isna().any().any() or part["variable"].duplicated().any():
-        raise UserError(f"probe results {path} hold non-numeric scores or a variable twice; rerun its stage "
-                        f"(dvc repro -f {stage})")
+        raise UserError(
+            f"probe results {path} hold non-numeric scores or a variable twice; rerun its stage (dvc repro -f {stage})"
+        )
     return part
 
 
@@ -146,8 +168,10 @@ def variable_table(results: pd.DataFrame, game: str, metric: str = "f1") -> pd.D
     """variables x (categories, methods...) of one game: each variable's `metric` per method."""
     rows = results[results["game"] == game]
     if rows.empty:
-        raise UserError(f"no probe results for game {game}; probe it first or pick one of "
-                        f"{', '.join(sorted(results['game'].unique()))}")
+        raise UserError(
+            f"no probe results for game {game}; probe it first or pick one of "
+            f"{', '.join(sorted(results['game'].unique()))}"
+        )
     table = rows.pivot(index="variable", columns="method", values=metric)
     table = table.reindex(list(dict.fromkeys(rows["variable"])))[method_order(table.columns)]
     categories = rows.drop_duplicates("variable").set_index("variable")["categories"]
@@ -184,8 +208,10 @@ def paper_tables() -> dict[str, pd.DataFrame]:
     """The paper's Table 2 (`f1_by_game`: its 22 games and mean row x 7 methods) and Table 3
     (`f1_by_category`: 5 categories x 7 methods), from atarirep/data/paper_tables.yaml."""
     data = yaml.safe_load(resources.files("atarirep.data").joinpath("paper_tables.yaml").read_text())
-    return {name: pd.DataFrame.from_dict(data[name], orient="index", columns=data["methods"])
-            for name in ("f1_by_game", "f1_by_category")}
+    return {
+        name: pd.DataFrame.from_dict(data[name], orient="index", columns=data["methods"])
+        for name in ("f1_by_game", "f1_by_category")
+    }
 
 
 def _paper_games() -> list[str]:
@@ -205,18 +231,23 @@ def unlike_paper(games, annotation_set: str) -> list[str]:
     A variable renamed on the same byte and in the same categories (YarsRevenge's `player_yar_x` in `paper`,
     `player_x` in `latest`) measures the same thing."""
     if annotation_set not in annotations.ANNOTATION_SETS:
-        raise UserError(f"annotation set {annotation_set!r} is unknown; use one of "
-                        f"{', '.join(annotations.ANNOTATION_SETS)}")
+        raise UserError(
+            f"annotation set {annotation_set!r} is unknown; use one of {', '.join(annotations.ANNOTATION_SETS)}"
+        )
     in_paper = set(_paper_games())
-    return [g for g in dict.fromkeys(games)
-            if g in in_paper and annotation_set != "paper" and _probed(g, annotation_set) != _probed(g, "paper")]
+    return [
+        g
+        for g in dict.fromkeys(games)
+        if g in in_paper and annotation_set != "paper" and _probed(g, annotation_set) != _probed(g, "paper")
+    ]
 
 
-NOTE = "note"   # DataFrame.attrs key: a line that to_markdown and to_latex write under the table, never the CSV
+NOTE = "note"  # DataFrame.attrs key: a line that to_markdown and to_latex write under the table, never the CSV
 
 
-def paper_difference(ours: pd.DataFrame, paper: pd.DataFrame, games,
-                     annotation_set: str = "paper") -> pd.DataFrame | None:
+def paper_difference(
+    ours: pd.DataFrame, paper: pd.DataFrame, games, annotation_set: str = "paper"
+) -> pd.DataFrame | None:
     """Our value minus the paper's for every cell in both tables, then a `mean_abs_difference` row per method
     (over the compared cells of its column); None if no cell is in both.
 
@@ -228,7 +259,7 @@ def paper_difference(ours: pd.DataFrame, paper: pd.DataFrame, games,
     """
     left_out = unlike_paper(games, annotation_set)
     ours = ours.drop(index=["across_categories", *left_out], errors="ignore")
-    is_summary_table = "mean" not in paper.index         # Table 3: every row averages the 22 games
+    is_summary_table = "mean" not in paper.index  # Table 3: every row averages the 22 games
     same_games = not left_out and sorted(games) == sorted(_paper_games())
     rows = [r for r in ours.index if r in paper.index and ((r != "mean" and not is_summary_table) or same_games)]
     columns = [m for m in ours.columns if m in paper.columns]
@@ -245,9 +276,11 @@ def paper_difference(ours: pd.DataFrame, paper: pd.DataFrame, games,
 
 def left_out_note(left_out, annotation_set: str) -> str:
     """The one line that says which games a comparison with the paper leaves out, and why."""
-    return (f"Not compared with the paper: {', '.join(left_out)} (variables differ from the paper's under "
-            f"annotations: {annotation_set}); nor are the paper's mean row and Table 3, which average its "
-            "22 games.")
+    return (
+        f"Not compared with the paper: {', '.join(left_out)} (variables differ from the paper's under "
+        f"annotations: {annotation_set}); nor are the paper's mean row and Table 3, which average its "
+        "22 games."
+    )
 
 
 def summary(results: pd.DataFrame, annotation_set: str = "paper") -> dict:
@@ -260,15 +293,21 @@ def summary(results: pd.DataFrame, annotation_set: str = "paper") -> dict:
     out: dict = {"games": list(dict.fromkeys(results["game"])), "annotations": annotation_set}
     for metric in METRICS:
         table = game_table(results, metric)
-        out[metric] = {method: {"across_categories": _number(table.loc["mean", method]),
-                                "overall": _number(overall[metric][method].mean(skipna=False))}
-                       for method in table.columns}
+        out[metric] = {
+            method: {
+                "across_categories": _number(table.loc["mean", method]),
+                "overall": _number(overall[metric][method].mean(skipna=False)),
+            }
+            for method in table.columns
+        }
     out["f1_vs_paper_games_left_out"] = unlike_paper(out["games"], annotation_set)
-    difference = paper_difference(game_table(results, "f1"), paper_tables()["f1_by_game"], out["games"],
-                                  annotation_set=annotation_set)
+    difference = paper_difference(
+        game_table(results, "f1"), paper_tables()["f1_by_game"], out["games"], annotation_set=annotation_set
+    )
     if difference is not None:
-        out["f1_vs_paper_mean_abs_difference"] = {m: _number(v) for m, v in
-                                                  difference.loc["mean_abs_difference"].items()}
+        out["f1_vs_paper_mean_abs_difference"] = {
+            m: _number(v) for m, v in difference.loc["mean_abs_difference"].items()
+        }
     return out
 
 
@@ -283,6 +322,7 @@ def _cells(table: pd.DataFrame, digits: int) -> list[list[str]]:
         if isinstance(value, (float, np.floating)):
             return MISSING if math.isnan(value) else f"{value:.{digits}f}"
         return str(value)
+
     return [[str(index), *map(cell, row)] for index, row in zip(table.index, table.itertuples(index=False))]
 
 
@@ -298,12 +338,22 @@ def to_markdown(table: pd.DataFrame, digits: int = 3, note: str | None = None) -
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in _cells(table, digits)]
     if note:
-        lines += ["", f"Note: {note}"]   # the blank line ends the table
+        lines += ["", f"Note: {note}"]  # the blank line ends the table
     return "\n".join(lines) + "\n"
 
 
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def _latex_escape(text: str) -> str:
@@ -315,8 +365,7 @@ def to_latex(table: pd.DataFrame, digits: int = 3, note: str | None = None) -> s
     is set off by a rule; `note`, if any, in small type in a paragraph under it."""
     spec = "l" + "".join("r" if n else "l" for n in _numeric(table))
     header = [table.index.name or "", *map(str, table.columns)]
-    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(map(_latex_escape, header)) + r" \\",
-             r"\midrule"]
+    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(map(_latex_escape, header)) + r" \\", r"\midrule"]
     for row in _cells(table, digits):
         if row[0] in ("mean", "across_categories", "mean_abs_difference"):
             lines.append(r"\midrule")
@@ -343,7 +392,12 @@ def category_bars(results: pd.DataFrame, metric: str = "f1") -> Figure:
     width = 0.8 / max(num_methods, 1)
     x = np.arange(num_groups)
     for i, method in enumerate(table.columns):
-        ax.bar(x - 0.4 + width * (i + 0.5), table[method].to_numpy(dtype=float), width, label=DISPLAY_NAMES.get(method, method))
+        ax.bar(
+            x - 0.4 + width * (i + 0.5),
+            table[method].to_numpy(dtype=float),
+            width,
+            label=DISPLAY_NAMES.get(method, method),
+        )
     ax.set_xticks(x, [c.replace("_", " ") for c in table.index], rotation=20, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel(metric)
@@ -358,16 +412,24 @@ def game_heatmap(results: pd.DataFrame, metric: str = "f1") -> Figure:
     """Heatmap of games (and their mean) x methods: the across-categories `metric`, values written in."""
     table = game_table(results, metric)
     values = table.to_numpy(dtype=float)
-    fig = Figure(figsize=(max(5.0, 1.1 * table.shape[1] + 2), max(2.5, 0.45 * table.shape[0] + 1.5)),
-                 layout="constrained")
+    fig = Figure(
+        figsize=(max(5.0, 1.1 * table.shape[1] + 2), max(2.5, 0.45 * table.shape[0] + 1.5)), layout="constrained"
+    )
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(values), vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(table.shape[1]), [DISPLAY_NAMES.get(m, m) for m in table.columns], rotation=30, ha="right")
     ax.set_yticks(range(table.shape[0]), table.index)
     for (row, col), value in np.ndenumerate(values):
         if not math.isnan(value):
-            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize="small",
-                    color="black" if value > 0.6 else "white")
+            ax.text(
+                col,
+                row,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize="small",
+                color="black" if value > 0.6 else "white",
+            )
     fig.colorbar(image, ax=ax, label=f"{metric} (mean across categories)")
     ax.set_title(f"{metric} per game and method")
     return fig
@@ -380,8 +442,15 @@ def draw_category_curve(ax, curve: pd.DataFrame, metric: str = "f1") -> None:
     mean = curve.groupby("frames")[columns].mean().sort_index()
     for column in columns:
         across = column == "across_categories"
-        ax.plot(mean.index, mean[column], marker="" if across else ".", linestyle="--" if across else "-",
-                color="black" if across else None, linewidth=2 if across else 1.2, label=column.replace("_", " "))
+        ax.plot(
+            mean.index,
+            mean[column],
+            marker="" if across else ".",
+            linestyle="--" if across else "-",
+            color="black" if across else None,
+            linewidth=2 if across else 1.2,
+            label=column.replace("_", " "),
+        )
     ax.set_xlabel("training frames")
     ax.set_ylabel(metric)
     ax.set_ylim(0, 1)
@@ -400,8 +469,13 @@ def figures(results: pd.DataFrame) -> dict[str, Figure]:
 
 
 # -- writing ---------------------------------------------------------------------------------------
-def save(out_dir: str | os.PathLike, tables_by_name: dict[str, pd.DataFrame], figures_by_name: dict[str, Figure],
-         metrics: dict, extra_json: dict[str, object] | None = None) -> None:
+def save(
+    out_dir: str | os.PathLike,
+    tables_by_name: dict[str, pd.DataFrame],
+    figures_by_name: dict[str, Figure],
+    metrics: dict,
+    extra_json: dict[str, object] | None = None,
+) -> None:
     """Write one report folder atomically: tables/<name>.{md,csv,tex} (a table's attrs[NOTE] under its
     Markdown and LaTeX), figures/<name>.png, summary.json, and `extra_json`'s files by name
     (atarirep.experiments: experiments.json), if any."""
@@ -409,7 +483,7 @@ def save(out_dir: str | os.PathLike, tables_by_name: dict[str, pd.DataFrame], fi
         (folder / "tables").mkdir()
         (folder / "figures").mkdir()
         for name, table in tables_by_name.items():
-            shown = table.rename(columns=DISPLAY_NAMES)   # the paper's names; the CSV keeps the method keys
+            shown = table.rename(columns=DISPLAY_NAMES)  # the paper's names; the CSV keeps the method keys
             note = table.attrs.get(NOTE)
             (folder / "tables" / f"{name}.md").write_text(to_markdown(shown, note=note))
             (folder / "tables" / f"{name}.csv").write_text(to_csv(table))

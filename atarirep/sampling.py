@@ -9,6 +9,7 @@ Items are frames for probes and windows of consecutive frames of one episode for
 (E + 1,) int64 are the first item of each episode, then the number of items (episodes are contiguous).
 Pure functions of a numpy Generator: the same seed draws the same samples.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,10 @@ SAMPLINGS = ("reference", "every_frame")
 def check(sampling: str, where: str) -> None:
     """UserError (one line) unless `sampling` is offered; `where` names the param, e.g. "probe.sampling"."""
     if sampling not in SAMPLINGS:
-        raise UserError(f"{where}={sampling!r} is not offered; use one of {', '.join(SAMPLINGS)} "
-                        "(reference: AtariARI's draw of episodes with replacement; every_frame: each frame once)")
+        raise UserError(
+            f"{where}={sampling!r} is not offered; use one of {', '.join(SAMPLINGS)} "
+            "(reference: AtariARI's draw of episodes with replacement; every_frame: each frame once)"
+        )
 
 
 def draw(rng: np.random.Generator, bounds: np.ndarray, num_samples: int) -> np.ndarray:
@@ -37,8 +40,9 @@ def draw(rng: np.random.Generator, bounds: np.ndarray, num_samples: int) -> np.n
     return bounds[chosen] + rng.integers(0, lengths[chosen])
 
 
-def epoch_order(rng: np.random.Generator, bounds: np.ndarray, sampling: str, *,
-                num_samples: int | None = None) -> np.ndarray:
+def epoch_order(
+    rng: np.random.Generator, bounds: np.ndarray, sampling: str, *, num_samples: int | None = None
+) -> np.ndarray:
     """One epoch's `num_samples` items (default: one per item, AtariARI's total_steps) in order: the first of a
     permutation of every item (every_frame), or `draw` (reference)."""
     num_items = int(bounds[-1])

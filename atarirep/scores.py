@@ -8,9 +8,10 @@ probes (atarirep.probe) or draw tables (atarirep.reports).
 Layout: scores, one row per variable: variable (str), categories (tuple of str), f1, accuracy, and
 game, method when known.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,18 +29,24 @@ def score(predictions, labels, variables: Sequence[str]) -> pd.DataFrame:
 
     predictions, labels: (N, V) integers, column j holding variables[j].
     """
-    from sklearn.metrics import f1_score   # here, not at the top: reports read scores without sklearn
+    from sklearn.metrics import f1_score  # here, not at the top: reports read scores without sklearn
 
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if predictions.shape != labels.shape or labels.ndim != 2 or labels.shape[1] != len(variables):
-        raise ValueError(f"predictions {predictions.shape} and labels {labels.shape} must both be "
-                         f"(N, {len(variables)})")
+        raise ValueError(
+            f"predictions {predictions.shape} and labels {labels.shape} must both be (N, {len(variables)})"
+        )
     if len(labels) == 0:
         raise UserError("test labels are empty; collect more steps so the test split has frames")
-    rows = [{"variable": v, "categories": annotations.categories(v),
-             "f1": float(f1_score(labels[:, j], predictions[:, j], average="weighted", zero_division=0)),
-             "accuracy": float(np.mean(labels[:, j] == predictions[:, j]))}
-            for j, v in enumerate(variables)]
+    rows = [
+        {
+            "variable": v,
+            "categories": annotations.categories(v),
+            "f1": float(f1_score(labels[:, j], predictions[:, j], average="weighted", zero_division=0)),
+            "accuracy": float(np.mean(labels[:, j] == predictions[:, j])),
+        }
+        for j, v in enumerate(variables)
+    ]
     return pd.DataFrame(rows, columns=["variable", "categories", "f1", "accuracy"])
 
 
@@ -60,8 +67,11 @@ def aggregate(scores: pd.DataFrame, by: str = "category") -> pd.DataFrame:
         per_category = scores.explode("categories").dropna(subset=["categories"])
         per_category = per_category.rename(columns={"categories": "category"})
         per_category["category"] = pd.Categorical(per_category["category"], categories=annotations.CATEGORIES)
-        out = per_category.groupby([*keys, "category"], sort=True, observed=True).agg(
-            f1=("f1", "mean"), accuracy=("accuracy", "mean"), num_variables=("variable", "size")).reset_index()
+        out = (
+            per_category.groupby([*keys, "category"], sort=True, observed=True)
+            .agg(f1=("f1", "mean"), accuracy=("accuracy", "mean"), num_variables=("variable", "size"))
+            .reset_index()
+        )
         out["category"] = out["category"].astype(str)
         return out
     if by == "across_categories":
@@ -84,8 +94,10 @@ def summarize(scores: pd.DataFrame) -> dict:
     overall = aggregate(scores, "overall")
     out = {}
     for metric in METRICS:
-        out[metric] = {"across_categories": float(across[metric].iloc[0]),
-                       "overall": float(overall[metric].iloc[0]),
-                       **{c: float(v) for c, v in zip(per_category["category"], per_category[metric])}}
+        out[metric] = {
+            "across_categories": float(across[metric].iloc[0]),
+            "overall": float(overall[metric].iloc[0]),
+            **{c: float(v) for c, v in zip(per_category["category"], per_category[metric])},
+        }
     out["num_variables"] = int(len(scores))
     return out

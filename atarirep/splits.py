@@ -3,6 +3,7 @@ label-entropy filter and test-frame deduplication (docs/protocols.md section 1).
 
 Pure functions over arrays; they read and write nothing.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,11 +18,15 @@ def check_fractions(fractions: dict[str, float]) -> dict[str, float]:
     fractions = {name: fractions[name] for name in SPLITS if name in fractions} | dict(fractions)
     unknown = set(fractions) - set(SPLITS)
     if unknown or "train" not in fractions:
-        raise UserError(f"splits {dict(fractions)} must name train and optionally val and test "
-                        f"(unknown: {', '.join(sorted(unknown)) or 'none'})")
+        raise UserError(
+            f"splits {dict(fractions)} must name train and optionally val and test "
+            f"(unknown: {', '.join(sorted(unknown)) or 'none'})"
+        )
     if any(not 0 < f <= 1 for f in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
-        raise UserError(f"split fractions {dict(fractions)} must be positive and sum to 1 "
-                        f"(they sum to {sum(fractions.values()):g}); for example train: 0.7, val: 0.1, test: 0.2")
+        raise UserError(
+            f"split fractions {dict(fractions)} must be positive and sum to 1 "
+            f"(they sum to {sum(fractions.values()):g}); for example train: 0.7, val: 0.1, test: 0.2"
+        )
     return fractions
 
 
@@ -40,8 +45,7 @@ def min_episodes_for(fractions: dict[str, float]) -> int:
     return n
 
 
-def split_episodes(num_episodes: int, fractions: dict[str, float],
-                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+def split_episodes(num_episodes: int, fractions: dict[str, float], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """{split: sorted episode ids}: a seeded shuffle of the episodes, cut by `fractions`.
 
     Departs from AtariARI: the reference shuffles indices and then does not use them, so its splits
@@ -51,7 +55,7 @@ def split_episodes(num_episodes: int, fractions: dict[str, float],
     sizes = split_sizes(num_episodes, fractions)
     out, start = {}, 0
     for name, size in sizes.items():
-        out[name] = np.sort(order[start:start + size])
+        out[name] = np.sort(order[start : start + size])
         start += size
     return out
 

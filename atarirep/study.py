@@ -3,6 +3,7 @@
 `check` runs every stage's own validation at once, so that one bad value stops the pipeline in its
 first stage, before any stage that writes outputs has started. It does not run anything else.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,15 +29,19 @@ def check_games(study: params.Study) -> list[str]:
     known = [envs.resolve_game(key, study.annotations) for key in annotations.annotated_games(study.annotations)]
     for where, game in (("env", study.env), *(("games", g) for g in study.games)):
         if annotations.game_key(game) not in map(annotations.game_key, known):
-            raise UserError(f"params.yaml {where} has {game!r}, which has no RAM annotations in the "
-                            f"{study.annotations!r} set; use one of {', '.join(known)}")
+            raise UserError(
+                f"params.yaml {where} has {game!r}, which has no RAM annotations in the "
+                f"{study.annotations!r} set; use one of {', '.join(known)}"
+            )
     if not study.games:
         raise UserError("params.yaml games is empty; list at least one game, e.g. games: [Pong]")
     for game in study.games:
         ale_name = envs.resolve_game(game, study.annotations)
         if game != ale_name:
-            raise UserError(f"params.yaml games has {game!r}; write its ALE name {ale_name!r} (stage names and "
-                            "data paths are made from it)")
+            raise UserError(
+                f"params.yaml games has {game!r}; write its ALE name {ale_name!r} (stage names and "
+                "data paths are made from it)"
+            )
     _distinct(study.games, "games")
     return study.games
 
@@ -48,14 +53,24 @@ def check_methods(pretrain: params.Pretrain, probe: params.Probe, report: params
         if methods.canonical_name(name) != name:
             raise UserError(f"params.yaml pretrain.methods has {name!r}; write {methods.canonical_name(name)!r}")
         if name not in pretrain.method_config:
-            raise UserError(f"params.yaml pretrain.method_config has no entry for {name}; add one (for example "
-                            "{feature_size: 256})")
+            raise UserError(
+                f"params.yaml pretrain.method_config has no entry for {name}; add one (for example "
+                "{feature_size: 256})"
+            )
     _distinct(pretrain.methods, "pretrain.methods")
-    config = training.TrainConfig(epochs=pretrain.epochs, batch_size=pretrain.batch_size, lr=pretrain.lr,
-                                  patience=pretrain.patience, keep=pretrain.keep, seed=pretrain.seed,
-                                  device=pretrain.device, sampling=pretrain.sampling, precision=pretrain.precision)
+    config = training.TrainConfig(
+        epochs=pretrain.epochs,
+        batch_size=pretrain.batch_size,
+        lr=pretrain.lr,
+        patience=pretrain.patience,
+        keep=pretrain.keep,
+        seed=pretrain.seed,
+        device=pretrain.device,
+        sampling=pretrain.sampling,
+        precision=pretrain.precision,
+    )
     config.check()
-    for name in pretrain.methods:   # builds each method: its method_config must be accepted
+    for name in pretrain.methods:  # builds each method: its method_config must be accepted
         training.build_method(name, pretrain.seed, **pretrain.method_config[name])
     unknown = [b for b in probe.baselines if b not in BASELINES]
     if unknown:
@@ -68,12 +83,16 @@ def check_methods(pretrain: params.Pretrain, probe: params.Probe, report: params
         raise UserError(f"params.yaml probe.lr={probe.lr} must be positive, for example 0.0003")
     sampling.check(probe.sampling, "params.yaml probe.sampling")
     check_keep(probe.keep)
-    for shown, computed, where in ((report.methods, pretrain.methods, "pretrain.methods"),
-                                   (report.baselines, probe.baselines, "probe.baselines")):
+    for shown, computed, where in (
+        (report.methods, pretrain.methods, "pretrain.methods"),
+        (report.baselines, probe.baselines, "probe.baselines"),
+    ):
         missing = [m for m in shown if m not in computed]
         if missing:
-            raise UserError(f"params.yaml report shows {missing[0]!r}, which {where} does not compute; add it "
-                            f"there or drop it from the report")
+            raise UserError(
+                f"params.yaml report shows {missing[0]!r}, which {where} does not compute; add it "
+                f"there or drop it from the report"
+            )
 
 
 def _misplaced(section: dict, where: str, own: type, others: dict[str, type]) -> None:
@@ -82,51 +101,73 @@ def _misplaced(section: dict, where: str, own: type, others: dict[str, type]) ->
     for key in section:
         for name, other in others.items():
             if key not in fields and key in {f.name for f in dataclasses.fields(other)}:
-                raise UserError(f"params.yaml {where}.{key} is a param of {name}, not of this algorithm; set it "
-                                f"under train_agent.{name.lower()} (and train_agent.algo: {name}) or remove it")
+                raise UserError(
+                    f"params.yaml {where}.{key} is a param of {name}, not of this algorithm; set it "
+                    f"under train_agent.{name.lower()} (and train_agent.algo: {name}) or remove it"
+                )
 
 
-def check_agents(train: params.TrainAgent, sample: params.SampleCheckpoints, evaluate: params.EvaluateAgent,
-                 games: list[str] = (), saliency_protocols: tuple[str, ...] = ()) -> None:
+def check_agents(
+    train: params.TrainAgent,
+    sample: params.SampleCheckpoints,
+    evaluate: params.EvaluateAgent,
+    games: list[str] = (),
+    saliency_protocols: tuple[str, ...] = (),
+) -> None:
     """UserError unless the agent runs (on each of `games`), the checkpoint sampling and the evaluation are well
     formed."""
     if train.algo not in checkpoints.ALGORITHMS:
-        raise UserError(f"params.yaml train_agent.algo={train.algo!r} is unknown; use one of "
-                        f"{', '.join(checkpoints.ALGORITHMS)}")
+        raise UserError(
+            f"params.yaml train_agent.algo={train.algo!r} is unknown; use one of {', '.join(checkpoints.ALGORITHMS)}"
+        )
     if not train.seeds or min(train.seeds) < 0:
         raise UserError(f"params.yaml train_agent.seeds={train.seeds} must list seeds >= 0, for example [0]")
     _distinct([str(s) for s in train.seeds], "train_agent.seeds")
     _misplaced(train.ppo, "train_agent.ppo", ppo.PPOConfig, {"IMPALA": impala.IMPALAConfig})
     _misplaced(train.impala, "train_agent.impala", impala.IMPALAConfig, {"PPO": ppo.PPOConfig})
-    configs = {"PPO": ppo.config_from({**train.ppo, "protocol": train.protocol}),
-               "IMPALA": impala.config_from({**train.impala, "protocol": train.protocol})}
-    made = len(configs[train.algo].checkpoint_iterations())   # the algorithm that trains makes the checkpoints
+    configs = {
+        "PPO": ppo.config_from({**train.ppo, "protocol": train.protocol}),
+        "IMPALA": impala.config_from({**train.impala, "protocol": train.protocol}),
+    }
+    made = len(configs[train.algo].checkpoint_iterations())  # the algorithm that trains makes the checkpoints
     if not 1 <= sample.keep <= made:
-        raise UserError(f"params.yaml sample_checkpoints.keep={sample.keep} must be between 1 and the {made} "
-                        f"checkpoints a run makes (train_agent.{train.algo.lower()} total_steps / checkpoint_every); "
-                        "lower keep")
-    for game in games:   # every protocol a game is played under: training, evaluation, saliency
+        raise UserError(
+            f"params.yaml sample_checkpoints.keep={sample.keep} must be between 1 and the {made} "
+            f"checkpoints a run makes (train_agent.{train.algo.lower()} total_steps / checkpoint_every); "
+            "lower keep"
+        )
+    for game in games:  # every protocol a game is played under: training, evaluation, saliency
         for protocol in dict.fromkeys([train.protocol, *evaluate.protocols, *saliency_protocols]):
             vector_env.check_game(game, protocol)
     for protocol in evaluate.protocols:
         envs.get_protocol(protocol)
     _distinct(evaluate.protocols, "evaluate_agent.protocols")
     if not evaluate.protocols or evaluate.episodes < 1 or evaluate.max_steps < 1 or not 0 <= evaluate.epsilon <= 1:
-        raise UserError("params.yaml evaluate_agent needs at least one protocol, episodes >= 1, max_steps >= 1 "
-                        "and epsilon in [0, 1]")
+        raise UserError(
+            "params.yaml evaluate_agent needs at least one protocol, episodes >= 1, max_steps >= 1 "
+            "and epsilon in [0, 1]"
+        )
 
 
 def check_multitask(train: params.TrainAgent, multitask: params.Multitask, sample: params.SampleCheckpoints) -> None:
     """UserError unless the multi-task runs are well formed: known algo, at least two distinct games written as
     their ALE names (stage names and paths use them) with ROMs and one action count (or full_action_space),
     seeds, a valid IMPALA config, and enough checkpoints for sample_checkpoints.keep."""
-    config = impala.multitask_config(train.impala, multitask.impala, algo=multitask.algo, protocol=train.protocol,
-                                     games=multitask.games, full_action_space=multitask.full_action_space)
+    config = impala.multitask_config(
+        train.impala,
+        multitask.impala,
+        algo=multitask.algo,
+        protocol=train.protocol,
+        games=multitask.games,
+        full_action_space=multitask.full_action_space,
+    )
     for game in multitask.games:
         ale_name = envs.resolve_ale_game(game)
         if game != ale_name:
-            raise UserError(f"params.yaml multitask.games has {game!r}; write its ALE name {ale_name!r} (stage "
-                            "names and data paths are made from it)")
+            raise UserError(
+                f"params.yaml multitask.games has {game!r}; write its ALE name {ale_name!r} (stage "
+                "names and data paths are made from it)"
+            )
     _distinct(multitask.games, "multitask.games")
     impala.check_games(list(multitask.games), config)
     if not multitask.seeds or min(multitask.seeds) < 0:
@@ -134,9 +175,11 @@ def check_multitask(train: params.TrainAgent, multitask: params.Multitask, sampl
     _distinct([str(s) for s in multitask.seeds], "multitask.seeds")
     made = len(config.checkpoint_iterations())
     if not 1 <= sample.keep <= made:
-        raise UserError(f"params.yaml sample_checkpoints.keep={sample.keep} must be between 1 and the {made} "
-                        "checkpoints a multi-task run makes (multitask.impala total_steps / checkpoint_every); "
-                        "lower keep or checkpoint more often")
+        raise UserError(
+            f"params.yaml sample_checkpoints.keep={sample.keep} must be between 1 and the {made} "
+            "checkpoints a multi-task run makes (multitask.impala total_steps / checkpoint_every); "
+            "lower keep or checkpoint more often"
+        )
 
 
 def check(path: str | os.PathLike = "params.yaml") -> params.Study:
@@ -151,17 +194,32 @@ def check(path: str | os.PathLike = "params.yaml") -> params.Study:
     for game in games:
         for purpose in params.DATASETS:
             dataset = collect.dataset(purpose)
-            collection.validate(game, steps=dataset.steps, splits_fractions=dataset.splits, purpose=purpose,
-                                num_envs=collect.num_envs, num_workers=collect.num_workers,
-                                annotation_set=collect.annotations, protocol=collect.protocol,
-                                collect_mode=collect.collect_mode, random_actions=collect.random_actions,
-                                min_episode_length=collect.min_episode_length,
-                                entropy_threshold=collect.entropy_threshold,
-                                agent_checkpoint="made by sample_checkpoints", agent_random_prob=collect.agent_random_prob)
+            collection.validate(
+                game,
+                steps=dataset.steps,
+                splits_fractions=dataset.splits,
+                purpose=purpose,
+                num_envs=collect.num_envs,
+                num_workers=collect.num_workers,
+                annotation_set=collect.annotations,
+                protocol=collect.protocol,
+                collect_mode=collect.collect_mode,
+                random_actions=collect.random_actions,
+                min_episode_length=collect.min_episode_length,
+                entropy_threshold=collect.entropy_threshold,
+                agent_checkpoint="made by sample_checkpoints",
+                agent_random_prob=collect.agent_random_prob,
+            )
     check_methods(params.load("pretrain", path), params.load("probe", path), params.load("report", path))
-    check_agents(params.load("train_agent", path), params.load("sample_checkpoints", path),
-                 params.load("evaluate_agent", path), games, (params.load("saliency", path).protocol,))
-    check_multitask(params.load("train_agent", path), params.load("multitask", path),
-                    params.load("sample_checkpoints", path))
+    check_agents(
+        params.load("train_agent", path),
+        params.load("sample_checkpoints", path),
+        params.load("evaluate_agent", path),
+        games,
+        (params.load("saliency", path).protocol,),
+    )
+    check_multitask(
+        params.load("train_agent", path), params.load("multitask", path), params.load("sample_checkpoints", path)
+    )
     saliency.check_settings(params.load("saliency", path))
     return study

@@ -19,6 +19,7 @@ on CUDA when they fit, the default there).
 Early stopping: on the val loss, or on a val metric (higher is better) named by the method's
 `early_stop_metric` class attribute (e.g. "accuracy", which its loss() then returns in its metrics).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,9 +41,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from atarirep import devices, encoders
+from atarirep import devices, encoders, methods
 from atarirep import episodes as episodes_lib
-from atarirep import methods
 from atarirep import sampling as sampling_lib
 from atarirep.episodes import CompressedFrames, Episodes, LazyFrames
 from atarirep.errors import UserError
@@ -52,30 +52,32 @@ from atarirep.methods import Batch
 
 KEEP = ("last", "best")
 LOADERS = ("auto", "resident", "streamed")
-LOG_EVERY = 10   # optimizer steps per point of the step log (a 255-step epoch draws 26 points)
+LOG_EVERY = 10  # optimizer steps per point of the step log (a 255-step epoch draws 26 points)
 CHECKPOINT_FORMAT = "atarirep-pretrain-checkpoint/3"  # /3: history rows hold "step"; the step log
-LIVE_DIR = "live"                                     # pretrain's dvclive folder inside out_dir
-LIVE_PLOTS = ("train/loss", "val/loss")               # the curves dvc.yaml plots; written even if empty
+LIVE_DIR = "live"  # pretrain's dvclive folder inside out_dir
+LIVE_PLOTS = ("train/loss", "val/loss")  # the curves dvc.yaml plots; written even if empty
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """How the loop optimises; the defaults are AtariARI's (docs/protocols.md 3)."""
 
-    epochs: int = 100        # passes over the train split's samples
-    batch_size: int = 64     # samples per step and process; InfoNCE negatives are the batch's other samples
-    lr: float = 3e-4         # Adam learning rate (eps 1e-5)
-    patience: int = 15       # stop after this many epochs without a better val loss (or early_stop_metric)
-    keep: str = "last"       # encoder returned: the last epoch's (AtariARI) or the best val epoch's
-    seed: int = 0            # model init, sample order, negatives, noise
-    device: str = "auto"     # auto | cpu | cuda
-    sampling: str = "reference"   # reference (AtariARI's draw by episode) | every_frame (atarirep.sampling)
+    epochs: int = 100  # passes over the train split's samples
+    batch_size: int = 64  # samples per step and process; InfoNCE negatives are the batch's other samples
+    lr: float = 3e-4  # Adam learning rate (eps 1e-5)
+    patience: int = 15  # stop after this many epochs without a better val loss (or early_stop_metric)
+    keep: str = "last"  # encoder returned: the last epoch's (AtariARI) or the best val epoch's
+    seed: int = 0  # model init, sample order, negatives, noise
+    device: str = "auto"  # auto | cpu | cuda
+    sampling: str = "reference"  # reference (AtariARI's draw by episode) | every_frame (atarirep.sampling)
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
 
     def check(self) -> None:
         """UserError, one line, for a bad value."""
+
         def bad(name, rule):
             raise UserError(f"pretrain {name}={getattr(self, name)!r} is invalid; it must be {rule}")
+
         for name in ("epochs", "batch_size", "patience", "seed"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 bad(name, "an integer")
@@ -99,12 +101,12 @@ class TrainConfig:
 class Windows:
     """Every place a `window`-frame sample fits inside one episode, as rows of an Episodes."""
 
-    starts: np.ndarray          # (S,) int64 row of each sample's first frame
-    episode_start: np.ndarray   # (S,) int64 first row of the sample's episode
+    starts: np.ndarray  # (S,) int64 row of each sample's first frame
+    episode_start: np.ndarray  # (S,) int64 first row of the sample's episode
     episode_length: np.ndarray  # (S,) int64 frames in the sample's episode
     window: int
-    bounds: np.ndarray          # (E + 1,) int64 first window of each episode, then S (atarirep.sampling's bounds)
-    num_frames: int             # frames in the split
+    bounds: np.ndarray  # (E + 1,) int64 first window of each episode, then S (atarirep.sampling's bounds)
+    num_frames: int  # frames in the split
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -123,13 +125,18 @@ def windows(episodes: Episodes, window: int) -> Windows:
     """All windows of `window` consecutive frames that stay inside one episode (never wrap, never cross)."""
     bounds = episodes.episode_bounds()
     lengths = np.diff(bounds)
-    counts = np.maximum(lengths - window + 1, 0)                     # windows per episode
-    episode_of = np.repeat(np.arange(len(lengths)), counts)          # (S,)
+    counts = np.maximum(lengths - window + 1, 0)  # windows per episode
+    episode_of = np.repeat(np.arange(len(lengths)), counts)  # (S,)
     first = np.repeat(bounds[:-1], counts)
     offsets = np.arange(len(episode_of)) - np.repeat(np.cumsum(counts) - counts, counts)
-    return Windows(starts=(first + offsets).astype(np.int64), episode_start=first.astype(np.int64),
-                   episode_length=lengths[episode_of].astype(np.int64), window=window,
-                   bounds=np.r_[0, np.cumsum(counts)].astype(np.int64), num_frames=int(bounds[-1]))
+    return Windows(
+        starts=(first + offsets).astype(np.int64),
+        episode_start=first.astype(np.int64),
+        episode_length=lengths[episode_of].astype(np.int64),
+        window=window,
+        bounds=np.r_[0, np.cumsum(counts)].astype(np.int64),
+        num_frames=int(bounds[-1]),
+    )
 
 
 def epoch_size(windows_: Windows, sampling: str, sample_stride: int = 1, samples_per_episode: int | None = None) -> int:
@@ -143,38 +150,46 @@ def epoch_size(windows_: Windows, sampling: str, sample_stride: int = 1, samples
     return windows_.num_frames
 
 
-def epoch_plan(windows_: Windows, rng: np.random.Generator, batch_size: int, uses_negatives: bool,
-               place: devices.Distributed, sample_stride: int = 1, sampling: str = "every_frame",
-               samples_per_episode: int | None = None) -> list[tuple[np.ndarray, np.ndarray | None]]:
+def epoch_plan(
+    windows_: Windows,
+    rng: np.random.Generator,
+    batch_size: int,
+    uses_negatives: bool,
+    place: devices.Distributed,
+    sample_stride: int = 1,
+    sampling: str = "every_frame",
+    samples_per_episode: int | None = None,
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """This process's (frame rows (B, W), negative rows (B,) or None) for each step of one epoch.
 
     `epoch_size` windows: without replacement in a seeded order (every_frame), or AtariARI's draw of an
     episode with replacement and a window inside it (reference). All processes draw the same global
     order, then take their own slice of each global batch.
     """
-    order = sampling_lib.epoch_order(rng, windows_.bounds, sampling,
-                                     num_samples=epoch_size(windows_, sampling, sample_stride, samples_per_episode))
+    order = sampling_lib.epoch_order(
+        rng, windows_.bounds, sampling, num_samples=epoch_size(windows_, sampling, sample_stride, samples_per_episode)
+    )
     negatives = None
     if uses_negatives:  # a uniformly random frame of the same episode (may be t itself, as in AtariARI)
         negatives = windows_.episode_start[order] + rng.integers(0, windows_.episode_length[order])
     global_batch = batch_size * place.world_size
     plan = []
     for step in range(len(order) // global_batch):
-        mine = slice(step * global_batch + place.rank * batch_size,
-                     step * global_batch + (place.rank + 1) * batch_size)
+        mine = slice(step * global_batch + place.rank * batch_size, step * global_batch + (place.rank + 1) * batch_size)
         plan.append((windows_.rows(order[mine]), None if negatives is None else negatives[mine]))
     return plan
 
 
-def _resident_tensor(frames: np.ndarray | LazyFrames | CompressedFrames, device: torch.device,
-                     block_frames: int = 4096) -> torch.Tensor:
+def _resident_tensor(
+    frames: np.ndarray | LazyFrames | CompressedFrames, device: torch.device, block_frames: int = 4096
+) -> torch.Tensor:
     """(N, C, 210, 160) uint8 on `device`; an in-memory array on CPU is used without a copy, anything else is
     filled block by block, so host memory holds one block at a time on the way to a GPU."""
     if isinstance(frames, np.ndarray):
         return torch.from_numpy(frames).to(device)
     out = torch.empty(tuple(frames.shape), dtype=torch.uint8, device=device)
     for start in range(0, len(frames), block_frames):
-        out[start:start + block_frames] = torch.from_numpy(np.asarray(frames[start:start + block_frames]))
+        out[start : start + block_frames] = torch.from_numpy(np.asarray(frames[start : start + block_frames]))
     return out
 
 
@@ -183,8 +198,7 @@ class _FrameSource:
     CUDA), or `streamed` CompressedFrames in host memory, each batch decompressed by a background thread
     ahead of the step (into pinned memory for a GPU), so the working set is a few batches."""
 
-    def __init__(self, frames: np.ndarray | LazyFrames | CompressedFrames, device: torch.device,
-                 is_streamed: bool):
+    def __init__(self, frames: np.ndarray | LazyFrames | CompressedFrames, device: torch.device, is_streamed: bool):
         self.device = device
         self.is_streamed = is_streamed
         if is_streamed:
@@ -198,17 +212,18 @@ class _FrameSource:
         index = np.concatenate([rows.reshape(-1), [] if negatives is None else negatives]).astype(np.int64)
         if not self.is_streamed:
             return self.frames.index_select(0, torch.from_numpy(index).to(self.frames.device))
-        out = torch.empty((len(index), *self.frames.shape[1:]), dtype=torch.uint8,
-                          pin_memory=self.device.type == "cuda")
+        out = torch.empty(
+            (len(index), *self.frames.shape[1:]), dtype=torch.uint8, pin_memory=self.device.type == "cuda"
+        )
         self.frames.read_into(index, out.numpy())
         return out
 
     def _batch(self, gathered: torch.Tensor, shape: tuple[int, int], generator) -> Batch:
-        frames = encoders.preprocess(gathered.to(self.device, non_blocking=True))   # (B W [+ B], C, 210, 160)
+        frames = encoders.preprocess(gathered.to(self.device, non_blocking=True))  # (B W [+ B], C, 210, 160)
         frames = frames.contiguous(memory_format=self.memory_format)
         b, w = shape
-        negatives = frames[b * w:] if len(frames) > b * w else None
-        return Batch(frames[:b * w].view(b, w, *frames.shape[1:]), negatives, generator)
+        negatives = frames[b * w :] if len(frames) > b * w else None
+        return Batch(frames[: b * w].view(b, w, *frames.shape[1:]), negatives, generator)
 
     def batches(self, plan, generator: torch.Generator):
         """Yield a Batch per step of `plan`."""
@@ -227,6 +242,7 @@ class _FrameSource:
                     ready.put(self._gather(rows, negatives))
             except BaseException as err:  # re-raised in the training thread, which would otherwise wait forever
                 ready.put(err)
+
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
         try:
@@ -237,7 +253,7 @@ class _FrameSource:
                 yield self._batch(gathered, rows.shape, generator)
         finally:
             stop.set()
-            while worker.is_alive():          # unblock a worker waiting on a full queue
+            while worker.is_alive():  # unblock a worker waiting on a full queue
                 try:
                     ready.get_nowait()
                 except queue.Empty:
@@ -277,16 +293,16 @@ def build_method(name: str, seed: int, **method_config) -> nn.Module:
 
 @dataclass
 class FitResult:
-    method: nn.Module          # trained; method.encoder holds the kept weights
-    history: list[dict]        # one row per epoch: epoch, step (optimizer steps so far), train_loss, val_loss,
-                               # samples_per_s, val_<metric> of early_stop_metric, train_<metric> means
-    kept_epoch: int            # epoch whose encoder is kept (0: untrained)
-    best_val_loss: float       # the lowest val loss of any epoch
+    method: nn.Module  # trained; method.encoder holds the kept weights
+    history: list[dict]  # one row per epoch: epoch, step (optimizer steps so far), train_loss, val_loss,
+    # samples_per_s, val_<metric> of early_stop_metric, train_<metric> means
+    kept_epoch: int  # epoch whose encoder is kept (0: untrained)
+    best_val_loss: float  # the lowest val loss of any epoch
     stopped_early: bool
-    early_stop_metric: str = "loss"      # what early stopping and keep=best compared: "loss" or a val metric
-    best_val_metric: float = math.nan    # its best value (lowest loss or highest metric)
+    early_stop_metric: str = "loss"  # what early stopping and keep=best compared: "loss" or a val metric
+    best_val_metric: float = math.nan  # its best value (lowest loss or highest metric)
     steps: list[dict] = field(default_factory=list)  # the step log: one point every log_every optimizer steps
-                                                     # and at each epoch's end: step, epoch, loss, samples_per_s
+    # and at each epoch's end: step, epoch, loss, samples_per_s
 
 
 def early_stop_metric(method: nn.Module) -> str:
@@ -322,9 +338,18 @@ def _read_checkpoint(path: Path, fingerprint: str, log) -> dict | None:
     return state
 
 
-def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, *,
-        checkpoint_path: str | os.PathLike | None = None, fingerprint: str = "", progress: bool = False,
-        loader: str = "auto", log_every: int = LOG_EVERY) -> FitResult:
+def fit(
+    method: nn.Module,
+    train: Episodes,
+    val: Episodes,
+    config: TrainConfig,
+    *,
+    checkpoint_path: str | os.PathLike | None = None,
+    fingerprint: str = "",
+    progress: bool = False,
+    loader: str = "auto",
+    log_every: int = LOG_EVERY,
+) -> FitResult:
     """Train `method` (built with `build_method`) on `train`, early-stopping on the val loss or the method's
     `early_stop_metric`.
 
@@ -356,14 +381,18 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
         if len(split_windows[name]) == 0 or num_samples < config.batch_size * place.world_size:
             longest = int(np.diff(split.episode_bounds()).max(initial=0))
             if config.sampling == "reference" and per_episode is not None and len(split_windows[name]):
-                fix = (f"under sampling: reference each of its {split_windows[name].num_episodes} episodes gives "
-                       f"{per_episode} samples; collect more steps (more episodes), lower pretrain batch_size, or "
-                       "set pretrain.sampling: every_frame")
+                fix = (
+                    f"under sampling: reference each of its {split_windows[name].num_episodes} episodes gives "
+                    f"{per_episode} samples; collect more steps (more episodes), lower pretrain batch_size, or "
+                    "set pretrain.sampling: every_frame"
+                )
             else:
                 fix = "lower pretrain batch_size (or the method's sequence length) or collect more steps"
-            raise UserError(f"the {name} split has {num_samples} samples of {method.window} "
-                            f"consecutive frames (longest episode: {longest} frames), fewer than one batch of "
-                            f"{config.batch_size * place.world_size}; {fix}")
+            raise UserError(
+                f"the {name} split has {num_samples} samples of {method.window} "
+                f"consecutive frames (longest episode: {longest} frames), fewer than one batch of "
+                f"{config.batch_size * place.world_size}; {fix}"
+            )
     frames = {"train": train.frames, "val": val.frames}
     is_streamed = _is_streamed(loader, frames, device)
     sources = {name: _FrameSource(f, device, is_streamed) for name, f in frames.items()}
@@ -376,9 +405,14 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
     sampling_rng = np.random.default_rng(config.seed)
     noise = torch.Generator(device=device).manual_seed(config.seed * 1000 + place.rank)
     # `epochs` is left out: a longer run resumes a shorter one's checkpoint (no LR schedule depends on it).
-    fingerprint = json.dumps({"config": {**dataclasses.asdict(config), "epochs": None},
-                              "world_size": place.world_size,
-                              "device": device.type, "data": fingerprint})
+    fingerprint = json.dumps(
+        {
+            "config": {**dataclasses.asdict(config), "epochs": None},
+            "world_size": place.world_size,
+            "device": device.type,
+            "data": fingerprint,
+        }
+    )
     history, steps, best_val_loss = [], [], math.inf
     best = {"value": math.inf if metric == "loss" else -math.inf, "epoch": 0, "encoder": None}
     start_epoch, bad_epochs, is_finished = 0, 0, False
@@ -401,18 +435,41 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
         """every_frame: the same batches every epoch, so epochs compare on equal terms; reference: a fresh draw
         each epoch, as AtariARI, from a stream of the epoch's own (a resumed run draws the same)."""
         seed = [config.seed, 1] if config.sampling == "every_frame" else [config.seed, 1, epoch]
-        return epoch_plan(split_windows["val"], np.random.default_rng(seed), config.batch_size,
-                          method.uses_negatives, place, stride, config.sampling, per_episode)
+        return epoch_plan(
+            split_windows["val"],
+            np.random.default_rng(seed),
+            config.batch_size,
+            method.uses_negatives,
+            place,
+            stride,
+            config.sampling,
+            per_episode,
+        )
+
     samples_per_step = config.batch_size * place.world_size
-    global_step = history[-1]["step"] if history else 0           # optimizer steps taken so far
+    global_step = history[-1]["step"] if history else 0  # optimizer steps taken so far
     for epoch in range(start_epoch + 1, config.epochs + 1):
         if is_finished:
             break
         method.train()
-        plan = epoch_plan(split_windows["train"], sampling_rng, config.batch_size, method.uses_negatives, place,
-                          stride, config.sampling, per_episode)
-        bar = tqdm(total=len(plan), desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=False,
-                   disable=not (progress and place.is_main), file=sys.stderr)
+        plan = epoch_plan(
+            split_windows["train"],
+            sampling_rng,
+            config.batch_size,
+            method.uses_negatives,
+            place,
+            stride,
+            config.sampling,
+            per_episode,
+        )
+        bar = tqdm(
+            total=len(plan),
+            desc=f"epoch {epoch}/{config.epochs}",
+            unit="step",
+            leave=False,
+            disable=not (progress and place.is_main),
+            file=sys.stderr,
+        )
         loss_sum, metric_sums, started = torch.zeros((), device=device), {}, time.perf_counter()
         window_sum, window_steps, window_started = torch.zeros((), device=device), 0, started
         for step, batch in enumerate(sources["train"].batches(plan, noise), start=1):
@@ -430,58 +487,107 @@ def fit(method: nn.Module, train: Episodes, val: Episodes, config: TrainConfig, 
             bar.update()
             if global_step % log_every == 0 or step == len(plan):  # .item() waits for the GPU: not every step
                 now = time.perf_counter()
-                steps.append({"step": global_step, "epoch": epoch,
-                              "loss": devices.all_mean(window_sum.item() / window_steps, place, device),
-                              "samples_per_s": window_steps * samples_per_step / (now - window_started)})
+                steps.append(
+                    {
+                        "step": global_step,
+                        "epoch": epoch,
+                        "loss": devices.all_mean(window_sum.item() / window_steps, place, device),
+                        "samples_per_s": window_steps * samples_per_step / (now - window_started),
+                    }
+                )
                 window_sum.zero_()
                 window_steps, window_started = 0, now
-                bar.set_postfix(loss=f"{loss_sum.item() / step:.4f}",
-                                samples_per_s=f"{step * samples_per_step / (now - started):.0f}")
+                bar.set_postfix(
+                    loss=f"{loss_sum.item() / step:.4f}",
+                    samples_per_s=f"{step * samples_per_step / (now - started):.0f}",
+                )
         bar.close()
         seconds = time.perf_counter() - started
         val = _validate(method, sources["val"], val_plan(epoch), device, place, config.seed, config.precision)
         if metric not in val:
-            raise ValueError(f"{type(method).__name__}.early_stop_metric is {metric!r}, which its loss() "
-                             f"does not return (it returns {', '.join(sorted(val))})")
-        row = {"epoch": epoch, "step": global_step,
-               "train_loss": devices.all_mean(loss_sum.item() / len(plan), place, device),
-               "val_loss": val["loss"],
-               "samples_per_s": len(plan) * samples_per_step / seconds}
+            raise ValueError(
+                f"{type(method).__name__}.early_stop_metric is {metric!r}, which its loss() "
+                f"does not return (it returns {', '.join(sorted(val))})"
+            )
+        row = {
+            "epoch": epoch,
+            "step": global_step,
+            "train_loss": devices.all_mean(loss_sum.item() / len(plan), place, device),
+            "val_loss": val["loss"],
+            "samples_per_s": len(plan) * samples_per_step / seconds,
+        }
         if metric != "loss":
             row[f"val_{metric}"] = val[metric]
-        row.update({f"train_{k}": devices.all_mean(float(v) / len(plan), place, device)
-                    for k, v in sorted(metric_sums.items())})
+        row.update(
+            {
+                f"train_{k}": devices.all_mean(float(v) / len(plan), place, device)
+                for k, v in sorted(metric_sums.items())
+            }
+        )
         history.append(row)
         best_val_loss = min(best_val_loss, row["val_loss"])
         if _is_better(val[metric], best["value"], metric):
             bad_epochs = 0
-            best = {"value": val[metric], "epoch": epoch,
-                    "encoder": _state_to_cpu(method.encoder) if config.keep == "best" else None}
+            best = {
+                "value": val[metric],
+                "epoch": epoch,
+                "encoder": _state_to_cpu(method.encoder) if config.keep == "best" else None,
+            }
         else:
             bad_epochs += 1
         is_finished = bad_epochs >= config.patience or epoch == config.epochs
-        log(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
+        log(
+            f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
             + (f"val_{metric} {val[metric]:.4f} " if metric != "loss" else "")
-            + f"samples/s {row['samples_per_s']:.1f}" + (" (early stop)" if bad_epochs >= config.patience else ""))
+            + f"samples/s {row['samples_per_s']:.1f}"
+            + (" (early stop)" if bad_epochs >= config.patience else "")
+        )
         if checkpoint_path is not None:
-            _write_checkpoint(checkpoint_path, place, {
-                "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch,
-                "method": _state_to_cpu(method), "optimizer": optimizer.state_dict(),
-                "rng": {"sampling": sampling_rng.bit_generator.state, "noise": noise.get_state()},
-                "history": history, "steps": steps, "best": best, "bad_epochs": bad_epochs, "is_finished": is_finished})
+            _write_checkpoint(
+                checkpoint_path,
+                place,
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "method": _state_to_cpu(method),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": {"sampling": sampling_rng.bit_generator.state, "noise": noise.get_state()},
+                    "history": history,
+                    "steps": steps,
+                    "best": best,
+                    "bad_epochs": bad_epochs,
+                    "is_finished": is_finished,
+                },
+            )
 
     kept_epoch = history[-1]["epoch"] if history else 0
     if config.keep == "best" and best["encoder"] is not None:
         method.encoder.load_state_dict(best["encoder"])
         kept_epoch = best["epoch"]
     stopped_early = bool(history) and history[-1]["epoch"] < config.epochs
-    return FitResult(method.cpu().eval(), history, kept_epoch, float(best_val_loss), stopped_early,
-                     metric, float(best["value"]) if history else math.nan, steps)
+    return FitResult(
+        method.cpu().eval(),
+        history,
+        kept_epoch,
+        float(best_val_loss),
+        stopped_early,
+        metric,
+        float(best["value"]) if history else math.nan,
+        steps,
+    )
 
 
 @torch.no_grad()
-def _validate(method: nn.Module, source: _FrameSource, plan, device: torch.device,
-              place: devices.Distributed, seed: int, precision: str) -> dict[str, float]:
+def _validate(
+    method: nn.Module,
+    source: _FrameSource,
+    plan,
+    device: torch.device,
+    place: devices.Distributed,
+    seed: int,
+    precision: str,
+) -> dict[str, float]:
     """{"loss": mean loss, metric: mean of each of the loss's metrics} over the fixed validation batches (each
     process evaluates its slice of each; the means are over all processes)."""
     method.eval()
@@ -557,12 +663,25 @@ def write_live(live_dir: str | os.PathLike, result: FitResult) -> None:
                 path.write_text(f"step\t{Path(name).name}\n")
 
 
-def pretrain(method: str, episodes_dir: str | os.PathLike, out_dir: str | os.PathLike, *, epochs: int = 100,
-             batch_size: int = 64, lr: float = 3e-4, patience: int = 15, keep: str = "last", seed: int = 0,
-             device: str = "auto", sampling: str = "reference", precision: str = "fp32",
-             method_config: dict | None = None,
-             checkpoint_path: str | os.PathLike | None = None, progress: bool = True,
-             log_every: int = LOG_EVERY) -> Path:
+def pretrain(
+    method: str,
+    episodes_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    epochs: int = 100,
+    batch_size: int = 64,
+    lr: float = 3e-4,
+    patience: int = 15,
+    keep: str = "last",
+    seed: int = 0,
+    device: str = "auto",
+    sampling: str = "reference",
+    precision: str = "fp32",
+    method_config: dict | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    log_every: int = LOG_EVERY,
+) -> Path:
     """Learn an encoder with `method` from the episodes in `episodes_dir`; returns out_dir.
 
     out_dir (written whole and atomically, by process 0) holds:
@@ -577,34 +696,74 @@ def pretrain(method: str, episodes_dir: str | os.PathLike, out_dir: str | os.Pat
     """
     name = methods.canonical_name(method)
     method_config = dict(method_config or {})
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, keep=keep,
-                         seed=seed, device=device, sampling=sampling, precision=precision)
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        keep=keep,
+        seed=seed,
+        device=device,
+        sampling=sampling,
+        precision=precision,
+    )
     config.check()
     devices.resolve(device)
     module = build_method(name, seed, **method_config)
     store = episodes_lib.load(episodes_dir)
     for split in ("train", "val"):
         if split not in store.split_names:
-            raise UserError(f"{episodes_dir} has no {split!r} split (it has {', '.join(store.split_names)}); "
-                            "collect with splits that include train and val")
+            raise UserError(
+                f"{episodes_dir} has no {split!r} split (it has {', '.join(store.split_names)}); "
+                "collect with splits that include train and val"
+            )
     train, val = store.split("train"), store.split("val")
     checkpoint_path = default_checkpoint_path(out_dir) if checkpoint_path is None else Path(checkpoint_path)
-    fingerprint = json.dumps({"method": name, "method_config": method_config,
-                              "data": _data_fingerprint(Path(episodes_dir))}, sort_keys=True, default=str)
-    result = fit(module, train, val, config, checkpoint_path=checkpoint_path, fingerprint=fingerprint,
-                 progress=progress, log_every=log_every)
+    fingerprint = json.dumps(
+        {"method": name, "method_config": method_config, "data": _data_fingerprint(Path(episodes_dir))},
+        sort_keys=True,
+        default=str,
+    )
+    result = fit(
+        module,
+        train,
+        val,
+        config,
+        checkpoint_path=checkpoint_path,
+        fingerprint=fingerprint,
+        progress=progress,
+        log_every=log_every,
+    )
     if dist.is_initialized() and dist.get_rank() != 0:
         return Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        encoders.save(result.method.encoder, tmp / "encoder.pt", method=name, method_config=method_config,
-                      game=store.game, seed=seed, kept_epoch=result.kept_epoch, epochs_run=len(result.history))
+        encoders.save(
+            result.method.encoder,
+            tmp / "encoder.pt",
+            method=name,
+            method_config=method_config,
+            game=store.game,
+            seed=seed,
+            kept_epoch=result.kept_epoch,
+            epochs_run=len(result.history),
+        )
         write_live(tmp / LIVE_DIR, result)
-        write_json(tmp / "metrics.json", {
-            "epochs_run": len(result.history), "kept_epoch": result.kept_epoch,
-            "best_val_loss": None if math.isnan(result.best_val_loss) or math.isinf(result.best_val_loss)
-            else result.best_val_loss, "stopped_early": result.stopped_early,
-            "early_stop_metric": result.early_stop_metric,
-            **({} if result.early_stop_metric == "loss" or not result.history
-               else {f"best_val_{result.early_stop_metric}": result.best_val_metric})})
+        write_json(
+            tmp / "metrics.json",
+            {
+                "epochs_run": len(result.history),
+                "kept_epoch": result.kept_epoch,
+                "best_val_loss": None
+                if math.isnan(result.best_val_loss) or math.isinf(result.best_val_loss)
+                else result.best_val_loss,
+                "stopped_early": result.stopped_early,
+                "early_stop_metric": result.early_stop_metric,
+                **(
+                    {}
+                    if result.early_stop_metric == "loss" or not result.history
+                    else {f"best_val_{result.early_stop_metric}": result.best_val_metric}
+                ),
+            },
+        )
     checkpoint_path.unlink(missing_ok=True)
     return Path(out_dir)

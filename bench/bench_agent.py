@@ -31,6 +31,7 @@ SyncVectorEnv above; the peak RSS of each training (each runs in a fresh process
 Each training runs --rounds times, round-robin with the other, each time in a fresh process; the best round is
 reported. Usage: python bench/bench_agent.py [--iterations 6] [--threads N] [--rounds 2] [--env-steps 1000] [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,15 +46,19 @@ import tempfile
 import time
 
 import ale_py
-from ale_py.vector_env import AtariVectorEnv
 import gymnasium as gym
 import numpy as np
 import torch
+from ale_py.vector_env import AtariVectorEnv
+from stable_baselines3.common.atari_wrappers import (
+    ClipRewardEnv,
+    EpisodicLifeEnv,
+    FireResetEnv,
+    MaxAndSkipEnv,
+    NoopResetEnv,
+)
 from torch import nn
 from torch.distributions.categorical import Categorical
-
-from stable_baselines3.common.atari_wrappers import (ClipRewardEnv, EpisodicLifeEnv, FireResetEnv, MaxAndSkipEnv,
-                                                     NoopResetEnv)
 
 from atarirep.agents import ppo
 from atarirep.agents.network import ActorCritic
@@ -61,12 +66,13 @@ from atarirep.agents.vector_env import AgentEnvs
 
 gym.register_envs(ale_py)
 GAME, GYM_ID, SEED = "Breakout", "BreakoutNoFrameskip-v4", 1
-CONFIG = ppo.PPOConfig()   # 8 envs x 128 steps, 4 epochs x 4 minibatches: CleanRL's settings
+CONFIG = ppo.PPOConfig()  # 8 envs x 128 steps, 4 epochs x 4 minibatches: CleanRL's settings
 
 
 # -- baseline: CleanRL's ppo_atari.py ------------------------------------------------------------------
 def make_env(env_id: str):
     """CleanRL ppo_atari.py's make_env, wrapper for wrapper (its wrappers are stable-baselines3's)."""
+
     def thunk():
         env = gym.make(env_id)
         env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -79,12 +85,14 @@ def make_env(env_id: str):
         env = gym.wrappers.ResizeObservation(env, (84, 84))
         env = gym.wrappers.GrayscaleObservation(env)
         return gym.wrappers.FrameStackObservation(env, 4)
+
     return thunk
 
 
 def make_envs(num_envs: int) -> gym.vector.SyncVectorEnv:
-    return gym.vector.SyncVectorEnv([make_env(GYM_ID) for _ in range(num_envs)],
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    return gym.vector.SyncVectorEnv(
+        [make_env(GYM_ID) for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -97,10 +105,16 @@ class Agent(nn.Module):
     def __init__(self, num_actions: int):
         super().__init__()
         self.network = nn.Sequential(
-            layer_init(nn.Conv2d(4, 32, 8, stride=4)), nn.ReLU(),
-            layer_init(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
-            layer_init(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(), nn.Flatten(),
-            layer_init(nn.Linear(64 * 7 * 7, 512)), nn.ReLU())
+            layer_init(nn.Conv2d(4, 32, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+            layer_init(nn.Linear(64 * 7 * 7, 512)),
+            nn.ReLU(),
+        )
         self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
         self.critic = layer_init(nn.Linear(512, 1), std=1)
 
@@ -177,9 +191,8 @@ def run_baseline(iterations: int, device: str) -> dict:
         for epoch in range(c.update_epochs):
             np.random.shuffle(b_inds)
             for start in range(0, c.batch_size, minibatch_size):
-                mb_inds = b_inds[start:start + minibatch_size]
-                _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds],
-                                                                              b_actions.long()[mb_inds])
+                mb_inds = b_inds[start : start + minibatch_size]
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions.long()[mb_inds])
                 logratio = newlogprob - b_logprobs[mb_inds]
                 ratio = logratio.exp()
                 with torch.no_grad():
@@ -195,8 +208,7 @@ def run_baseline(iterations: int, device: str) -> dict:
                 newvalue = newvalue.view(-1)
                 if c.clip_vloss:
                     v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                    v_clipped = b_values[mb_inds] + torch.clamp(newvalue - b_values[mb_inds], -c.clip_coef,
-                                                                c.clip_coef)
+                    v_clipped = b_values[mb_inds] + torch.clamp(newvalue - b_values[mb_inds], -c.clip_coef, c.clip_coef)
                     v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
                     v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
                 else:
@@ -210,7 +222,7 @@ def run_baseline(iterations: int, device: str) -> dict:
         t["update"] = time.perf_counter() - t1
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)
-        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y   # noqa: F841 (logged)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y  # noqa: F841 (logged)
         t["iteration"] = time.perf_counter() - started
         if iteration > 1:
             timed.append(t)
@@ -232,6 +244,7 @@ def run_atarirep(iterations: int, device: str) -> dict:
             out = fn(*args, **kwargs)
             events.append((kind, start, time.perf_counter()))
             return out
+
         return wrapper
 
     AgentEnvs.step = timed("env", AgentEnvs.step)
@@ -246,25 +259,39 @@ def run_atarirep(iterations: int, device: str) -> dict:
     timed_iterations = []
     for lo, hi in zip(update_ends[:-1], update_ends[1:]):
         inside = [e for e in events if lo < e[1] < hi]
-        spent = lambda kind: sum(end - start for k, start, end in inside if k == kind)   # noqa: E731
-        forwards = [e for e in inside if e[0] == "inference"]   # 128 rollout steps, then the bootstrap value
+        spent = lambda kind: sum(end - start for k, start, end in inside if k == kind)  # noqa: E731
+        forwards = [e for e in inside if e[0] == "inference"]  # 128 rollout steps, then the bootstrap value
         bootstrap, gae_end = forwards[-1][1], next(end for k, _, end in inside if k == "gae")
-        timed_iterations.append({"env": spent("env"), "inference": sum(end - start for _, start, end in forwards[:-1]),
-                                 "rollout": bootstrap - forwards[0][1], "gae": gae_end - bootstrap,
-                                 "update": spent("update"), "iteration": hi - lo})
+        timed_iterations.append(
+            {
+                "env": spent("env"),
+                "inference": sum(end - start for _, start, end in forwards[:-1]),
+                "rollout": bootstrap - forwards[0][1],
+                "gae": gae_end - bootstrap,
+                "update": spent("update"),
+                "iteration": hi - lo,
+            }
+        )
     return summarize(timed_iterations)
 
 
 def summarize(iterations: list[dict]) -> dict:
     """steps/s over the timed iterations and their mean breakdown (seconds per iteration)."""
     mean = {k: float(np.mean([it[k] for it in iterations])) for k in iterations[0]}
-    breakdown = {"rollout": mean["rollout"], "rollout_env": mean["env"], "rollout_inference": mean["inference"],
-                 "rollout_rest": mean["rollout"] - mean["env"] - mean["inference"], "gae": mean["gae"],
-                 "update": mean["update"],
-                 "other": mean["iteration"] - mean["rollout"] - mean["gae"] - mean["update"],
-                 "iteration": mean["iteration"]}
-    return {"steps_per_s": round(CONFIG.batch_size / mean["iteration"], 1),
-            "seconds_per_iteration": {k: round(v, 4) for k, v in breakdown.items()}}
+    breakdown = {
+        "rollout": mean["rollout"],
+        "rollout_env": mean["env"],
+        "rollout_inference": mean["inference"],
+        "rollout_rest": mean["rollout"] - mean["env"] - mean["inference"],
+        "gae": mean["gae"],
+        "update": mean["update"],
+        "other": mean["iteration"] - mean["rollout"] - mean["gae"] - mean["update"],
+        "iteration": mean["iteration"],
+    }
+    return {
+        "steps_per_s": round(CONFIG.batch_size / mean["iteration"], 1),
+        "seconds_per_iteration": {k: round(v, 4) for k, v in breakdown.items()},
+    }
 
 
 # -- env stepping alone ------------------------------------------------------------------------------
@@ -280,17 +307,31 @@ def step_rate(env, actions: np.ndarray) -> float:
 
 def run_envs(steps: int) -> dict:
     num_envs = CONFIG.num_envs
-    actions = np.random.default_rng(SEED).integers(0, 4, (steps, num_envs))   # Breakout's 4 actions
+    actions = np.random.default_rng(SEED).integers(0, 4, (steps, num_envs))  # Breakout's 4 actions
     found = {}
     ours = AgentEnvs(GAME, num_envs, CONFIG.protocol, training=True)
     ours.reset(SEED)
     found["atarirep_agentenvs"] = step_rate(ours, actions)
     ours.close()
     # ale-py's C++ vector env, as atarirep stepped games before (gray before resize, no FIRE after a lost life)
-    vector = AtariVectorEnv("breakout", num_envs, autoreset_mode="SameStep", frameskip=4, maxpool=True,
-                            grayscale=True, stack_num=4, img_height=84, img_width=84, noop_max=30,
-                            use_fire_reset=True, episodic_life=False, life_loss_info=True, reward_clipping=False,
-                            repeat_action_probability=0.0, max_num_frames_per_episode=108_000)
+    vector = AtariVectorEnv(
+        "breakout",
+        num_envs,
+        autoreset_mode="SameStep",
+        frameskip=4,
+        maxpool=True,
+        grayscale=True,
+        stack_num=4,
+        img_height=84,
+        img_width=84,
+        noop_max=30,
+        use_fire_reset=True,
+        episodic_life=False,
+        life_loss_info=True,
+        reward_clipping=False,
+        repeat_action_probability=0.0,
+        max_num_frames_per_episode=108_000,
+    )
     vector.reset(seed=SEED)
     found["ale_py_vector"] = step_rate(vector, actions)
     vector.close()
@@ -299,8 +340,9 @@ def run_envs(steps: int) -> dict:
     except ImportError:
         found["envpool"] = "not installed"
     else:
-        pool = envpool.make("Breakout-v5", env_type="gymnasium", num_envs=num_envs, episodic_life=True,
-                            reward_clip=True)   # num_threads 0 = min(num_envs, cores)
+        pool = envpool.make(
+            "Breakout-v5", env_type="gymnasium", num_envs=num_envs, episodic_life=True, reward_clip=True
+        )  # num_threads 0 = min(num_envs, cores)
         pool.reset()
         found["envpool"] = step_rate(pool, actions)
         pool.close()
@@ -321,8 +363,12 @@ def child(which: str, iterations: int, threads: int, device: str) -> None:
 
 def in_child(which: str, iterations: int, threads: int, device: str) -> dict:
     """Each training runs in a fresh process, so its peak RSS is its own."""
-    out = subprocess.run([sys.executable, __file__, "--child", which, str(iterations), str(threads), device],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", which, str(iterations), str(threads), device],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -334,8 +380,11 @@ def compare(iterations: int, threads: int, device: str, rounds: int) -> dict:
         for which, found in runs.items():
             found.append(in_child(which, iterations, threads, device))
     best = {which: max(found, key=lambda r: r["steps_per_s"]) for which, found in runs.items()}
-    return {**best, "steps_per_s_rounds": {which: [r["steps_per_s"] for r in found] for which, found in runs.items()},
-            "speedup": round(best["atarirep"]["steps_per_s"] / best["baseline"]["steps_per_s"], 2)}
+    return {
+        **best,
+        "steps_per_s_rounds": {which: [r["steps_per_s"] for r in found] for which, found in runs.items()},
+        "speedup": round(best["atarirep"]["steps_per_s"] / best["baseline"]["steps_per_s"], 2),
+    }
 
 
 def main() -> None:
@@ -356,24 +405,39 @@ def main() -> None:
     started = time.perf_counter()
     c = CONFIG
     report: dict = {
-        "benchmark": "ppo_agent", "game": GAME, "seed": SEED,
-        "settings": {"num_envs": c.num_envs, "num_steps": c.num_steps, "update_epochs": c.update_epochs,
-                     "num_minibatches": c.num_minibatches, "steps_per_iteration": c.batch_size,
-                     "timed_iterations": args.iterations, "warmup_iterations": 1, "rounds": args.rounds,
-                     "env_steps": args.env_steps},
-        "torch_threads": args.threads, "ale_threads": min(c.num_envs, os.cpu_count() or 1),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__}
+        "benchmark": "ppo_agent",
+        "game": GAME,
+        "seed": SEED,
+        "settings": {
+            "num_envs": c.num_envs,
+            "num_steps": c.num_steps,
+            "update_epochs": c.update_epochs,
+            "num_minibatches": c.num_minibatches,
+            "steps_per_iteration": c.batch_size,
+            "timed_iterations": args.iterations,
+            "warmup_iterations": 1,
+            "rounds": args.rounds,
+            "env_steps": args.env_steps,
+        },
+        "torch_threads": args.threads,
+        "ale_threads": min(c.num_envs, os.cpu_count() or 1),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+    }
     report["cpu"] = compare(args.iterations, args.threads, "cpu", args.rounds)
     report["env_steps_per_s"] = run_envs(args.env_steps)
     frame = 4 * 84 * 84
-    report["rollout_storage_mb"] = {"atarirep_uint8": round(c.batch_size * frame / 2**20, 1),
-                                    "baseline_float32": round(c.batch_size * frame * 4 / 2**20, 1),
-                                    "note": "both allocated once before the first iteration; peak_rss_mb is each "
-                                            "training's own process"}
+    report["rollout_storage_mb"] = {
+        "atarirep_uint8": round(c.batch_size * frame / 2**20, 1),
+        "baseline_float32": round(c.batch_size * frame * 4 / 2**20, 1),
+        "note": "both allocated once before the first iteration; peak_rss_mb is each training's own process",
+    }
     if torch.cuda.is_available():
-        report["cuda"] = {"device": torch.cuda.get_device_name(),
-                          **compare(args.iterations, args.threads, "cuda", args.rounds),
-                          "note": "inference and update times on CUDA are launch times up to the next sync"}
+        report["cuda"] = {
+            "device": torch.cuda.get_device_name(),
+            **compare(args.iterations, args.threads, "cuda", args.rounds),
+            "note": "inference and update times on CUDA are launch times up to the next sync",
+        }
     else:
         report["cuda"] = "not available (never run)"
     report["seconds"] = round(time.perf_counter() - started, 1)

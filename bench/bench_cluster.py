@@ -16,6 +16,7 @@ Usage: python bench/bench_cluster.py [--workers 2] [--tiny]
 On 2 cores expect no gain (the stages already use both cores); on more cores or GPUs the gain is bounded by
 the critical path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,13 @@ sys.path.insert(0, str(REPO))
 from atarirep import cluster, params  # noqa: E402
 
 PROJECT = ("atarirep", "stages", "conf", "dvc.yaml", ".dvcignore", "pyproject.toml")
-NONDETERMINISTIC = ("train_multitask@", "sample_multitask@", "evaluate_multitask@", "saliency_multitask@",
-                    "report_agents")   # IMPALA's actors are asynchronous: no two runs are alike
+NONDETERMINISTIC = (
+    "train_multitask@",
+    "sample_multitask@",
+    "evaluate_multitask@",
+    "saliency_multitask@",
+    "report_agents",
+)  # IMPALA's actors are asynchronous: no two runs are alike
 
 
 def _run(args, cwd) -> None:
@@ -63,8 +69,11 @@ def make_project(root: Path, tiny: bool) -> None:
         default = yaml.safe_load((root / "conf/profile/default.yaml").read_text())
         (root / "conf/profile/default.yaml").write_text("# @package _global_\n" + yaml.safe_dump(_merge(default, TINY)))
     (root / "params.yaml").write_text(yaml.safe_dump(params.compose(root / "conf"), sort_keys=False))
-    for args in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
-                 [sys.executable, "-m", "dvc", "remote", "add", "-d", "local", "../remote"]):
+    for args in (
+        ["git", "init", "-q"],
+        [sys.executable, "-m", "dvc", "init", "-q"],
+        [sys.executable, "-m", "dvc", "remote", "add", "-d", "local", "../remote"],
+    ):
         _run(args, root)
 
 
@@ -109,27 +118,33 @@ def _difference(serial: dict, parallel: dict | None, roots: tuple[Path, Path]) -
         for path in sorted(set(a) | set(b)):
             if a.get(path) == b.get(path):
                 continue
-            files = [path] if (roots[0] / path).is_file() else sorted(
-                str(f.relative_to(roots[0])) for f in (roots[0] / path).rglob("*") if f.is_file())
+            files = (
+                [path]
+                if (roots[0] / path).is_file()
+                else sorted(str(f.relative_to(roots[0])) for f in (roots[0] / path).rglob("*") if f.is_file())
+            )
             what = {f: _file_difference(roots[0] / f, roots[1] / f) for f in files}
             what = {f: names for f, names in what.items() if names}
-            wall_clock_only &= bool(what) and all(name.rsplit(".", 1)[-1] in WALL_CLOCK
-                                                  for names in what.values() for name in names)
-            found.append(f"{kind}: {path}: " + ("; ".join(f"{f} ({', '.join(sorted(names))})"
-                                                          for f, names in what.items()) or "same files"))
+            wall_clock_only &= bool(what) and all(
+                name.rsplit(".", 1)[-1] in WALL_CLOCK for names in what.values() for name in names
+            )
+            found.append(
+                f"{kind}: {path}: "
+                + ("; ".join(f"{f} ({', '.join(sorted(names))})" for f, names in what.items()) or "same files")
+            )
     keys = [key for key in ("cmd", "params") if serial.get(key) != parallel.get(key)]
     return found + keys, wall_clock_only and not keys
 
 
 def critical_path(root: Path, seconds: dict[str, float]) -> float:
     """The longest chain of command seconds through the stage graph."""
-    from dvc.repo import Repo
     import networkx as nx
+    from dvc.repo import Repo
 
     with cluster._inside(root), Repo(str(root)) as repo:
         graph = repo.index.graph
         longest = {}
-        for stage in nx.dfs_postorder_nodes(graph):     # dependencies first
+        for stage in nx.dfs_postorder_nodes(graph):  # dependencies first
             before = [longest[u.addressing] for u in graph.successors(stage)]
             longest[stage.addressing] = seconds.get(stage.addressing, 0.0) + max(before, default=0.0)
     return max(longest.values(), default=0.0)
@@ -148,31 +163,42 @@ def main() -> None:
         _run([sys.executable, "-m", "dvc", "repro"], serial)
         serial_s = time.perf_counter() - started
         os.environ["DVC_NO_ANALYTICS"] = "1"
-        with contextlib.redirect_stdout(sys.stderr):   # DVC's "to track the changes with git" hint
+        with contextlib.redirect_stdout(sys.stderr):  # DVC's "to track the changes with git" hint
             summary = cluster.repro(parallel, [], local=args.workers, log=lambda line: None)
         stages = summary["stages"]
         commands = {name: s["seconds"]["command"] for name, s in stages.items()}
         overheads = sorted(s["seconds"]["overhead"] for s in stages.values())
         locks = [yaml.safe_load((root / "dvc.lock").read_text())["stages"] for root in (serial, parallel)]
-        differ = {name: _difference(locks[0][name], locks[1].get(name), (serial, parallel))
-                  for name in sorted(locks[0]) if locks[0][name] != locks[1].get(name)}
-        computed_differently = sorted(name for name, (_, wall_clock) in differ.items()
-                                      if not wall_clock and not name.startswith(NONDETERMINISTIC))
+        differ = {
+            name: _difference(locks[0][name], locks[1].get(name), (serial, parallel))
+            for name in sorted(locks[0])
+            if locks[0][name] != locks[1].get(name)
+        }
+        computed_differently = sorted(
+            name for name, (_, wall_clock) in differ.items() if not wall_clock and not name.startswith(NONDETERMINISTIC)
+        )
         report = {
-            "machine": {"cpus": os.cpu_count()}, "profile": "tiny" if args.tiny else "default",
-            "workers": args.workers, "stages": len(stages),
-            "serial_dvc_repro_s": round(serial_s, 1), "cluster_s": round(summary["wall_s"], 1),
+            "machine": {"cpus": os.cpu_count()},
+            "profile": "tiny" if args.tiny else "default",
+            "workers": args.workers,
+            "stages": len(stages),
+            "serial_dvc_repro_s": round(serial_s, 1),
+            "cluster_s": round(summary["wall_s"], 1),
             "speedup": round(serial_s / summary["wall_s"], 2),
             "critical_path_s": round(critical_path(parallel, commands), 1),
             "sum_of_commands_s": round(sum(commands.values()), 1),
-            "overhead_per_stage_s": {"median": overheads[len(overheads) // 2], "max": overheads[-1],
-                                     "under_2s": sum(o < 2 for o in overheads)},
+            "overhead_per_stage_s": {
+                "median": overheads[len(overheads) // 2],
+                "max": overheads[-1],
+                "under_2s": sum(o < 2 for o in overheads),
+            },
             "same_dvc_lock": not differ,
             # but for IMPALA's stages and figures of seconds: the same results as the serial run
             "same_results": not computed_differently,
             "computed_differently": computed_differently,
-            "lock_entries_that_differ": {name: {"wall_clock_only": wall_clock, "where": where}
-                                         for name, (where, wall_clock) in differ.items()},
+            "lock_entries_that_differ": {
+                name: {"wall_clock_only": wall_clock, "where": where} for name, (where, wall_clock) in differ.items()
+            },
             "per_stage": {name: {"worker": s["worker"], **s["seconds"]} for name, s in stages.items()},
         }
     print(json.dumps(report, indent=2))

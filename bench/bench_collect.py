@@ -7,6 +7,7 @@ in the same run. Prints one JSON object.
 
     python bench/bench_collect.py [--game Pong] [--steps 8000] [--memory-steps 100000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,8 +79,15 @@ def plain_loop(game: str, steps: int, num_envs: int, seed: int) -> float:
     """Seconds to collect `steps` labelled frames over `num_envs` envs in one process, reference style."""
     rng = np.random.default_rng(seed)
     start = time.perf_counter()  # construction counted, as in the collect stage
-    envs = [ReferenceStyleEnv(AtariARIWrapper(gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=0.0,
-                                                       full_action_space=False)), rng) for _ in range(num_envs)]
+    envs = [
+        ReferenceStyleEnv(
+            AtariARIWrapper(
+                gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=0.0, full_action_space=False)
+            ),
+            rng,
+        )
+        for _ in range(num_envs)
+    ]
     for i, env in enumerate(envs):
         env.reset(seed=seed + i)
     episodes = [[[]] for _ in envs]
@@ -96,26 +104,40 @@ def plain_loop(game: str, steps: int, num_envs: int, seed: int) -> float:
 def timed_collect(game: str, steps: int, num_envs: int, num_workers: int, seed: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        collect(game, os.path.join(tmp, "out"), steps=steps, splits_fractions={"train": 0.8, "val": 0.2},
-                seed=seed, num_envs=num_envs, num_workers=num_workers, min_episode_length=0)
+        collect(
+            game,
+            os.path.join(tmp, "out"),
+            steps=steps,
+            splits_fractions={"train": 0.8, "val": 0.2},
+            seed=seed,
+            num_envs=num_envs,
+            num_workers=num_workers,
+            min_episode_length=0,
+        )
         return time.perf_counter() - start
 
 
 def peak_memory_mib(game: str, steps: int, num_envs: int) -> dict:
     """Peak resident memory of a `steps`-step collection (2 workers), main process and largest worker."""
-    code = ("import resource, sys, tempfile, os\n"
-            "from atarirep.collection import collect\n"
-            "if __name__ == '__main__':\n"
-            "    with tempfile.TemporaryDirectory() as tmp:\n"
-            f"        collect({game!r}, os.path.join(tmp, 'out'), steps={steps}, num_envs={num_envs}, num_workers=2,\n"
-            "                splits_fractions={'train': 0.7, 'val': 0.1, 'test': 0.2})\n"
-            "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    code = (
+        "import resource, sys, tempfile, os\n"
+        "from atarirep.collection import collect\n"
+        "if __name__ == '__main__':\n"
+        "    with tempfile.TemporaryDirectory() as tmp:\n"
+        f"        collect({game!r}, os.path.join(tmp, 'out'), steps={steps}, num_envs={num_envs}, num_workers=2,\n"
+        "                splits_fractions={'train': 0.7, 'val': 0.1, 'test': 0.2})\n"
+        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     main_kib, worker_kib = int(out[-2]), int(out[-1])
-    return {"steps": steps, "seconds": round(time.perf_counter() - start, 1), "main_process_peak_mib": round(main_kib / 1024),
-            "largest_worker_peak_mib": round(worker_kib / 1024),
-            "frames_as_uint8_mib": round(steps * 210 * 160 / 2**20)}
+    return {
+        "steps": steps,
+        "seconds": round(time.perf_counter() - start, 1),
+        "main_process_peak_mib": round(main_kib / 1024),
+        "largest_worker_peak_mib": round(worker_kib / 1024),
+        "frames_as_uint8_mib": round(steps * 210 * 160 / 2**20),
+    }
 
 
 def main() -> None:
@@ -130,10 +152,18 @@ def main() -> None:
     one = timed_collect(game, args.steps, args.num_envs, 1, seed)
     two = timed_collect(game, args.steps, args.num_envs, 2, seed)
     fps = lambda seconds: round(args.steps / seconds)
-    result = {"game": game, "steps": args.steps, "num_envs": args.num_envs, "cpu_count": os.cpu_count(),
-              "plain_loop_fps": fps(plain), "collect_1_worker_fps": fps(one), "collect_2_workers_fps": fps(two),
-              "speedup_1_worker": round(plain / one, 2), "speedup_2_workers": round(plain / two, 2),
-              "goal": "speedup_1_worker >= 0.8 and speedup_2_workers > 1"}
+    result = {
+        "game": game,
+        "steps": args.steps,
+        "num_envs": args.num_envs,
+        "cpu_count": os.cpu_count(),
+        "plain_loop_fps": fps(plain),
+        "collect_1_worker_fps": fps(one),
+        "collect_2_workers_fps": fps(two),
+        "speedup_1_worker": round(plain / one, 2),
+        "speedup_2_workers": round(plain / two, 2),
+        "goal": "speedup_1_worker >= 0.8 and speedup_2_workers > 1",
+    }
     if args.memory_steps:
         result["memory"] = peak_memory_mib(game, args.memory_steps, args.num_envs)
     print(json.dumps(result, indent=2))

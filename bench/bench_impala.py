@@ -22,6 +22,7 @@ Usage: python bench/bench_impala.py [--game Pong] [--actors 1 2] [--learner-step
 On a GPU machine the learner runs on CUDA (device auto): pass --actors 1 2 4 8 16 to see whether 16 actors
 keep it busy (learner_utilisation near 1 means the learner, not the actors, limits the frames per second).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ def _log(log_dir: Path, name: str) -> pd.Series:
 
 
 def run_impala(game: str, actors: int, learner_steps: int, device: str) -> dict:
-    config = impala.IMPALAConfig(total_steps=learner_steps * 80 * 32, num_actors=actors,
-                                 checkpoint_every=learner_steps * 80 * 32)
+    config = impala.IMPALAConfig(
+        total_steps=learner_steps * 80 * 32, num_actors=actors, checkpoint_every=learner_steps * 80 * 32
+    )
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         impala.train(game, 0, Path(tmp) / "out", Path(tmp) / "logs", config, device=device, progress=False)
@@ -60,9 +62,13 @@ def run_impala(game: str, actors: int, learner_steps: int, device: str) -> dict:
         utilisation = _log(Path(tmp) / "logs", "learner_utilisation").iloc[1:]
     # frames/s over the timed learner steps: their agent steps over the sum of their durations
     seconds = (config.steps_per_update / steps_per_s).sum()
-    return {"actors": actors, "frames_per_s": round(FRAME_SKIP * config.steps_per_update * len(steps_per_s) / seconds, 1),
-            "learner_utilisation": round(float(utilisation.mean()), 3),
-            "learner_steps_timed": len(steps_per_s), "wall_s_with_start": round(wall, 1)}
+    return {
+        "actors": actors,
+        "frames_per_s": round(FRAME_SKIP * config.steps_per_update * len(steps_per_s) / seconds, 1),
+        "learner_utilisation": round(float(utilisation.mean()), 3),
+        "learner_steps_timed": len(steps_per_s),
+        "wall_s_with_start": round(wall, 1),
+    }
 
 
 def run_ppo(game: str, iterations: int, device: str) -> dict:
@@ -71,8 +77,10 @@ def run_ppo(game: str, iterations: int, device: str) -> dict:
         ppo.train(game, 0, Path(tmp) / "out", Path(tmp) / "logs", config, device=device, progress=False)
         steps_per_s = _log(Path(tmp) / "logs", "steps_per_s").iloc[1:]
     seconds = (config.batch_size / steps_per_s).sum()
-    return {"frames_per_s": round(FRAME_SKIP * config.batch_size * len(steps_per_s) / seconds, 1),
-            "iterations_timed": len(steps_per_s)}
+    return {
+        "frames_per_s": round(FRAME_SKIP * config.batch_size * len(steps_per_s) / seconds, 1),
+        "iterations_timed": len(steps_per_s),
+    }
 
 
 def one_at_a_time(network: torch.nn.Module, stack: np.ndarray, radius: int, stride: int) -> tuple[np.ndarray, ...]:
@@ -95,8 +103,10 @@ def one_at_a_time(network: torch.nn.Module, stack: np.ndarray, radius: int, stri
 
 def time_saliency(repeats: int) -> dict:
     torch.manual_seed(0)
-    networks = {"ppo_actor_critic": ActorCritic(6).eval(),
-                "impala_multitask_one_game": OneGame(IMPALANet(6, 6, popart=True), task=2).eval()}
+    networks = {
+        "ppo_actor_critic": ActorCritic(6).eval(),
+        "impala_multitask_one_game": OneGame(IMPALANet(6, 6, popart=True), task=2).eval(),
+    }
     stack = np.random.default_rng(0).integers(0, 256, size=(1, 4, 84, 84), dtype=np.uint8)
     out = {}
     for name, network in networks.items():
@@ -105,10 +115,17 @@ def time_saliency(repeats: int) -> dict:
         reference = one_at_a_time(network, stack, radius=2, stride=2)
         looped = time.perf_counter() - started
         policy, value = saliency.saliency_grids(network, stack, radius=2, stride=2)
-        same = bool(np.allclose(policy[0].numpy(), reference[0], rtol=1e-3, atol=1e-7)
-                    and np.allclose(value[0].numpy(), reference[1], rtol=1e-3, atol=1e-7))
-        out[name] = {"batched_s_per_frame": round(batched, 3), "one_at_a_time_s_per_frame": round(looped, 3),
-                     "speedup": round(looped / batched, 2), "same_scores": same, "under_1s": batched < 1.0}
+        same = bool(
+            np.allclose(policy[0].numpy(), reference[0], rtol=1e-3, atol=1e-7)
+            and np.allclose(value[0].numpy(), reference[1], rtol=1e-3, atol=1e-7)
+        )
+        out[name] = {
+            "batched_s_per_frame": round(batched, 3),
+            "one_at_a_time_s_per_frame": round(looped, 3),
+            "speedup": round(looped / batched, 2),
+            "same_scores": same,
+            "under_1s": batched < 1.0,
+        }
     return out
 
 
@@ -127,15 +144,23 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = devices.resolve(args.device)
 
-    report = {"machine": {"cpus": os.cpu_count(), "threads": args.threads, "device": str(device),
-                          "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-                          "python": platform.python_version(), "torch": torch.__version__},
-              "game": args.game, "ppo": run_ppo(args.game, args.ppo_iterations, str(device))}
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "device": str(device),
+            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "game": args.game,
+        "ppo": run_ppo(args.game, args.ppo_iterations, str(device)),
+    }
     report["impala"] = [run_impala(args.game, n, args.learner_steps, str(device)) for n in args.actors]
     fps = {entry["actors"]: entry["frames_per_s"] for entry in report["impala"]}
     report["impala_vs_ppo"] = {str(n): round(f / report["ppo"]["frames_per_s"], 2) for n, f in fps.items()}
     first = min(fps)
-    report["impala_scaling"] = {str(n): round(f / fps[first], 2) for n, f in fps.items()}   # vs the fewest actors
+    report["impala_scaling"] = {str(n): round(f / fps[first], 2) for n, f in fps.items()}  # vs the fewest actors
     report["saliency"] = time_saliency(repeats=1 if args.quick else 3)
     print(json.dumps(report, indent=2))
 

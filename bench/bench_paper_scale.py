@@ -22,6 +22,7 @@ which are assumptions, not measurements. Epoch sizes assume every collected fram
 bound: short episodes and duplicate test frames are dropped in reality). On CPU the figures are CPU-hours
 of this machine, not GPU-hours, and `cuda_paths_never_run` names the CUDA code this run did not exercise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,6 +58,7 @@ def paper_amounts() -> dict:
         composed, source = params.compose("conf", ["profile=paper"]), "params.compose('conf', ['profile=paper'])"
     except ImportError:  # hydra missing (the GPU machine's image): conf/profile/paper.yaml departs from nothing
         import yaml
+
         composed = yaml.safe_load(Path("conf/config.yaml").read_text())
         composed.pop("defaults", None)
         source = "conf/config.yaml read directly (hydra not installed; profile=paper makes no departure)"
@@ -65,9 +67,17 @@ def paper_amounts() -> dict:
     if len(games) != 22:
         games, source = list(annotations.annotated_games("paper")), source + "; games: the paper annotation set"
     variables = {g: len(annotations.for_game(g, annotation_set).variables) for g in games}
-    return {"source": source, "games": games, "num_games": len(games), "annotation_set": annotation_set,
-            "variables_per_game": variables, "num_variables": sum(variables.values()),
-            "collect": composed["collect"], "pretrain": composed["pretrain"], "probe": composed["probe"]}
+    return {
+        "source": source,
+        "games": games,
+        "num_games": len(games),
+        "annotation_set": annotation_set,
+        "variables_per_game": variables,
+        "num_variables": sum(variables.values()),
+        "collect": composed["collect"],
+        "pretrain": composed["pretrain"],
+        "probe": composed["probe"],
+    }
 
 
 def _sync(device: torch.device) -> None:
@@ -78,15 +88,36 @@ def _sync(device: torch.device) -> None:
 def measure_collect(game: str, steps: int, num_workers: int, folder: Path) -> tuple[dict, Path]:
     """Agent steps/s of one real collection of `steps` (8 envs), and the folder it wrote (70/10/20)."""
     started = time.perf_counter()
-    collection.collect(game, folder, steps=steps, num_envs=8, num_workers=num_workers, min_episode_length=64,
-                       purpose="probe", annotation_set="paper", splits_fractions={"train": 0.7, "val": 0.1, "test": 0.2})
+    collection.collect(
+        game,
+        folder,
+        steps=steps,
+        num_envs=8,
+        num_workers=num_workers,
+        min_episode_length=64,
+        purpose="probe",
+        annotation_set="paper",
+        splits_fractions={"train": 0.7, "val": 0.1, "test": 0.2},
+    )
     seconds = time.perf_counter() - started
-    return {"steps": steps, "num_envs": 8, "num_workers": num_workers, "seconds": round(seconds, 2),
-            "steps_per_s": round(steps / seconds, 1)}, folder
+    return {
+        "steps": steps,
+        "num_envs": 8,
+        "num_workers": num_workers,
+        "seconds": round(seconds, 2),
+        "steps_per_s": round(steps / seconds, 1),
+    }, folder
 
 
-def _batches(method, frames: np.ndarray, episodes_: episodes.Episodes, batch_size: int, num: int,
-             rng: np.random.Generator, device: torch.device):
+def _batches(
+    method,
+    frames: np.ndarray,
+    episodes_: episodes.Episodes,
+    batch_size: int,
+    num: int,
+    rng: np.random.Generator,
+    device: torch.device,
+):
     """`num` Batches as training.fit builds them: windows inside one episode, negatives from the same one."""
     windows = training.windows(episodes_, method.window)
     source = training._FrameSource(frames, device, is_streamed=False)
@@ -100,8 +131,16 @@ def _batches(method, frames: np.ndarray, episodes_: episodes.Episodes, batch_siz
     return list(source.batches(plan, torch.Generator(device=device).manual_seed(0)))
 
 
-def measure_pretrain_step(name: str, method_config: dict, train: episodes.Episodes, frames: np.ndarray,
-                          batch_size: int, num_steps: int, device: torch.device, num_warmup: int = 2) -> dict:
+def measure_pretrain_step(
+    name: str,
+    method_config: dict,
+    train: episodes.Episodes,
+    frames: np.ndarray,
+    batch_size: int,
+    num_steps: int,
+    device: torch.device,
+    num_warmup: int = 2,
+) -> dict:
     """Train and validation samples/s of one method: training.fit's step (loss under devices.autocast,
     Adam, channels-last) timed over `num_steps` steps after `num_warmup` steps, on real frames."""
     method = training.build_method(name, 0, **method_config)
@@ -109,8 +148,7 @@ def measure_pretrain_step(name: str, method_config: dict, train: episodes.Episod
         return {"is_trainable": False}
     method.to(device, memory_format=devices.memory_format(device))
     optimizer = torch.optim.Adam(method.parameters(), lr=3e-4, eps=1e-5)
-    batches = _batches(method, frames, train, batch_size, num_warmup + num_steps, np.random.default_rng(0),
-                       device)
+    batches = _batches(method, frames, train, batch_size, num_warmup + num_steps, np.random.default_rng(0), device)
 
     def step(batch: Batch) -> None:
         with devices.autocast(device):
@@ -137,11 +175,17 @@ def measure_pretrain_step(name: str, method_config: dict, train: episodes.Episod
         _sync(device)
         val_seconds = time.perf_counter() - started
     samples = num_steps * batch_size
-    return {"is_trainable": True, "batch_size": batch_size, "window": method.window,
-            "uses_negatives": method.uses_negatives, "sample_stride": getattr(method, "sample_stride", 1),
-            "frames_per_sample": method.window + int(method.uses_negatives), "steps_timed": num_steps,
-            "train_samples_per_s": round(samples / train_seconds, 2),
-            "val_samples_per_s": round(samples / val_seconds, 2)}
+    return {
+        "is_trainable": True,
+        "batch_size": batch_size,
+        "window": method.window,
+        "uses_negatives": method.uses_negatives,
+        "sample_stride": getattr(method, "sample_stride", 1),
+        "frames_per_sample": method.window + int(method.uses_negatives),
+        "steps_timed": num_steps,
+        "train_samples_per_s": round(samples / train_seconds, 2),
+        "val_samples_per_s": round(samples / val_seconds, 2),
+    }
 
 
 def measure_probe(frames: dict[str, np.ndarray], num_variables: int, epochs: int, device: str) -> dict:
@@ -157,33 +201,47 @@ def measure_probe(frames: dict[str, np.ndarray], num_variables: int, epochs: int
     encode_seconds = time.perf_counter() - started
     num_encoded = len(frames["train"]) + len(frames["val"])
     rng = np.random.default_rng(0)
-    labels = {name: rng.integers(0, 256, (len(f), num_variables)) for name, f in
-              (("train", train_features), ("val", val_features))}
+    labels = {
+        name: rng.integers(0, 256, (len(f), num_variables))
+        for name, f in (("train", train_features), ("val", val_features))
+    }
     started = time.perf_counter()
-    fitted = probe.fit_probes(train_features, labels["train"], val_features, labels["val"], epochs=epochs,
-                              patience=epochs + 1, device=device)
+    fitted = probe.fit_probes(
+        train_features, labels["train"], val_features, labels["val"], epochs=epochs, patience=epochs + 1, device=device
+    )
     fit_seconds = time.perf_counter() - started
     assert int(fitted.num_epochs.max()) == epochs  # no early stop: every epoch timed
-    return {"encode_frames_per_s": round(num_encoded / encode_seconds, 1), "num_variables": num_variables,
-            "train_rows": len(train_features), "val_rows": len(val_features), "epochs_timed": epochs,
-            "seconds_per_epoch": round(fit_seconds / epochs, 4),
-            "seconds_per_epoch_per_1k_rows": round(1000 * fit_seconds / epochs / (len(train_features)
-                                                                                 + len(val_features)), 5)}
+    return {
+        "encode_frames_per_s": round(num_encoded / encode_seconds, 1),
+        "num_variables": num_variables,
+        "train_rows": len(train_features),
+        "val_rows": len(val_features),
+        "epochs_timed": epochs,
+        "seconds_per_epoch": round(fit_seconds / epochs, 4),
+        "seconds_per_epoch_per_1k_rows": round(
+            1000 * fit_seconds / epochs / (len(train_features) + len(val_features)), 5
+        ),
+    }
 
 
-def measure_supervised(frames: dict[str, np.ndarray], labels: dict[str, np.ndarray], num_train: int,
-                       device: str) -> dict:
+def measure_supervised(
+    frames: dict[str, np.ndarray], labels: dict[str, np.ndarray], num_train: int, device: str
+) -> dict:
     """Seconds of one fit_supervised epoch (one encoder, one variable) per 1k frames (train + val)."""
-    train, val = frames["train"][:num_train], frames["val"][:max(64, num_train // 7)]
-    y_train, y_val = labels["train"][:len(train), :1], labels["val"][:len(val), :1]
+    train, val = frames["train"][:num_train], frames["val"][: max(64, num_train // 7)]
+    y_train, y_val = labels["train"][: len(train), :1], labels["val"][: len(val), :1]
     settings = dict(per_variable=True, epochs=1, patience=2, device=device)
     make = lambda: encoders.build("benchmark")  # noqa: E731
     probe.fit_supervised(make, train[:128], y_train[:128], val[:64], y_val[:64], **settings)  # warm-up
     started = time.perf_counter()
     probe.fit_supervised(make, train, y_train, val, y_val, **settings)
     seconds = time.perf_counter() - started
-    return {"train_frames": len(train), "val_frames": len(val), "seconds_per_epoch": round(seconds, 3),
-            "seconds_per_epoch_per_1k_frames": round(1000 * seconds / (len(train) + len(val)), 4)}
+    return {
+        "train_frames": len(train),
+        "val_frames": len(val),
+        "seconds_per_epoch": round(seconds, 3),
+        "seconds_per_epoch_per_1k_frames": round(1000 * seconds / (len(train) + len(val)), 4),
+    }
 
 
 def estimate(amounts: dict, measured: dict, epochs: dict[str, int]) -> dict:
@@ -209,19 +267,32 @@ def estimate(amounts: dict, measured: dict, epochs: dict[str, int]) -> dict:
     p = measured["probe"]
     num_encoders = len(amounts["pretrain"]["methods"])
     encode_hours = amounts["num_games"] * num_encoders * probe_steps / p["encode_frames_per_s"] / 3600
-    fit_hours = amounts["num_games"] * num_encoders * epochs["probe"] * p["seconds_per_epoch_per_1k_rows"] \
-        * rows / 1000 / 3600
+    fit_hours = (
+        amounts["num_games"] * num_encoders * epochs["probe"] * p["seconds_per_epoch_per_1k_rows"] * rows / 1000 / 3600
+    )
     hours["probe"] = encode_hours + fit_hours
     s = measured["supervised"]
-    encoders_per_game = amounts["variables_per_game"] if amounts["probe"]["supervised_per_variable"] else \
-        {g: 1 for g in amounts["games"]}
-    hours["supervised"] = sum(encoders_per_game.values()) * epochs["supervised"] \
-        * s["seconds_per_epoch_per_1k_frames"] * rows / 1000 / 3600
-    return {"epochs": epochs, "hours_by_stage": {k: round(v, 2) for k, v in hours.items()},
-            "pretrain_hours_by_method": {k: round(v, 2) for k, v in per_method.items()},
-            "probe_hours": {"encode": round(encode_hours, 2), "fit_probes": round(fit_hours, 2)},
-            "total_hours": round(sum(hours.values()), 2),
-            "total_hours_without_collect": round(sum(hours.values()) - hours["collect"], 2)}
+    encoders_per_game = (
+        amounts["variables_per_game"]
+        if amounts["probe"]["supervised_per_variable"]
+        else {g: 1 for g in amounts["games"]}
+    )
+    hours["supervised"] = (
+        sum(encoders_per_game.values())
+        * epochs["supervised"]
+        * s["seconds_per_epoch_per_1k_frames"]
+        * rows
+        / 1000
+        / 3600
+    )
+    return {
+        "epochs": epochs,
+        "hours_by_stage": {k: round(v, 2) for k, v in hours.items()},
+        "pretrain_hours_by_method": {k: round(v, 2) for k, v in per_method.items()},
+        "probe_hours": {"encode": round(encode_hours, 2), "fit_probes": round(fit_hours, 2)},
+        "total_hours": round(sum(hours.values()), 2),
+        "total_hours_without_collect": round(sum(hours.values()) - hours["collect"], 2),
+    }
 
 
 def main() -> None:
@@ -246,8 +317,9 @@ def main() -> None:
     cpc_batch = 64 if is_cuda else (2 if args.quick else 4)
     measured: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-paper-") as tmp:
-        measured["collect"], folder = measure_collect(args.game, collect_steps, amounts["collect"]["num_workers"],
-                                                      Path(tmp) / "episodes")
+        measured["collect"], folder = measure_collect(
+            args.game, collect_steps, amounts["collect"]["num_workers"], Path(tmp) / "episodes"
+        )
         data = episodes.load_splits(folder)
         frames = {name: np.asarray(split.frames) for name, split in data.items()}
     labels = {name: split.labels for name, split in data.items()}
@@ -256,27 +328,40 @@ def main() -> None:
     for name in amounts["pretrain"]["methods"]:
         config = amounts["pretrain"]["method_config"].get(name, {})
         batch = cpc_batch if name == "cpc" else amounts["pretrain"]["batch_size"]
-        measured["pretrain"][name] = measure_pretrain_step(name, config, train, frames["train"], batch,
-                                                           pretrain_steps, device, 1 if args.quick else 2)
+        measured["pretrain"][name] = measure_pretrain_step(
+            name, config, train, frames["train"], batch, pretrain_steps, device, 1 if args.quick else 2
+        )
     mean_variables = math.ceil(amounts["num_variables"] / amounts["num_games"])
     measured["probe"] = measure_probe(frames, mean_variables, 2 if args.quick else 5, args.device)
     measured["supervised"] = measure_supervised(frames, labels, 256 if args.quick else 1024, args.device)
 
-    maximum = {"pretrain": amounts["pretrain"]["epochs"], "probe": amounts["probe"]["epochs"],
-               "supervised": amounts["probe"]["supervised_epochs"]}
-    typical = {"pretrain": args.typical_pretrain_epochs, "probe": args.typical_probe_epochs,
-               "supervised": args.typical_supervised_epochs}
+    maximum = {
+        "pretrain": amounts["pretrain"]["epochs"],
+        "probe": amounts["probe"]["epochs"],
+        "supervised": amounts["probe"]["supervised_epochs"],
+    }
+    typical = {
+        "pretrain": args.typical_pretrain_epochs,
+        "probe": args.typical_probe_epochs,
+        "supervised": args.typical_supervised_epochs,
+    }
     upper, usual = estimate(amounts, measured, maximum), estimate(amounts, measured, typical)
     unit = "GPU-hours" if is_cuda else "CPU-hours of this machine (not GPU-hours)"
     report = {
-        "bench": "paper_scale", "device": str(device),
+        "bench": "paper_scale",
+        "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if is_cuda else platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "quick": args.quick,
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "quick": args.quick,
         "game_measured": args.game,
         "paper_profile": {k: amounts[k] for k in ("source", "num_games", "num_variables", "annotation_set")}
-        | {"pretrain_steps": amounts["collect"]["pretrain"]["steps"],
-           "probe_steps": amounts["collect"]["probe"]["steps"], "methods": amounts["pretrain"]["methods"],
-           "supervised_per_variable": amounts["probe"]["supervised_per_variable"]},
+        | {
+            "pretrain_steps": amounts["collect"]["pretrain"]["steps"],
+            "probe_steps": amounts["collect"]["probe"]["steps"],
+            "methods": amounts["pretrain"]["methods"],
+            "supervised_per_variable": amounts["probe"]["supervised_per_variable"],
+        },
         "measured": measured,
         "notes": [
             "throughput of one game; other games' emulation speed and episode lengths differ",
@@ -305,9 +390,12 @@ def main() -> None:
         report["goal_met"] = "unknown: this is a CPU run; the GPU-hours need this bench run on a CUDA machine"
         report["speedup_over_this_cpu_needed_for_goal"] = {
             "upper_bound": round(upper["total_hours_without_collect"] / GOAL_GPU_HOURS, 1),
-            "typical": round(usual["total_hours_without_collect"] / GOAL_GPU_HOURS, 1)}
-        report["gpu_projection"] = ("none: no defensible basis from a CPU run (batch-64 conv nets are "
-                                    "launch- and loader-bound on a GPU, not FLOP-bound); run this bench on the GPU")
+            "typical": round(usual["total_hours_without_collect"] / GOAL_GPU_HOURS, 1),
+        }
+        report["gpu_projection"] = (
+            "none: no defensible basis from a CPU run (batch-64 conv nets are "
+            "launch- and loader-bound on a GPU, not FLOP-bound); run this bench on the GPU"
+        )
         # This bench ran none of them; no GPU run of this code base is on record either (no device in CI).
         report["cuda_paths_never_run"] = CUDA_PATHS
     print(json.dumps(report, indent=1))

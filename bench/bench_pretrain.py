@@ -27,6 +27,7 @@ validation pass runs over its full fixed plan); "rss_epoch_steps" says how many 
 
 Usage: python bench/bench_pretrain.py [--steps 6] [--batch-size 64] [--rounds 2] [--no-rss]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,8 +100,7 @@ def run_reference(train, steps: int, batch_size: int, device: torch.device) -> f
     method.encoder.local_layers[0].use_space_to_depth = False
     optimizer = torch.optim.Adam(method.parameters(), lr=3e-4, eps=1e-5)
     rng = np.random.default_rng(0)
-    args = (method.encoder, method.global_local, method.local_local, optimizer, episode_list, batch_size, rng,
-            device)
+    args = (method.encoder, method.global_local, method.local_local, optimizer, episode_list, batch_size, rng, device)
     reference_step(*args)
     _synchronize(device)
     started = time.perf_counter()
@@ -114,7 +114,7 @@ def run_reference(train, steps: int, batch_size: int, device: torch.device) -> f
 def run_atarirep(train, val, batch_size: int, loader: str, device: str, epochs: int = 1) -> float:
     """Samples/s of the last epoch of atarirep.training.fit (train phase, as its log reports it)."""
     method = training.build_method("stdim", seed=0)
-    precision = "bf16" if device == "cuda" else "fp32"   # the CUDA section measures bf16 autocast
+    precision = "bf16" if device == "cuda" else "fp32"  # the CUDA section measures bf16 autocast
     config = training.TrainConfig(epochs=epochs, batch_size=batch_size, seed=0, device=device, precision=precision)
     result = training.fit(method, train, val, config, loader=loader)
     return result.history[-1]["samples_per_s"]
@@ -127,9 +127,10 @@ def run_encoder_only(steps: int, batch_size: int, device: torch.device) -> float
     frames = torch.rand(2 * batch_size, 1, 210, 160, device=device).contiguous(memory_format=memory_format)
 
     def step():
-        with devices.autocast(device, "bf16"):   # bf16 on CUDA only; a no-op on CPU
+        with devices.autocast(device, "bf16"):  # bf16 on CUDA only; a no-op on CPU
             global_features, local_features = encoder.forward_with_local(frames)
             (global_features.float().sum() + local_features.float().sum()).backward()
+
     step()
     _synchronize(device)
     started = time.perf_counter()
@@ -157,8 +158,9 @@ def subset(split: episodes.Episodes, num_frames: int) -> episodes.Episodes:
     """The whole episodes of `split` that fit in its first `num_frames` frames (frames loaded in memory)."""
     bounds = split.episode_bounds()
     end = int(bounds[bounds <= num_frames][-1])
-    return episodes.Episodes(np.asarray(split.frames[:end]), split.labels[:end], split.variables,
-                             split.episode_index[:end])
+    return episodes.Episodes(
+        np.asarray(split.frames[:end]), split.labels[:end], split.variables, split.episode_index[:end]
+    )
 
 
 def repeat_store(source: Path, target: Path, num_frames: int) -> None:
@@ -177,7 +179,7 @@ def repeat_store(source: Path, target: Path, num_frames: int) -> None:
         part["episode"] += k * num_episodes
         part["frame"] += k * num_stored
         parts.append(part)
-    steps = pd.concat(parts, ignore_index=True)    # each split's episodes stay contiguous, copy after copy
+    steps = pd.concat(parts, ignore_index=True)  # each split's episodes stay contiguous, copy after copy
     target.mkdir(parents=True)
     raw = (source / "frames.bin").read_bytes()
     with open(target / "frames.bin", "wb") as f:
@@ -187,8 +189,10 @@ def repeat_store(source: Path, target: Path, num_frames: int) -> None:
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, filename="") as gz:
         gz.write(steps.to_csv(index=False, lineterminator="\n").encode())
     (target / "steps.csv.gz").write_bytes(buffer.getvalue())
-    meta["counts"] = {name: {"episodes": int(group["episode"].nunique()), "frames": len(group)}
-                      for name, group in steps.groupby("split")}
+    meta["counts"] = {
+        name: {"episodes": int(group["episode"].nunique()), "frames": len(group)}
+        for name, group in steps.groupby("split")
+    }
     meta["chunks"] = {key: values * copies for key, values in meta["chunks"].items()}
     (target / "meta.json").write_text(json.dumps(meta))
 
@@ -205,6 +209,7 @@ def peak_rss_child(folder: str, loader: str, max_steps: int, batch_size: int) ->
             cut["epoch_steps"] = len(plan)
             return plan[:max_steps]
         return plan
+
     training.epoch_plan = cut_plan
     store = episodes.load(folder)
     train, val = store.split("train"), store.split("val")
@@ -212,20 +217,32 @@ def peak_rss_child(folder: str, loader: str, max_steps: int, batch_size: int) ->
     method = training.build_method("stdim", seed=0)
     config = training.TrainConfig(epochs=1, batch_size=batch_size, seed=0, device="cpu")
     result = training.fit(method, train, val, config, loader=loader)
-    print(json.dumps({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                      "epoch_steps": cut["epoch_steps"], "train_frames": len(train), "val_frames": len(val),
-                      "samples_per_s": round(result.history[-1]["samples_per_s"], 1)}))
+    print(
+        json.dumps(
+            {
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "epoch_steps": cut["epoch_steps"],
+                "train_frames": len(train),
+                "val_frames": len(val),
+                "samples_per_s": round(result.history[-1]["samples_per_s"], 1),
+            }
+        )
+    )
 
 
 def measure_peak_rss(source: Path, tmp: Path, args) -> dict:
     folder = tmp / "store_100k"
     repeat_store(source, folder, 100_000)
-    found = {"rss_store_frames": sum(c["frames"] for c in json.loads((folder / "meta.json").read_text())
-                                     ["counts"].values())}
+    found = {
+        "rss_store_frames": sum(c["frames"] for c in json.loads((folder / "meta.json").read_text())["counts"].values())
+    }
     for loader in ("streamed", "resident"):
         child = subprocess.run(
             [sys.executable, __file__, "--rss-child", str(folder), loader, str(args.rss_steps), str(args.batch_size)],
-            capture_output=True, text=True, check=True)
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         found[f"rss_{loader}"] = json.loads(child.stdout.strip().splitlines()[-1])
     found["rss_epoch_steps"] = f"{args.rss_steps} of {found['rss_streamed']['epoch_steps']}"
     found["peak_rss_mb"] = {loader: found.pop(f"rss_{loader}")["peak_rss_mb"] for loader in ("streamed", "resident")}
@@ -249,13 +266,25 @@ def main() -> None:
         return peak_rss_child(folder, loader, int(max_steps), int(batch_size))
 
     default_threads = torch.get_num_threads()
-    report: dict = {"benchmark": "stdim_pretrain", "batch_size": args.batch_size, "reference_steps": args.steps,
-                    "default_torch_threads": default_threads, "cpu_count": os.cpu_count()}
+    report: dict = {
+        "benchmark": "stdim_pretrain",
+        "batch_size": args.batch_size,
+        "reference_steps": args.steps,
+        "default_torch_threads": default_threads,
+        "cpu_count": os.cpu_count(),
+    }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "breakout"
-        collect("Breakout", folder, steps=2 * args.steps * args.batch_size + 400,
-                splits_fractions={"train": 0.8, "val": 0.2}, num_envs=4, min_episode_length=8, seed=0)
+        collect(
+            "Breakout",
+            folder,
+            steps=2 * args.steps * args.batch_size + 400,
+            splits_fractions={"train": 0.8, "val": 0.2},
+            num_envs=4,
+            min_episode_length=8,
+            seed=0,
+        )
         splits = episodes.load_splits(folder)
         # train: enough pairs for `steps` steps per epoch; val: one batch or two
         train = subset(splits["train"], (args.steps + 1) * args.batch_size + 60)
@@ -263,39 +292,54 @@ def main() -> None:
         report["atarirep_steps_per_epoch"] = len(training.windows(train, 2)) // args.batch_size
         cpu = torch.device("cpu")
         streamed_train, streamed_val = (episodes.CompressedFrames(s.frames) for s in (train, val))
-        as_stored = {name: episodes.Episodes(f, s.labels, s.variables, s.episode_index)
-                     for name, f, s in (("train", streamed_train, train), ("val", streamed_val, val))}
+        as_stored = {
+            name: episodes.Episodes(f, s.labels, s.variables, s.episode_index)
+            for name, f, s in (("train", streamed_train, train), ("val", streamed_val, val))
+        }
 
         for threads in THREADS:
             torch.set_num_threads(threads)
-            rounds = measure({
-                "reference": lambda: run_reference(train, args.steps, args.batch_size, cpu),
-                "atarirep_resident": lambda: run_atarirep(train, val, args.batch_size, "resident", "cpu"),
-                "atarirep_streamed": lambda: run_atarirep(as_stored["train"], as_stored["val"], args.batch_size,
-                                                          "streamed", "cpu"),
-                "encoder_only": lambda: run_encoder_only(args.steps, args.batch_size, cpu),
-            }, args.rounds, args.budget_s)
+            rounds = measure(
+                {
+                    "reference": lambda: run_reference(train, args.steps, args.batch_size, cpu),
+                    "atarirep_resident": lambda: run_atarirep(train, val, args.batch_size, "resident", "cpu"),
+                    "atarirep_streamed": lambda: run_atarirep(
+                        as_stored["train"], as_stored["val"], args.batch_size, "streamed", "cpu"
+                    ),
+                    "encoder_only": lambda: run_encoder_only(args.steps, args.batch_size, cpu),
+                },
+                args.rounds,
+                args.budget_s,
+            )
             best = {name: max(values) for name, values in rounds.items()}
             report[f"cpu_threads_{threads}"] = {
-                "samples_per_s_best": best, "samples_per_s_rounds": rounds,
+                "samples_per_s_best": best,
+                "samples_per_s_rounds": rounds,
                 "speedup": round(best["atarirep_streamed"] / best["reference"], 2),
                 "speedup_resident": round(best["atarirep_resident"] / best["reference"], 2),
                 "streamed_over_resident": round(best["atarirep_streamed"] / best["atarirep_resident"], 2),
-                "atarirep_share_of_encoder_only": round(best["atarirep_streamed"] / best["encoder_only"], 2)}
+                "atarirep_share_of_encoder_only": round(best["atarirep_streamed"] / best["encoder_only"], 2),
+            }
         torch.set_num_threads(default_threads)
         report["speedup_goal"] = 1.3
 
         if torch.cuda.is_available():
             cuda = torch.device("cuda")
             big_train = subset(splits["train"], len(splits["train"].frames))
-            report["cuda"] = {"device": torch.cuda.get_device_name(cuda), "samples_per_s": {
-                "reference_fp32": round(run_reference(big_train, 5 * args.steps, args.batch_size, cuda), 1),
-                "atarirep_resident_bf16": round(run_atarirep(big_train, val, args.batch_size, "auto", "cuda",
-                                                             epochs=2), 1),
-                "atarirep_streamed_bf16": round(run_atarirep(big_train, val, args.batch_size, "streamed", "cuda",
-                                                             epochs=2), 1),
-                "encoder_only_bf16": round(run_encoder_only(5 * args.steps, args.batch_size, cuda), 1)},
-                "note": "epoch 2 of fit (epoch 1 holds the warm-up)"}
+            report["cuda"] = {
+                "device": torch.cuda.get_device_name(cuda),
+                "samples_per_s": {
+                    "reference_fp32": round(run_reference(big_train, 5 * args.steps, args.batch_size, cuda), 1),
+                    "atarirep_resident_bf16": round(
+                        run_atarirep(big_train, val, args.batch_size, "auto", "cuda", epochs=2), 1
+                    ),
+                    "atarirep_streamed_bf16": round(
+                        run_atarirep(big_train, val, args.batch_size, "streamed", "cuda", epochs=2), 1
+                    ),
+                    "encoder_only_bf16": round(run_encoder_only(5 * args.steps, args.batch_size, cuda), 1),
+                },
+                "note": "epoch 2 of fit (epoch 1 holds the warm-up)",
+            }
         else:
             report["cuda"] = "not available (torch.cuda.is_available() is False); CPU figures only"
 

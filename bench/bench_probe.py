@@ -17,6 +17,7 @@ depend on its weights. The speedup grows with epochs and variables, roughly
 V * (epochs * (N_train + N_val) + N_test) / N_all; the defaults keep the reference loop near a
 minute on two CPU cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,34 +49,51 @@ def main() -> None:
     parser.add_argument("--keep", default="last", choices=["last", "best"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = devices.resolve(args.device)   # checked once; the library takes the param's spelling
-    settings = dict(lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, patience=args.patience,
-                    seed=args.seed, device=args.device, sampling=args.sampling, keep=args.keep)
+    device = devices.resolve(args.device)  # checked once; the library takes the param's spelling
+    settings = dict(
+        lr=args.lr,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        sampling=args.sampling,
+        keep=args.keep,
+    )
 
     with tempfile.TemporaryDirectory(prefix="bench-probe-") as tmp:
         folder = Path(tmp) / "episodes"
-        collection.collect(args.game, folder, steps=args.steps, num_envs=2, min_episode_length=16, seed=args.seed,
-                           splits_fractions={"train": 0.7, "val": 0.1, "test": 0.2})
+        collection.collect(
+            args.game,
+            folder,
+            steps=args.steps,
+            num_envs=2,
+            min_episode_length=16,
+            seed=args.seed,
+            splits_fractions={"train": 0.7, "val": 0.1, "test": 0.2},
+        )
         data = episodes.load_splits(folder)
-        frames = {name: np.asarray(split.frames) for name, split in data.items()}   # both paths start in memory
+        frames = {name: np.asarray(split.frames) for name, split in data.items()}  # both paths start in memory
     labels = {name: split.labels for name, split in data.items()}
     variables = data["test"].variables
     torch.manual_seed(args.seed)
     encoder = encoders.build("benchmark")
-    encoded = [0]   # frames through the encoder: the cost the fast path saves, independent of machine load
+    encoded = [0]  # frames through the encoder: the cost the fast path saves, independent of machine load
     encoder.register_forward_hook(lambda module, inputs, output: encoded.__setitem__(0, encoded[0] + len(output)))
 
     bounds = {f"{name}_bounds": data[name].episode_bounds() for name in ("train", "val")}
 
     def fast_path() -> np.ndarray:
         features = {name: probe.encode(encoder, x, device=args.device) for name, x in frames.items()}
-        probes = probe.fit_probes(features["train"], labels["train"], features["val"], labels["val"], **settings,
-                                  **bounds)
+        probes = probe.fit_probes(
+            features["train"], labels["train"], features["val"], labels["val"], **settings, **bounds
+        )
         return probe.predict(probes, features["test"])
 
     def reference_loop() -> np.ndarray:
-        probes = probe.fit_probes_reference(frames["train"], labels["train"], frames["val"], labels["val"],
-                                            encoder=encoder, **settings, **bounds)
+        probes = probe.fit_probes_reference(
+            frames["train"], labels["train"], frames["val"], labels["val"], encoder=encoder, **settings, **bounds
+        )
         return probe.predict_reference(probes, frames["test"], encoder=encoder, device=args.device)
 
     # The fast path is timed before and twice after the reference loop and its median kept, so that a
@@ -91,27 +109,46 @@ def main() -> None:
     reference_encoded = encoded[0]
     for _ in range(2):
         start = time.perf_counter()
-        assert np.array_equal(fast_path(), fast_predictions)   # same seed, same probes
+        assert np.array_equal(fast_path(), fast_predictions)  # same seed, same probes
         fast_runs.append(time.perf_counter() - start)
     fast_seconds = float(np.median(fast_runs))
 
     encode_rates = encode_frames_per_s(encoder, np.concatenate(list(frames.values())), args.device)
     fast_f1 = scores.score(fast_predictions, labels["test"], variables)["f1"].to_numpy()
     reference_f1 = scores.score(reference_predictions, labels["test"], variables)["f1"].to_numpy()
-    print(json.dumps({
-        "game": args.game, "num_variables": len(variables),
-        "num_frames": {name: len(x) for name, x in frames.items()}, "epochs": args.epochs,
-        "settings": {"lr": args.lr, "batch_size": args.batch_size, "patience": args.patience, "seed": args.seed},
-        "device": str(device), "threads": args.threads, "cpu": platform.processor() or platform.machine(),
-        "fast_seconds": round(fast_seconds, 2), "fast_seconds_runs": [round(t, 2) for t in fast_runs],
-        "reference_seconds": round(reference_seconds, 2),
-        "speedup": round(reference_seconds / fast_seconds, 1),
-        "frames_encoded_fast": fast_encoded, "frames_encoded_reference": reference_encoded,
-        "mean_f1_fast": round(float(fast_f1.mean()), 4), "mean_f1_reference": round(float(reference_f1.mean()), 4),
-        "max_abs_f1_difference": round(float(np.abs(fast_f1 - reference_f1).max()), 4),
-        "prediction_agreement": round(float((fast_predictions == reference_predictions).mean()), 4),
-        "sampling": args.sampling, "keep": args.keep, "encode_frames_per_s": encode_rates,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "game": args.game,
+                "num_variables": len(variables),
+                "num_frames": {name: len(x) for name, x in frames.items()},
+                "epochs": args.epochs,
+                "settings": {
+                    "lr": args.lr,
+                    "batch_size": args.batch_size,
+                    "patience": args.patience,
+                    "seed": args.seed,
+                },
+                "device": str(device),
+                "threads": args.threads,
+                "cpu": platform.processor() or platform.machine(),
+                "fast_seconds": round(fast_seconds, 2),
+                "fast_seconds_runs": [round(t, 2) for t in fast_runs],
+                "reference_seconds": round(reference_seconds, 2),
+                "speedup": round(reference_seconds / fast_seconds, 1),
+                "frames_encoded_fast": fast_encoded,
+                "frames_encoded_reference": reference_encoded,
+                "mean_f1_fast": round(float(fast_f1.mean()), 4),
+                "mean_f1_reference": round(float(reference_f1.mean()), 4),
+                "max_abs_f1_difference": round(float(np.abs(fast_f1 - reference_f1).max()), 4),
+                "prediction_agreement": round(float((fast_predictions == reference_predictions).mean()), 4),
+                "sampling": args.sampling,
+                "keep": args.keep,
+                "encode_frames_per_s": encode_rates,
+            },
+            indent=2,
+        )
+    )
 
 
 class ViewFlattened(torch.nn.Module):
@@ -131,8 +168,12 @@ def encode_frames_per_s(encoder: torch.nn.Module, frames: np.ndarray, device: st
     """Frames/s of probe.encode for `encoder` and its ViewFlattened twin (same weights), best of `rounds`,
     alternating; the twin's features are checked equal to the encoder's (float rounding aside)."""
     user = ViewFlattened(copy.deepcopy(encoder))
-    torch.testing.assert_close(probe.encode(user, frames[:64], device=device),
-                               probe.encode(encoder, frames[:64], device=device), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        probe.encode(user, frames[:64], device=device),
+        probe.encode(encoder, frames[:64], device=device),
+        rtol=1e-4,
+        atol=1e-4,
+    )
     best = {"atarirep_encoder": 0.0, "user_view_encoder": 0.0}
     for _ in range(rounds):
         for name, module in (("atarirep_encoder", encoder), ("user_view_encoder", user)):

@@ -32,6 +32,7 @@ Usage:
     python bench/gpu_check.py --device cpu --tiny  # the same paths at the smallest sizes, to check the script
     python bench/gpu_check.py --only ppo impala    # some sections only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # atarirep from this checkout, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # atarirep from this checkout, installed or not
 from atarirep import devices, encoders, episodes, training
 from atarirep.agents import evaluation, impala, ppo, saliency
 from atarirep.agents import probing as agent_probing
@@ -59,17 +60,23 @@ from atarirep.collection import collect
 from atarirep.probe import stage as probe_stage
 
 GAME = "Breakout"
-MULTITASK_GAMES = ["Pong", "SpaceInvaders"]    # 6 actions each, as multitask_config requires
+MULTITASK_GAMES = ["Pong", "SpaceInvaders"]  # 6 actions each, as multitask_config requires
 FRAME_SKIP = 4
-PAPER_BATCH = 64                                # conf/config.yaml pretrain.batch_size
-PROBE_DATA = {"steps": 1600, "num_envs": 4, "min_episode_length": 16, "seed": 3}   # tests/conftest.py SMALL_BREAKOUT
+PAPER_BATCH = 64  # conf/config.yaml pretrain.batch_size
+PROBE_DATA = {"steps": 1600, "num_envs": 4, "min_episode_length": 16, "seed": 3}  # tests/conftest.py SMALL_BREAKOUT
 
 # Sizes of each section: the GPU run's, and --tiny's (the smallest that still runs every path).
 SIZES = {
     "full": {
         "ppo": {"total_steps": 8 * 1024, "checkpoint_every": 4096},
         "impala": {"total_steps": 6 * 80 * 8, "unroll_length": 80, "batch_size": 8, "num_actors": 8},
-        "multitask": {"total_steps": 4 * 80 * 8, "unroll_length": 80, "batch_size": 8, "num_actors": 4, "architecture": "impala"},
+        "multitask": {
+            "total_steps": 4 * 80 * 8,
+            "unroll_length": 80,
+            "batch_size": 8,
+            "num_actors": 4,
+            "architecture": "impala",
+        },
         "evaluate": {"episodes": 2, "max_steps": 500},
         "saliency": {"frames": 8, "stride": 2, "batch_size": 1024},
         "probe": {"epochs": 5, "supervised_epochs": 2},
@@ -78,7 +85,13 @@ SIZES = {
     "tiny": {
         "ppo": {"total_steps": 2 * 256, "num_envs": 2, "num_steps": 128, "checkpoint_every": 256},
         "impala": {"total_steps": 2 * 8 * 2, "unroll_length": 8, "batch_size": 2, "num_actors": 2},
-        "multitask": {"total_steps": 2 * 8 * 2, "unroll_length": 8, "batch_size": 2, "num_actors": 2, "architecture": "impala"},
+        "multitask": {
+            "total_steps": 2 * 8 * 2,
+            "unroll_length": 8,
+            "batch_size": 2,
+            "num_actors": 2,
+            "architecture": "impala",
+        },
         "evaluate": {"episodes": 2, "max_steps": 100},
         "saliency": {"frames": 2, "stride": 6, "batch_size": 256},
         "probe": {"epochs": 2, "supervised_epochs": 1},
@@ -100,8 +113,10 @@ class SectionTimeout(Exception):
 @contextlib.contextmanager
 def time_limit(seconds: int):
     """Raise SectionTimeout in this (the main) thread after `seconds`; the section's own `finally`s still run."""
+
     def expire(signum, frame):
         raise SectionTimeout(f"stopped after its time limit of {seconds} s")
+
     previous = signal.signal(signal.SIGALRM, expire)
     signal.alarm(seconds)
     try:
@@ -140,14 +155,18 @@ def check_ppo(device: str, sizes: dict, tmp: Path) -> dict:
     ppo.train(GAME, 0, tmp / "ppo/out", tmp / "ppo/logs", config, device=device, progress=False)
     wall = time.perf_counter() - started
     steps_per_s = charts(tmp / "ppo/logs", "steps_per_s")
-    losses = [v for f in (tmp / "ppo/logs/plots/metrics/losses").glob("*.tsv")
-              for v in pd.read_csv(f, sep="\t").iloc[:, 1]]
-    return {"iterations": config.iterations, "agent_steps": config.iterations * config.batch_size,
-            "steps_per_s_log": steady_rate(steps_per_s, config.batch_size),
-            "frames_per_s_log": round(FRAME_SKIP * (steady_rate(steps_per_s, config.batch_size) or 0), 1),
-            "steps_per_s_wall": round(config.iterations * config.batch_size / wall, 1),
-            "checkpoints": len(list((tmp / "ppo/out").glob("*.gz"))),
-            "losses_finite": is_finite(losses) if losses else None}
+    losses = [
+        v for f in (tmp / "ppo/logs/plots/metrics/losses").glob("*.tsv") for v in pd.read_csv(f, sep="\t").iloc[:, 1]
+    ]
+    return {
+        "iterations": config.iterations,
+        "agent_steps": config.iterations * config.batch_size,
+        "steps_per_s_log": steady_rate(steps_per_s, config.batch_size),
+        "frames_per_s_log": round(FRAME_SKIP * (steady_rate(steps_per_s, config.batch_size) or 0), 1),
+        "steps_per_s_wall": round(config.iterations * config.batch_size / wall, 1),
+        "checkpoints": len(list((tmp / "ppo/out").glob("*.gz"))),
+        "losses_finite": is_finite(losses) if losses else None,
+    }
 
 
 def _impala_run(games, config: impala.IMPALAConfig, device: str, folder: Path, algo: str) -> dict:
@@ -157,14 +176,21 @@ def _impala_run(games, config: impala.IMPALAConfig, device: str, folder: Path, a
     steps_per_s = charts(folder / "logs", "steps_per_s")
     utilisation = charts(folder / "logs", "learner_utilisation")
     total = pd.read_csv(folder / "logs/plots/metrics/losses/total.tsv", sep="\t")["total"]
-    return {"games": [games] if isinstance(games, str) else list(games), "learner_steps": config.iterations,
-            "agent_steps": config.iterations * config.steps_per_update, "num_actors": config.num_actors,
-            "architecture": config.architecture, "popart": config.uses_popart(len(config.games) or 1),
-            "steps_per_s_log": steady_rate(steps_per_s, config.steps_per_update),
-            "steps_per_s_wall_with_start": round(config.iterations * config.steps_per_update / wall, 1),
-            "learner_utilisation": round(float(utilisation.iloc[1:].mean() if len(utilisation) > 1
-                                               else utilisation.mean()), 3),
-            "checkpoints": len(list((folder / "out").glob("*.gz"))), "loss_finite": is_finite(total)}
+    return {
+        "games": [games] if isinstance(games, str) else list(games),
+        "learner_steps": config.iterations,
+        "agent_steps": config.iterations * config.steps_per_update,
+        "num_actors": config.num_actors,
+        "architecture": config.architecture,
+        "popart": config.uses_popart(len(config.games) or 1),
+        "steps_per_s_log": steady_rate(steps_per_s, config.steps_per_update),
+        "steps_per_s_wall_with_start": round(config.iterations * config.steps_per_update / wall, 1),
+        "learner_utilisation": round(
+            float(utilisation.iloc[1:].mean() if len(utilisation) > 1 else utilisation.mean()), 3
+        ),
+        "checkpoints": len(list((folder / "out").glob("*.gz"))),
+        "loss_finite": is_finite(total),
+    }
 
 
 def check_impala(device: str, sizes: dict, tmp: Path) -> dict:
@@ -173,14 +199,19 @@ def check_impala(device: str, sizes: dict, tmp: Path) -> dict:
     out = {"single": _impala_run(GAME, config, device, tmp / "impala", "IMPALA")}
     multi = sizes["multitask"]
     base = {k: v for k, v in multi.items() if k != "architecture"}
-    mt_config = impala.multitask_config({**base, "checkpoint_every": multi["total_steps"]},
-                                        {"architecture": multi["architecture"]}, algo="IMPALA_PopArt",
-                                        protocol="classic", games=MULTITASK_GAMES, full_action_space=False)
-    try:   # a failure here is reported beside the single-game result, not instead of it
+    mt_config = impala.multitask_config(
+        {**base, "checkpoint_every": multi["total_steps"]},
+        {"architecture": multi["architecture"]},
+        algo="IMPALA_PopArt",
+        protocol="classic",
+        games=MULTITASK_GAMES,
+        full_action_space=False,
+    )
+    try:  # a failure here is reported beside the single-game result, not instead of it
         out["multitask_popart"] = _impala_run(MULTITASK_GAMES, mt_config, device, tmp / "multitask", "IMPALA_PopArt")
     except SectionTimeout:
         raise
-    except Exception as err:   # noqa: BLE001 (reported beside the single-game run)
+    except Exception as err:  # noqa: BLE001 (reported beside the single-game run)
         traceback.print_exc()
         out["ok"] = False
         out["multitask_popart"] = {"ok": False, "error": describe(err)}
@@ -190,14 +221,20 @@ def check_impala(device: str, sizes: dict, tmp: Path) -> dict:
 def check_evaluate(device: str, sizes: dict, tmp: Path) -> dict:
     dev = devices.resolve(device)
     torch.manual_seed(0)
-    network = ActorCritic(4).to(dev, memory_format=torch.channels_last).eval()     # Breakout: 4 actions
+    network = ActorCritic(4).to(dev, memory_format=torch.channels_last).eval()  # Breakout: 4 actions
     size = sizes["evaluate"]
     started = time.perf_counter()
-    returns = evaluation.evaluate(network, GAME, "classic", episodes=size["episodes"], epsilon=0.001,
-                                  max_steps=size["max_steps"], seed=0)
+    returns = evaluation.evaluate(
+        network, GAME, "classic", episodes=size["episodes"], epsilon=0.001, max_steps=size["max_steps"], seed=0
+    )
     wall = time.perf_counter() - started
-    return {"episodes": size["episodes"], "max_steps": size["max_steps"], "returns": returns,
-            "returns_finite": is_finite(returns), "wall_s": round(wall, 2)}
+    return {
+        "episodes": size["episodes"],
+        "max_steps": size["max_steps"],
+        "returns": returns,
+        "returns_finite": is_finite(returns),
+        "wall_s": round(wall, 2),
+    }
 
 
 def check_saliency(device: str, sizes: dict, tmp: Path) -> dict:
@@ -206,21 +243,28 @@ def check_saliency(device: str, sizes: dict, tmp: Path) -> dict:
     torch.manual_seed(0)
     network = ActorCritic(4).eval()
     stacks = saliency.episode_stacks(network, GAME, "classic", frames=size["frames"], epsilon=0.001, seed=0)
-    out = {"stacks": len(stacks), "radius": saliency.DEFAULT_RADIUS, "stride": size["stride"],
-           "batch_size": size["batch_size"]}
-    multi = OneGame(IMPALANet(6, 2, "impala", popart=True, last_action_reward=True), task=1)   # not local
+    out = {
+        "stacks": len(stacks),
+        "radius": saliency.DEFAULT_RADIUS,
+        "stride": size["stride"],
+        "batch_size": size["batch_size"],
+    }
+    multi = OneGame(IMPALANet(6, 2, "impala", popart=True, last_action_reward=True), task=1)  # not local
     for name, net in (("actor_critic", network), ("impala_multitask", multi)):
         net = net.to(dev).eval()
         saliency.saliency_maps(net, stacks[:1], saliency.DEFAULT_RADIUS, size["stride"], size["batch_size"])  # warm-up
         synchronize(dev)
         started = time.perf_counter()
-        policy, value = saliency.saliency_maps(net, stacks, saliency.DEFAULT_RADIUS, size["stride"],
-                                               size["batch_size"])
+        policy, value = saliency.saliency_maps(net, stacks, saliency.DEFAULT_RADIUS, size["stride"], size["batch_size"])
         synchronize(dev)
         seconds = time.perf_counter() - started
-        out[name] = {"s_per_frame": round(seconds / len(stacks), 4), "shape": list(policy.shape),
-                     "finite": bool(np.isfinite(policy).all() and np.isfinite(value).all()),
-                     "policy_max": float(policy.max()), "value_max": float(value.max())}
+        out[name] = {
+            "s_per_frame": round(seconds / len(stacks), 4),
+            "shape": list(policy.shape),
+            "finite": bool(np.isfinite(policy).all() and np.isfinite(value).all()),
+            "policy_max": float(policy.max()),
+            "value_max": float(value.max()),
+        }
     return out
 
 
@@ -228,8 +272,7 @@ def probe_dataset(tmp: Path) -> Path:
     """The tiny Breakout probing dataset (70/10/20) both probing and pretraining read; collected once."""
     folder = tmp / "breakout_probe"
     if not folder.exists():
-        collect(GAME, folder, splits_fractions={"train": 0.7, "val": 0.1, "test": 0.2}, purpose="probe",
-                **PROBE_DATA)
+        collect(GAME, folder, splits_fractions={"train": 0.7, "val": 0.1, "test": 0.2}, purpose="probe", **PROBE_DATA)
     return folder
 
 
@@ -240,24 +283,42 @@ def check_probing(device: str, sizes: dict, tmp: Path) -> dict:
     game, data = probe_stage.load_probe_data(data_dir)
     out["frames"] = {name: len(split) for name, split in data.items()}
     out["variables"] = len(data["train"].variables)
-    settings = {"lr": 3e-4, "batch_size": 64, "epochs": sizes["probe"]["epochs"], "patience": 15, "seed": 0, "device": device}
+    settings = {
+        "lr": 3e-4,
+        "batch_size": 64,
+        "epochs": sizes["probe"]["epochs"],
+        "patience": 15,
+        "seed": 0,
+        "device": device,
+    }
 
     torch.manual_seed(0)
     encoder_path = tmp / "random_cnn.pt"
     encoders.save(encoders.build("benchmark"), encoder_path, method="random_cnn", game=game)
-    for method, path, extra in (("random_cnn", encoder_path, {}),
-                                ("supervised", None, {"supervised_per_variable": False,
-                                                      "supervised_epochs": sizes["probe"]["supervised_epochs"]})):
+    for method, path, extra in (
+        ("random_cnn", encoder_path, {}),
+        (
+            "supervised",
+            None,
+            {"supervised_per_variable": False, "supervised_epochs": sizes["probe"]["supervised_epochs"]},
+        ),
+    ):
         started = time.perf_counter()
         scores = probe_stage.run(data_dir, path, tmp / "probes" / method, method=method, **settings, **extra)
-        out[method] = {"wall_s": round(time.perf_counter() - started, 2), "mean_f1": round(float(scores["f1"].mean()), 4),
-                       "f1_finite": is_finite(scores["f1"])}
+        out[method] = {
+            "wall_s": round(time.perf_counter() - started, 2),
+            "mean_f1": round(float(scores["f1"].mean()), 4),
+            "f1_finite": is_finite(scores["f1"]),
+        }
 
     started = time.perf_counter()
     torch.manual_seed(0)
     scores = agent_probing.probe_network(ActorCritic(4), data, game=game, **settings)
-    out["rl_agent"] = {"wall_s": round(time.perf_counter() - started, 2), "mean_f1": round(float(scores["f1"].mean()), 4),
-                       "f1_finite": is_finite(scores["f1"])}
+    out["rl_agent"] = {
+        "wall_s": round(time.perf_counter() - started, 2),
+        "mean_f1": round(float(scores["f1"].mean()), 4),
+        "f1_finite": is_finite(scores["f1"]),
+    }
     return out
 
 
@@ -268,26 +329,35 @@ def check_pretrain(device: str, sizes: dict, tmp: Path) -> dict:
     out = {"method": "stdim", "batch_size": size["batch_size"], "train_frames": len(train)}
     for precision in ("fp32", "bf16"):
         method = training.build_method("stdim", seed=0, feature_size=256)
-        config = training.TrainConfig(epochs=1, batch_size=size["batch_size"], seed=0, device=device,
-                                      precision=precision)
+        config = training.TrainConfig(
+            epochs=1, batch_size=size["batch_size"], seed=0, device=device, precision=precision
+        )
         started = time.perf_counter()
         result = training.fit(method, train, val, config, loader="resident", log_every=size["log_every"])
         wall = time.perf_counter() - started
-        windows = result.steps[1:] if len(result.steps) > 1 else result.steps   # the first holds the warm-up
+        windows = result.steps[1:] if len(result.steps) > 1 else result.steps  # the first holds the warm-up
         row = result.history[-1]
         out[precision] = {
             "batches": row["step"],
             "batches_per_s": round(float(np.mean([w["samples_per_s"] for w in windows])) / size["batch_size"], 2),
             "batches_per_s_epoch": round(row["samples_per_s"] / size["batch_size"], 2),
-            "train_loss": row["train_loss"], "val_loss": row["val_loss"],
+            "train_loss": row["train_loss"],
+            "val_loss": row["val_loss"],
             "losses_finite": is_finite([row["train_loss"], row["val_loss"], *(w["loss"] for w in result.steps)]),
             "autocast": devices.resolve(device).type == "cuda" and precision == "bf16",
-            "wall_s": round(wall, 2)}
+            "wall_s": round(wall, 2),
+        }
     return out
 
 
-SECTIONS = {"ppo": check_ppo, "impala": check_impala, "evaluate": check_evaluate, "saliency": check_saliency,
-            "probing": check_probing, "pretrain": check_pretrain}
+SECTIONS = {
+    "ppo": check_ppo,
+    "impala": check_impala,
+    "evaluate": check_evaluate,
+    "saliency": check_saliency,
+    "probing": check_probing,
+    "pretrain": check_pretrain,
+}
 
 
 # -- the run ----------------------------------------------------------------------------------------------
@@ -299,14 +369,24 @@ def describe(err: BaseException) -> dict:
 
 
 def environment(device: str) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-            "cuda_available": torch.cuda.is_available(), "cpus": os.cpu_count(), "device": device,
-            "torch_threads": torch.get_num_threads()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cuda_available": torch.cuda.is_available(),
+        "cpus": os.cpu_count(),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(device_name=props.name, device_memory_gib=round(props.total_memory / 2**30, 1),
-                    capability=f"{props.major}.{props.minor}", bf16_supported=torch.cuda.is_bf16_supported())
+        info.update(
+            device_name=props.name,
+            device_memory_gib=round(props.total_memory / 2**30, 1),
+            capability=f"{props.major}.{props.minor}",
+            bf16_supported=torch.cuda.is_bf16_supported(),
+        )
     return info
 
 
@@ -340,8 +420,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", choices=devices.DEVICES)
     parser.add_argument("--tiny", action="store_true", help="the smallest sizes (a check of the script on CPU)")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run these sections only")
-    parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) / "gpu_check.json"
-                        if os.environ.get("OUT") else None, help="also write the JSON here")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None,
+        help="also write the JSON here",
+    )
     args = parser.parse_args()
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     sizes = SIZES["tiny" if args.tiny else "full"]

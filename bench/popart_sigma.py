@@ -7,6 +7,7 @@ sigma) into one PNG and prints one JSON object: each game's last mu, sigma and m
 
 Usage: python bench/popart_sigma.py LIVE_DIR --png sigma.png [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,12 @@ def main() -> None:
         returns = series(metrics, "charts/episode_return", game)
         ax_sigma.plot(sigma["step"], sigma.iloc[:, 1], label=game)
         ax_mu.plot(mu["step"], mu.iloc[:, 1], label=game)
-        result[game] = {"sigma": float(sigma.iloc[-1, 1]), "mu": float(mu.iloc[-1, 1]),
-                        "mean_return": float(returns.iloc[:, 1].mean()) if len(returns) else None,
-                        "steps": int(sigma["step"].iloc[-1])}
+        result[game] = {
+            "sigma": float(sigma.iloc[-1, 1]),
+            "mu": float(mu.iloc[-1, 1]),
+            "mean_return": float(returns.iloc[:, 1].mean()) if len(returns) else None,
+            "steps": int(sigma["step"].iloc[-1]),
+        }
     ax_sigma.set_yscale("log")
     for ax, name in ((ax_sigma, "sigma"), (ax_mu, "mu")):
         ax.set_xlabel("agent steps (all games)")

@@ -17,6 +17,7 @@ return of the games that ended in each window of `--window` agent steps) into on
 
 Usage: python bench/ppo_vs_cleanrl.py OURS_LIVE_DIR CLEANRL_TSV --png curve.png [--json out.json] [--title T]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,19 +71,27 @@ def main() -> None:
     theirs = pd.read_csv(args.cleanrl, sep="\t")
     our_mean, our_games = ours_last_mean(our_rows)
     their_mean = float(theirs["return"].iloc[-LAST_GAMES:].mean())
-    result = {"ours": {"last_100_mean_return": our_mean, "games_averaged": our_games,
-                       "steps": int(our_rows["step"].max())},
-              "cleanrl": {"last_100_mean_return": their_mean, "games_averaged": min(LAST_GAMES, len(theirs)),
-                          "steps": int(theirs["global_step"].max())},
-              "ratio": our_mean / their_mean if their_mean else None, "window": args.window}
+    result = {
+        "ours": {"last_100_mean_return": our_mean, "games_averaged": our_games, "steps": int(our_rows["step"].max())},
+        "cleanrl": {
+            "last_100_mean_return": their_mean,
+            "games_averaged": min(LAST_GAMES, len(theirs)),
+            "steps": int(theirs["global_step"].max()),
+        },
+        "ratio": our_mean / their_mean if their_mean else None,
+        "window": args.window,
+    }
 
     fig = Figure(figsize=(6.5, 4.0), layout="constrained")
     ax = fig.add_subplot()
     for label, (x, y) in {
-            "atarirep PPO": windowed(our_rows["step"].to_numpy(), our_rows["mean"].to_numpy(),
-                                     our_rows["games"].to_numpy(), args.window),
-            "CleanRL ppo_atari.py": windowed(theirs["global_step"].to_numpy(), theirs["return"].to_numpy(),
-                                             np.ones(len(theirs)), args.window)}.items():
+        "atarirep PPO": windowed(
+            our_rows["step"].to_numpy(), our_rows["mean"].to_numpy(), our_rows["games"].to_numpy(), args.window
+        ),
+        "CleanRL ppo_atari.py": windowed(
+            theirs["global_step"].to_numpy(), theirs["return"].to_numpy(), np.ones(len(theirs)), args.window
+        ),
+    }.items():
         ax.plot(x, y, label=label)
     ax.set_xlabel("agent steps (frames / 4)")
     ax.set_ylabel(f"mean return of the games ended in each {args.window:,} steps")

@@ -7,11 +7,15 @@ versions DVC's dvc-render uses from the npm registry, unpack them and run this o
     for f in *.tgz; do tar xzf $f --one-top-level=${f%.tgz}; done
     python scripts/offline_plots_page.py <folder holding the unpacked packages>
 """
+
 import sys
 from pathlib import Path
 
-PACKAGES = [("vega", "5.20.2", "vega.min.js"), ("vega-lite", "5.2.0", "vega-lite.min.js"),
-            ("vega-embed", "6.18.2", "vega-embed.min.js")]
+PACKAGES = [
+    ("vega", "5.20.2", "vega.min.js"),
+    ("vega-lite", "5.2.0", "vega-lite.min.js"),
+    ("vega-embed", "6.18.2", "vega-embed.min.js"),
+]
 
 
 def main(root: str) -> None:
@@ -20,10 +24,13 @@ def main(root: str) -> None:
     bodies = {body.strip() for _, body in licenses}
     if len(bodies) != 1:
         sys.exit("the three licenses differ; list each in full")
-    copyrights = "\n".join(f"{name} {version}: {copyright_line}"
-                           for (name, version, _), (copyright_line, _) in zip(PACKAGES, licenses))
-    scripts = "\n".join(f"<script>/* {name} {version} */\n{(folder / 'build' / js).read_text()}\n</script>"
-                        for (name, version, js), folder in zip(PACKAGES, folders))
+    copyrights = "\n".join(
+        f"{name} {version}: {copyright_line}" for (name, version, _), (copyright_line, _) in zip(PACKAGES, licenses)
+    )
+    scripts = "\n".join(
+        f"<script>/* {name} {version} */\n{(folder / 'build' / js).read_text()}\n</script>"
+        for (name, version, js), folder in zip(PACKAGES, folders)
+    )
     notice = f"{copyrights}\n\n{bodies.pop()}".replace("--", "- -")  # "--" may not appear in an HTML comment
     page = f"""<!DOCTYPE html>
 <!-- DVC plots page that renders offline: the vega, vega-lite and vega-embed builds that DVC's default

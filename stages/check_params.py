@@ -1,8 +1,11 @@
 """check_params: validate the whole params.yaml before any stage that writes data runs."""
+
 from atarirep import io, study
 from atarirep.errors import UserError, run_stage
 
-RESTORE = "(after a failed `dvc exp run -S ...`, `git checkout HEAD -- params.yaml && dvc checkout` restores the workspace)"
+RESTORE = (
+    "(after a failed `dvc exp run -S ...`, `git checkout HEAD -- params.yaml && dvc checkout` restores the workspace)"
+)
 
 
 def main(out_path: str) -> None:

@@ -4,6 +4,7 @@ random_agent: policy.json only. agent: policy.json and model.gz, the first seed'
 checkpoint. In random mode the output does not change when the agent is retrained, so the collected
 episodes (and everything after them) stay valid; in agent mode they follow the checkpoint.
 """
+
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def main(sampled_game_dir: str, out_dir: str) -> None:
         if collect.collect_mode == "agent":
             seed = agents.seeds[0]
             step, path = checkpoints.list_run(Path(sampled_game_dir) / str(seed))[-1]
-            checkpoints.load_network(path)   # a damaged or foreign file stops here
+            checkpoints.load_network(path)  # a damaged or foreign file stops here
             shutil.copy2(path, tmp / "model.gz")
             policy.update(checkpoint=str(path), seed=seed, step=step, random_prob=collect.agent_random_prob)
         io.write_json(tmp / "policy.json", policy)

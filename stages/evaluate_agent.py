@@ -10,6 +10,7 @@ DQN-family run brought in with `dvc import-url <collection>/DQN_modern/Pong/0
 data/checkpoints_sampled/DQN_modern/Pong/0` (its Q-network acts epsilon-greedily; see
 atarirep.agents.checkpoints.load_network for what loads).
 """
+
 import time
 from pathlib import Path
 
@@ -36,8 +37,8 @@ def checked_checkpoints(root: Path, game: str) -> list[tuple[int, int, int, Path
 
 def main(game: str, sampled_root: str, out_dir: str) -> None:
     p = params.load("evaluate_agent")
-    protocols = [get_protocol(name).name for name in p.protocols]   # an unknown one stops here
-    game = resolve_ale_game(game)   # agents play any game with a ROM (AirRaid has no annotations)
+    protocols = [get_protocol(name).name for name in p.protocols]  # an unknown one stops here
+    game = resolve_ale_game(game)  # agents play any game with a ROM (AirRaid has no annotations)
     device = devices.resolve(p.device)
     found = checked_checkpoints(Path(sampled_root), game)
     rows = []
@@ -48,20 +49,28 @@ def main(game: str, sampled_root: str, out_dir: str) -> None:
         eval_seed = int(np.random.SeedSequence([p.seed, seed]).generate_state(1)[0] >> 1)
         for protocol in protocols:
             started = time.perf_counter()
-            returns = evaluation.evaluate(network, game, protocol, episodes=p.episodes, epsilon=p.epsilon,
-                                          max_steps=p.max_steps, seed=eval_seed)
+            returns = evaluation.evaluate(
+                network, game, protocol, episodes=p.episodes, epsilon=p.epsilon, max_steps=p.max_steps, seed=eval_seed
+            )
             rows += [(game, seed, step, frames, protocol, episode, value) for episode, value in enumerate(returns)]
-            print(f"{game} seed {seed} step {step} {protocol}: mean return {np.mean(returns):.1f} over "
-                  f"{len(returns)} games ({time.perf_counter() - started:.1f} s)", flush=True)
+            print(
+                f"{game} seed {seed} step {step} {protocol}: mean return {np.mean(returns):.1f} over "
+                f"{len(returns)} games ({time.perf_counter() - started:.1f} s)",
+                flush=True,
+            )
     table = pd.DataFrame(rows, columns=evaluation.ROW_COLUMNS)
     final = evaluation.final_returns(table)
     metrics = {}
     for protocol, group in final.groupby("protocol", sort=False):
         mean = float(group["return"].mean())
         human = evaluation.human_normalized(game, mean) if evaluation.has_reference_scores(game) else None
-        metrics[protocol] = {"mean_return": mean, "human_normalized": human,   # None: no reference scores
-                             "seeds": int(group["seed"].nunique()), "episodes": len(group),
-                             "step": int(group["step"].max())}
+        metrics[protocol] = {
+            "mean_return": mean,
+            "human_normalized": human,  # None: no reference scores
+            "seeds": int(group["seed"].nunique()),
+            "episodes": len(group),
+            "step": int(group["step"].max()),
+        }
     with atomic_dir(out_dir) as tmp:
         table.to_csv(tmp / "returns.csv", index=False, lineterminator="\n")
         write_json(tmp / "metrics.json", metrics)

@@ -15,6 +15,7 @@ protocol, the reference's three models (docs/protocols.md 4) where they were run
 "multi-task (clipped)" (multitask.algo IMPALA) and "multi-task PopArt" (IMPALA_PopArt), naming those that
 were not. Aggregates cover the games with reference scores only.
 """
+
 from pathlib import Path
 
 import pandas as pd
@@ -28,22 +29,28 @@ from atarirep.io import atomic_dir, write_json
 from atarirep.reports import to_csv, to_markdown
 
 # The reference's three models, in its order: the column label and how a caption names each.
-MODELS = {"single_task": "single-task", "multitask_clipped": "multi-task (clipped)",
-          "multitask_popart": "multi-task PopArt"}
-MULTITASK_MODEL = {"IMPALA": "multitask_clipped", "IMPALA_PopArt": "multitask_popart"}   # by multitask.algo
+MODELS = {
+    "single_task": "single-task",
+    "multitask_clipped": "multi-task (clipped)",
+    "multitask_popart": "multi-task PopArt",
+}
+MULTITASK_MODEL = {"IMPALA": "multitask_clipped", "IMPALA_PopArt": "multitask_popart"}  # by multitask.algo
 
 
 def read_returns(path: Path, game: str) -> pd.DataFrame:
     try:
         rows = pd.read_csv(path)
     except FileNotFoundError:
-        raise UserError(f"{path} is missing; run `dvc repro` for evaluate_agent on {game}, or drop {game} "
-                        "from games") from None
+        raise UserError(
+            f"{path} is missing; run `dvc repro` for evaluate_agent on {game}, or drop {game} from games"
+        ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         raise UserError(f"{path} is not a readable CSV; rerun evaluate_agent on {game}") from None
     if list(rows.columns) != evaluation.ROW_COLUMNS or set(rows["game"]) != {game}:
-        raise UserError(f"{path} does not hold {game}'s returns with columns {', '.join(evaluation.ROW_COLUMNS)}; "
-                        f"rerun evaluate_agent on {game}")
+        raise UserError(
+            f"{path} does not hold {game}'s returns with columns {', '.join(evaluation.ROW_COLUMNS)}; "
+            f"rerun evaluate_agent on {game}"
+        )
     return rows
 
 
@@ -53,10 +60,13 @@ def seed_by_game(final: pd.DataFrame, protocol: str, games: list[str]) -> pd.Dat
     means = means.reindex(columns=games)
     if means.isna().any().any():
         missing = [f"{game} seed {seed}" for game in games for seed in means.index if pd.isna(means.at[seed, game])]
-        raise UserError(f"protocol {protocol} has no returns for {', '.join(missing)}; evaluate every game with "
-                        "the same seeds and protocols (rerun evaluate_agent)")
-    return pd.DataFrame({game: evaluation.human_normalized(game, means[game].to_numpy()) for game in games},
-                        index=means.index)
+        raise UserError(
+            f"protocol {protocol} has no returns for {', '.join(missing)}; evaluate every game with "
+            "the same seeds and protocols (rerun evaluate_agent)"
+        )
+    return pd.DataFrame(
+        {game: evaluation.human_normalized(game, means[game].to_numpy()) for game in games}, index=means.index
+    )
 
 
 def training_figure(returns: pd.DataFrame, curve: pd.DataFrame, game: str) -> Figure:
@@ -64,9 +74,11 @@ def training_figure(returns: pd.DataFrame, curve: pd.DataFrame, game: str) -> Fi
     fig = Figure(figsize=(7.5, 6.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
     evaluation.draw_returns(top, returns)
-    top.set_xlabel("")   # the shared axis is labelled below
-    top.set_title(f"{game}: return and what the agent's encoder knows, over training "
-                  f"({returns['seed'].nunique()} seed{'s' * (returns['seed'].nunique() != 1)})")
+    top.set_xlabel("")  # the shared axis is labelled below
+    top.set_title(
+        f"{game}: return and what the agent's encoder knows, over training "
+        f"({returns['seed'].nunique()} seed{'s' * (returns['seed'].nunique() != 1)})"
+    )
     reports.draw_category_curve(bottom, curve)
     bottom.xaxis.set_major_formatter(EngFormatter())
     bottom.legend(fontsize="x-small", ncols=2)
@@ -84,10 +96,13 @@ def returns_report(rows: pd.DataFrame, games: list[str], seed: int) -> tuple[pd.
     for protocol in protocols:
         means = final[final["protocol"] == protocol].groupby("game")["return"].mean().reindex(games)
         by_game[f"{protocol}_return"] = means
-        by_game[f"{protocol}_human_normalized"] = [evaluation.human_normalized(g, m) if g in scored else float("nan")
-                                                   for g, m in means.items()]
-    caption = ("Human-normalised final returns: estimate [95% CI, stratified bootstrap over seeds, "
-               f"{evaluation.BOOTSTRAP_REPS} resamples]")
+        by_game[f"{protocol}_human_normalized"] = [
+            evaluation.human_normalized(g, m) if g in scored else float("nan") for g, m in means.items()
+        ]
+    caption = (
+        "Human-normalised final returns: estimate [95% CI, stratified bootstrap over seeds, "
+        f"{evaluation.BOOTSTRAP_REPS} resamples]"
+    )
     left_out = [game for game in games if game not in scored]
     if left_out:
         caption += f"; {', '.join(left_out)} left out (no random and human reference scores)"
@@ -95,9 +110,14 @@ def returns_report(rows: pd.DataFrame, games: list[str], seed: int) -> tuple[pd.
         return by_game, {}, caption + "\n\nNo game has reference scores: no aggregate.\n"
     scores = {protocol: seed_by_game(final, protocol, scored).to_numpy() for protocol in protocols}
     summary = evaluation.aggregate(scores, reps=evaluation.BOOTSTRAP_REPS, seed=seed)
-    cells = {protocol: {metric: f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
-                        for metric, v in summary[protocol].items() if isinstance(v, dict)}
-             for protocol in protocols}
+    cells = {
+        protocol: {
+            metric: f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+            for metric, v in summary[protocol].items()
+            if isinstance(v, dict)
+        }
+        for protocol in protocols
+    }
     table = pd.DataFrame.from_dict(cells, orient="index").rename_axis("protocol")
     table["runs x games"] = [f"{summary[p]['runs']} x {summary[p]['games']}" for p in protocols]
     return by_game, summary, caption + "\n\n" + to_markdown(table)
@@ -110,8 +130,9 @@ def comparison(single: pd.DataFrame, multitask: pd.DataFrame, algo: str) -> tupl
     if algo not in MULTITASK_MODEL:
         raise UserError(f"params.yaml multitask.algo={algo!r} is unknown; use one of {', '.join(MULTITASK_MODEL)}")
     models = {"single_task": single, MULTITASK_MODEL[algo]: multitask}
-    protocols = list(dict.fromkeys(c[:-len("_return")] for t in models.values() for c in t.columns
-                                   if c.endswith("_return")))
+    protocols = list(
+        dict.fromkeys(c[: -len("_return")] for t in models.values() for c in t.columns if c.endswith("_return"))
+    )
     table = pd.DataFrame(index=multitask.index)
     for protocol in protocols:
         for label in MODELS:
@@ -121,12 +142,15 @@ def comparison(single: pd.DataFrame, multitask: pd.DataFrame, algo: str) -> tupl
                 if values.notna().any():
                     table[f"{protocol}_{label}"] = values
     shown = [label for label in MODELS if any(c.endswith(f"_{label}") for c in table.columns)]
-    caption = ("Final mean return per game of the reference's three models (docs/protocols.md 4): "
-               + ", ".join(MODELS[label] for label in shown))
+    caption = "Final mean return per game of the reference's three models (docs/protocols.md 4): " + ", ".join(
+        MODELS[label] for label in shown
+    )
     left_out = [MODELS[label] for label in MODELS if label not in shown]
     if left_out:
-        caption += (f"; not run here: {', '.join(left_out)} (single-task: the games of `games`; the multi-task "
-                    "models: multitask.algo IMPALA or IMPALA_PopArt, one per run of the pipeline)")
+        caption += (
+            f"; not run here: {', '.join(left_out)} (single-task: the games of `games`; the multi-task "
+            "models: multitask.algo IMPALA or IMPALA_PopArt, one per run of the pipeline)"
+        )
     return table, caption + "\n\n" + to_markdown(table)
 
 
@@ -135,10 +159,12 @@ def main(evaluations_root: str, agent_probes_root: str, multitask_root: str, out
     multitask_params = params.load("multitask")
     multitask_games = multitask_params.games
     seed = params.load("evaluate_agent").seed
-    rows = pd.concat([read_returns(Path(evaluations_root) / game / "returns.csv", game) for game in games],
-                     ignore_index=True)
-    multitask_rows = pd.concat([read_returns(Path(multitask_root) / game / "returns.csv", game)
-                                for game in multitask_games], ignore_index=True)
+    rows = pd.concat(
+        [read_returns(Path(evaluations_root) / game / "returns.csv", game) for game in games], ignore_index=True
+    )
+    multitask_rows = pd.concat(
+        [read_returns(Path(multitask_root) / game / "returns.csv", game) for game in multitask_games], ignore_index=True
+    )
     curves = {}
     for game in games:
         curve_path = Path(agent_probes_root) / game / "f1_by_category.csv"

@@ -1,4 +1,5 @@
 """sample_checkpoints: keep `keep` of a run's checkpoints by the geometric rule, as their own output."""
+
 import os
 import shutil
 from pathlib import Path
@@ -18,7 +19,7 @@ def main(run_dir: str, out_dir: str) -> None:
             source = found[index - 1][1]
             checkpoints.read(source)  # a damaged file stops here, not in a later stage
             try:
-                os.link(source, tmp / source.name)   # same bytes: a hard link where the filesystem allows
+                os.link(source, tmp / source.name)  # same bytes: a hard link where the filesystem allows
             except OSError:
                 shutil.copy2(source, tmp / source.name)
     print(f"kept {len(indices)} of {len(found)} checkpoints of {run_dir} in {Path(out_dir)}")

@@ -1,4 +1,5 @@
 """train_agent: one RL run (game x seed), its checkpoints in the published layout and its dvclive logs."""
+
 from atarirep import params
 from atarirep.agents import checkpoints, impala, ppo
 from atarirep.errors import UserError, run_stage
@@ -11,7 +12,7 @@ def main(game: str, run_seed: str, out_dir: str, log_dir: str) -> None:
     common = dict(study_seed=p.seed, device=p.device, algo=p.algo)
     if p.algo == "PPO":
         ppo.train(game, int(run_seed), out_dir, log_dir, ppo.config_from({**p.ppo, "protocol": p.protocol}), **common)
-    else:   # IMPALA on this game alone (several games with PopArt: atarirep.agents.impala.train)
+    else:  # IMPALA on this game alone (several games with PopArt: atarirep.agents.impala.train)
         config = impala.config_from({**p.impala, "protocol": p.protocol, "games": [game]})
         impala.train([game], int(run_seed), out_dir, log_dir, config, **common)
 

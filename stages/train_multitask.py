@@ -6,6 +6,7 @@ Checkpoints in the published format (OUT_DIR = data/checkpoints/<algo>_<protocol
 lists its games and keeps the PopArt statistics), dvclive logs with each game's returns and PopArt statistics
 apart (LOG_DIR). A killed run resumes from its last checkpoint.
 """
+
 from atarirep import params
 from atarirep.agents import impala
 from atarirep.errors import run_stage
@@ -13,8 +14,14 @@ from atarirep.errors import run_stage
 
 def main(run_seed: str, out_dir: str, log_dir: str) -> None:
     agent, p = params.load("train_agent"), params.load("multitask")
-    config = impala.multitask_config(agent.impala, p.impala, algo=p.algo, protocol=agent.protocol, games=p.games,
-                                     full_action_space=p.full_action_space)
+    config = impala.multitask_config(
+        agent.impala,
+        p.impala,
+        algo=p.algo,
+        protocol=agent.protocol,
+        games=p.games,
+        full_action_space=p.full_action_space,
+    )
     impala.train(p.games, int(run_seed), out_dir, log_dir, config, study_seed=p.seed, device=p.device, algo=p.algo)
 
 

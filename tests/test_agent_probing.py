@@ -1,5 +1,6 @@
 """Probing an agent's encoder on real labelled Breakout episodes: the agent's 84x84x4 view of them (stacks never
 reach into the previous episode), its features, and the probe_checkpoints stage on two tiny checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,16 @@ from atarirep.agents.vector_env import agent_frames
 from atarirep.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-PROBE = {"lr": 3e-3, "batch_size": 64, "epochs": 2, "patience": 15, "seed": 0, "device": "cpu", "sampling": "every_frame",
-         "keep": "best"}
+PROBE = {
+    "lr": 3e-3,
+    "batch_size": 64,
+    "epochs": 2,
+    "patience": 15,
+    "seed": 0,
+    "device": "cpu",
+    "sampling": "every_frame",
+    "keep": "best",
+}
 STEPS = (1024, 2048)
 
 
@@ -37,14 +46,22 @@ def sampled_root(tmp_path_factory):
     folder = checkpoints.run_dir(root, "PPO", "classic", "Breakout", 0)
     for i, step in enumerate(STEPS):
         torch.manual_seed(i)
-        checkpoints.save(folder / checkpoints.file_name(step), ActorCritic(4), algo="PPO", protocol="classic",
-                         game="Breakout", seed=0, step=step, frames=4 * step)
+        checkpoints.save(
+            folder / checkpoints.file_name(step),
+            ActorCritic(4),
+            algo="PPO",
+            protocol="classic",
+            game="Breakout",
+            seed=0,
+            step=step,
+            frames=4 * step,
+        )
     return folder.parent
 
 
 def test_stacks_never_cross_episode_boundaries_and_match_a_hand_built_stack(breakout_probe_dir):
     split = episodes.load(breakout_probe_dir).split("train")
-    view = probing.agent_view(split, batch_size=100)                  # resized a batch at a time
+    view = probing.agent_view(split, batch_size=100)  # resized a batch at a time
     whole = view.stacks(0, len(view))
     np.testing.assert_array_equal(whole[:150, -1], agent_frames(np.asarray(split.frames[:150])))
     frames84 = whole[:, -1]
@@ -54,9 +71,9 @@ def test_stacks_never_cross_episode_boundaries_and_match_a_hand_built_stack(brea
     np.testing.assert_array_equal(batched, whole)
     episode_start = starts[np.searchsorted(starts, np.arange(len(split)), side="right") - 1]
     for t in sorted({*starts, *(starts + 1), *(starts + 2), *(starts + 3), *(starts + 10)} - {len(split)}):
-        hand = np.stack([frames84[max(t - 3 + k, episode_start[t])] for k in range(4)])   # oldest first
+        hand = np.stack([frames84[max(t - 3 + k, episode_start[t])] for k in range(4)])  # oldest first
         np.testing.assert_array_equal(whole[t], hand, err_msg=f"row {t}")
-    for start in starts[1:]:                        # nothing of the previous episode: its first frame repeated
+    for start in starts[1:]:  # nothing of the previous episode: its first frame repeated
         assert (frames84[start - 1] != frames84[start]).any()
         np.testing.assert_array_equal(whole[start], np.repeat(frames84[start][None], 4, axis=0))
 
@@ -83,7 +100,7 @@ def test_agent_features_are_the_networks_512_features_of_each_stack(breakout_pro
     network = ActorCritic(4).train()
     features = probing.agent_features(network, split, batch_size=50)
     assert features.shape == (len(split), 512) and features.dtype == torch.float32 and not features.requires_grad
-    assert network.training                                            # its mode is given back
+    assert network.training  # its mode is given back
     view = probing.agent_view(split)
     with torch.no_grad():
         expected = network.eval().features(torch.from_numpy(view.stacks(0, len(view))))
@@ -91,27 +108,53 @@ def test_agent_features_are_the_networks_512_features_of_each_stack(breakout_pro
 
 
 def _params(folder: Path) -> None:
-    probe = {"baselines": ["majority"], **{k: v for k, v in PROBE.items() if k not in ("seed", "device")},
-             "fast": True, "supervised_per_variable": False, "supervised_epochs": 1}
+    probe = {
+        "baselines": ["majority"],
+        **{k: v for k, v in PROBE.items() if k not in ("seed", "device")},
+        "fast": True,
+        "supervised_per_variable": False,
+        "supervised_epochs": 1,
+    }
     (folder / "params.yaml").write_text(yaml.safe_dump({"seed": 0, "device": "cpu", "probe": probe}))
 
 
 def _stage(cwd: Path, root: Path, probe_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "stages/probe_checkpoints.py"), "Breakout", str(root),
-                           str(probe_dir), "out", "probes/Breakout/rl_agent"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "stages/probe_checkpoints.py"),
+            "Breakout",
+            str(root),
+            str(probe_dir),
+            "out",
+            "probes/Breakout/rl_agent",
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
-def test_the_stage_probes_every_sampled_checkpoint_and_the_last_as_rl_agent(breakout_probe_dir, sampled_root,
-                                                                            tmp_path):
+def test_the_stage_probes_every_sampled_checkpoint_and_the_last_as_rl_agent(breakout_probe_dir, sampled_root, tmp_path):
     _params(tmp_path)
     result = _stage(tmp_path, sampled_root, breakout_probe_dir)
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(tmp_path / "out/scores.csv", keep_default_na=False)
     variables = episodes.load(breakout_probe_dir).variables
-    assert list(table.columns) == ["game", "seed", "step", "frames", "variable", "categories", "f1", "accuracy",
-                                   "num_epochs"]
+    assert list(table.columns) == [
+        "game",
+        "seed",
+        "step",
+        "frames",
+        "variable",
+        "categories",
+        "f1",
+        "accuracy",
+        "num_epochs",
+    ]
     assert sorted(set(zip(table["seed"], table["step"], table["frames"]))) == [(0, s, 4 * s) for s in STEPS]
     assert len(table) == 2 * len(variables)
     curve = pd.read_csv(tmp_path / "out/f1_by_category.csv")
@@ -132,15 +175,15 @@ def test_the_stage_probes_every_sampled_checkpoint_and_the_last_as_rl_agent(brea
     direct = probing.probe_checkpoint(sampled_root / "0" / "model_2048.gz", breakout_probe_dir, **PROBE)
     assert rl["f1"].tolist() == pytest.approx(direct["f1"].tolist())
     rl_metrics = json.loads((rl_dir / "metrics.json").read_text())
-    assert set(rl_metrics) == {"game", "method", "f1", "accuracy", "num_variables", "num_test_frames",
-                               "sampling"}
+    assert set(rl_metrics) == {"game", "method", "f1", "accuracy", "num_variables", "num_test_frames", "sampling"}
     assert rl_metrics["method"] == "rl_agent" and rl_metrics["num_variables"] == len(variables)
     shown = reports.load_results(tmp_path / "probes", ["Breakout"], ["rl_agent"])
     assert list(reports.game_table(shown).columns) == ["rl_agent"]
 
 
-def test_a_truncated_checkpoint_stops_the_stage_in_one_line_with_nothing_written(breakout_probe_dir,
-                                                                                 sampled_root, tmp_path):
+def test_a_truncated_checkpoint_stops_the_stage_in_one_line_with_nothing_written(
+    breakout_probe_dir, sampled_root, tmp_path
+):
     root = tmp_path / "sampled" / "Breakout"
     shutil.copytree(sampled_root, root)
     damaged = root / "0" / "model_2048.gz"
@@ -148,8 +191,10 @@ def test_a_truncated_checkpoint_stops_the_stage_in_one_line_with_nothing_written
     _params(tmp_path)
     result = _stage(tmp_path, root, breakout_probe_dir)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [f"error: checkpoint {damaged} is truncated or corrupt (EOFError); rerun "
-                                          "`dvc repro` for the stage that trains it, or `dvc pull` it"]
+    assert result.stderr.splitlines() == [
+        f"error: checkpoint {damaged} is truncated or corrupt (EOFError); rerun "
+        "`dvc repro` for the stage that trains it, or `dvc pull` it"
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "sampled"]
 
 
@@ -161,10 +206,13 @@ def test_bad_layouts_and_a_checkpoint_of_another_game_are_refused_in_one_line(br
     with pytest.raises(UserError) as err:
         checkpoints.sampled_runs(tmp_path / "empty")
     assert "holds no SEED folders" in str(err.value)
-    checkpoints.save(tmp_path / "model_8.gz", ActorCritic(6), algo="PPO", protocol="classic", game="Pong", seed=0,
-                     step=8, frames=32)
+    checkpoints.save(
+        tmp_path / "model_8.gz", ActorCritic(6), algo="PPO", protocol="classic", game="Pong", seed=0, step=8, frames=32
+    )
     with pytest.raises(UserError) as err:
         probing.probe_checkpoint(tmp_path / "model_8.gz", breakout_probe_dir, **PROBE)
-    assert str(err.value) == (f"checkpoint {tmp_path / 'model_8.gz'} was trained on Pong, not Breakout; point to "
-                              "sampled checkpoints of Breakout (data/checkpoints_sampled/<ALGO_protocol>/Breakout, or "
-                              "a multi-task run's that lists Breakout in multitask.games)")
+    assert str(err.value) == (
+        f"checkpoint {tmp_path / 'model_8.gz'} was trained on Pong, not Breakout; point to "
+        "sampled checkpoints of Breakout (data/checkpoints_sampled/<ALGO_protocol>/Breakout, or "
+        "a multi-task run's that lists Breakout in multitask.games)"
+    )

@@ -13,7 +13,7 @@ def test_annotation_sets_have_the_documented_size(annotation_set, num_games, num
 
 def test_lists_expand_to_indexed_names_in_order():
     clock = annotations.for_game("PrivateEye")
-    assert clock.variables[clock.variables.index("clock_0"):][:2] == ("clock_0", "clock_1")
+    assert clock.variables[clock.variables.index("clock_0") :][:2] == ("clock_0", "clock_1")
     assert clock.ram_indices[clock.variables.index("clock_1")] == 69
 
 
@@ -28,8 +28,9 @@ def test_paper_set_differs_as_its_header_says():
         annotations.for_game("Skiing", "paper")
 
 
-@pytest.mark.parametrize("name", ["Pong", "pong", "PONG", "PongNoFrameskip-v4", "ALE/Pong-v5", "Pong-v5",
-                                  "PongDeterministic-v4"])
+@pytest.mark.parametrize(
+    "name", ["Pong", "pong", "PONG", "PongNoFrameskip-v4", "ALE/Pong-v5", "Pong-v5", "PongDeterministic-v4"]
+)
 def test_any_spelling_of_a_game_finds_its_key(name):
     assert annotations.game_key(name) == "pong"
 
@@ -49,18 +50,21 @@ def test_unknown_annotation_set_is_refused():
         annotations.for_game("Pong", "newest")
 
 
-@pytest.mark.parametrize("variable, expected", [
-    ("player_x", ("agent_localization",)),
-    ("agent_y", ("agent_localization",)),
-    ("ball_x", ("small_object_localization",)),
-    ("player_missile_x", ("small_object_localization",)),  # missile wins over player
-    ("enemy_y", ("other_localization",)),
-    ("red_enemy_column", ("other_localization",)),
-    ("player_score", ("score_clock_lives_display",)),
-    ("fuel_meter_high", ("score_clock_lives_display",)),
-    ("block_bit_map_3", ("misc",)),
-    ("num_lives_direction", ("score_clock_lives_display", "misc")),  # two categories
-    ("tile_color_4", ()),                                            # none: probed, left out of means
-])
+@pytest.mark.parametrize(
+    "variable, expected",
+    [
+        ("player_x", ("agent_localization",)),
+        ("agent_y", ("agent_localization",)),
+        ("ball_x", ("small_object_localization",)),
+        ("player_missile_x", ("small_object_localization",)),  # missile wins over player
+        ("enemy_y", ("other_localization",)),
+        ("red_enemy_column", ("other_localization",)),
+        ("player_score", ("score_clock_lives_display",)),
+        ("fuel_meter_high", ("score_clock_lives_display",)),
+        ("block_bit_map_3", ("misc",)),
+        ("num_lives_direction", ("score_clock_lives_display", "misc")),  # two categories
+        ("tile_color_4", ()),  # none: probed, left out of means
+    ],
+)
 def test_categories_follow_the_benchmark_rules(variable, expected):
     assert annotations.categories(variable) == expected

@@ -1,18 +1,17 @@
 import hashlib
+import json
 import os
 import stat
-import json
 
 import numpy as np
 import pytest
+from conftest import SMALL_BREAKOUT
 
 from atarirep import episodes
 from atarirep.collection import _env_seeds, collect, summary
 from atarirep.envs import LabelledAtariEnv
 from atarirep.errors import UserError
 from atarirep.policies import make_policy
-
-from conftest import SMALL_BREAKOUT
 
 PROBE = {"train": 0.7, "val": 0.1, "test": 0.2}
 
@@ -22,14 +21,16 @@ def _files(folder):
 
 
 def test_same_seed_gives_byte_identical_artifacts_with_1_or_2_workers(tmp_path, breakout_probe_dir):
-    two = collect("Breakout", tmp_path / "two", splits_fractions=PROBE, purpose="probe", num_workers=2,
-                  **SMALL_BREAKOUT)
+    two = collect(
+        "Breakout", tmp_path / "two", splits_fractions=PROBE, purpose="probe", num_workers=2, **SMALL_BREAKOUT
+    )
     assert _files(breakout_probe_dir) == _files(two.folder)  # the fixture used 1 worker
 
 
 def test_another_seed_gives_other_episodes(tmp_path, breakout_probe_dir):
-    other = collect("Breakout", tmp_path / "other", splits_fractions=PROBE, purpose="probe",
-                    **{**SMALL_BREAKOUT, "seed": 4})
+    other = collect(
+        "Breakout", tmp_path / "other", splits_fractions=PROBE, purpose="probe", **{**SMALL_BREAKOUT, "seed": 4}
+    )
     assert _files(breakout_probe_dir)["frames.bin"] != _files(other.folder)["frames.bin"]
 
 
@@ -95,32 +96,43 @@ def test_every_episode_starts_with_its_own_reset_frame_and_label(breakout_probe_
         assert rows.t.iloc[0] == 0 and rows.action.iloc[0] == -1
         assert np.array_equal(split.frames[position], replayed_episode[0][0])
         assert {v: int(rows[v].iloc[0]) for v in store.variables} == {
-            v: replayed_episode[0][1][v] for v in store.variables}
+            v: replayed_episode[0][1][v] for v in store.variables
+        }
         if rows.split.iloc[0] != "test":  # whole episode kept: its last frame is the terminal one
             assert len(rows) == len(replayed_episode)
             assert {v: int(rows[v].iloc[-1]) for v in store.variables} == {
-                v: replayed_episode[-1][1][v] for v in store.variables}
+                v: replayed_episode[-1][1][v] for v in store.variables
+            }
         checked += 1
     assert checked >= 1
 
 
 def test_too_few_episodes_says_how_many_steps_are_needed(tmp_path):
-    with pytest.raises(UserError, match=r"collected \d+ episodes longer than 64 frames .* needs at least 4; "
-                                        r"raise steps from 400 to at least \d+"):
+    with pytest.raises(
+        UserError,
+        match=r"collected \d+ episodes longer than 64 frames .* needs at least 4; "
+        r"raise steps from 400 to at least \d+",
+    ):
         collect("Pong", tmp_path / "out", steps=400, splits_fractions=PROBE, num_envs=2)
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []  # nothing half-written
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(game="Pongg"), "game 'Pongg' has no RAM annotations in the 'latest' set; use one of asteroids"),
-    (dict(annotation_set="newest"), "annotation set 'newest' is unknown; use one of latest, paper"),
-    (dict(steps=0), "steps must be a positive integer, got 0"),
-    (dict(splits_fractions={"train": 0.7, "val": 0.2, "test": 0.2}), "must be positive and sum to 1 (they sum to 1.1)"),
-    (dict(splits_fractions={"train": 0.5, "dev": 0.5}), "unknown: dev"),
-    (dict(random_actions="some"), "random_actions 'some' is unknown"),
-    (dict(protocol="sticky"), "protocol 'sticky' is unknown; use one of atariari, classic, modern"),
-    (dict(collect_mode="agent"), "collect_mode agent needs an agent checkpoint"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(game="Pongg"), "game 'Pongg' has no RAM annotations in the 'latest' set; use one of asteroids"),
+        (dict(annotation_set="newest"), "annotation set 'newest' is unknown; use one of latest, paper"),
+        (dict(steps=0), "steps must be a positive integer, got 0"),
+        (
+            dict(splits_fractions={"train": 0.7, "val": 0.2, "test": 0.2}),
+            "must be positive and sum to 1 (they sum to 1.1)",
+        ),
+        (dict(splits_fractions={"train": 0.5, "dev": 0.5}), "unknown: dev"),
+        (dict(random_actions="some"), "random_actions 'some' is unknown"),
+        (dict(protocol="sticky"), "protocol 'sticky' is unknown; use one of atariari, classic, modern"),
+        (dict(collect_mode="agent"), "collect_mode agent needs an agent checkpoint"),
+    ],
+)
 def test_bad_arguments_fail_before_collecting(tmp_path, kwargs, message):
     args = dict(game="Breakout", steps=100, splits_fractions=PROBE, num_envs=2) | kwargs
     with pytest.raises(UserError) as err:

@@ -1,5 +1,6 @@
 """The pretrain stage under torchrun (DDP): `--nnodes 1 --nproc_per_node 2` on CPU with gloo, the one-node case of
 README "Several machines for one stage". Averaged gradients, rank 0 alone writing, and a lost rank failing the run."""
+
 import json
 import math
 import os
@@ -21,7 +22,7 @@ STAGE = REPO / "stages" / "pretrain.py"
 # pixel_pred's loss is a per-sample mean with no noise and no in-batch negatives, so the mean of two ranks'
 # gradients over the halves of a global batch is the whole batch's gradient. ST-DIM's negatives are each rank's
 # own batch, so its DDP gradient is the mean of the halves' (test_pretraining checks that one).
-METHOD, BATCH = "pixel_pred", 16        # BATCH: samples per step and process
+METHOD, BATCH = "pixel_pred", 16  # BATCH: samples per step and process
 
 # torchrun's script in these tests: it runs the stage unchanged, after hooks that, with RECORD, save each rank's
 # first batch, its gradients at the first optimizer step, and their norms at every step (to RECORD/rank<r>.pt);
@@ -60,9 +61,17 @@ if record:
 
 
 def _params(folder: Path) -> None:
-    pretrain = {"methods": [METHOD], "epochs": 1, "batch_size": BATCH, "lr": 1e-3, "patience": 1, "keep": "last",
-                "sampling": "every_frame", "precision": "fp32",
-                "method_config": {}}
+    pretrain = {
+        "methods": [METHOD],
+        "epochs": 1,
+        "batch_size": BATCH,
+        "lr": 1e-3,
+        "patience": 1,
+        "keep": "last",
+        "sampling": "every_frame",
+        "precision": "fp32",
+        "method_config": {},
+    }
     (folder / "params.yaml").write_text(yaml.safe_dump({"seed": 0, "device": "cpu", "pretrain": pretrain}))
 
 
@@ -72,11 +81,28 @@ def _torchrun(tmp_path: Path, episodes_dir: Path, **env) -> subprocess.Completed
     run = tmp_path / "run"
     run.mkdir()
     _params(run)
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-                           "--nproc_per_node", "2", str(tmp_path / "hooked.py"), str(STAGE), METHOD,
-                           str(episodes_dir), "out"],
-                          cwd=run, env={**os.environ, "OMP_NUM_THREADS": "1", "DVC_NO_ANALYTICS": "1", **env},
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            "2",
+            str(tmp_path / "hooked.py"),
+            str(STAGE),
+            METHOD,
+            str(episodes_dir),
+            "out",
+        ],
+        cwd=run,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "DVC_NO_ANALYTICS": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_two_gloo_processes_average_their_gradients_and_rank_0_alone_writes(breakout_pretrain_dir, tmp_path):
@@ -91,7 +117,7 @@ def test_two_gloo_processes_average_their_gradients_and_rank_0_alone_writes(brea
     # Rank 0 alone logs and writes, atomically: one epoch line, the outputs once, nothing beside them.
     assert result.stderr.count("epoch 1: train_loss") == 1, result.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["encoder.pt", "live", "metrics.json"]
-    assert sorted(p.name for p in out.parent.iterdir()) == ["out", "params.yaml"]   # no temp folder or checkpoint
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out", "params.yaml"]  # no temp folder or checkpoint
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_run"] == metrics["kept_epoch"] == 1 and math.isfinite(metrics["best_val_loss"])
     encoder = encoders.load(out / "encoder.pt")
@@ -104,10 +130,11 @@ def test_two_gloo_processes_average_their_gradients_and_rank_0_alone_writes(brea
     train = episodes.load(breakout_pretrain_dir).split("train")
     steps = len(training.windows(train, 2)) // (2 * BATCH)
     assert [len(r["norms"]) for r in ranks] == [steps, steps]
-    torch.testing.assert_close(ranks[0]["norms"], ranks[1]["norms"], rtol=1e-6, atol=0)   # every step averaged
+    torch.testing.assert_close(ranks[0]["norms"], ranks[1]["norms"], rtol=1e-6, atol=0)  # every step averaged
     # The ranks' first batches are the halves of one process's first batch of 2 x BATCH.
-    plan = training.epoch_plan(training.windows(train, 2), np.random.default_rng(0), 2 * BATCH, False,
-                               devices.Distributed())
+    plan = training.epoch_plan(
+        training.windows(train, 2), np.random.default_rng(0), 2 * BATCH, False, devices.Distributed()
+    )
     source = training._FrameSource(train.frames, torch.device("cpu"), is_streamed=True)
     whole = next(source.batches(plan[:1], torch.Generator()))
     torch.testing.assert_close(torch.cat([r["frames"] for r in ranks]), whole.frames, rtol=0, atol=0)
@@ -123,7 +150,7 @@ def test_two_gloo_processes_average_their_gradients_and_rank_0_alone_writes(brea
 def test_a_lost_rank_fails_the_whole_run_with_nothing_written(breakout_pretrain_dir, tmp_path, fault):
     result = _torchrun(tmp_path, breakout_pretrain_dir, FAULT=fault)
     assert result.returncode != 0
-    assert "ChildFailedError" in result.stderr, result.stderr[-3000:]             # torchrun's failure summary
+    assert "ChildFailedError" in result.stderr, result.stderr[-3000:]  # torchrun's failure summary
     assert ("Signal 9 (SIGKILL)" if fault == "killed" else "injected fault on rank 1") in result.stderr
     # Lost in epoch 1: no output, no temp folder beside it, no resume checkpoint (one is written per epoch).
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["params.yaml"]

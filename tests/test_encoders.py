@@ -1,4 +1,5 @@
 """Encoders: shapes, the space-to-depth conv, orthogonal init, one-file save/load and its errors."""
+
 import io
 
 import pytest
@@ -45,9 +46,8 @@ def test_channels_last_encoder_takes_the_plain_first_conv_and_computes_the_same_
     calls = []
     conv.register_forward_hook(lambda module, inputs, output: calls.append(output.is_contiguous()))
     encoder.to(memory_format=torch.channels_last)
-    torch.testing.assert_close(encoder(x.contiguous(memory_format=torch.channels_last)), expected,
-                               rtol=1e-4, atol=1e-4)
-    assert calls == [False]                       # the plain conv's channels-last output, not space-to-depth's NCHW
+    torch.testing.assert_close(encoder(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-4, atol=1e-4)
+    assert calls == [False]  # the plain conv's channels-last output, not space-to-depth's NCHW
 
 
 @pytest.mark.parametrize("architecture", list(SMALL_CONFIGS))
@@ -60,9 +60,9 @@ def test_each_architecture_maps_its_input_to_feature_size(architecture):
 
 def test_weights_are_orthogonal_with_relu_gain_and_biases_zero():
     encoder = encoders.BenchmarkEncoder()
-    weight = encoder.local_layers[2].weight.flatten(1)      # (64, 512): rows orthonormal up to the gain
+    weight = encoder.local_layers[2].weight.flatten(1)  # (64, 512): rows orthonormal up to the gain
     gain = torch.nn.init.calculate_gain("relu")
-    torch.testing.assert_close(weight @ weight.T, gain ** 2 * torch.eye(64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(weight @ weight.T, gain**2 * torch.eye(64), atol=1e-4, rtol=0)
     assert not encoder.local_layers[2].bias.any()
 
 
@@ -89,8 +89,9 @@ def test_save_then_load_rebuilds_the_same_function_from_the_file_alone(tmp_path,
 def test_load_of_a_missing_file_names_it_and_the_fix(tmp_path):
     with pytest.raises(UserError) as err:
         encoders.load(tmp_path / "none.pt")
-    assert str(err.value) == (f"encoder file {tmp_path / 'none.pt'} is missing; rerun the stage that makes it "
-                              "(`dvc repro`) or `dvc pull` it")
+    assert str(err.value) == (
+        f"encoder file {tmp_path / 'none.pt'} is missing; rerun the stage that makes it (`dvc repro`) or `dvc pull` it"
+    )
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
@@ -109,20 +110,23 @@ def test_load_of_a_damaged_file_is_one_user_error_line(tmp_path, damage):
 def test_load_of_an_unknown_architecture_or_the_wrong_one_is_a_user_error(tmp_path):
     path = tmp_path / "encoder.pt"
     buffer = io.BytesIO()
-    torch.save({"format": encoders.FORMAT, "architecture": "transformer", "config": {}, "state_dict": {},
-                "meta": {}}, buffer)
+    torch.save(
+        {"format": encoders.FORMAT, "architecture": "transformer", "config": {}, "state_dict": {}, "meta": {}}, buffer
+    )
     path.write_bytes(buffer.getvalue())
     with pytest.raises(UserError, match=r"has unknown architecture 'transformer' \(known: benchmark, nature"):
         encoders.load(path)
     encoders.save(encoders.NatureCNN(), path)
     with pytest.raises(UserError) as err:
         encoders.load(path, expect="benchmark")
-    assert str(err.value) == (f"encoder file {path} holds a 'nature' encoder, expected 'benchmark'; "
-                              "point to a benchmark encoder file")
+    assert str(err.value) == (
+        f"encoder file {path} holds a 'nature' encoder, expected 'benchmark'; point to a benchmark encoder file"
+    )
 
 
 def test_build_of_an_unknown_architecture_lists_the_known_ones():
     with pytest.raises(UserError) as err:
         encoders.build("resnet50")
-    assert str(err.value) == ("encoder architecture 'resnet50' is unknown; use one of benchmark, nature, "
-                              "impala, tokenizer")
+    assert str(err.value) == (
+        "encoder architecture 'resnet50' is unknown; use one of benchmark, nature, impala, tokenizer"
+    )

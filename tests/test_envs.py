@@ -78,6 +78,7 @@ def test_same_seed_same_observations():
         for a in [2, 3, 4, 5] * 10:
             out.append(env.step(a)[0])
         return np.stack(out)
+
     assert np.array_equal(run(7), run(7))
     assert not np.array_equal(run(7), run(8))
 

@@ -10,6 +10,7 @@ Each test works on its own copy of the tiny Breakout repository (`repo` in conft
   none (the cheapest second game: a second fresh chain doubles the test's time on 2 cores).
 - `bad` (`-S env=NoSuchGame`): check_params refuses the game, so the experiment fails.
 """
+
 import json
 import math
 import os
@@ -24,9 +25,19 @@ import pytest
 from atarirep import annotations
 
 BIN = Path(sys.executable).parent
-SHRINK = ["-S", "pretrain.methods=[random_cnn]", "-S", "probe.epochs=1", "-S", "train_agent.ppo.total_steps=512",
-          "-S", "train_agent.ppo.num_steps=64", "-S", "train_agent.ppo.checkpoint_every=256"]
-QUEUE_TIMEOUT = 900   # seconds for the queued runs (about 2-6 min on a loaded 2-core box)
+SHRINK = [
+    "-S",
+    "pretrain.methods=[random_cnn]",
+    "-S",
+    "probe.epochs=1",
+    "-S",
+    "train_agent.ppo.total_steps=512",
+    "-S",
+    "train_agent.ppo.num_steps=64",
+    "-S",
+    "train_agent.ppo.checkpoint_every=256",
+]
+QUEUE_TIMEOUT = 900  # seconds for the queued runs (about 2-6 min on a loaded 2-core box)
 
 
 def run(args, cwd, check=True, timeout=300):
@@ -44,8 +55,9 @@ def report(repo, *args, check=True):
 def refused(repo, *args) -> str:
     """The one error line of a refused report (exit code 2)."""
     result = report(repo, *args, check=False)
-    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, \
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, (
         result.stderr
+    )
     return result.stderr
 
 
@@ -65,7 +77,7 @@ def wait_for_queue(repo, expected: set[str], deadline: float) -> dict[str, str]:
         if time.monotonic() - asked > 20 or expected <= set(exp_refs(repo)):
             asked, status = time.monotonic(), run(["dvc", "queue", "status"], repo).stdout
             rows = [line.split() for line in status.splitlines()[1:] if line.strip() and not line.startswith("Worker")]
-            states = {row[1]: row[-1] for row in rows}   # Task, Name, Created (2 words), Status
+            states = {row[1]: row[-1] for row in rows}  # Task, Name, Created (2 words), Status
             if states and not {"Queued", "Running"} & set(states.values()):
                 return states
             if time.monotonic() > deadline:
@@ -90,20 +102,21 @@ def own_table(repo, rev: str, name: str) -> str:
 
 
 def test_queued_games_are_gathered_into_one_report_without_rerunning(repo):
-    assert {"pong", "breakout"} <= set(annotations.annotated_games("latest"))    # both have RAM labels
-    run(["dvc", "exp", "run", "--queue", "-n", "bad", "-S", "env=NoSuchGame"], repo)   # first: fails at once
+    assert {"pong", "breakout"} <= set(annotations.annotated_games("latest"))  # both have RAM labels
+    run(["dvc", "exp", "run", "--queue", "-n", "bad", "-S", "env=NoSuchGame"], repo)  # first: fails at once
     run(["dvc", "exp", "run", "--queue", "-n", "pong", "-S", "env=Pong", *SHRINK], repo)
     run(["dvc", "exp", "run", "--queue", "-n", "breakout", "-S", "env=Breakout"], repo)
     try:
         run(["dvc", "queue", "start", "-j", "2"], repo)
         states = wait_for_queue(repo, {"pong", "breakout"}, time.monotonic() + QUEUE_TIMEOUT)
     finally:
-        run(["dvc", "queue", "stop", "--kill"], repo, check=False)   # no worker outlives the test
+        run(["dvc", "queue", "stop", "--kill"], repo, check=False)  # no worker outlives the test
     assert states == {"bad": "Failed", "pong": "Success", "breakout": "Success"}, "\n".join(
-        run(["dvc", "queue", "logs", name], repo, check=False).stdout[-3000:] for name in ("pong", "breakout"))
+        run(["dvc", "queue", "logs", name], repo, check=False).stdout[-3000:] for name in ("pong", "breakout")
+    )
 
     refs, before = exp_refs(repo), set(git_status(repo))
-    line = refused(repo)                                  # all of the baseline's experiments: one failed
+    line = refused(repo)  # all of the baseline's experiments: one failed
     assert "experiment bad failed" in line and "dvc queue remove bad" in line
     done = report(repo, "pong", "breakout")
     assert "Breakout (breakout)" in done.stdout and "Pong (pong)" in done.stdout
@@ -117,14 +130,16 @@ def test_queued_games_are_gathered_into_one_report_without_rerunning(repo):
         assert list(ours) == ["Breakout", "Pong", "mean"]
         for game, exp in (("Pong", "pong"), ("Breakout", "breakout")):
             theirs = table(own_table(repo, refs[exp], name))[game]
-            assert {m: ours[game][m] for m in theirs} == theirs                  # to the printed digits
-        assert ours["Pong"]["ST-DIM"] == "-" and ours["mean"]["ST-DIM"] == "-"   # pong did not pretrain ST-DIM
+            assert {m: ours[game][m] for m in theirs} == theirs  # to the printed digits
+        assert ours["Pong"]["ST-DIM"] == "-" and ours["mean"]["ST-DIM"] == "-"  # pong did not pretrain ST-DIM
     for game, exp in (("Pong", "pong"), ("Breakout", "breakout")):
         assert (out / f"tables/f1_by_variable_{game}.md").read_text() == own_table(
-            repo, refs[exp], f"f1_by_variable_{game}.md")
+            repo, refs[exp], f"f1_by_variable_{game}.md"
+        )
     by_game = pd.read_csv(out / "tables/f1_by_game.csv", index_col="game")
-    assert by_game.loc["mean", "majority"] == pytest.approx(by_game.loc[["Breakout", "Pong"], "majority"].mean(),
-                                                            abs=1e-6)
+    assert by_game.loc["mean", "majority"] == pytest.approx(
+        by_game.loc[["Breakout", "Pong"], "majority"].mean(), abs=1e-6
+    )
     by_category = pd.read_csv(out / "tables/f1_by_category.csv", index_col="category")
     assert by_category.loc["across_categories", "majority"] == by_game.loc["mean", "majority"]
     assert {p.name for p in (out / "figures").iterdir()} >= {"f1_by_game.png", "f1_by_category.png"}
@@ -135,15 +150,21 @@ def test_queued_games_are_gathered_into_one_report_without_rerunning(repo):
     assert experiments["pong"]["rev"] == refs["pong"] and experiments["breakout"]["rev"] == refs["breakout"]
     assert experiments["breakout"]["params"] == {}
     assert experiments["pong"]["params"] == {
-        "env": "Pong", "games": ["Pong"], "pretrain.methods": ["random_cnn"], "probe.epochs": 1,
-        "report.methods": ["random_cnn"], "train_agent.ppo.checkpoint_every": 256, "train_agent.ppo.num_steps": 64,
-        "train_agent.ppo.total_steps": 512}
+        "env": "Pong",
+        "games": ["Pong"],
+        "pretrain.methods": ["random_cnn"],
+        "probe.epochs": 1,
+        "report.methods": ["random_cnn"],
+        "train_agent.ppo.checkpoint_every": 256,
+        "train_agent.ppo.num_steps": 64,
+        "train_agent.ppo.total_steps": 512,
+    }
     assert record["baseline"] == run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
 
 
 def test_refusals_and_the_report_stages_own_numbers(repo):
     out = repo / "reports/experiments"
-    assert "has no experiments" in refused(repo) and not out.exists()          # nothing half-written
+    assert "has no experiments" in refused(repo) and not out.exists()  # nothing half-written
     # `dvc exp save` records the workspace as an experiment (nothing runs): the baseline's Breakout study
     run(["dvc", "exp", "save", "-n", "first"], repo)
     report(repo)
@@ -158,11 +179,11 @@ def test_refusals_and_the_report_stages_own_numbers(repo):
     run(["dvc", "exp", "save", "-n", "second"], repo)
     line = refused(repo)
     assert "first" in line and "second" in line and "Breakout" in line
-    assert (out / "experiments.json").read_text() == written               # the last good report is left whole
+    assert (out / "experiments.json").read_text() == written  # the last good report is left whole
     report(repo, "second")
     assert json.loads((out / "experiments.json").read_text())["games"] == {"Breakout": "second"}
 
-    run(["dvc", "exp", "run", "--queue", "-n", "later", "-S", "env=Boxing"], repo)   # no worker: it stays queued
+    run(["dvc", "exp", "run", "--queue", "-n", "later", "-S", "env=Boxing"], repo)  # no worker: it stays queued
     assert "still queued" in refused(repo, "first", "later")
     assert "no experiment 'nosuch'" in refused(repo, "nosuch")
     run(["dvc", "queue", "remove", "later"], repo)

@@ -6,6 +6,7 @@ counts differ are refused. The heads read the last action and reward, which an a
 unrolls (as monobeast), and PopArt's actors see unclipped rewards. Tiny settings: 2 actors,
 unrolls of 8, 2 unrolls a learner step; ~25 s in all on 2 shared cores, ~5 s of it the actors' forkserver
 starting once (it imports torch and this package; actors then fork from it in well under a second)."""
+
 import dataclasses
 import gzip
 import io
@@ -32,7 +33,7 @@ def _payload(path):
 
 def test_a_single_game_run_writes_checkpoints_that_load_as_the_ppo_network(tmp_path):
     out, logs = tmp_path / "IMPALA_classic/Breakout/0", tmp_path / "logs"
-    plain = dataclasses.replace(TINY, last_action_reward=False)     # the plain heads: ActorCritic's state_dict
+    plain = dataclasses.replace(TINY, last_action_reward=False)  # the plain heads: ActorCritic's state_dict
     impala.train("Breakout", 0, out, logs, plain, device="cpu", progress=False)
 
     assert [step for step, _ in checkpoints.list_run(out)] == [96, 192]
@@ -44,7 +45,7 @@ def test_a_single_game_run_writes_checkpoints_that_load_as_the_ppo_network(tmp_p
     ppo_net, _ = checkpoints.load_network(out / "model_192.gz")
     net, meta = impala.load_network(out / "model_192.gz")
     assert isinstance(ppo_net, ActorCritic) and meta["games"] == ["Breakout"]
-    assert ppo_net.acts_greedily and net.acts_greedily                # evaluated greedily, as torchbeast tests
+    assert ppo_net.acts_greedily and net.acts_greedily  # evaluated greedily, as torchbeast tests
     obs = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
     for mine, theirs in zip(net(obs), ppo_net(obs)):
         torch.testing.assert_close(mine, theirs)
@@ -56,17 +57,26 @@ def test_a_single_game_run_writes_checkpoints_that_load_as_the_ppo_network(tmp_p
 
 
 def test_a_multi_task_run_keeps_each_games_popart_statistics_and_value_output(tmp_path):
-    config = impala.IMPALAConfig(total_steps=192, unroll_length=8, batch_size=2, num_actors=2, checkpoint_every=96,
-                                 popart_beta=0.1)   # large: the statistics visibly move in 12 learner steps
+    config = impala.IMPALAConfig(
+        total_steps=192, unroll_length=8, batch_size=2, num_actors=2, checkpoint_every=96, popart_beta=0.1
+    )  # large: the statistics visibly move in 12 learner steps
     out, logs = tmp_path / "IMPALA_classic/Pong+SpaceInvaders/0", tmp_path / "logs"
     impala.train(["Pong", "SpaceInvaders"], 0, out, logs, config, device="cpu", progress=False)
 
     payload = _payload(out / "model_192.gz")
     state = payload["estimator_state"]
     assert payload["games"] == ["Pong", "SpaceInvaders"] and payload["game"] == "Pong+SpaceInvaders"
-    assert payload["architecture"] == {"name": "impala_actor_critic", "num_actions": 6, "encoder": "nature",
-                                       "num_tasks": 2, "popart": True, "full_action_space": False,
-                                       "last_action_reward": True, "value_outputs": 2, "acts_greedily": True}
+    assert payload["architecture"] == {
+        "name": "impala_actor_critic",
+        "num_actions": 6,
+        "encoder": "nature",
+        "num_tasks": 2,
+        "popart": True,
+        "full_action_space": False,
+        "last_action_reward": True,
+        "value_outputs": 2,
+        "acts_greedily": True,
+    }
     # One policy for both games, one value output per game; both read features + last reward + one-hot action.
     assert state["actor.weight"].shape == (6, 512 + 1 + 6)
     assert state["critic.linear.weight"].shape == (2, 512 + 1 + 6)
@@ -78,16 +88,21 @@ def test_a_multi_task_run_keeps_each_games_popart_statistics_and_value_output(tm
     torch.testing.assert_close(net.critic.sigma, state["critic.sigma"])
     obs = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
     logits, values = net(obs)
-    assert logits.shape == (2, 6) and values.shape == (2, 2)      # both games' values, in the reward's scale
+    assert logits.shape == (2, 6) and values.shape == (2, 2)  # both games' values, in the reward's scale
     torch.testing.assert_close(net(obs, torch.tensor([1, 0]))[1], values[[0, 1], [1, 0]])
     for game in ("Pong", "SpaceInvaders"):
         assert (logs / f"plots/metrics/popart/sigma/{game}.tsv").is_file()
 
 
 def test_the_clipped_multi_task_ablation_has_one_shared_value_output(tmp_path):
-    config = impala.multitask_config({"total_steps": 32, "unroll_length": 8, "batch_size": 2, "checkpoint_every": 32},
-                                     {"num_actors": 2}, algo="IMPALA", protocol="classic",
-                                     games=["Pong", "SpaceInvaders"], full_action_space=False)
+    config = impala.multitask_config(
+        {"total_steps": 32, "unroll_length": 8, "batch_size": 2, "checkpoint_every": 32},
+        {"num_actors": 2},
+        algo="IMPALA",
+        protocol="classic",
+        games=["Pong", "SpaceInvaders"],
+        full_action_space=False,
+    )
     assert not config.uses_popart(2) and config.clips_rewards(2)
     out = tmp_path / "IMPALA_classic/multitask/0"
     impala.train(["Pong", "SpaceInvaders"], 0, out, tmp_path / "logs", config, device="cpu", progress=False)
@@ -96,7 +111,7 @@ def test_the_clipped_multi_task_ablation_has_one_shared_value_output(tmp_path):
     assert payload["estimator_state"]["critic.weight"].shape == (1, 512 + 1 + 6)
     obs = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
     views = [checkpoints.load_for_game(out / "model_32.gz", game)[0] for game in ("Pong", "SpaceInvaders")]
-    torch.testing.assert_close(views[0](obs)[1], views[1](obs)[1])   # the same value for every game
+    torch.testing.assert_close(views[0](obs)[1], views[1](obs)[1])  # the same value for every game
 
 
 def test_the_heads_read_the_last_action_and_the_clipped_last_reward():
@@ -106,16 +121,19 @@ def test_the_heads_read_the_last_action_and_the_clipped_last_reward():
     action, reward = torch.tensor([1, 4]), torch.tensor([0.0, 1.0])
     with torch.no_grad():
         logits, value = net(obs, last_action=action, last_reward=reward)
-        for changed in ({"last_action": torch.tensor([2, 4]), "last_reward": reward},
-                        {"last_action": action, "last_reward": torch.tensor([-1.0, 1.0])}):
+        for changed in (
+            {"last_action": torch.tensor([2, 4]), "last_reward": reward},
+            {"last_action": action, "last_reward": torch.tensor([-1.0, 1.0])},
+        ):
             other_logits, other_value = net(obs, **changed)
             assert not torch.allclose(other_logits[0], logits[0]) and not torch.allclose(other_value[0], value[0])
-            torch.testing.assert_close(other_logits[1], logits[1])   # the other row's inputs did not change
+            torch.testing.assert_close(other_logits[1], logits[1])  # the other row's inputs did not change
         # The reward is clamped to [-1, 1] (monobeast's AtariNet): 5 reads as 1.
         torch.testing.assert_close(net(obs, last_action=action, last_reward=torch.tensor([0.0, 5.0]))[0], logits)
         # Absent: zeros, an episode's start. The features (what probing reads) are the torso's alone.
-        torch.testing.assert_close(net(obs)[0], net(obs, last_action=torch.zeros(2, dtype=torch.int64),
-                                                    last_reward=torch.zeros(2))[0])
+        torch.testing.assert_close(
+            net(obs)[0], net(obs, last_action=torch.zeros(2, dtype=torch.int64), last_reward=torch.zeros(2))[0]
+        )
         assert net.features(obs).shape == (2, 512)
     assert net.actor.in_features == 512 + 1 + 6 and net.architecture == "impala_actor_critic"
 
@@ -140,8 +158,21 @@ def _unrolls(game: str, config: impala.IMPALAConfig, num_games: int, unrolls: in
     network = IMPALANet(6, num_games, popart=config.uses_popart(num_games), last_action_reward=True)
     buffers = impala.make_buffers(config, 6)
     free, full = _Queue([*range(unrolls), None]), _Queue()
-    impala.act(0, game, 0, config, config.training_protocol(num_games), 7, network.spec, network.state_dict(),
-               buffers, free, full, _Queue(), learner_pid=0)
+    impala.act(
+        0,
+        game,
+        0,
+        config,
+        config.training_protocol(num_games),
+        7,
+        network.spec,
+        network.state_dict(),
+        buffers,
+        free,
+        full,
+        _Queue(),
+        learner_pid=0,
+    )
     assert full.put_items == list(range(unrolls))
     return {key: value[:unrolls] for key, value in buffers.items()}
 
@@ -152,23 +183,25 @@ def _check_last_inputs(b):
     assert b["last_action"][0, 0] == 0 and b["last_reward"][0, 0] == 0
     torch.testing.assert_close(b["last_action"][:, 1:], b["actions"])
     torch.testing.assert_close(b["last_reward"][:, 1:], b["rewards"].clamp(-1, 1))
-    torch.testing.assert_close(b["last_action"][1:, 0], b["actions"][:-1, -1])   # an unroll goes on from the last
+    torch.testing.assert_close(b["last_action"][1:, 0], b["actions"][:-1, -1])  # an unroll goes on from the last
     torch.testing.assert_close(b["last_reward"][1:, 0], b["rewards"][:-1, -1].clamp(-1, 1))
     ends = b["dones"].nonzero()
-    assert len(ends)                                                 # episodes ended (lives lost) in the unrolls
-    for i, t in ends.tolist():                                       # the next stack is an episode's first
+    assert len(ends)  # episodes ended (lives lost) in the unrolls
+    for i, t in ends.tolist():  # the next stack is an episode's first
         assert b["last_action"][i, t + 1] == b["actions"][i, t]
 
 
 def test_an_actor_records_the_last_action_and_reward_and_popart_actors_see_unclipped_rewards():
-    popart = impala.multitask_config({}, {}, algo="IMPALA_PopArt", protocol="classic", games=["Pong", "SpaceInvaders"],
-                                     full_action_space=False)
-    clipped = impala.multitask_config({}, {}, algo="IMPALA", protocol="classic", games=["Pong", "SpaceInvaders"],
-                                      full_action_space=False)
+    popart = impala.multitask_config(
+        {}, {}, algo="IMPALA_PopArt", protocol="classic", games=["Pong", "SpaceInvaders"], full_action_space=False
+    )
+    clipped = impala.multitask_config(
+        {}, {}, algo="IMPALA", protocol="classic", games=["Pong", "SpaceInvaders"], full_action_space=False
+    )
     assert not popart.training_protocol(2).clip_rewards and clipped.training_protocol(2).clip_rewards
     raw = _unrolls("SpaceInvaders", popart, 2, unrolls=3, length=150)
     _check_last_inputs(raw)
-    assert raw["rewards"].max() > 1                                  # SpaceInvaders' 5-30 points, unclipped
+    assert raw["rewards"].max() > 1  # SpaceInvaders' 5-30 points, unclipped
     assert raw["last_reward"].abs().max() <= 1
     sign = _unrolls("SpaceInvaders", clipped, 2, unrolls=3, length=150)
     _check_last_inputs(sign)
@@ -179,8 +212,9 @@ def test_an_impala_checkpoint_is_evaluated_greedily_with_its_last_action_and_rew
     torch.manual_seed(0)
     network = IMPALANet(4, last_action_reward=True, acts_greedily=True)
     path = tmp_path / "model_8.gz"
-    impala.save_checkpoint(path, network, algo="IMPALA", protocol="classic", games=["Breakout"], seed=0, step=8,
-                           frames=32)
+    impala.save_checkpoint(
+        path, network, algo="IMPALA", protocol="classic", games=["Breakout"], seed=0, step=8, frames=32
+    )
     loaded, _ = checkpoints.load_for_game(path, "Breakout")
     assert isinstance(loaded, IMPALANet) and loaded.acts_greedily and loaded.last_action_reward
     seen = []
@@ -192,20 +226,23 @@ def test_an_impala_checkpoint_is_evaluated_greedily_with_its_last_action_and_rew
 
     monkeypatch.setattr(evaluation, "play_outputs", recording)
     evaluation.evaluate(loaded, "Breakout", "classic", episodes=2, epsilon=0.0, max_steps=30, seed=0)
-    assert len(seen) == 30 and (seen[0][1] == 0).all()              # zeros at the games' start
+    assert len(seen) == 30 and (seen[0][1] == 0).all()  # zeros at the games' start
     for (head, _), (_, next_last) in zip(seen, seen[1:]):
-        torch.testing.assert_close(next_last, head.argmax(1))        # the argmax played, then fed back
+        torch.testing.assert_close(next_last, head.argmax(1))  # the argmax played, then fed back
 
 
 def test_a_dead_actor_stops_the_run_within_seconds_and_the_run_resumes(tmp_path, capsys):
     config = impala.IMPALAConfig(total_steps=256, unroll_length=8, batch_size=2, num_actors=2, checkpoint_every=32)
     out, logs = tmp_path / "IMPALA_classic/Breakout/0", tmp_path / "logs"
-    with pytest.raises(UserError, match=r"IMPALA actor 1 \(Breakout\) died with exit code 1: RuntimeError: "
-                                        r"injected fault after 10 unrolls") as err:
+    with pytest.raises(
+        UserError,
+        match=r"IMPALA actor 1 \(Breakout\) died with exit code 1: RuntimeError: "
+        r"injected fault after 10 unrolls",
+    ) as err:
         impala.train("Breakout", 0, out, logs, config, device="cpu", progress=False, _fault=(1, 10, "raise"))
     died = float(re.search(r"at time ([\d.]+)", str(err.value)).group(1))
-    assert time.time() - died < 3.0                               # noticed, reported, the other actor stopped
-    assert not out.exists() and not logs.exists()                 # nothing half-written
+    assert time.time() - died < 3.0  # noticed, reported, the other actor stopped
+    assert not out.exists() and not logs.exists()  # nothing half-written
     work = tmp_path / "IMPALA_classic/Breakout/.0.partial"
     saved = sorted(int(p.name[6:-3]) for p in (work / "checkpoints").iterdir())
     assert saved and saved == list(range(32, saved[-1] + 1, 32))
@@ -221,9 +258,17 @@ def test_a_killed_actor_is_named_with_its_signal(tmp_path):
     config = impala.IMPALAConfig(total_steps=10**6, unroll_length=8, batch_size=2, num_actors=2, checkpoint_every=32)
     started = time.time()
     with pytest.raises(UserError, match=r"IMPALA actor 1 \(Breakout\) died with exit code -9: killed by signal 9"):
-        impala.train("Breakout", 0, tmp_path / "out", tmp_path / "logs", config, device="cpu", progress=False,
-                     _fault=(1, 2, "kill"))
-    assert time.time() - started < 60                             # not the 10^6 steps the run was set for
+        impala.train(
+            "Breakout",
+            0,
+            tmp_path / "out",
+            tmp_path / "logs",
+            config,
+            device="cpu",
+            progress=False,
+            _fault=(1, 2, "kill"),
+        )
+    assert time.time() - started < 60  # not the 10^6 steps the run was set for
     assert not (tmp_path / "out").exists()
 
 
@@ -231,20 +276,22 @@ def test_games_with_different_action_counts_are_refused_before_any_actor_starts(
     with pytest.raises(UserError, match="same number of actions.*Breakout 4, Pong 6"):
         impala.train(["Breakout", "Pong"], 0, tmp_path / "out", tmp_path / "logs", TINY, device="cpu")
     with pytest.raises(UserError, match="2 actors for 3 games"):
-        impala.train(["Pong", "SpaceInvaders", "DemonAttack"], 0, tmp_path / "out", tmp_path / "logs", TINY,
-                     device="cpu")
+        impala.train(
+            ["Pong", "SpaceInvaders", "DemonAttack"], 0, tmp_path / "out", tmp_path / "logs", TINY, device="cpu"
+        )
     assert not (tmp_path / "out").exists()
 
 
 def _multi_task_checkpoint(path, games, num_actions=6, full_action_space=False) -> IMPALANet:
     torch.manual_seed(0)
     network = IMPALANet(num_actions, len(games), popart=True, full_action_space=full_action_space)
-    with torch.no_grad():   # statistics far from their start, so that each game's value is its own
+    with torch.no_grad():  # statistics far from their start, so that each game's value is its own
         network.critic.mu.copy_(torch.linspace(-3.0, 3.0, len(games)))
         network.critic.sigma.copy_(torch.linspace(2.0, 5.0, len(games)))
-        network.critic.nu.copy_(network.critic.sigma ** 2 + network.critic.mu ** 2)
-    impala.save_checkpoint(path, network, algo="IMPALA_PopArt", protocol="classic", games=games, seed=0, step=8,
-                           frames=32)
+        network.critic.nu.copy_(network.critic.sigma**2 + network.critic.mu**2)
+    impala.save_checkpoint(
+        path, network, algo="IMPALA_PopArt", protocol="classic", games=games, seed=0, step=8, frames=32
+    )
     return network.eval()
 
 
@@ -258,14 +305,13 @@ def test_a_multi_task_checkpoint_plays_and_is_shown_per_game_with_that_games_val
         view, meta = checkpoints.load_for_game(path, game)
         assert isinstance(view, OneGame) and meta["games"] == ["Pong", "SpaceInvaders"]
         view_logits, view_values = view(obs)
-        torch.testing.assert_close(view_logits, logits)           # one policy for every game
+        torch.testing.assert_close(view_logits, logits)  # one policy for every game
         torch.testing.assert_close(view_values, values[:, task])  # this game's value, in its reward's scale
         views.append(view)
     with pytest.raises(UserError, match=r"trained on Pong\+SpaceInvaders, not Breakout; point to"):
         checkpoints.load_for_game(path, "Breakout")
     # Evaluation plays each game with the shared policy.
-    returns = evaluation.evaluate(views[1], "SpaceInvaders", "classic", episodes=1, epsilon=0.0, max_steps=40,
-                                  seed=0)
+    returns = evaluation.evaluate(views[1], "SpaceInvaders", "classic", episodes=1, epsilon=0.0, max_steps=40, seed=0)
     assert len(returns) == 1 and returns[0] >= 0
     # Saliency: the same policy map for both games, each value map from its own head; a point's value score
     # is 0.5 (V_game(perturbed) - V_game(stack))^2, the whole perturbed stack through the network.
@@ -274,7 +320,7 @@ def test_a_multi_task_checkpoint_plays_and_is_shown_per_game_with_that_games_val
     torch.testing.assert_close(p0, p1)
     assert not torch.allclose(v0, v1)
     images = obs[:1].float() / 255
-    masks = torch.from_numpy(saliency.get_mask((36, 48), (84, 84), 2)).float()[None]   # grid point (3, 4)
+    masks = torch.from_numpy(saliency.get_mask((36, 48), (84, 84), 2)).float()[None]  # grid point (3, 4)
     perturbed = saliency.perturb(images, saliency.gaussian_blur(images), masks)
     with torch.no_grad():
         expected = 0.5 * (network(perturbed)[1][0, 1] - values[0, 1]) ** 2
@@ -289,34 +335,57 @@ def test_full_action_space_lets_games_of_other_action_sets_share_one_network(tmp
     view, meta = checkpoints.load_for_game(path, "Breakout")
     assert view.num_actions == 18 and view.full_action_space and meta["architecture"]["full_action_space"]
     returns = evaluation.evaluate(view, "Breakout", "classic", episodes=1, epsilon=0.0, max_steps=40, seed=0)
-    assert len(returns) == 1                                      # Breakout played with all 18 actions
+    assert len(returns) == 1  # Breakout played with all 18 actions
     with pytest.raises(UserError, match="or set multitask.full_action_space: true"):
         impala.check_games(["Breakout", "Pong"], TINY)
 
 
 def test_multitask_params_are_checked_in_one_line():
     base = {"total_steps": 1280, "batch_size": 4, "num_actors": 2, "checkpoint_every": 640}
-    config = impala.multitask_config(base, {"popart_beta": 0.001}, algo="IMPALA_PopArt", protocol="classic",
-                                     games=["Pong", "SpaceInvaders"], full_action_space=False)
+    config = impala.multitask_config(
+        base,
+        {"popart_beta": 0.001},
+        algo="IMPALA_PopArt",
+        protocol="classic",
+        games=["Pong", "SpaceInvaders"],
+        full_action_space=False,
+    )
     assert config.popart and config.games == ("Pong", "SpaceInvaders") and config.popart_beta == 0.001
-    plain = impala.multitask_config(base, {}, algo="IMPALA", protocol="classic", games=["Pong", "SpaceInvaders"],
-                                    full_action_space=False)
+    plain = impala.multitask_config(
+        base, {}, algo="IMPALA", protocol="classic", games=["Pong", "SpaceInvaders"], full_action_space=False
+    )
     assert not plain.popart and plain.clips_rewards(2) and not config.clips_rewards(2)
-    sign = impala.multitask_config(base, {"reward_clipping": "sign"}, algo="IMPALA_PopArt", protocol="classic",
-                                   games=["Pong", "SpaceInvaders"], full_action_space=False)
-    assert sign.clips_rewards(2)                                    # PopArt on clipped rewards: an ablation
+    sign = impala.multitask_config(
+        base,
+        {"reward_clipping": "sign"},
+        algo="IMPALA_PopArt",
+        protocol="classic",
+        games=["Pong", "SpaceInvaders"],
+        full_action_space=False,
+    )
+    assert sign.clips_rewards(2)  # PopArt on clipped rewards: an ablation
     for overrides, algo, games, message in [
-            ({}, "PopArt", ["Pong", "SpaceInvaders"], "multitask.algo='PopArt' is unknown; use one of IMPALA_PopArt"),
-            ({}, "IMPALA_PopArt", ["Pong"], "multitask.games=['Pong'] must list at least two games"),
-            ({"games": ["Pong"]}, "IMPALA_PopArt", ["Pong", "SpaceInvaders"], "multitask.impala sets games"),
-            ({"total_steps": 0}, "IMPALA_PopArt", ["Pong", "SpaceInvaders"],
-             "multitask.impala (over train_agent.impala).total_steps is 0"),
-            ({"reward_clipping": "none"}, "IMPALA", ["Pong", "SpaceInvaders"],
-             "multitask.impala (over train_agent.impala).reward_clipping is 'none' in a multi-task run without "
-             "PopArt (algo IMPALA): unclipped rewards need PopArt's normalised values")]:
+        ({}, "PopArt", ["Pong", "SpaceInvaders"], "multitask.algo='PopArt' is unknown; use one of IMPALA_PopArt"),
+        ({}, "IMPALA_PopArt", ["Pong"], "multitask.games=['Pong'] must list at least two games"),
+        ({"games": ["Pong"]}, "IMPALA_PopArt", ["Pong", "SpaceInvaders"], "multitask.impala sets games"),
+        (
+            {"total_steps": 0},
+            "IMPALA_PopArt",
+            ["Pong", "SpaceInvaders"],
+            "multitask.impala (over train_agent.impala).total_steps is 0",
+        ),
+        (
+            {"reward_clipping": "none"},
+            "IMPALA",
+            ["Pong", "SpaceInvaders"],
+            "multitask.impala (over train_agent.impala).reward_clipping is 'none' in a multi-task run without "
+            "PopArt (algo IMPALA): unclipped rewards need PopArt's normalised values",
+        ),
+    ]:
         with pytest.raises(UserError, match=re.escape(message)):
-            impala.multitask_config(base, overrides, algo=algo, protocol="classic", games=games,
-                                    full_action_space=False)
+            impala.multitask_config(
+                base, overrides, algo=algo, protocol="classic", games=games, full_action_space=False
+            )
 
 
 def test_the_impala_resnet_learns_on_a_batch_and_its_checkpoint_loads_back(tmp_path):
@@ -326,24 +395,31 @@ def test_the_impala_resnet_learns_on_a_batch_and_its_checkpoint_loads_back(tmp_p
     net = impala.IMPALANet(6, num_tasks=2, encoder="impala", popart=True, last_action_reward=True)
     optimizer = torch.optim.RMSprop(net.parameters(), lr=config.lr, alpha=0.99, eps=0.01)
     t, b = config.unroll_length, config.batch_size
-    batch = {"obs": torch.randint(0, 256, (t + 1, b, 4, 84, 84), dtype=torch.uint8),
-             "actions": torch.randint(0, 6, (t, b)), "logits": torch.randn(t, b, 6), "rewards": torch.ones(t, b),
-             "dones": torch.zeros(t, b, dtype=torch.bool), "task": torch.tensor([0, 1, 1]),
-             "last_action": torch.randint(0, 6, (t + 1, b)), "last_reward": torch.ones(t + 1, b)}
+    batch = {
+        "obs": torch.randint(0, 256, (t + 1, b, 4, 84, 84), dtype=torch.uint8),
+        "actions": torch.randint(0, 6, (t, b)),
+        "logits": torch.randn(t, b, 6),
+        "rewards": torch.ones(t, b),
+        "dones": torch.zeros(t, b, dtype=torch.bool),
+        "task": torch.tensor([0, 1, 1]),
+        "last_action": torch.randint(0, 6, (t + 1, b)),
+        "last_reward": torch.ones(t + 1, b),
+    }
     before = {k: v.clone() for k, v in net.state_dict().items()}
     stats = impala.learn(net, optimizer, config, batch)
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
     assert not torch.equal(before["actor.weight"], net.actor.weight)
-    assert (net.critic.mu > 0).all()                              # both tasks' targets are positive returns
+    assert (net.critic.mu > 0).all()  # both tasks' targets are positive returns
     path = tmp_path / "model_15.gz"
-    impala.save_checkpoint(path, net, algo="IMPALA", protocol="classic", games=["Pong", "Carnival"], seed=0,
-                           step=15, frames=60)
+    impala.save_checkpoint(
+        path, net, algo="IMPALA", protocol="classic", games=["Pong", "Carnival"], seed=0, step=15, frames=60
+    )
     loaded, meta = impala.load_network(path)
     assert meta["architecture"]["encoder"] == "impala" and meta["game"] == "Pong+Carnival"
     obs = batch["obs"][0]
     for mine, theirs in zip(loaded(obs), net.eval()(obs)):
         torch.testing.assert_close(mine, theirs)
-    shared, _ = checkpoints.load_network(path)                   # the one loader evaluation and probing use
+    shared, _ = checkpoints.load_network(path)  # the one loader evaluation and probing use
     for mine, theirs in zip(shared(obs), net(obs)):
         torch.testing.assert_close(mine, theirs)
 
@@ -364,14 +440,20 @@ def test_config_from_params():
         impala.config_from({"games": "Pong"})
     with pytest.raises(UserError, match="less than one learner step"):
         impala.config_from({"total_steps": 100})
-    assert impala.IMPALAConfig(checkpoint_every=1_000_000, total_steps=2_600_000).checkpoint_iterations() == \
-        [1563, 3125, 4062]                                         # 640 steps a learner step
+    assert impala.IMPALAConfig(checkpoint_every=1_000_000, total_steps=2_600_000).checkpoint_iterations() == [
+        1563,
+        3125,
+        4062,
+    ]  # 640 steps a learner step
     with pytest.raises(UserError, match="popart_statistics 'hessel' is unknown; use one of torchbeast, second_moment"):
         impala.config_from({"popart_statistics": "hessel"})
     with pytest.raises(UserError, match="reward_clipping 'abs_one' is unknown; use one of auto, sign, none"):
         impala.config_from({"reward_clipping": "abs_one"})
-    with pytest.raises(UserError, match=r"^train_agent.impala.reward_clipping is 'none' in a single-game run: "
-                                        r"unclipped rewards need PopArt"):
+    with pytest.raises(
+        UserError,
+        match=r"^train_agent.impala.reward_clipping is 'none' in a single-game run: "
+        r"unclipped rewards need PopArt",
+    ):
         impala.config_from({"reward_clipping": "none", "games": ["Pong"]})
 
 
@@ -383,14 +465,35 @@ def test_the_train_agent_stage_runs_impala_on_its_game(tmp_path):
     import yaml
 
     repo = Path(__file__).resolve().parents[1]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "seed": 0, "device": "cpu",
-        "train_agent": {"algo": "IMPALA", "protocol": "classic", "seeds": [0], "ppo": {},
-                        "impala": {"total_steps": 192, "unroll_length": 8, "batch_size": 2, "num_actors": 2,
-                                   "checkpoint_every": 96}}}))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "seed": 0,
+                "device": "cpu",
+                "train_agent": {
+                    "algo": "IMPALA",
+                    "protocol": "classic",
+                    "seeds": [0],
+                    "ppo": {},
+                    "impala": {
+                        "total_steps": 192,
+                        "unroll_length": 8,
+                        "batch_size": 2,
+                        "num_actors": 2,
+                        "checkpoint_every": 96,
+                    },
+                },
+            }
+        )
+    )
     out = "checkpoints/IMPALA_classic/Breakout/0"
-    result = subprocess.run([sys.executable, str(repo / "stages/train_agent.py"), "Breakout", "0", out, "log"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(repo / "stages/train_agent.py"), "Breakout", "0", out, "log"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert [step for step, _ in checkpoints.list_run(tmp_path / out)] == [96, 192]
     network, meta = checkpoints.load_network(tmp_path / out / "model_192.gz")

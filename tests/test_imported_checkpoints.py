@@ -2,6 +2,7 @@
 torch.save({"estimator_state": ...})): recognised by their weights' shapes under any names, loaded as a QNetwork
 with the same outputs, evaluated epsilon-greedily, probed like our own, brought in with `dvc import-url`; other
 shapes refused in one line; our actor-critic files still load as ActorCritic."""
+
 from __future__ import annotations
 
 import gzip
@@ -27,9 +28,17 @@ from atarirep.agents.vector_env import AgentEnvs
 from atarirep.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent          # dvc of this environment
-PROBE = {"lr": 3e-3, "batch_size": 64, "epochs": 2, "patience": 15, "seed": 0, "device": "cpu", "sampling": "every_frame",
-         "keep": "best"}
+BIN = Path(sys.executable).parent  # dvc of this environment
+PROBE = {
+    "lr": 3e-3,
+    "batch_size": 64,
+    "epochs": 2,
+    "patience": 15,
+    "seed": 0,
+    "device": "cpu",
+    "sampling": "every_frame",
+    "keep": "best",
+}
 STEP = 50_000_000
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -38,17 +47,31 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def nature_dqn(outputs: int, seed: int = 0) -> nn.Sequential:
     """The published DQN as one nn.Sequential: weights "0.weight", "2.weight", "4.weight", "7.weight", "9.weight"."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(4, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-                         nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten(), nn.Linear(3136, 512), nn.ReLU(),
-                         nn.Linear(512, outputs))
+    return nn.Sequential(
+        nn.Conv2d(4, 32, 8, stride=4),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 4, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3136, 512),
+        nn.ReLU(),
+        nn.Linear(512, outputs),
+    )
 
 
 # The Sequential's layer index -> its name in a published-style file.
 RENAMINGS = {
     "sequential": {i: i for i in ("0", "2", "4", "7", "9")},
     # floringogianu/atari-agents' AtariNet: self.__features (the convs) and self.__head (Linear, ReLU, Linear)
-    "atari_net": {"0": "_AtariNet__features.0", "2": "_AtariNet__features.2", "4": "_AtariNet__features.4",
-                  "7": "_AtariNet__head.0", "9": "_AtariNet__head.2"},
+    "atari_net": {
+        "0": "_AtariNet__features.0",
+        "2": "_AtariNet__features.2",
+        "4": "_AtariNet__features.4",
+        "7": "_AtariNet__head.0",
+        "9": "_AtariNet__head.2",
+    },
     "features_fc": {"0": "features.0", "2": "features.2", "4": "features.4", "7": "fc.0", "9": "fc.2"},
     "data_parallel": {i: f"module.head.{i}" for i in ("0", "2", "4", "7", "9")},
 }
@@ -85,14 +108,22 @@ def c51_reference(dqn: nn.Sequential, obs: torch.Tensor, support: torch.Tensor) 
 @pytest.mark.parametrize("naming", list(RENAMINGS))
 def test_a_published_dqn_loads_as_a_qnetwork_with_the_same_weights_and_outputs(tmp_path, naming):
     dqn = nature_dqn(4).eval()
-    path = write_published(tmp_path / "DQN_modern/Breakout/3" / checkpoints.file_name(STEP),
-                           renamed(dqn.state_dict(), RENAMINGS[naming]))
+    path = write_published(
+        tmp_path / "DQN_modern/Breakout/3" / checkpoints.file_name(STEP), renamed(dqn.state_dict(), RENAMINGS[naming])
+    )
     network, meta = checkpoints.load_network(path)
     assert type(network) is QNetwork and network.acts_greedily and not ActorCritic.acts_greedily
     assert network.num_actions == 4 and network.atoms == 1 and not network.training
     # The layout says what the file does not.
-    assert meta == {"step": STEP, "frames": 4 * STEP, "algo": "DQN", "protocol": "modern", "game": "Breakout",
-                    "seed": 3, "architecture": {"name": "nature_dqn", "num_actions": 4}}
+    assert meta == {
+        "step": STEP,
+        "frames": 4 * STEP,
+        "algo": "DQN",
+        "protocol": "modern",
+        "game": "Breakout",
+        "seed": 3,
+        "architecture": {"name": "nature_dqn", "num_actions": 4},
+    }
     ours = network.state_dict()
     for layer, name in zip(("0", "2", "4", "7"), checkpoints.ENCODER_LAYERS):
         for kind in ("weight", "bias"):
@@ -101,7 +132,7 @@ def test_a_published_dqn_loads_as_a_qnetwork_with_the_same_weights_and_outputs(t
     obs = stacks()
     with torch.no_grad():
         q, value = network(obs)
-        expected = dqn(obs.float() / 255)                 # the published nets divide uint8 frames by 255
+        expected = dqn(obs.float() / 255)  # the published nets divide uint8 frames by 255
         torch.testing.assert_close(q, expected, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(value, expected.max(1).values, rtol=1e-4, atol=1e-5)
         # The probed features are the 512-d layer after its ReLU, as in the published net.
@@ -127,7 +158,7 @@ def test_a_c51_head_loads_with_the_files_support_or_a_given_atom_count(tmp_path)
         checkpoints.load_network(bare)
     message = str(err.value)
     assert "\n" not in message and "306 outputs" in message and "atoms=51" in message
-    network, _ = checkpoints.load_network(bare, atoms=51)   # support: C51's linspace(-10, 10, 51)
+    network, _ = checkpoints.load_network(bare, atoms=51)  # support: C51's linspace(-10, 10, 51)
     with torch.no_grad():
         torch.testing.assert_close(network(obs)[0], c51_reference(dqn, obs, support), rtol=1e-4, atol=1e-5)
     for atoms, words in ((50, "not a multiple of 50 atoms"), (3, "= 102 actions x 3 atoms")):
@@ -148,8 +179,14 @@ def test_a_c51_head_loads_with_the_files_support_or_a_given_atom_count(tmp_path)
 def _dueling_shared() -> OrderedDict:
     """Shared 512 layer, then value 1x512 and advantage Ax512."""
     state = OrderedDict((k, v) for k, v in nature_dqn(4).state_dict().items() if not k.startswith("9."))
-    state.update({"value.weight": torch.zeros(1, 512), "value.bias": torch.zeros(1),
-                  "advantage.weight": torch.zeros(4, 512), "advantage.bias": torch.zeros(4)})
+    state.update(
+        {
+            "value.weight": torch.zeros(1, 512),
+            "value.bias": torch.zeros(1),
+            "advantage.weight": torch.zeros(4, 512),
+            "advantage.bias": torch.zeros(4),
+        }
+    )
     return state
 
 
@@ -157,35 +194,65 @@ def _dueling_streams() -> OrderedDict:
     """Separate value and advantage streams, each Linear(3136 -> 512) then its output."""
     convs = OrderedDict((k, v) for k, v in nature_dqn(4).state_dict().items() if k[0] in "024")
     for stream, rows in (("value", 1), ("advantage", 4)):
-        convs.update({f"{stream}.0.weight": torch.zeros(512, 3136), f"{stream}.0.bias": torch.zeros(512),
-                      f"{stream}.2.weight": torch.zeros(rows, 512), f"{stream}.2.bias": torch.zeros(rows)})
+        convs.update(
+            {
+                f"{stream}.0.weight": torch.zeros(512, 3136),
+                f"{stream}.0.bias": torch.zeros(512),
+                f"{stream}.2.weight": torch.zeros(rows, 512),
+                f"{stream}.2.bias": torch.zeros(rows),
+            }
+        )
     return convs
 
 
 def _noisy() -> OrderedDict:
     state = OrderedDict((k, v) for k, v in nature_dqn(4).state_dict().items() if k[0] in "024")
-    state.update({"fc.weight_mu": torch.zeros(512, 3136), "fc.weight_sigma": torch.zeros(512, 3136),
-                  "out.weight_mu": torch.zeros(4, 512), "out.weight_sigma": torch.zeros(4, 512)})
+    state.update(
+        {
+            "fc.weight_mu": torch.zeros(512, 3136),
+            "fc.weight_sigma": torch.zeros(512, 3136),
+            "out.weight_mu": torch.zeros(4, 512),
+            "out.weight_sigma": torch.zeros(4, 512),
+        }
+    )
     return state
 
 
 def _impala() -> OrderedDict:
-    return OrderedDict([("conv.weight", torch.zeros(16, 4, 3, 3)), ("conv.bias", torch.zeros(16)),
-                        ("fc.weight", torch.zeros(256, 2048)), ("fc.bias", torch.zeros(256))])
+    return OrderedDict(
+        [
+            ("conv.weight", torch.zeros(16, 4, 3, 3)),
+            ("conv.bias", torch.zeros(16)),
+            ("fc.weight", torch.zeros(256, 2048)),
+            ("fc.bias", torch.zeros(256)),
+        ]
+    )
 
 
-@pytest.mark.parametrize("state, words", [
-    (_dueling_shared, "looks like a dueling Q-network (weight shapes 32x4x8x8, 64x32x4x4, 64x64x3x3, 512x3136, 1x512, "
-                      "4x512"),
-    (_dueling_streams, "looks like a dueling Q-network (weight shapes 32x4x8x8, 64x32x4x4, 64x64x3x3, 512x3136, "
-                       "1x512, 512x3136, 4x512"),
-    (_noisy, "weights of another network (weight shapes 32x4x8x8, 64x32x4x4, 64x64x3x3)"),
-    (_impala, "weights of another network (weight shapes 16x4x3x3, 256x2048)"),
-    (lambda: OrderedDict([*nature_dqn(4).state_dict().items(), ("bn.running_mean", torch.zeros(512))]),
-     "holds tensors beyond the Nature CNN and its head (bn.running_mean"),
-    (lambda: OrderedDict((k, v) for k, v in nature_dqn(4).state_dict().items() if k != "7.bias"),
-     "has layers without biases (7.bias missing"),
-])
+@pytest.mark.parametrize(
+    "state, words",
+    [
+        (
+            _dueling_shared,
+            "looks like a dueling Q-network (weight shapes 32x4x8x8, 64x32x4x4, 64x64x3x3, 512x3136, 1x512, 4x512",
+        ),
+        (
+            _dueling_streams,
+            "looks like a dueling Q-network (weight shapes 32x4x8x8, 64x32x4x4, 64x64x3x3, 512x3136, "
+            "1x512, 512x3136, 4x512",
+        ),
+        (_noisy, "weights of another network (weight shapes 32x4x8x8, 64x32x4x4, 64x64x3x3)"),
+        (_impala, "weights of another network (weight shapes 16x4x3x3, 256x2048)"),
+        (
+            lambda: OrderedDict([*nature_dqn(4).state_dict().items(), ("bn.running_mean", torch.zeros(512))]),
+            "holds tensors beyond the Nature CNN and its head (bn.running_mean",
+        ),
+        (
+            lambda: OrderedDict((k, v) for k, v in nature_dqn(4).state_dict().items() if k != "7.bias"),
+            "has layers without biases (7.bias missing",
+        ),
+    ],
+)
 def test_other_shapes_are_refused_in_one_line_naming_the_shapes_and_what_is_supported(tmp_path, state, words):
     path = write_published(tmp_path / "DQN_modern/Breakout/0/model_1.gz", state())
     with pytest.raises(UserError) as err:
@@ -203,8 +270,9 @@ def test_our_actor_critic_files_still_load_as_actor_critics(tmp_path):
     checkpoints.save(ours, network, algo="PPO", protocol="classic", game="Breakout", seed=0, step=8, frames=32)
     published = write_published(tmp_path / "PPO_classic/Breakout/2/model_8.gz", network.state_dict())
     # CleanRL's PPO agent: network.{0,2,4,7}, actor, critic.
-    cleanrl = OrderedDict((key.replace("encoder.layers.", "network."), value)
-                          for key, value in network.state_dict().items())
+    cleanrl = OrderedDict(
+        (key.replace("encoder.layers.", "network."), value) for key, value in network.state_dict().items()
+    )
     cleanrl_path = write_published(tmp_path / "cleanrl/model_8.gz", cleanrl)
     obs = stacks(2)
     for path, seed in ((ours, 0), (published, 2), (cleanrl_path, None)):
@@ -219,9 +287,17 @@ def test_our_actor_critic_files_still_load_as_actor_critics(tmp_path):
 
 def test_the_layout_gives_meta_only_where_it_is_the_published_one(tmp_path):
     assert checkpoints.layout_meta(tmp_path / "M-DQN_modern/MsPacman/12/model_5.gz") == {
-        "algo": "M-DQN", "protocol": "modern", "game": "MsPacman", "seed": 12}
-    for where in ("sampled/Breakout/0/model_5.gz", "DQN_modern/Breakout/x/model_5.gz",
-                  "DQN_sticky/Breakout/0/model_5.gz", "DQN_modern/Breakout/0/weights.gz"):
+        "algo": "M-DQN",
+        "protocol": "modern",
+        "game": "MsPacman",
+        "seed": 12,
+    }
+    for where in (
+        "sampled/Breakout/0/model_5.gz",
+        "DQN_modern/Breakout/x/model_5.gz",
+        "DQN_sticky/Breakout/0/model_5.gz",
+        "DQN_modern/Breakout/0/weights.gz",
+    ):
         assert checkpoints.layout_meta(tmp_path / where) == {}, where
 
 
@@ -249,15 +325,17 @@ class Recorder(AgentEnvs):
 
 
 def test_a_published_dqn_plays_greedily(tmp_path, monkeypatch):
-    path = write_published(tmp_path / "DQN_modern/Breakout/0/model_100.gz",
-                           renamed(nature_dqn(4, seed=1).state_dict(), RENAMINGS["atari_net"]))
+    path = write_published(
+        tmp_path / "DQN_modern/Breakout/0/model_100.gz",
+        renamed(nature_dqn(4, seed=1).state_dict(), RENAMINGS["atari_net"]),
+    )
     network, _ = checkpoints.load_network(path)
     monkeypatch.setattr(evaluation, "AgentEnvs", Recorder)
     returns = evaluation.evaluate(network, "Breakout", "modern", episodes=2, epsilon=0.0, max_steps=25, seed=0)
     envs = Recorder.last
     assert len(returns) == 2 and len(envs.actions) == 25
     with torch.no_grad():
-        for obs, actions in zip(envs.observations, envs.actions):     # each action is the argmax of Q
+        for obs, actions in zip(envs.observations, envs.actions):  # each action is the argmax of Q
             np.testing.assert_array_equal(actions, network(torch.from_numpy(obs))[0].argmax(1).numpy())
     again = evaluation.evaluate(network, "Breakout", "modern", episodes=2, epsilon=0.0, max_steps=25, seed=0)
     assert again == returns and [a.tolist() for a in Recorder.last.actions] == [a.tolist() for a in envs.actions]
@@ -273,13 +351,31 @@ def test_a_published_dqn_is_probed_by_the_stage_like_our_checkpoints(breakout_pr
     """probe_checkpoints on a sampled root in the published layout: frames from the step, the game from the path."""
     root = tmp_path / "sampled/DQN_modern/Breakout"
     path = write_published(root / "0" / "model_250.gz", nature_dqn(4, seed=2).state_dict())
-    probe = {"baselines": ["majority"], **{k: v for k, v in PROBE.items() if k not in ("seed", "device")},
-             "fast": True, "supervised_per_variable": False, "supervised_epochs": 1}
+    probe = {
+        "baselines": ["majority"],
+        **{k: v for k, v in PROBE.items() if k not in ("seed", "device")},
+        "fast": True,
+        "supervised_per_variable": False,
+        "supervised_epochs": 1,
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seed": 0, "device": "cpu", "probe": probe}))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(REPO / "stages/probe_checkpoints.py"), "Breakout", str(root),
-                             str(breakout_probe_dir), "out", "probes/Breakout/rl_agent"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "stages/probe_checkpoints.py"),
+            "Breakout",
+            str(root),
+            str(breakout_probe_dir),
+            "out",
+            "probes/Breakout/rl_agent",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(tmp_path / "out/scores.csv", keep_default_na=False)
     assert set(zip(table["seed"], table["step"], table["frames"])) == {(0, 250, 1000)}
@@ -309,8 +405,9 @@ class FloatDQN(nn.Module):
 
 def test_saliency_maps_of_a_published_dqn_are_those_of_its_own_net(tmp_path):
     dqn = nature_dqn(4, seed=3).eval()
-    network, _ = checkpoints.load_network(write_published(tmp_path / "DQN_modern/Breakout/0/model_9.gz",
-                                                          dqn.state_dict()))
+    network, _ = checkpoints.load_network(
+        write_published(tmp_path / "DQN_modern/Breakout/0/model_9.gz", dqn.state_dict())
+    )
     obs = stacks(1, seed=4)
     policy, value = saliency.saliency_maps(network, obs, radius=2, stride=6, batch_size=64)
     expected_policy, expected_value = saliency.saliency_maps(FloatDQN(dqn), obs, radius=2, stride=6, batch_size=64)
@@ -333,33 +430,53 @@ def test_dvc_import_url_of_a_published_run_then_evaluate(tmp_path):
     evaluate() one imported checkpoint and the evaluate_agent stage on the imported root."""
     collection = tmp_path / "collection"
     for step, seed in ((1_000_000, 3), (STEP, 4)):
-        write_published(collection / "DQN_modern/Breakout/0" / checkpoints.file_name(step),
-                        renamed(nature_dqn(4, seed).state_dict(), RENAMINGS["atari_net"]))
+        write_published(
+            collection / "DQN_modern/Breakout/0" / checkpoints.file_name(step),
+            renamed(nature_dqn(4, seed).state_dict(), RENAMINGS["atari_net"]),
+        )
     repo = tmp_path / "repo"
     repo.mkdir()
     _run(["git", "init", "-q"], repo)
     _run(["dvc", "init", "-q"], repo)
     _run(["dvc", "config", "core.analytics", "false"], repo)
     target = "data/checkpoints_sampled/DQN_modern/Breakout/0"
-    (repo / target).parent.mkdir(parents=True)     # dvc import-url wants the target's folder to exist
+    (repo / target).parent.mkdir(parents=True)  # dvc import-url wants the target's folder to exist
     _run(["dvc", "import-url", str(collection / "DQN_modern/Breakout/0"), target], repo)
     assert (repo / f"{target}.dvc").is_file()
     assert sorted(p.name for p in (repo / target).iterdir()) == ["model_1000000.gz", f"model_{STEP}.gz"]
 
     network, meta = checkpoints.load_network(repo / target / f"model_{STEP}.gz")
     assert type(network) is QNetwork
-    assert (meta["game"], meta["seed"], meta["algo"], meta["protocol"], meta["step"], meta["frames"]) == \
-        ("Breakout", 0, "DQN", "modern", STEP, 4 * STEP)
-    returns = evaluation.evaluate(network, meta["game"], meta["protocol"], episodes=2, epsilon=0.001, max_steps=20,
-                                  seed=0)
+    assert (meta["game"], meta["seed"], meta["algo"], meta["protocol"], meta["step"], meta["frames"]) == (
+        "Breakout",
+        0,
+        "DQN",
+        "modern",
+        STEP,
+        4 * STEP,
+    )
+    returns = evaluation.evaluate(
+        network, meta["game"], meta["protocol"], episodes=2, epsilon=0.001, max_steps=20, seed=0
+    )
     assert len(returns) == 2 and all(np.isfinite(returns))
 
     # The stage takes the imported folder's parent as its sampled root (the .dvc file beside the run is skipped).
-    params = {"seed": 0, "device": "cpu",
-              "evaluate_agent": {"protocols": ["modern"], "episodes": 2, "epsilon": 0.001, "max_steps": 20}}
+    params = {
+        "seed": 0,
+        "device": "cpu",
+        "evaluate_agent": {"protocols": ["modern"], "episodes": 2, "epsilon": 0.001, "max_steps": 20},
+    }
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    _run([sys.executable, str(REPO / "stages/evaluate_agent.py"), "Breakout",
-          "data/checkpoints_sampled/DQN_modern/Breakout", "data/evaluations/Breakout"], repo)
+    _run(
+        [
+            sys.executable,
+            str(REPO / "stages/evaluate_agent.py"),
+            "Breakout",
+            "data/checkpoints_sampled/DQN_modern/Breakout",
+            "data/evaluations/Breakout",
+        ],
+        repo,
+    )
     rows = pd.read_csv(repo / "data/evaluations/Breakout/returns.csv")
     assert sorted(set(zip(rows["step"], rows["frames"]))) == [(1_000_000, 4_000_000), (STEP, 4 * STEP)]
     assert len(rows) == 2 * 2 and set(rows["seed"]) == {0} and set(rows["protocol"]) == {"modern"}

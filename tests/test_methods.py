@@ -1,4 +1,5 @@
 """Pretraining methods on real Breakout frames: losses fall, ST-DIM equals its per-position definition."""
+
 import math
 
 import numpy as np
@@ -24,7 +25,7 @@ def real_batch(split, method, batch_size, seed=0) -> Batch:
     rng = np.random.default_rng(seed)
     found = training.windows(split, method.window)
     samples = rng.choice(len(found), batch_size, replace=False)
-    rows = found.rows(samples)                                                  # (B, W)
+    rows = found.rows(samples)  # (B, W)
     frames = encoders.preprocess(torch.from_numpy(split.frames[rows.reshape(-1)]))
     negatives = None
     if method.uses_negatives:
@@ -95,7 +96,9 @@ def test_global_local_ablation_is_stdim_without_the_local_local_term(train_split
     full = training.build_method("stdim", seed=2)
     ablation = training.build_method("global_local_stdim", seed=2)
     assert ablation.local_local is None and set(full.state_dict()) - set(ablation.state_dict()) == {
-        "local_local.weight", "local_local.bias"}
+        "local_local.weight",
+        "local_local.bias",
+    }
     batch = real_batch(train_split, full, batch_size=4)
     with torch.no_grad():
         loss, metrics = ablation.loss(batch)
@@ -109,26 +112,27 @@ def test_jsd_stdim_loss_is_both_terms_scored_by_torch_bilinear_with_binary_cross
     method = training.build_method("jsd_stdim", seed=0)
     batch = real_batch(train_split, method, batch_size=3)
     with torch.no_grad():
-        method.global_local.weight.mul_(30)    # scores far from 0, so accuracies are not all 0.5
+        method.global_local.weight.mul_(30)  # scores far from 0, so accuracies are not all 0.5
         method.local_local.weight.mul_(30)
-        method.local_local.bias.fill_(-0.5)    # and the two terms differ
+        method.local_local.bias.fill_(-0.5)  # and the two terms differ
         loss, metrics = method.loss(batch)
         g_next, l_next = method.encoder.forward_with_local(batch.frames[:, 1])
-        l_next = l_next.flatten(2).transpose(1, 2)                                  # (B, P, 128)
+        l_next = l_next.flatten(2).transpose(1, 2)  # (B, P, 128)
         l_t = method.encoder.local_features(batch.frames[:, 0]).flatten(2).transpose(1, 2)
         l_hat = method.encoder.local_features(batch.negatives).flatten(2).transpose(1, 2)
-        g_next = g_next[:, None].expand(-1, l_t.shape[1], -1)                      # (B, P, 256)
+        g_next = g_next[:, None].expand(-1, l_t.shape[1], -1)  # (B, P, 256)
         expected, accuracies = {}, []
         for name, anchor in (("global_local", g_next), ("local_local", l_next)):
             bilinear = getattr(method, name)
-            pos, neg = bilinear(anchor, l_t), bilinear(anchor, l_hat)               # (B, P, 1) each
+            pos, neg = bilinear(anchor, l_t), bilinear(anchor, l_hat)  # (B, P, 1) each
             expected[name] = F.binary_cross_entropy_with_logits(
-                torch.cat([pos, neg]), torch.cat([torch.ones_like(pos), torch.zeros_like(neg)])).item()
+                torch.cat([pos, neg]), torch.cat([torch.ones_like(pos), torch.zeros_like(neg)])
+            ).item()
             accuracies.append(((pos >= 0).sum() + (neg < 0).sum()).item() / (2 * pos.numel()))
     assert metrics["global_local"].item() == pytest.approx(expected["global_local"], rel=1e-5)
     assert metrics["local_local"].item() == pytest.approx(expected["local_local"], rel=1e-5)
     assert loss.item() == pytest.approx(expected["global_local"] + expected["local_local"], rel=1e-5)
-    assert abs(expected["global_local"] - expected["local_local"]) > 0.01   # a dropped term would show
+    assert abs(expected["global_local"] - expected["local_local"]) > 0.01  # a dropped term would show
     assert method.early_stop_metric == "accuracy"
     assert metrics["accuracy"].item() == pytest.approx(sum(accuracies) / 2, abs=1e-6)
     assert 0.5 not in accuracies and accuracies[0] != accuracies[1]
@@ -163,8 +167,9 @@ def test_unknown_method_lists_the_known_ones_and_atariari_names_still_work():
 def test_cpc_offsets_must_fit_inside_the_sequence():
     with pytest.raises(UserError) as err:
         methods.make("cpc", sequence_length=4, offsets=(1, 4))
-    assert str(err.value) == ("cpc offsets [1, 4] must be between 1 and sequence_length - 1 = 3; "
-                              "lower the offsets or raise sequence_length")
+    assert str(err.value) == (
+        "cpc offsets [1, 4] must be between 1 and sequence_length - 1 = 3; lower the offsets or raise sequence_length"
+    )
 
 
 def test_vae_loss_is_the_summed_reconstruction_plus_beta_kl_computed_by_hand():
@@ -179,10 +184,10 @@ def test_vae_loss_is_the_summed_reconstruction_plus_beta_kl_computed_by_hand():
         method.decoder.layers[-1].weight.zero_()
         method.decoder.layers[-1].bias.fill_(1.0)
     frames = torch.zeros(2, 1, 1, 210, 160)
-    frames[1, 0, 0, :105] = 1.0                         # frame 1: top half white, frame 0 black
+    frames[1, 0, 0, :105] = 1.0  # frame 1: top half white, frame 0 black
     loss, metrics = method.loss(Batch(frames, None, torch.Generator().manual_seed(0)))
-    c = 1 / (1 + math.exp(-1))                          # every predicted pixel
-    reconstruction = (33600 * c ** 2 + (16800 * (1 - c) ** 2 + 16800 * c ** 2)) / 2   # summed over pixels, mean over frames
+    c = 1 / (1 + math.exp(-1))  # every predicted pixel
+    reconstruction = (33600 * c**2 + (16800 * (1 - c) ** 2 + 16800 * c**2)) / 2  # summed over pixels, mean over frames
     # KL(N(mu, s^2) || N(0, 1)) = -1/2 sum_j (1 + log s_j^2 - mu_j^2 - s_j^2), per dimension:
     kl = -0.5 * ((1 + 0 - 0.25 - 1) + (1 + math.log(2) - 1 - 2) + (1 - 1 - 0 - math.exp(-1)) + (1 + 1 - 4 - math.e))
     assert metrics["reconstruction"].item() == pytest.approx(reconstruction, rel=1e-5)
@@ -196,24 +201,27 @@ def test_vae_loss_equals_the_reference_elbo_with_z_sampled_from_the_posterior(tr
     batch = real_batch(train_split, method, batch_size=3, seed=4)
     x = batch.frames[:, 0]
     with torch.no_grad():
-        method.log_variance.bias.fill_(1.0)             # sigma = e^0.5: a z that ignored sigma would show
+        method.log_variance.bias.fill_(1.0)  # sigma = e^0.5: a z that ignored sigma would show
         loss, metrics = method.loss(Batch(batch.frames, None, torch.Generator().manual_seed(9)))
         conv_map = method.encoder.global_layers[:-1](method.encoder.local_features(x))
         mu, log_var = method.encoder(x), method.log_variance(conv_map)
         eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(9))
         x_hat = torch.sigmoid(method.decoder(mu + torch.exp(0.5 * log_var) * eps))
-        kl = torch.distributions.kl_divergence(torch.distributions.Normal(mu, torch.exp(0.5 * log_var)),
-                                               torch.distributions.Normal(0.0, 1.0)).sum()
-        reference = F.mse_loss(x_hat, x, reduction="sum") + kl            # the reference's batch sum
+        kl = torch.distributions.kl_divergence(
+            torch.distributions.Normal(mu, torch.exp(0.5 * log_var)), torch.distributions.Normal(0.0, 1.0)
+        ).sum()
+        reference = F.mse_loss(x_hat, x, reduction="sum") + kl  # the reference's batch sum
         x_hat_at_mean = torch.sigmoid(method.decoder(mu))
     assert loss.item() == pytest.approx(reference.item() / 3, rel=1e-5)
     assert metrics["kl"].item() == pytest.approx(kl.item() / 3, rel=1e-5)
     assert F.mse_loss(x_hat_at_mean, x, reduction="sum").item() / 3 != pytest.approx(
-        metrics["reconstruction"].item(), rel=1e-3)     # the reconstruction really used the sampled z
-    with torch.no_grad():                               # eval mode (validation) decodes the mean, as AtariARI
+        metrics["reconstruction"].item(), rel=1e-3
+    )  # the reconstruction really used the sampled z
+    with torch.no_grad():  # eval mode (validation) decodes the mean, as AtariARI
         _, eval_metrics = method.eval().loss(Batch(batch.frames, None, torch.Generator().manual_seed(9)))
     assert eval_metrics["reconstruction"].item() == pytest.approx(
-        F.mse_loss(x_hat_at_mean, x, reduction="sum").item() / 3, rel=1e-5)
+        F.mse_loss(x_hat_at_mean, x, reduction="sum").item() / 3, rel=1e-5
+    )
 
 
 def test_decoders_keep_pytorchs_default_init_on_their_linear_layer_as_atariari():
@@ -221,9 +229,9 @@ def test_decoders_keep_pytorchs_default_init_on_their_linear_layer_as_atariari()
     decoder = encoders.BenchmarkDecoder(256)
     linear, transposed = decoder.layers[0], decoder.layers[3]
     assert linear.weight.abs().max() <= 1 / math.sqrt(256) and linear.bias.abs().max() > 0
-    flat = transposed.weight.flatten(1)                            # (64, 128*3*3): orthogonal rows, ReLU gain
+    flat = transposed.weight.flatten(1)  # (64, 128*3*3): orthogonal rows, ReLU gain
     gain = torch.nn.init.calculate_gain("relu")
-    torch.testing.assert_close(flat @ flat.T, gain ** 2 * torch.eye(64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(flat @ flat.T, gain**2 * torch.eye(64), atol=1e-4, rtol=0)
     assert transposed.bias.abs().max() == 0
 
 
@@ -253,28 +261,28 @@ def test_cpc_scores_the_prediction_at_t_for_offset_k_against_frame_t_plus_k():
     b, length, s = 2, 5, 2.0
     method = methods.make("cpc", feature_size=b * length, sequence_length=length, offsets=(1, 2))
     method.encoder, method.gru = _IndexEncoder(b * length), _ScaledIdentityGRU(s)
-    index = torch.arange(b * length).view(b, length)                  # sample i, step t -> one-hot e_{i*L+t}
+    index = torch.arange(b * length).view(b, length)  # sample i, step t -> one-hot e_{i*L+t}
     with torch.no_grad():
         for k, predictor in zip(method.offsets, method.predictors):
-            shift = torch.zeros(b * length, b * length)                # W_k e_{i,t} = e_{i,t+k}
+            shift = torch.zeros(b * length, b * length)  # W_k e_{i,t} = e_{i,t+k}
             for i in range(b):
                 for t in range(length - k):
                     shift[index[i, t + k], index[i, t]] = 1.0
-            predictor.weight.copy_(shift if k == 1 else -shift)        # offset 2 ranks its positive last
+            predictor.weight.copy_(shift if k == 1 else -shift)  # offset 2 ranks its positive last
             predictor.bias.zero_()
     frames = index.float().view(b, length, 1, 1, 1)
     loss, metrics = method.loss(Batch(frames))
     # Row (i, t) of offset k scores s (or -s) on z_{i,t+k} and 0 on the N - 1 = B(L-k) - 1 other targets.
     n1, n2 = b * (length - 1), b * (length - 2)
-    offset_1 = math.log(1 + (n1 - 1) * math.exp(-s))                  # -log(e^s / (e^s + n1 - 1))
-    offset_2 = math.log(math.exp(-s) + n2 - 1) + s                    # -log(e^-s / (e^-s + n2 - 1))
+    offset_1 = math.log(1 + (n1 - 1) * math.exp(-s))  # -log(e^s / (e^s + n1 - 1))
+    offset_2 = math.log(math.exp(-s) + n2 - 1) + s  # -log(e^-s / (e^-s + n2 - 1))
     assert metrics["offset_1"].item() == pytest.approx(offset_1, rel=1e-6)
     assert metrics["offset_2"].item() == pytest.approx(offset_2, rel=1e-6)
-    assert loss.item() == pytest.approx(offset_1 + offset_2, rel=1e-6)          # summed, as AtariARI's CPCTrainer
+    assert loss.item() == pytest.approx(offset_1 + offset_2, rel=1e-6)  # summed, as AtariARI's CPCTrainer
     method.offset_reduction = "mean"
     assert method.loss(Batch(frames))[0].item() == pytest.approx((offset_1 + offset_2) / 2, rel=1e-6)
     assert method.early_stop_metric == "accuracy" and method.adam_eps == 1e-8
-    assert metrics["accuracy"].item() == pytest.approx((1.0 + 0.0) / 2)   # every positive first at k=1, none at k=2
+    assert metrics["accuracy"].item() == pytest.approx((1.0 + 0.0) / 2)  # every positive first at k=1, none at k=2
 
 
 def test_cpc_gru_has_the_reference_two_layers_unless_told():
@@ -291,10 +299,10 @@ def test_pixel_prediction_target_is_the_next_frame_not_the_current_one():
         method.decoder.layers[-1].weight.zero_()
         method.decoder.layers[-1].bias.fill_(1.0)
     frames = torch.zeros(2, 2, 1, 210, 160)
-    frames[:, 1] = 1.0                                                 # x_t black, x_{t+1} white
+    frames[:, 1] = 1.0  # x_t black, x_{t+1} white
     loss, _ = method.loss(Batch(frames))
     c = 1 / (1 + math.exp(-1))
-    assert loss.item() == pytest.approx((1 - c) ** 2, rel=1e-5)   # the per-pixel mean; against x_t it would be c^2
+    assert loss.item() == pytest.approx((1 - c) ** 2, rel=1e-5)  # the per-pixel mean; against x_t it would be c^2
 
 
 def test_pixel_prediction_decodes_through_a_linear_layer_after_the_encoder(train_split):
@@ -302,7 +310,7 @@ def test_pixel_prediction_decodes_through_a_linear_layer_after_the_encoder(train
     assert isinstance(method.predictor, torch.nn.Linear) and method.predictor.weight.shape == (256, 256)
     batch = real_batch(train_split, method, batch_size=2)
     with torch.no_grad():
-        method.predictor.bias.fill_(0.3)                               # the loss must go through it
+        method.predictor.bias.fill_(0.3)  # the loss must go through it
         loss, _ = method.loss(batch)
         prediction = torch.sigmoid(method.decoder(method.predictor(method.encoder(batch.frames[:, 0]))))
         expected = ((prediction - batch.frames[:, 1]) ** 2).mean()

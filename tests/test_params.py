@@ -21,12 +21,15 @@ def test_collect_section_loads_frozen_with_shared_keys():
         p.seed = 1
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"num_env": 8}, "params.yaml collect has unknown keys num_env; known keys are"),
-    ({"num_envs": "eight"}, "params.yaml collect.num_envs='eight' must be of type int"),
-    ({"num_envs": True}, "params.yaml collect.num_envs=True must be of type int"),
-    ({"probe": {"steps": 10}}, "params.yaml collect.probe is missing splits"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"num_env": 8}, "params.yaml collect has unknown keys num_env; known keys are"),
+        ({"num_envs": "eight"}, "params.yaml collect.num_envs='eight' must be of type int"),
+        ({"num_envs": True}, "params.yaml collect.num_envs=True must be of type int"),
+        ({"probe": {"steps": 10}}, "params.yaml collect.probe is missing splits"),
+    ],
+)
 def test_bad_params_are_one_line_errors(tmp_path, change, message):
     with pytest.raises(UserError) as err:
         params.load("collect", _write(tmp_path, change))

@@ -3,6 +3,7 @@ and pull to a local remote (tests/test_remote.py: an S3-compatible server).
 
 One tiny `dvc repro` runs once per session (the `built_repo` fixture in conftest.py); each test gets its own copy
 of that repository (git, DVC cache, outputs), so no test depends on another or on their order."""
+
 import ast
 import json
 import os
@@ -18,15 +19,26 @@ from atarirep import params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-AGENT_STAGES = {"train_agent@Breakout-0", "sample_checkpoints@Breakout-0", "evaluate_agent@Breakout",
-                "probe_checkpoints@Breakout", "saliency@Breakout", "report_agents"}
-MULTITASK_STAGES = {"train_multitask@0", "sample_multitask@0", "evaluate_multitask@Pong",
-                    "evaluate_multitask@SpaceInvaders", "saliency_multitask@Pong", "saliency_multitask@SpaceInvaders"}
+AGENT_STAGES = {
+    "train_agent@Breakout-0",
+    "sample_checkpoints@Breakout-0",
+    "evaluate_agent@Breakout",
+    "probe_checkpoints@Breakout",
+    "saliency@Breakout",
+    "report_agents",
+}
+MULTITASK_STAGES = {
+    "train_multitask@0",
+    "sample_multitask@0",
+    "evaluate_multitask@Pong",
+    "evaluate_multitask@SpaceInvaders",
+    "saliency_multitask@Pong",
+    "saliency_multitask@SpaceInvaders",
+}
 
 
 def run(args, cwd, check=True, **kwargs):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "PYTHONPATH": str(cwd)}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(cwd)}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -52,31 +64,69 @@ def test_default_games_follow_env_and_paper_profile_is_the_22_game_reference():
     paper_tables = yaml.safe_load((REPO / "atarirep/data/paper_tables.yaml").read_text())
     assert paper["games"] == [g for g in paper_tables["f1_by_game"] if g != "mean"] and len(paper["games"]) == 22
     assert paper["annotations"] == "paper"
-    assert paper["pretrain"]["methods"] == ["random_cnn", "stdim", "global_local_stdim", "global_t_dim", "jsd_stdim",
-                                            "static_dim", "vae", "pixel_pred", "cpc", "tokenizer"]
+    assert paper["pretrain"]["methods"] == [
+        "random_cnn",
+        "stdim",
+        "global_local_stdim",
+        "global_t_dim",
+        "jsd_stdim",
+        "static_dim",
+        "vae",
+        "pixel_pred",
+        "cpc",
+        "tokenizer",
+    ]
     assert paper["probe"]["baselines"] == ["majority", "supervised"]
-    assert paper["report"] == {"methods": paper["pretrain"]["methods"], "baselines": ["majority", "supervised"],
-                               "rl_agent": True}
+    assert paper["report"] == {
+        "methods": paper["pretrain"]["methods"],
+        "baselines": ["majority", "supervised"],
+        "rl_agent": True,
+    }
     assert paper["train_agent"]["ppo"]["total_steps"] == 10_000_000 and paper["sample_checkpoints"]["keep"] == 51
-    assert (paper["train_agent"]["ppo"]["checkpoint_every"], paper["evaluate_agent"]["epsilon"],
-            paper["evaluate_agent"]["protocols"]) == (50_000, 0.001, ["classic", "modern"])
-    impala_ = paper["train_agent"]["impala"]   # torchbeast's monobeast settings; the multi-task runs on the ResNet
-    assert (impala_["batch_size"], impala_["entropy_cost"], impala_["num_actors"], impala_["last_action_reward"],
-            impala_["popart_statistics"], impala_["popart_beta"]) == (8, 0.0006, 48, True, "torchbeast", 0.0004)
+    assert (
+        paper["train_agent"]["ppo"]["checkpoint_every"],
+        paper["evaluate_agent"]["epsilon"],
+        paper["evaluate_agent"]["protocols"],
+    ) == (50_000, 0.001, ["classic", "modern"])
+    impala_ = paper["train_agent"]["impala"]  # torchbeast's monobeast settings; the multi-task runs on the ResNet
+    assert (
+        impala_["batch_size"],
+        impala_["entropy_cost"],
+        impala_["num_actors"],
+        impala_["last_action_reward"],
+        impala_["popart_statistics"],
+        impala_["popart_beta"],
+    ) == (8, 0.0006, 48, True, "torchbeast", 0.0004)
     assert paper["multitask"]["impala"] == {"total_steps": 300_000_000, "num_actors": 48, "architecture": "impala"}
     assert paper["collect"]["pretrain"] == {"steps": 100000, "splits": {"train": 0.8, "val": 0.2}}
     assert paper["collect"]["probe"] == {"steps": 50000, "splits": {"train": 0.7, "val": 0.1, "test": 0.2}}
-    assert (paper["collect"]["num_envs"], paper["collect"]["min_episode_length"],
-            paper["collect"]["entropy_threshold"], paper["collect"]["random_actions"]) == (8, 64, 0.6, "nonzero")
-    assert (paper["pretrain"]["epochs"], paper["pretrain"]["patience"], paper["probe"]["epochs"],
-            paper["probe"]["patience"], paper["probe"]["lr"], paper["probe"]["supervised_per_variable"]) == (
-        100, 15, 100, 15, 0.0003, True)
+    assert (
+        paper["collect"]["num_envs"],
+        paper["collect"]["min_episode_length"],
+        paper["collect"]["entropy_threshold"],
+        paper["collect"]["random_actions"],
+    ) == (8, 64, 0.6, "nonzero")
+    assert (
+        paper["pretrain"]["epochs"],
+        paper["pretrain"]["patience"],
+        paper["probe"]["epochs"],
+        paper["probe"]["patience"],
+        paper["probe"]["lr"],
+        paper["probe"]["supervised_per_variable"],
+    ) == (100, 15, 100, 15, 0.0003, True)
 
 
 def test_default_profile_shows_all_seven_columns_of_table_2():
     default = params.compose(REPO / "conf")
     assert set(default["pretrain"]["methods"]) | set(default["probe"]["baselines"]) >= {
-        "majority", "random_cnn", "vae", "pixel_pred", "cpc", "stdim", "supervised"}
+        "majority",
+        "random_cnn",
+        "vae",
+        "pixel_pred",
+        "cpc",
+        "stdim",
+        "supervised",
+    }
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -117,26 +167,32 @@ def test_every_stage_depends_on_all_the_code_it_reads():
     for name, stage in stages.items():
         script = REPO / stage["cmd"].split()[1]
         deps = [REPO / d for d in stage["deps"] if not d.startswith("data/")]
-        uncovered = sorted(str(f.relative_to(REPO)) for f in _code_read_by(script)
-                           if not any(f == d or d in f.parents for d in deps))
+        uncovered = sorted(
+            str(f.relative_to(REPO)) for f in _code_read_by(script) if not any(f == d or d in f.parents for d in deps)
+        )
         assert not uncovered, f"stage {name} reads {uncovered} but does not list them as deps"
 
 
 def test_the_sampling_keep_and_precision_params_rerun_the_stages_that_pass_them():
     """A param a stage passes on but does not declare would leave its old outputs in place when it changes."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    passed = {"pretrain": ["pretrain.sampling", "pretrain.precision"],
-              **{name: ["probe.sampling", "probe.keep"] for name in ("probe", "probe_baseline", "probe_checkpoints")}}
+    passed = {
+        "pretrain": ["pretrain.sampling", "pretrain.precision"],
+        **{name: ["probe.sampling", "probe.keep"] for name in ("probe", "probe_baseline", "probe_checkpoints")},
+    }
     for name, keys in passed.items():
         script = (REPO / stages[name]["cmd"].split()[1]).read_text()
-        assert all(f"p.{key.split('.')[1]}" in script for key in keys)             # the script passes them on
+        assert all(f"p.{key.split('.')[1]}" in script for key in keys)  # the script passes them on
         assert set(keys) <= set(stages[name]["params"]), f"stage {name} does not declare {keys}"
 
 
 def _outputs(stage: dict) -> list[str]:
     """A stage's outs, metrics and plots, as paths."""
-    return [next(iter(entry)) if isinstance(entry, dict) else entry
-            for kind in ("outs", "metrics", "plots") for entry in stage.get(kind, [])]
+    return [
+        next(iter(entry)) if isinstance(entry, dict) else entry
+        for kind in ("outs", "metrics", "plots")
+        for entry in stage.get(kind, [])
+    ]
 
 
 def test_every_data_path_a_stage_command_names_is_a_dep_or_an_out():
@@ -149,24 +205,35 @@ def test_every_data_path_a_stage_command_names_is_a_dep_or_an_out():
         for token in stage["cmd"].split():
             if token.startswith(("data/", "reports/")):
                 path = Path(token)
-                assert any(path == d or d in path.parents for d in deps + outputs) or \
-                    any(path in d.parents for d in outputs), \
-                    f"stage {name} names {token} in its command but not among its deps or outs"
+                assert any(path == d or d in path.parents for d in deps + outputs) or any(
+                    path in d.parents for d in outputs
+                ), f"stage {name} names {token} in its command but not among its deps or outs"
 
 
 def test_dvc_repro_runs_the_whole_chain_then_is_a_no_op(repo, built_repo):
     first = built_repo[1]
-    assert ran_stages(first) == {"check_params", "collect_policy@Breakout", "collect@Breakout-pretrain",
-                                 "collect@Breakout-probe", "pretrain@Breakout-random_cnn", "pretrain@Breakout-stdim",
-                                 "probe@Breakout-random_cnn", "probe@Breakout-stdim",
-                                 "probe_baseline@Breakout-majority", "report", *AGENT_STAGES, *MULTITASK_STAGES}
+    assert ran_stages(first) == {
+        "check_params",
+        "collect_policy@Breakout",
+        "collect@Breakout-pretrain",
+        "collect@Breakout-probe",
+        "pretrain@Breakout-random_cnn",
+        "pretrain@Breakout-stdim",
+        "probe@Breakout-random_cnn",
+        "probe@Breakout-stdim",
+        "probe_baseline@Breakout-majority",
+        "report",
+        *AGENT_STAGES,
+        *MULTITASK_STAGES,
+    }
     assert first.index("Running stage 'check_params'") < first.index("Running stage 'collect@")
     summary = json.loads((repo / "reports/collect/Breakout/probe.json").read_text())
     assert summary["game"] == "Breakout" and summary["test_frames"] > 0
     table = (repo / "reports/probe/tables/f1_by_game.csv").read_text()
     assert table.splitlines()[0].split(",")[1:] == ["majority", "random_cnn", "stdim", "rl_agent"]  # paper's order
     assert (repo / "reports/probe/tables/f1_by_game.md").read_text().splitlines()[0] == (
-        "| game | majority | random-CNN | ST-DIM | RL agent (PPO) |")                   # and its names, then ours
+        "| game | majority | random-CNN | ST-DIM | RL agent (PPO) |"
+    )  # and its names, then ours
     second = run(["dvc", "repro"], repo)
     assert "didn't change" in second.stdout and "Running stage" not in second.stdout
     metrics = run(["dvc", "metrics", "show", "--json"], repo)
@@ -184,7 +251,7 @@ def test_the_multi_task_run_is_sampled_evaluated_and_shown_per_game(repo):
         assert isinstance(network, OneGame) and network.task == task and meta["algo"] == "IMPALA_PopArt"
         assert meta["games"] == ["Pong", "SpaceInvaders"] and network.network.popart
         returns = (repo / f"data/multitask/evaluations/{game}/returns.csv").read_text().splitlines()
-        assert len(returns) == 1 + 2                             # 2 checkpoints x 1 protocol x 1 game
+        assert len(returns) == 1 + 2  # 2 checkpoints x 1 protocol x 1 game
         assert (repo / f"data/multitask/saliency/{game}/0/model_640/episode.gif").is_file()
     logs = repo / "data/multitask/agents/0/train/plots/metrics"
     assert (logs / "popart/sigma/Pong.tsv").is_file() and (logs / "popart/sigma/SpaceInvaders.tsv").is_file()
@@ -195,9 +262,15 @@ def test_the_multi_task_run_is_sampled_evaluated_and_shown_per_game(repo):
 
 def test_changing_a_probe_param_reruns_only_probe_and_report(repo):
     result = run(["dvc", "exp", "run", "-S", "probe.lr=0.002"], repo, timeout=600)
-    assert ran_stages(result.stdout) == {"check_params", "probe@Breakout-random_cnn", "probe@Breakout-stdim",
-                                         "probe_baseline@Breakout-majority", "probe_checkpoints@Breakout",
-                                         "report_agents", "report"}   # report_agents draws the probes' curve
+    assert ran_stages(result.stdout) == {
+        "check_params",
+        "probe@Breakout-random_cnn",
+        "probe@Breakout-stdim",
+        "probe_baseline@Breakout-majority",
+        "probe_checkpoints@Breakout",
+        "report_agents",
+        "report",
+    }  # report_agents draws the probes' curve
 
 
 def test_retraining_the_agent_keeps_the_random_agents_episodes_and_encoders(repo):
@@ -210,7 +283,7 @@ def test_retraining_the_agent_keeps_the_random_agents_episodes_and_encoders(repo
     assert not any(stage.startswith(("collect@", "pretrain@", "probe@", "probe_baseline@")) for stage in ran)
     assert (repo / "data/checkpoints_sampled/PPO_classic/Breakout/0/model_1024.gz").exists()
     curve = (repo / "data/agent_probes/Breakout/f1_by_category.csv").read_text().splitlines()
-    assert len(curve) == 1 + 2                                    # a row per sampled checkpoint
+    assert len(curve) == 1 + 2  # a row per sampled checkpoint
     assert json.loads((repo / "reports/agents/aggregate.json").read_text())
 
 
@@ -233,38 +306,56 @@ def test_a_category_rule_change_reruns_the_probes_and_the_report(repo):
 
 
 def test_the_chain_follows_the_games_list_and_the_report_shows_exactly_the_methods_in_params(repo):
-    both = run(["dvc", "exp", "run", "-S", "games=[Breakout,SpaceInvaders]", "-S", "pretrain.methods=[stdim]"], repo,
-               timeout=900)   # (one method: random_cnn leaves the pipeline, nothing of Breakout's reruns)
+    both = run(
+        ["dvc", "exp", "run", "-S", "games=[Breakout,SpaceInvaders]", "-S", "pretrain.methods=[stdim]"],
+        repo,
+        timeout=900,
+    )  # (one method: random_cnn leaves the pipeline, nothing of Breakout's reruns)
     ran = ran_stages(both.stdout)
-    assert {"collect@SpaceInvaders-probe", "pretrain@SpaceInvaders-stdim", "probe@SpaceInvaders-stdim",
-            "probe_baseline@SpaceInvaders-majority", "report"} <= ran
-    assert not {name for name in ran if "@Breakout" in name}        # Breakout's chain is reused whole
+    assert {
+        "collect@SpaceInvaders-probe",
+        "pretrain@SpaceInvaders-stdim",
+        "probe@SpaceInvaders-stdim",
+        "probe_baseline@SpaceInvaders-majority",
+        "report",
+    } <= ran
+    assert not {name for name in ran if "@Breakout" in name}  # Breakout's chain is reused whole
     table = (repo / "reports/probe/tables/f1_by_game.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in table] == ["game", "Breakout", "SpaceInvaders", "mean"]
     assert (repo / "reports/probe/tables/f1_by_variable_SpaceInvaders.md").exists()
     assert "SpaceInvaders" in run(["dvc", "exp", "show", "--json"], repo).stdout
     # (`-S env=<game>` alone: tests/test_experiments.py queues such runs)
-    assert (repo / "data/probes/Breakout/random_cnn/scores.csv").exists()   # an old result left on disk...
-    assert table[0] == "game,majority,stdim,rl_agent"                        # ...is not shown
+    assert (repo / "data/probes/Breakout/random_cnn/scores.csv").exists()  # an old result left on disk...
+    assert table[0] == "game,majority,stdim,rl_agent"  # ...is not shown
     assert set(json.loads((repo / "reports/probe/summary.json").read_text())["f1"]) == {"majority", "stdim", "rl_agent"}
 
 
-RESTORE = "(after a failed `dvc exp run -S ...`, `git checkout HEAD -- params.yaml && dvc checkout` restores the workspace)"
+RESTORE = (
+    "(after a failed `dvc exp run -S ...`, `git checkout HEAD -- params.yaml && dvc checkout` restores the workspace)"
+)
 
 
-@pytest.mark.parametrize("change, line", [
-    ({"env": "Pongg", "games": ["Pongg"]}, "error: params.yaml env has 'Pongg', which has no RAM annotations in "
-                                           "the 'latest' set; use one of Asteroids, BattleZone,"),
-    ({"pretrain": {"methods": ["stdim", "simclr"]}}, "error: pretraining method 'simclr' is unknown; use one of"),
-    ({"collect": {"num_envs": "eight"}}, "error: params.yaml collect.num_envs='eight' must be of type int"),
-    ({"games": ["Breakout", "Breakout"]}, "error: params.yaml games lists Breakout more than once; list each once"),
-    ({"probe": {"epochs": 0}}, "error: params.yaml probe.epochs=0 must be at least 1"),
-    ({"sample_checkpoints": {"keep": 3}}, "error: params.yaml sample_checkpoints.keep=3 must be between 1 and the 2 "
-                                          "checkpoints a run makes"),
-    ({"train_agent": {"algo": "DQN"}}, "error: params.yaml train_agent.algo='DQN' is unknown; use one of PPO"),
-    ({"evaluate_agent": {"protocols": ["classic", "sticky"]}}, "error: protocol 'sticky' is unknown"),
-    ({"saliency": {"stride": 0}}, "error: params.yaml saliency.stride=0 must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "change, line",
+    [
+        (
+            {"env": "Pongg", "games": ["Pongg"]},
+            "error: params.yaml env has 'Pongg', which has no RAM annotations in "
+            "the 'latest' set; use one of Asteroids, BattleZone,",
+        ),
+        ({"pretrain": {"methods": ["stdim", "simclr"]}}, "error: pretraining method 'simclr' is unknown; use one of"),
+        ({"collect": {"num_envs": "eight"}}, "error: params.yaml collect.num_envs='eight' must be of type int"),
+        ({"games": ["Breakout", "Breakout"]}, "error: params.yaml games lists Breakout more than once; list each once"),
+        ({"probe": {"epochs": 0}}, "error: params.yaml probe.epochs=0 must be at least 1"),
+        (
+            {"sample_checkpoints": {"keep": 3}},
+            "error: params.yaml sample_checkpoints.keep=3 must be between 1 and the 2 checkpoints a run makes",
+        ),
+        ({"train_agent": {"algo": "DQN"}}, "error: params.yaml train_agent.algo='DQN' is unknown; use one of PPO"),
+        ({"evaluate_agent": {"protocols": ["classic", "sticky"]}}, "error: protocol 'sticky' is unknown"),
+        ({"saliency": {"stride": 0}}, "error: params.yaml saliency.stride=0 must be at least 1"),
+    ],
+)
 def test_bad_params_stop_dvc_repro_before_any_output_is_touched(repo, change, line):
     before = {p: p.stat().st_mtime_ns for p in (repo / "data").rglob("*") if p.is_file() and p.name != "params.ok"}
     lock = (repo / "dvc.lock").read_text()
@@ -282,8 +373,10 @@ def test_bad_params_stop_dvc_repro_before_any_output_is_touched(repo, change, li
 def test_a_typo_in_exp_run_says_how_to_restore_and_the_restore_works(repo):
     result = run(["dvc", "exp", "run", "-S", "env=Breakoutt"], repo, check=False, timeout=600)
     assert result.returncode != 0 and ran_stages(result.stdout) == {"check_params"}
-    assert any(l.startswith("error: params.yaml env has 'Breakoutt'") and l.endswith(RESTORE)
-               for l in result.stderr.splitlines())
+    assert any(
+        l.startswith("error: params.yaml env has 'Breakoutt'") and l.endswith(RESTORE)
+        for l in result.stderr.splitlines()
+    )
     # (`dvc exp run` has removed Breakout's outputs from the workspace: its stages left the pipeline)
     run(["git", "checkout", "HEAD", "--", "params.yaml"], repo)
     run(["dvc", "checkout"], repo)
@@ -295,7 +388,7 @@ def test_plots_page_renders_offline(repo):
     run(["dvc", "plots", "show", "-o", "plots_page"], repo)
     page = (repo / "plots_page/index.html").read_text()
     assert "cdn.jsdelivr" not in page and "vegaEmbed" in page and "f1_by_category" in page
-    assert "data/encoders/Breakout/stdim/live/plots/metrics/train/loss.tsv" in page   # pretraining's dvclive curve
+    assert "data/encoders/Breakout/stdim/live/plots/metrics/train/loss.tsv" in page  # pretraining's dvclive curve
 
 
 def test_push_and_pull_through_the_local_remote(repo):

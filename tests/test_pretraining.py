@@ -1,4 +1,5 @@
 """The pretraining loop on a tiny real Breakout collection: samples, resume, DDP, outputs and bad input."""
+
 import dataclasses
 import json
 import os
@@ -28,8 +29,15 @@ FAST = dict(batch_size=16, seed=0, device="cpu", progress=False)  # static_dim: 
 def tiny_dir(tmp_path_factory):
     """240 random-agent Breakout steps, 80/20 by episode (about 156 train and 84 val frames)."""
     out = tmp_path_factory.mktemp("episodes") / "tiny"
-    collect("Breakout", out, steps=240, splits_fractions={"train": 0.8, "val": 0.2}, num_envs=4,
-            min_episode_length=8, seed=0)
+    collect(
+        "Breakout",
+        out,
+        steps=240,
+        splits_fractions={"train": 0.8, "val": 0.2},
+        num_envs=4,
+        min_episode_length=8,
+        seed=0,
+    )
     return out
 
 
@@ -42,14 +50,14 @@ def tiny(tiny_dir):
 def test_windows_never_cross_or_wrap_an_episode_boundary(tiny, window):
     split = tiny["train"]
     found = training.windows(split, window)
-    rows = found.rows(np.arange(len(found)))                                   # (S, W)
+    rows = found.rows(np.arange(len(found)))  # (S, W)
     assert (split.episode_index[rows] == split.episode_index[rows[:, :1]]).all()
     bounds = split.episode_bounds()
     lengths = np.diff(bounds)
     assert len(found) == np.maximum(lengths - window + 1, 0).sum()
     last_frames = bounds[1:] - 1
-    assert not np.isin(found.starts, last_frames - window + 2).any()           # no wrap to a next/first frame
-    assert np.isin(bounds[:-1][lengths >= window], found.starts).all()         # every episode's first step is used
+    assert not np.isin(found.starts, last_frames - window + 2).any()  # no wrap to a next/first frame
+    assert np.isin(bounds[:-1][lengths >= window], found.starts).all()  # every episode's first step is used
 
 
 def test_loop_batches_hold_consecutive_frames_and_same_episode_negatives(tiny):
@@ -73,11 +81,11 @@ def test_reference_epochs_draw_a_window_per_frame_from_episodes_chosen_with_repl
     split = tiny["train"]
     found = training.windows(split, 2)
     plan = training.epoch_plan(found, np.random.default_rng(0), 8, True, devices.Distributed(), sampling="reference")
-    assert len(plan) == len(split) // 8 and len(split) > len(found)           # a sample per frame, not per window
+    assert len(plan) == len(split) // 8 and len(split) > len(found)  # a sample per frame, not per window
     rows = np.concatenate([r for r, _ in plan])
-    assert (rows[:, 1] == rows[:, 0] + 1).all()                                 # never across an episode's end
+    assert (rows[:, 1] == rows[:, 0] + 1).all()  # never across an episode's end
     assert (split.episode_index[rows[:, 1]] == split.episode_index[rows[:, 0]]).all()
-    assert len(np.unique(rows[:, 0])) < len(rows)                               # with replacement
+    assert len(np.unique(rows[:, 0])) < len(rows)  # with replacement
     again = training.epoch_plan(found, np.random.default_rng(0), 8, True, devices.Distributed(), sampling="reference")
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(plan, again))
     lengths = np.diff(split.episode_bounds())
@@ -129,7 +137,7 @@ def test_early_stopping_and_keep_best(tiny):
     method = training.build_method("static_dim", seed=0)
     config = training.TrainConfig(epochs=5, batch_size=16, lr=1e-12, patience=1, keep="best", seed=0, device="cpu")
     result = training.fit(method, tiny["train"], tiny["val"], config)
-    assert [row["epoch"] for row in result.history] == [1, 2]                  # epoch 2 did not lower val loss
+    assert [row["epoch"] for row in result.history] == [1, 2]  # epoch 2 did not lower val loss
     assert result.stopped_early and result.kept_epoch == 1
 
 
@@ -149,7 +157,7 @@ class _DriftingMethod(nn.Module):
 
     def loss(self, batch):
         w = self.encoder.weight.sum() + 0 * batch.frames.mean()
-        return -w, {"accuracy": torch.exp(-(w - self.peak) ** 2).detach()}
+        return -w, {"accuracy": torch.exp(-((w - self.peak) ** 2)).detach()}
 
 
 class _DriftingAccuracyMethod(_DriftingMethod):
@@ -159,17 +167,17 @@ class _DriftingAccuracyMethod(_DriftingMethod):
 @pytest.mark.parametrize("method_class", [_DriftingMethod, _DriftingAccuracyMethod])
 def test_early_stop_metric_accuracy_keeps_the_highest_val_accuracy_epoch(tiny, method_class):
     lr, steps_per_epoch = 0.1, len(training.windows(tiny["train"], 1)) // 16
-    method = method_class(peak=2 * steps_per_epoch * lr)                       # accuracy peaks after epoch 2
+    method = method_class(peak=2 * steps_per_epoch * lr)  # accuracy peaks after epoch 2
     config = training.TrainConfig(epochs=5, batch_size=16, lr=lr, patience=2, keep="best", seed=0, device="cpu")
     result = training.fit(method, tiny["train"], tiny["val"], config)
     epochs = [row["epoch"] for row in result.history]
-    if method_class is _DriftingAccuracyMethod:                                # accuracy: up, up, down, down
+    if method_class is _DriftingAccuracyMethod:  # accuracy: up, up, down, down
         assert epochs == [1, 2, 3, 4] and result.stopped_early and result.kept_epoch == 2
         accuracies = [row["val_accuracy"] for row in result.history]
         assert max(accuracies) == accuracies[1] == result.best_val_metric
         assert result.early_stop_metric == "accuracy"
         assert result.method.encoder.weight.item() == pytest.approx(2 * steps_per_epoch * lr, rel=1e-3)
-    else:                                                                      # val loss falls every epoch
+    else:  # val loss falls every epoch
         assert epochs == [1, 2, 3, 4, 5] and not result.stopped_early and result.kept_epoch == 5
         assert "val_accuracy" not in result.history[0] and result.early_stop_metric == "loss"
     assert result.best_val_loss == min(row["val_loss"] for row in result.history)
@@ -193,8 +201,8 @@ def _live(out_dir, name):
 def test_a_short_run_logs_a_step_curve_with_more_points_than_epochs(tiny_dir, tiny, tmp_path):
     out, epochs, log_every = tmp_path / "out", 2, 2
     training.pretrain("static_dim", tiny_dir, out, epochs=epochs, log_every=log_every, **FAST)
-    n = len(training.windows(tiny["train"], 1)) // 16                         # optimizer steps per epoch
-    assert n % log_every == 1                                                  # the epoch ends between points
+    n = len(training.windows(tiny["train"], 1)) // 16  # optimizer steps per epoch
+    assert n % log_every == 1  # the epoch ends between points
     expected = sorted({s for s in range(1, epochs * n + 1) if s % log_every == 0} | {n, 2 * n})
     loss, speed = _live(out, "train/loss"), _live(out, "train/samples_per_s")
     assert list(loss["step"]) == list(speed["step"]) == expected and len(expected) > 2 * epochs
@@ -215,10 +223,18 @@ def test_a_short_run_logs_a_step_curve_with_more_points_than_epochs(tiny_dir, ti
 
 def test_a_resumed_fit_logs_each_epoch_and_step_once(tiny, tmp_path, capsys):
     checkpoint, config = tmp_path / "checkpoint.pt", training.TrainConfig(epochs=3, batch_size=16, device="cpu")
+
     def run(epochs, checkpoint_path):
         method = training.build_method("static_dim", seed=0)
-        return training.fit(method, tiny["train"], tiny["val"], dataclasses.replace(config, epochs=epochs),
-                            checkpoint_path=checkpoint_path, log_every=4)
+        return training.fit(
+            method,
+            tiny["train"],
+            tiny["val"],
+            dataclasses.replace(config, epochs=epochs),
+            checkpoint_path=checkpoint_path,
+            log_every=4,
+        )
+
     run(2, checkpoint)
     resumed, straight = run(3, checkpoint), run(3, None)
     assert f"resuming from {checkpoint} after epoch 2" in capsys.readouterr().err
@@ -244,25 +260,34 @@ def test_write_live_leaves_an_enclosing_git_repo_alone(tiny, tmp_path, monkeypat
     training.write_live(tmp_path / "out" / training.LIVE_DIR, result)
     assert list(_live(tmp_path / "out", "epoch/epoch")["epoch"]) == [1]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".git", "out"]
-    assert subprocess.run(["git", "-C", str(tmp_path), "status", "--porcelain", "--ignored"], capture_output=True,
-                          text=True, check=True).stdout == "?? out/\n"
+    assert (
+        subprocess.run(
+            ["git", "-C", str(tmp_path), "status", "--porcelain", "--ignored"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        == "?? out/\n"
+    )
 
 
 def test_resume_after_a_kill_ends_with_the_same_weights_as_a_straight_run(tiny_dir, tmp_path, capsys):
     killed_out = tmp_path / "killed"
     checkpoint = training.default_checkpoint_path(killed_out)
-    code = ("from atarirep.training import pretrain; "
-            f"pretrain('static_dim', {str(tiny_dir)!r}, {str(killed_out)!r}, epochs=1000, batch_size=16, "
-            "seed=0, device='cpu', progress=False)")
+    code = (
+        "from atarirep.training import pretrain; "
+        f"pretrain('static_dim', {str(tiny_dir)!r}, {str(killed_out)!r}, epochs=1000, batch_size=16, "
+        "seed=0, device='cpu', progress=False)"
+    )
     with open(tmp_path / "killed.log", "w") as log:
         process = subprocess.Popen([sys.executable, "-c", code], stderr=log)
         deadline = time.monotonic() + 120
         while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        process.kill()                                                         # SIGKILL: no cleanup runs
+        process.kill()  # SIGKILL: no cleanup runs
         process.wait()
     assert checkpoint.exists(), (tmp_path / "killed.log").read_text()
-    assert not killed_out.exists()                                             # nothing looks finished
+    assert not killed_out.exists()  # nothing looks finished
     epochs = torch.load(checkpoint, weights_only=True)["epoch"] + 1
 
     training.pretrain("static_dim", tiny_dir, killed_out, epochs=epochs, **FAST)
@@ -273,7 +298,7 @@ def test_resume_after_a_kill_ends_with_the_same_weights_as_a_straight_run(tiny_d
     resumed, straight = encoders.load(killed_out / "encoder.pt"), encoders.load(straight_out / "encoder.pt")
     _assert_same_weights(resumed.state_dict(), straight.state_dict())
     assert not checkpoint.exists() and not training.default_checkpoint_path(straight_out).exists()
-    for name in ("epoch/epoch", "epoch/train_loss", "val/loss", "train/loss"):   # the resumed run's log is whole
+    for name in ("epoch/epoch", "epoch/train_loss", "val/loss", "train/loss"):  # the resumed run's log is whole
         pd.testing.assert_frame_equal(_live(killed_out, name), _live(straight_out, name))
     assert list(_live(killed_out, "epoch/epoch")["epoch"]) == list(range(1, epochs + 1))
     assert sorted(p.name for p in straight_out.iterdir()) == ["encoder.pt", "live", "metrics.json"]
@@ -284,15 +309,27 @@ def test_untrained_baseline_saves_its_seeded_encoder_with_an_empty_log(tiny_dir,
     training.pretrain("random_cnn", tiny_dir, tmp_path / "random", epochs=3, **FAST)
     saved = encoders.load(tmp_path / "random" / "encoder.pt", expect="benchmark")
     _assert_same_weights(saved.state_dict(), training.build_method("random_cnn", seed=0).encoder.state_dict())
-    for name in training.LIVE_PLOTS:                                          # dvc.yaml's plots exist, empty
+    for name in training.LIVE_PLOTS:  # dvc.yaml's plots exist, empty
         path = tmp_path / "random" / "live" / "plots" / "metrics" / f"{name}.tsv"
         assert path.read_text() == f"step\t{name.split('/')[-1]}\n"
     assert json.loads((tmp_path / "random" / "metrics.json").read_text())["epochs_run"] == 0
 
 
-@pytest.mark.parametrize("case", ["unknown method", "missing folder", "truncated frames", "batch too large",
-                                  "cpc sequence too long", "bad keep", "bad log_every", "cpc reference epoch too small", "bad sampling",
-                                  "bad precision"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown method",
+        "missing folder",
+        "truncated frames",
+        "batch too large",
+        "cpc sequence too long",
+        "bad keep",
+        "bad log_every",
+        "cpc reference epoch too small",
+        "bad sampling",
+        "bad precision",
+    ],
+)
 def test_bad_input_is_one_user_error_line_and_nothing_is_written(tiny_dir, tmp_path, case):
     folder, method, options = tiny_dir, "static_dim", dict(FAST, epochs=1)
     if case == "unknown method":
@@ -329,12 +366,12 @@ def test_bad_input_is_one_user_error_line_and_nothing_is_written(tiny_dir, tmp_p
         "truncated frames": f"{folder / 'frames.bin'} is truncated or missing (1000 of",
         "batch too large": "the train split has ",
         "cpc sequence too long": "the train split has 0 samples of 40 consecutive frames (longest episode: 24 "
-                                 "frames), fewer than one batch of 16; lower pretrain batch_size",
+        "frames), fewer than one batch of 16; lower pretrain batch_size",
         "bad keep": "pretrain keep='first' is invalid; it must be one of last, best",
         "bad log_every": "pretrain log_every=0 is invalid; it must be an integer >= 1",
         "cpc reference epoch too small": "the val split has 12 samples of 4 consecutive frames (longest episode: 36 "
-                                         "frames), fewer than one batch of 16; under sampling: reference each of its 3 "
-                                         "episodes gives 4 samples; collect more steps (more episodes)",
+        "frames), fewer than one batch of 16; under sampling: reference each of its 3 "
+        "episodes gives 4 samples; collect more steps (more episodes)",
         "bad sampling": "pretrain sampling='uniform' is not offered; use one of reference, every_frame",
         "bad precision": "pretrain precision='fp16' is not offered; use one of fp32, bf16",
     }[case]
@@ -348,15 +385,16 @@ HALF = 3  # samples per process
 
 
 def _ddp_worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     place, device = devices.init_distributed(torch.device("cpu"))
-    frames = torch.load(os.path.join(folder, "frames.pt"))                     # (2 HALF, 2, 1, 210, 160)
+    frames = torch.load(os.path.join(folder, "frames.pt"))  # (2 HALF, 2, 1, 210, 160)
     for name in ("pixel_pred", "stdim"):
         method = training.build_method(name, seed=0)
         model = devices.wrap(training.Objective(method), place, device)
-        loss, _ = model(Batch(frames[rank * HALF:(rank + 1) * HALF]))
+        loss, _ = model(Batch(frames[rank * HALF : (rank + 1) * HALF]))
         loss.backward()
         if place.is_main:
             torch.save({k: p.grad for k, p in method.named_parameters()}, os.path.join(folder, f"{name}.pt"))
@@ -371,7 +409,7 @@ def _gradients(name: str, frames: torch.Tensor) -> dict:
 
 def test_ddp_with_two_gloo_processes_matches_the_one_process_gradient(tiny, tmp_path):
     split = tiny["train"]
-    rows = training.windows(split, 2).rows(np.arange(0, 12 * HALF, 6))       # 2 HALF pairs from several episodes
+    rows = training.windows(split, 2).rows(np.arange(0, 12 * HALF, 6))  # 2 HALF pairs from several episodes
     frames = encoders.preprocess(torch.from_numpy(split.frames[rows.reshape(-1)])).view(2 * HALF, 2, 1, 210, 160)
     torch.save(frames, tmp_path / "frames.pt")
     with socket.socket() as s:

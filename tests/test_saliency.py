@@ -1,4 +1,5 @@
 """Perturbation saliency (atarirep.agents.saliency) and the saliency stage on a tiny checkpoint."""
+
 import importlib.util
 import json
 import os
@@ -41,8 +42,8 @@ class LeftHalf(nn.Module):
 
     def forward(self, x):
         x = x.float() / 255 if x.dtype == torch.uint8 else x
-        pooled = F.avg_pool2d(x[..., :42], 3)                             # (B, 4, 28, 14)
-        hidden = torch.tanh((pooled.unsqueeze(1) * self.w).sum((2, 3, 4)))   # (B, 8)
+        pooled = F.avg_pool2d(x[..., :42], 3)  # (B, 4, 28, 14)
+        hidden = torch.tanh((pooled.unsqueeze(1) * self.w).sum((2, 3, 4)))  # (B, 8)
         return (hidden.unsqueeze(1) * self.a).sum(-1), (hidden * self.v).sum(-1)
 
 
@@ -58,7 +59,7 @@ def _actor_critic(seed: int = 0) -> ActorCritic:
     torch.manual_seed(seed)
     network = ActorCritic(4).eval()
     with torch.no_grad():
-        network.actor.weight.mul_(100)     # trained-like logits, not the init's near-uniform ones
+        network.actor.weight.mul_(100)  # trained-like logits, not the init's near-uniform ones
     return network
 
 
@@ -67,7 +68,7 @@ def test_a_region_the_network_ignores_scores_exactly_zero():
     # Column 2j's mask reaches 9 pixels (the disc's 1 + the blur's 4 sigma): j >= 26 never touch columns 0..41.
     assert torch.all(policy[:, :, 26:] == 0) and torch.all(value[:, :, 26:] == 0)
     assert torch.all(policy[:, :, 24] > 0) and torch.all(value[:, :, :25].mean((0, 1)) > 0)
-    assert torch.any(policy[:, :, 25] > 0)      # column 50's mask: the tail of its disc's side at column 41
+    assert torch.any(policy[:, :, 25] > 0)  # column 50's mask: the tail of its disc's side at column 41
     up_policy, up_value = saliency.saliency_maps(LeftHalf(), _stacks(2), radius=2, stride=2)
     assert np.all(up_policy[:, :, 52:] == 0) and np.all(up_value[:, :, 52:] == 0)
     assert np.all(up_policy[:, :, 48] > 0)
@@ -95,7 +96,7 @@ def test_shapes_and_dtypes():
 def test_batched_equals_one_at_a_time_and_local_equals_whole_network(radius, stride):
     stacks = _stacks(2)
     network = _actor_critic()
-    whole = saliency.saliency_grids(network, stacks, radius, stride, batch_size=50, local=False)   # batches span stacks
+    whole = saliency.saliency_grids(network, stacks, radius, stride, batch_size=50, local=False)  # batches span stacks
     single = saliency.saliency_grids(network, stacks, radius, stride, batch_size=1, local=False)
     local = saliency.saliency_grids(network, stacks, radius, stride, batch_size=50)
     for a, b, c in zip(whole, single, local):
@@ -106,7 +107,7 @@ def test_batched_equals_one_at_a_time_and_local_equals_whole_network(radius, str
 
 def reference_get_mask(center, size, r):
     """Greydanus et al.'s get_mask (visualize_atari's saliency.py), with scipy."""
-    y, x = np.ogrid[-center[0]:size[0] - center[0], -center[1]:size[1] - center[1]]
+    y, x = np.ogrid[-center[0] : size[0] - center[0], -center[1] : size[1] - center[1]]
     keep = x * x + y * y <= 1
     mask = np.zeros(size)
     mask[keep] = 1
@@ -114,8 +115,20 @@ def reference_get_mask(center, size, r):
     return mask / mask.max()
 
 
-CORNERS_EDGES_AND_INSIDE = [(0, 0), (0, 83), (83, 0), (83, 83), (0, 40), (40, 83), (1, 1), (2, 82), (8, 9),
-                            (9, 75), (40, 40), (20, 62)]
+CORNERS_EDGES_AND_INSIDE = [
+    (0, 0),
+    (0, 83),
+    (83, 0),
+    (83, 83),
+    (0, 40),
+    (40, 83),
+    (1, 1),
+    (2, 82),
+    (8, 9),
+    (9, 75),
+    (40, 40),
+    (20, 62),
+]
 
 
 @pytest.mark.parametrize("radius", [1, 2, 3, 5])
@@ -151,7 +164,7 @@ def test_scores_match_the_references_loop(local):
     policy, value = saliency.saliency_grids(_actor_critic(), stack[None], radius=radius, stride=stride, local=local)
     image = stack.astype(np.float64) / 255
     blurred = np.stack([ndimage.gaussian_filter(frame, sigma=3) for frame in image])
-    forward = saliency.float_forward(_actor_critic().double())   # float64: a score is a small difference
+    forward = saliency.float_forward(_actor_critic().double())  # float64: a score is a small difference
     for point in [(0, 0), (20, 40), (40, 82), (82, 6), (24, 52), (82, 82), (0, 50)]:
         mask = reference_get_mask(point, (84, 84), radius)
         perturbed = image * (1 - mask) + blurred * mask
@@ -159,10 +172,12 @@ def test_scores_match_the_references_loop(local):
             logits, values = forward(torch.tensor(np.stack([image, perturbed])))
         cell = (0, point[0] // stride, point[1] // stride)
         # (float32 against float64: a point's tiny score may be off by rounding of the outputs, hence abs.)
-        assert float(policy[cell]) == pytest.approx(0.5 * float(((logits[1] - logits[0]) ** 2).sum()), rel=1e-2,
-                                                    abs=1e-4 * float(policy.max()))
-        assert float(value[cell]) == pytest.approx(0.5 * float((values[1] - values[0]) ** 2), rel=1e-2,
-                                                   abs=1e-4 * float(value.max()))
+        assert float(policy[cell]) == pytest.approx(
+            0.5 * float(((logits[1] - logits[0]) ** 2).sum()), rel=1e-2, abs=1e-4 * float(policy.max())
+        )
+        assert float(value[cell]) == pytest.approx(
+            0.5 * float((values[1] - values[0]) ** 2), rel=1e-2, abs=1e-4 * float(value.max())
+        )
 
 
 def test_blur_is_scipys_gaussian_filter():
@@ -197,8 +212,8 @@ def test_overlay_draws_as_the_reference_with_one_fixed_factor():
     expected = reference_saliency_on_frame(policy, np.repeat(frame[..., None], 3, axis=2), saliency.POLICY_FUDGE, 2)
     expected = reference_saliency_on_frame(value, expected, saliency.VALUE_FUDGE, 0)
     np.testing.assert_array_equal(image, expected)
-    assert (saliency.POLICY_FUDGE, saliency.VALUE_FUDGE) == (500, 600)     # the reference's Pong factors
-    np.testing.assert_array_equal(image[..., 1], np.clip(frame, 1, 255))      # green: the frame alone
+    assert (saliency.POLICY_FUDGE, saliency.VALUE_FUDGE) == (500, 600)  # the reference's Pong factors
+    np.testing.assert_array_equal(image[..., 1], np.clip(frame, 1, 255))  # green: the frame alone
     # Twice the saliency, twice as bright (up to the integer truncation): one factor, not per frame.
     dark = np.zeros((84, 84), np.uint8)
     zeros = np.zeros((84, 84), np.float32)
@@ -210,7 +225,7 @@ def test_overlay_draws_as_the_reference_with_one_fixed_factor():
     # Maps of different scales are not both stretched to full brightness (the default factors).
     weak = saliency.overlay(dark, _bump(1 / 16), zeros, scale=1)[..., 2]
     strong = saliency.overlay(dark, _bump(1 / 2), zeros, scale=1)[..., 2]
-    assert weak.max() == 31 and strong.max() == 250                  # 500 x 1/16, 500 x 1/2
+    assert weak.max() == 31 and strong.max() == 250  # 500 x 1/16, 500 x 1/2
     red = saliency.overlay(dark, zeros, _bump(1 / 8), scale=1)
     # Value in red. The reference clips to 1..255 after each map: the black frame is 1 when the value adds 75.
     assert red[..., 0].max() == 76 and red[..., 2].max() == 1
@@ -228,11 +243,11 @@ def test_overlay_png_and_gif(tmp_path):
     image = saliency.overlay(frame, policy, value)
     assert image.shape == (336, 336, 3) and image.dtype == np.uint8
     assert image[40, 80, 2] > image[40, 80, 1] and image[240, 280, 0] > image[240, 280, 1]
-    assert (image[0:4, 0:4] == image[0, 0]).all()                                              # 4x nearest
+    assert (image[0:4, 0:4] == image[0, 0]).all()  # 4x nearest
     rgb = np.zeros((210, 160, 3), np.uint8)
     rgb[..., 1] = 90
     drawn = saliency.overlay(rgb, policy, value, scale=2)
-    assert drawn.shape == (420, 320, 3) and (drawn[..., 1] == 90).all()     # an RGB frame keeps its colours
+    assert drawn.shape == (420, 320, 3) and (drawn[..., 1] == 90).all()  # an RGB frame keeps its colours
     saliency.write_png(image, tmp_path / "frame.png")
     saliency.write_gif([image, image[::-1]], tmp_path / "episode.gif", fps=15)
     with Image.open(tmp_path / "frame.png") as png:
@@ -247,7 +262,7 @@ def test_episode_stacks_are_the_games_first_observations_and_repeat():
     first = saliency.episode_stacks(network, "Breakout", "classic", frames=6, epsilon=0.001, seed=5)
     again = saliency.episode_stacks(network, "Breakout", "classic", frames=6, epsilon=0.001, seed=5)
     assert first.shape == (6, 4, 84, 84) and first.dtype == np.uint8 and np.array_equal(first, again)
-    assert np.array_equal(first[1:, :3], first[:-1, 1:])     # consecutive stacks of one game
+    assert np.array_equal(first[1:, :3], first[:-1, 1:])  # consecutive stacks of one game
 
 
 def test_time_one_frame_returns_seconds():
@@ -255,24 +270,41 @@ def test_time_one_frame_returns_seconds():
 
 
 # -- the stage ----------------------------------------------------------------------------------------
-PARAMS = {"seed": 0, "device": "cpu", "games": ["Breakout"],
-          "saliency": {"checkpoints": 1, "frames": 9, "radius": 2, "stride": 4, "protocol": "classic",
-                       "epsilon": 0.001}}
+PARAMS = {
+    "seed": 0,
+    "device": "cpu",
+    "games": ["Breakout"],
+    "saliency": {"checkpoints": 1, "frames": 9, "radius": 2, "stride": 4, "protocol": "classic", "epsilon": 0.001},
+}
 
 
 def _layout(root: Path, params: dict = PARAMS) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     sampled = root / "sampled" / "Breakout"
     for seed, step in ((0, 50), (0, 100), (1, 100)):
-        checkpoints.save(sampled / str(seed) / checkpoints.file_name(step), _actor_critic(seed + step),
-                         algo="PPO", protocol="classic", game="Breakout", seed=seed, step=step, frames=4 * step)
+        checkpoints.save(
+            sampled / str(seed) / checkpoints.file_name(step),
+            _actor_critic(seed + step),
+            algo="PPO",
+            protocol="classic",
+            game="Breakout",
+            seed=seed,
+            step=step,
+            frames=4 * step,
+        )
     return sampled
 
 
 def _stage(cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "stages" / "saliency.py"), "Breakout", "sampled/Breakout",
-                           "saliency/Breakout"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / "saliency.py"), "Breakout", "sampled/Breakout", "saliency/Breakout"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_stage_writes_overlays_gif_and_metrics(tmp_path):
@@ -280,7 +312,7 @@ def test_stage_writes_overlays_gif_and_metrics(tmp_path):
     result = _stage(tmp_path)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "saliency" / "Breakout"
-    folder = out / "0" / "model_100"          # the first seed's last checkpoint only
+    folder = out / "0" / "model_100"  # the first seed's last checkpoint only
     assert sorted(p.name for p in out.iterdir()) == ["0", "metrics.json"]
     assert sorted(p.name for p in folder.iterdir()) == ["episode.gif", "frame_0000.png", "frame_0008.png"]
     with Image.open(folder / "frame_0008.png") as png:
@@ -301,8 +333,16 @@ def _truncate(sampled: Path) -> str:
 
 
 def _foreign(sampled: Path) -> str:
-    checkpoints.save(sampled / "0" / "model_100.gz", ActorCritic(6), algo="PPO", protocol="classic", game="Pong",
-                     seed=0, step=100, frames=400)
+    checkpoints.save(
+        sampled / "0" / "model_100.gz",
+        ActorCritic(6),
+        algo="PPO",
+        protocol="classic",
+        game="Pong",
+        seed=0,
+        step=100,
+        frames=400,
+    )
     return "error: checkpoint sampled/Breakout/0/model_100.gz was trained on Pong, not Breakout"
 
 

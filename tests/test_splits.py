@@ -16,7 +16,7 @@ def test_label_entropy_is_in_nats_per_column():
 
 
 def test_label_entropy_of_uneven_labels_matches_the_formula():
-    labels = np.array([[5], [5], [5], [9]], np.uint8)   # p = 3/4, 1/4
+    labels = np.array([[5], [5], [5], [9]], np.uint8)  # p = 3/4, 1/4
     expected = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     assert abs(splits.label_entropy(labels)[0] - expected) < 1e-12
 
@@ -34,15 +34,14 @@ def test_a_variable_just_below_the_threshold_is_dropped_and_one_at_or_above_it_k
 def test_duplicate_test_frames_are_removed_and_lone_leftovers_dropped_and_counted():
     seen = splits.hash_set(_hashes(1, 2, 3))
     test_episodes = [
-        _hashes(1, 10, 11, 2),   # 2 duplicates removed, 2 frames kept
-        _hashes(1, 12, 3),       # 2 duplicates removed, 1 left: the episode is dropped, its lone frame too
-        _hashes(2, 3),           # every frame a duplicate: dropped
-        _hashes(13, 14),         # nothing removed
+        _hashes(1, 10, 11, 2),  # 2 duplicates removed, 2 frames kept
+        _hashes(1, 12, 3),  # 2 duplicates removed, 1 left: the episode is dropped, its lone frame too
+        _hashes(2, 3),  # every frame a duplicate: dropped
+        _hashes(13, 14),  # nothing removed
     ]
     keeps, num_removed, num_dropped = splits.dedupe_test_episodes(test_episodes, seen)
-    assert [None if k is None else k.tolist() for k in keeps] == [
-        [False, True, True, False], None, None, [True, True]]
-    assert num_removed == 2 + 3 + 2 and num_dropped == 2   # 7 of the 11 test frames are gone
+    assert [None if k is None else k.tolist() for k in keeps] == [[False, True, True, False], None, None, [True, True]]
+    assert num_removed == 2 + 3 + 2 and num_dropped == 2  # 7 of the 11 test frames are gone
 
 
 def test_hash_set_is_built_once_and_reused_across_test_episodes():

@@ -1,6 +1,7 @@
 """The agents' env against the reference: CleanRL's wrapper chain (stable-baselines3's atari_wrappers, which
 CleanRL's are adapted from) over gymnasium's BreakoutNoFrameskip-v4 in a same-step SyncVectorEnv, played with
 the same seed and actions: observations, rewards, ends of episodes and returns of whole games agree exactly."""
+
 import sys
 from pathlib import Path
 
@@ -18,11 +19,12 @@ gym.register_envs(ale_py)
 
 
 def _reference(env_id: str, num_envs: int):
-    return gym.vector.SyncVectorEnv([make_env(env_id) for _ in range(num_envs)],
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    return gym.vector.SyncVectorEnv(
+        [make_env(env_id) for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
 
 
-@pytest.mark.parametrize("game, steps", [("Breakout", 700), ("Pong", 250), ("AirRaid", 150)])   # AirRaid: 250 rows
+@pytest.mark.parametrize("game, steps", [("Breakout", 700), ("Pong", 250), ("AirRaid", 150)])  # AirRaid: 250 rows
 def test_training_env_equals_cleanrl_wrappers(game, steps):
     num_envs, seed = 3, 7
     reference, ours = _reference(f"{game}NoFrameskip-v4", num_envs), AgentEnvs(game, num_envs, "classic")
@@ -46,7 +48,7 @@ def test_training_env_equals_cleanrl_wrappers(game, steps):
         lives_lost += int(ref_term.sum())
         our_returns += step.finished_returns
     assert our_returns == ref_returns
-    if game == "Breakout":     # the comparison went through lost lives and whole games
+    if game == "Breakout":  # the comparison went through lost lives and whole games
         assert lives_lost - games_over >= 10 and games_over >= 2, (lives_lost, games_over)
         assert sum(ref_returns) > 0
     reference.close()
@@ -59,7 +61,7 @@ def test_evaluation_plays_the_training_env_but_only_games_end():
     lives_lost = 0
     for action in actions:
         a, b = training.step(action), evaluating.step(action)
-        np.testing.assert_array_equal(a.obs, b.obs)      # a lost life starts the next one the same way
+        np.testing.assert_array_equal(a.obs, b.obs)  # a lost life starts the next one the same way
         np.testing.assert_array_equal(a.reward, b.reward)
         assert a.finished_returns == b.finished_returns
         # Evaluating, an end is a game over (its return reported); training, a lost life ends an episode too.

@@ -1,6 +1,7 @@
 """V-trace (IMPALA) against a hand-computed unroll and against n-step returns on-policy; PopArt's statistics
 under both rules (torchbeast's average of the batches' std, Hessel et al.'s second moment) and its
 output-preserving rescaling (docs/protocols.md 4)."""
+
 import io
 import math
 
@@ -82,8 +83,9 @@ def test_log_rhos_of_the_taken_actions():
     target = torch.tensor([[[0.0, math.log(3.0)]]], dtype=torch.float64).expand(1, 2, 2)
     behaviour = torch.zeros(1, 2, 2, dtype=torch.float64)
     actions = torch.tensor([[1, 0]])
-    torch.testing.assert_close(log_rhos(target, behaviour, actions),
-                               torch.tensor([[math.log(1.5), math.log(0.5)]], dtype=torch.float64))
+    torch.testing.assert_close(
+        log_rhos(target, behaviour, actions), torch.tensor([[math.log(1.5), math.log(0.5)]], dtype=torch.float64)
+    )
 
 
 def _popart(in_features=6, num_tasks=3, seed=0):
@@ -97,8 +99,10 @@ def test_both_statistics_rules_on_a_hand_computed_batch():
     #   torchbeast:    mu = 0.5 * 0 + 0.5 * mean;  sigma = 0.5 * 1 + 0.5 * std       -> (1, 1), (6, 0.5 + sqrt(2))
     #   second_moment: nu = 0.5 * 1 + 0.5 * mean of squares; sigma = sqrt(nu - mu^2)  -> (1, sqrt(2)), (6, sqrt(40.5))
     targets, task_ids = torch.tensor([1.0, 10.0, 3.0, 10.0, 16.0]), torch.tensor([0, 1, 0, 1, 1])
-    expected = {"torchbeast": (1.0, 1.0, 6.0, 0.5 + math.sqrt(2.0)),
-                "second_moment": (1.0, math.sqrt(2.0), 6.0, math.sqrt(40.5))}
+    expected = {
+        "torchbeast": (1.0, 1.0, 6.0, 0.5 + math.sqrt(2.0)),
+        "second_moment": (1.0, math.sqrt(2.0), 6.0, math.sqrt(40.5)),
+    }
     features = torch.randn(4, 6, dtype=torch.float64)
     for rule, (mu0, sigma0, mu1, sigma1) in expected.items():
         popart = _popart()
@@ -107,7 +111,7 @@ def test_both_statistics_rules_on_a_hand_computed_batch():
         torch.testing.assert_close(popart.mu, torch.tensor([mu0, mu1, 0.0], dtype=torch.float64))
         torch.testing.assert_close(popart.sigma, torch.tensor([sigma0, sigma1, 1.0], dtype=torch.float64))
         torch.testing.assert_close(popart.nu[:2], popart.sigma[:2] ** 2 + popart.mu[:2] ** 2)
-        torch.testing.assert_close(popart.unnormalized(features), before)   # outputs preserved
+        torch.testing.assert_close(popart.unnormalized(features), before)  # outputs preserved
     with pytest.raises(ValueError, match="statistics 'hessel' is unknown"):
         _popart().update(targets, task_ids, statistics="hessel")
 
@@ -120,7 +124,7 @@ def test_popart_update_statistics_and_preserves_outputs():
     task_ids = torch.tensor([0, 2, 0, 2, 0, 0, 2, 2, 0, 2])
     noise = torch.randn(10, generator=g, dtype=torch.float64)
     targets = torch.where(task_ids == 0, 100.0 + 50.0 * noise, -3.0 + 0.5 * noise)
-    for step, beta in enumerate([0.1, 0.3]):   # the second update starts from mu != 0, sigma != 1
+    for step, beta in enumerate([0.1, 0.3]):  # the second update starts from mu != 0, sigma != 1
         mu0, nu0 = popart.mu.clone(), popart.nu.clone()
         before = popart.unnormalized(features)
         popart.update(targets + step, task_ids, beta=beta, statistics="second_moment")
@@ -140,16 +144,23 @@ def test_popart_update_statistics_and_preserves_outputs():
 
 def test_popart_task_absent_from_the_batch_is_untouched():
     popart = _popart()
-    popart.update(torch.tensor([5.0, 7.0, -1.0]), torch.tensor([0, 1, 2]), beta=0.5)   # every task moved once
-    kept = {name: t[1].clone() for name, t in
-            [("mu", popart.mu), ("nu", popart.nu), ("sigma", popart.sigma),
-             ("weight", popart.linear.weight), ("bias", popart.linear.bias)]}
+    popart.update(torch.tensor([5.0, 7.0, -1.0]), torch.tensor([0, 1, 2]), beta=0.5)  # every task moved once
+    kept = {
+        name: t[1].clone()
+        for name, t in [
+            ("mu", popart.mu),
+            ("nu", popart.nu),
+            ("sigma", popart.sigma),
+            ("weight", popart.linear.weight),
+            ("bias", popart.linear.bias),
+        ]
+    }
     mu_before = popart.mu.clone()
     popart.update(torch.tensor([30.0, -20.0, 4.0, 9.0]), torch.tensor([0, 2, 2, 0]), beta=0.5)
     assert torch.equal(popart.mu[1], kept["mu"]) and torch.equal(popart.nu[1], kept["nu"])
     assert torch.equal(popart.sigma[1], kept["sigma"])
     assert torch.equal(popart.linear.weight[1], kept["weight"]) and torch.equal(popart.linear.bias[1], kept["bias"])
-    assert popart.mu[0] != mu_before[0] and popart.mu[2] != mu_before[2]   # the present ones did move
+    assert popart.mu[0] != mu_before[0] and popart.mu[2] != mu_before[2]  # the present ones did move
 
 
 @pytest.mark.parametrize("statistics", ["torchbeast", "second_moment"])
@@ -159,8 +170,9 @@ def test_popart_sigma_clamps_for_constant_and_huge_targets(statistics):
     before = popart.unnormalized(features)
     # beta = 1: the statistics become the batch's. Task 0's targets are constant: nu - mu^2 = 0.
     # Task 1's spread is 1e7, above the upper clamp.
-    popart.update(torch.tensor([3.0, 3.0, 3.0, 1e7, -1e7]), torch.tensor([0, 0, 0, 1, 1]), beta=1.0,
-                  statistics=statistics)
+    popart.update(
+        torch.tensor([3.0, 3.0, 3.0, 1e7, -1e7]), torch.tensor([0, 0, 0, 1, 1]), beta=1.0, statistics=statistics
+    )
     assert popart.mu[0].item() == 3.0
     if statistics == "second_moment":
         assert popart.nu[0].item() == 9.0
@@ -185,7 +197,7 @@ def test_popart_normalize_helpers():
     popart = _popart()
     popart.update(torch.tensor([10.0, 14.0, -2.0, 0.0]), torch.tensor([0, 0, 2, 2]), beta=0.5)
     mu, sigma = popart.mu, popart.sigma
-    task = torch.tensor([2, 0])                                     # (B,) against (T, B)
+    task = torch.tensor([2, 0])  # (B,) against (T, B)
     values = torch.randn(5, 2, dtype=torch.float64)
     n = popart.normalize(values, task)
     torch.testing.assert_close(n, (values - mu[task]) / sigma[task])

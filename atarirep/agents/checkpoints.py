@@ -19,6 +19,7 @@ A file without our keys takes game, seed, algo and protocol from its place in th
 `geometric_indices(n, keep)` is the rule that keeps `keep` of `n` checkpoints, denser toward the end;
 `keep=51` of 200 gives the published collections' list exactly.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -31,26 +32,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from atarirep.agents.network import (C51_SUPPORT, MAX_ACTIONS, ActorCritic, IMPALANet, OneGame, QNetwork,
-                                     network_from, num_actions_of)
+from atarirep.agents.network import (
+    C51_SUPPORT,
+    MAX_ACTIONS,
+    ActorCritic,
+    IMPALANet,
+    OneGame,
+    QNetwork,
+    network_from,
+    num_actions_of,
+)
 from atarirep.annotations import game_key
 from atarirep.errors import UserError
 from atarirep.io import write_bytes
 
 FORMAT = "atarirep-agent/1"
-ALGORITHMS = ("PPO", "IMPALA")                     # train_agent: one run per game
+ALGORITHMS = ("PPO", "IMPALA")  # train_agent: one run per game
 MULTITASK_ALGORITHMS = ("IMPALA_PopArt", "IMPALA")  # train_multitask: one run over several games (PopArt or not)
 FILE_PATTERN = re.compile(r"^model_(\d+)\.gz$")
-FRAME_SKIP = 4      # every protocol's agent step is 4 frames: the published files' step x 4 is their frame count
+FRAME_SKIP = 4  # every protocol's agent step is 4 frames: the published files' step x 4 is their frame count
 # The Nature CNN's weights in order (conv 8x8 s4, conv 4x4 s2, conv 3x3 s1, linear), then a head on its 512 features.
 NATURE_TORSO = ((32, 4, 8, 8), (64, 32, 4, 4), (64, 64, 3, 3), (512, 3136))
 ENCODER_LAYERS = ("encoder.layers.0", "encoder.layers.2", "encoder.layers.4", "encoder.layers.7")
-ACTOR_CRITIC_KEYS = frozenset(f"{layer}.{kind}" for layer in (*ENCODER_LAYERS, "actor", "critic")
-                              for kind in ("weight", "bias"))
-SUPPORTED = ("supported: our actor-critic (encoder.layers.*, actor.*, critic.*) and, under any names, a Nature CNN "
-             "Q-network whose weights are in order conv 32x4x8x8, conv 64x32x4x4, conv 64x64x3x3, linear 512x3136, "
-             f"linear Ax512 (DQN, M-DQN; A <= {MAX_ACTIONS} actions) or (A x atoms)x512 (C51, with a *support or "
-             "*atoms tensor in the file, or load_network's atoms), each with its bias")
+ACTOR_CRITIC_KEYS = frozenset(
+    f"{layer}.{kind}" for layer in (*ENCODER_LAYERS, "actor", "critic") for kind in ("weight", "bias")
+)
+SUPPORTED = (
+    "supported: our actor-critic (encoder.layers.*, actor.*, critic.*) and, under any names, a Nature CNN "
+    "Q-network whose weights are in order conv 32x4x8x8, conv 64x32x4x4, conv 64x64x3x3, linear 512x3136, "
+    f"linear Ax512 (DQN, M-DQN; A <= {MAX_ACTIONS} actions) or (A x atoms)x512 (C51, with a *support or "
+    "*atoms tensor in the file, or load_network's atoms), each with its bias"
+)
 _FIX = "rerun `dvc repro` for the stage that trains it, or `dvc pull` it"
 
 
@@ -68,13 +80,30 @@ def file_name(step: int) -> str:
     return f"model_{step}.gz"
 
 
-def save(path: str | os.PathLike, network: ActorCritic | QNetwork, *, algo: str, protocol: str, game: str, seed: int,
-         step: int, frames: int) -> None:
+def save(
+    path: str | os.PathLike,
+    network: ActorCritic | QNetwork,
+    *,
+    algo: str,
+    protocol: str,
+    game: str,
+    seed: int,
+    step: int,
+    frames: int,
+) -> None:
     """Write one checkpoint atomically: gzip(torch.save({"estimator_state": ..., our keys}))."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
-    payload = {"estimator_state": state, "format": FORMAT, "algo": algo, "protocol": protocol, "game": game,
-               "seed": int(seed), "step": int(step), "frames": int(frames),
-               "architecture": _architecture(network)}
+    payload = {
+        "estimator_state": state,
+        "format": FORMAT,
+        "algo": algo,
+        "protocol": protocol,
+        "game": game,
+        "seed": int(seed),
+        "step": int(step),
+        "frames": int(frames),
+        "architecture": _architecture(network),
+    }
     write(path, payload)
 
 
@@ -97,8 +126,10 @@ def read(path: str | os.PathLike) -> dict:
     except Exception as err:  # gzip, zlib, pickle and torch raise many types for a damaged file
         raise UserError(f"checkpoint {path} is truncated or corrupt ({type(err).__name__}); {_FIX}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("estimator_state"), dict):
-        raise UserError(f"checkpoint {path} has no 'estimator_state' (not an agent checkpoint of the published "
-                        f"format); point to a model_STEP.gz written by train_agent")
+        raise UserError(
+            f"checkpoint {path} has no 'estimator_state' (not an agent checkpoint of the published "
+            f"format); point to a model_STEP.gz written by train_agent"
+        )
     return payload
 
 
@@ -113,15 +144,15 @@ def load_network(path: str | os.PathLike, *, atoms: int | None = None) -> tuple[
     """
     payload = read(path)
     state = payload.pop("estimator_state")
-    if atoms is None:   # a count the file gives as a plain key (ours write it in "architecture")
+    if atoms is None:  # a count the file gives as a plain key (ours write it in "architecture")
         given = payload.get("atoms", (payload.get("architecture") or {}).get("atoms"))
         atoms = given if isinstance(given, int) and not isinstance(given, bool) else None
     spec = payload.get("architecture") or {}
-    if spec.get("name") == "impala_actor_critic":   # the IMPALA ResNet, last action/reward inputs, or multi-task
+    if spec.get("name") == "impala_actor_critic":  # the IMPALA ResNet, last action/reward inputs, or multi-task
         network = network_from(state, spec, source=f"checkpoint {path}")
     else:
         network = build_network(state, atoms=atoms, source=f"checkpoint {path}")
-        if spec.get("acts_greedily"):   # an IMPALA run's ActorCritic-shaped network: it plays its argmax
+        if spec.get("acts_greedily"):  # an IMPALA run's ActorCritic-shaped network: it plays its argmax
             network.acts_greedily = True
     if "step" not in payload:
         match = FILE_PATTERN.match(Path(path).name)
@@ -141,9 +172,11 @@ def load_for_game(path: str | os.PathLike, game: str) -> tuple[ActorCritic | QNe
     games = meta.get("games") or [meta.get("game", game)]
     keys = [game_key(name) for name in games]
     if game_key(game) not in keys:
-        raise UserError(f"checkpoint {path} was trained on {'+'.join(games)}, not {game}; point to sampled "
-                        f"checkpoints of {game} (data/checkpoints_sampled/<ALGO_protocol>/{game}, or a multi-task "
-                        f"run's that lists {game} in multitask.games)")
+        raise UserError(
+            f"checkpoint {path} was trained on {'+'.join(games)}, not {game}; point to sampled "
+            f"checkpoints of {game} (data/checkpoints_sampled/<ALGO_protocol>/{game}, or a multi-task "
+            f"run's that lists {game} in multitask.games)"
+        )
     if isinstance(network, IMPALANet) and network.num_tasks > 1:
         network = OneGame(network, keys.index(game_key(game))).eval()
     return network, meta
@@ -152,7 +185,7 @@ def load_for_game(path: str | os.PathLike, game: str) -> tuple[ActorCritic | QNe
 def layout_meta(path: str | os.PathLike) -> dict:
     """{algo, protocol, game, seed} of a file at .../ALGO_protocol/GAME/SEED/model_STEP.gz (a known protocol);
     {} elsewhere. Read from the path as given (made absolute, links not followed: DVC may link files into its cache)."""
-    from atarirep.envs import PROTOCOLS   # here: the envs module loads the emulator
+    from atarirep.envs import PROTOCOLS  # here: the envs module loads the emulator
 
     parts = Path(os.path.abspath(path)).parts
     if len(parts) < 5 or not FILE_PATTERN.match(parts[-1]) or not parts[-2].isdigit():
@@ -183,10 +216,11 @@ def build_network(state: dict, *, atoms: int | None = None, source: str = "the s
             network = ActorCritic(num_actions_of(state))
             network.load_state_dict(state)
             return network
-    except RuntimeError:   # our key names with other shapes: described below with the shapes found
+    except RuntimeError:  # our key names with other shapes: described below with the shapes found
         pass
-    weights = [(key[:-len("weight")], tensor) for key, tensor in state.items()
-               if key == "weight" or key.endswith(".weight")]
+    weights = [
+        (key[: -len("weight")], tensor) for key, tensor in state.items() if key == "weight" or key.endswith(".weight")
+    ]
     shapes = [tuple(tensor.shape) for _, tensor in weights]
     found = ", ".join("x".join(map(str, shape)) for shape in shapes[:8]) + (", ..." if len(shapes) > 8 else "")
     found = found or "none"
@@ -194,34 +228,50 @@ def build_network(state: dict, *, atoms: int | None = None, source: str = "the s
     is_torso = tuple(shapes[:4]) == NATURE_TORSO
     heads = [shape for shape in shapes[4:] if len(shape) == 2 and shape[1] == 512]
 
-    if is_torso and len(shapes) == 6 and len(heads) == 2 and prefixes[4].endswith("actor.") \
-            and prefixes[5].endswith("critic.") and shapes[5][0] == 1:
+    if (
+        is_torso
+        and len(shapes) == 6
+        and len(heads) == 2
+        and prefixes[4].endswith("actor.")
+        and prefixes[5].endswith("critic.")
+        and shapes[5][0] == 1
+    ):
         network = ActorCritic(shapes[4][0])
         _load_mapped(network, state, prefixes, [*ENCODER_LAYERS, "actor", "critic"], {}, source, found)
         return network
     if tuple(shapes[:3]) == NATURE_TORSO[:3] and len(shapes) > 5 and any(s[0] == 1 for s in shapes[4:] if len(s) == 2):
-        raise UserError(f"{source} looks like a dueling Q-network (weight shapes {found}: a value head 1xN beside an "
-                        f"advantage head) or an actor-critic whose heads are not named actor and critic, which is not "
-                        f"supported; {SUPPORTED}")
+        raise UserError(
+            f"{source} looks like a dueling Q-network (weight shapes {found}: a value head 1xN beside an "
+            f"advantage head) or an actor-critic whose heads are not named actor and critic, which is not "
+            f"supported; {SUPPORTED}"
+        )
     if not (is_torso and len(shapes) == 5 and len(heads) == 1):
-        raise UserError(f"{source} holds weights of another network (weight shapes {found}), not a network that "
-                        f"loads here; {SUPPORTED}")
+        raise UserError(
+            f"{source} holds weights of another network (weight shapes {found}), not a network that "
+            f"loads here; {SUPPORTED}"
+        )
 
     outputs = shapes[4][0]
     supports = [key for key in state if key.rsplit(".", 1)[-1].lower().endswith("support")]
     counts = [key for key in state if key.rsplit(".", 1)[-1].lower().endswith("atoms")]
     if len(supports) > 1 or len(counts) > 1 or any(state[key].numel() != 1 for key in counts):
-        raise UserError(f"{source} holds several or non-scalar support/atoms tensors ({', '.join(supports + counts)}); "
-                        "it is not clear which is the C51 head's; " + SUPPORTED)
+        raise UserError(
+            f"{source} holds several or non-scalar support/atoms tensors ({', '.join(supports + counts)}); "
+            "it is not clear which is the C51 head's; " + SUPPORTED
+        )
     support = state[supports[0]].flatten() if supports else None
     in_file = support.numel() if support is not None else int(state[counts[0]].item()) if counts else None
     if atoms is not None and in_file is not None and atoms != in_file:
-        raise UserError(f"{source} holds a C51 support of {in_file} atoms but atoms={atoms} was given; "
-                        "drop atoms or give the file's count")
+        raise UserError(
+            f"{source} holds a C51 support of {in_file} atoms but atoms={atoms} was given; "
+            "drop atoms or give the file's count"
+        )
     num_atoms = atoms or in_file or 1
     if outputs % num_atoms:
-        raise UserError(f"{source}'s Q head has {outputs} outputs, not a multiple of {num_atoms} atoms; give the "
-                        f"head's atom count (C51: 51) or none for a DQN head; {SUPPORTED}")
+        raise UserError(
+            f"{source}'s Q head has {outputs} outputs, not a multiple of {num_atoms} atoms; give the "
+            f"head's atom count (C51: 51) or none for a DQN head; {SUPPORTED}"
+        )
     num_actions = outputs // num_atoms
     if num_actions > MAX_ACTIONS:
         if num_atoms > 1:
@@ -229,40 +279,56 @@ def build_network(state: dict, *, atoms: int | None = None, source: str = "the s
             fix = "give the head's own atom count"
         else:
             what = "more than"
-            fix = ("the file holds no *support or *atoms tensor: a distributional (C51) head? load it with "
-                   "atoms=51 (its atom count)")
-        raise UserError(f"{source}'s Q head has {outputs} outputs, {what} the {MAX_ACTIONS} actions of any Atari "
-                        f"game; {fix}; {SUPPORTED}")
+            fix = (
+                "the file holds no *support or *atoms tensor: a distributional (C51) head? load it with "
+                "atoms=51 (its atom count)"
+            )
+        raise UserError(
+            f"{source}'s Q head has {outputs} outputs, {what} the {MAX_ACTIONS} actions of any Atari "
+            f"game; {fix}; {SUPPORTED}"
+        )
     if num_atoms > 1 and support is None:
         support = torch.linspace(*C51_SUPPORT, num_atoms)
     network = QNetwork(num_actions, num_atoms, support if num_atoms > 1 else None)
     extra = {"support": support} if num_atoms > 1 else {}
-    _load_mapped(network, state, prefixes, [*ENCODER_LAYERS, "q"], extra, source, found,
-                 ignored=supports + counts)
+    _load_mapped(network, state, prefixes, [*ENCODER_LAYERS, "q"], extra, source, found, ignored=supports + counts)
     return network
 
 
-def _load_mapped(network: nn.Module, state: dict, prefixes: list[str], names: list[str], extra: dict, source: str,
-                 found: str, ignored: list[str] = ()) -> None:
+def _load_mapped(
+    network: nn.Module,
+    state: dict,
+    prefixes: list[str],
+    names: list[str],
+    extra: dict,
+    source: str,
+    found: str,
+    ignored: list[str] = (),
+) -> None:
     """Load state's `prefix`weight/bias into network's `name`.weight/bias (and `extra`), every tensor used once."""
     missing = [prefix + "bias" for prefix in prefixes if prefix + "bias" not in state]
     if missing:
-        raise UserError(f"{source} has layers without biases ({', '.join(missing[:3])} missing; weight shapes "
-                        f"{found}); {SUPPORTED}")
+        raise UserError(
+            f"{source} has layers without biases ({', '.join(missing[:3])} missing; weight shapes {found}); {SUPPORTED}"
+        )
     mapped = dict(extra)
     for prefix, name in zip(prefixes, names):
         mapped[f"{name}.weight"], mapped[f"{name}.bias"] = state[prefix + "weight"], state[prefix + "bias"]
     used = {prefix + suffix for prefix in prefixes for suffix in ("weight", "bias")} | set(ignored)
     left = [key for key in state if key not in used]
     if left:
-        raise UserError(f"{source} holds tensors beyond the Nature CNN and its head ({', '.join(left[:4])}"
-                        f"{', ...' if len(left) > 4 else ''}; weight shapes {found}): batch norm, noisy or extra "
-                        f"layers are not supported; {SUPPORTED}")
+        raise UserError(
+            f"{source} holds tensors beyond the Nature CNN and its head ({', '.join(left[:4])}"
+            f"{', ...' if len(left) > 4 else ''}; weight shapes {found}): batch norm, noisy or extra "
+            f"layers are not supported; {SUPPORTED}"
+        )
     try:
         network.load_state_dict(mapped)
-    except RuntimeError as err:   # a bias of the wrong size
-        raise UserError(f"{source} has weights and biases of mismatched sizes (weight shapes {found}: "
-                        f"{str(err).splitlines()[-1].strip()}); {SUPPORTED}") from None
+    except RuntimeError as err:  # a bias of the wrong size
+        raise UserError(
+            f"{source} has weights and biases of mismatched sizes (weight shapes {found}: "
+            f"{str(err).splitlines()[-1].strip()}); {SUPPORTED}"
+        ) from None
 
 
 def _architecture(network: nn.Module) -> dict:
@@ -289,12 +355,16 @@ def sampled_runs(root: str | os.PathLike) -> dict[int, list[tuple[int, Path]]]:
     no seed folder."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"sampled checkpoints {root} are missing; rerun `dvc repro` for the stage that samples "
-                        "them (sample_checkpoints, sample_multitask) or `dvc pull` them")
+        raise UserError(
+            f"sampled checkpoints {root} are missing; rerun `dvc repro` for the stage that samples "
+            "them (sample_checkpoints, sample_multitask) or `dvc pull` them"
+        )
     seeds = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
     if not seeds:
-        raise UserError(f"{root} holds no SEED folders (0/, 1/, ...) of sampled checkpoints; point to "
-                        "data/checkpoints_sampled/ALGO_protocol/GAME")
+        raise UserError(
+            f"{root} holds no SEED folders (0/, 1/, ...) of sampled checkpoints; point to "
+            "data/checkpoints_sampled/ALGO_protocol/GAME"
+        )
     return {seed: list_run(root / str(seed)) for seed in seeds}
 
 
@@ -305,8 +375,10 @@ def geometric_indices(n: int, keep: int) -> list[int]:
     (for 51 of 200, m = 75 and the list is the collections'). The last checkpoint is always kept.
     """
     if keep < 1 or keep > n:
-        raise UserError(f"keep {keep} checkpoints of {n}: keep must be between 1 and the number of checkpoints "
-                        f"({n}); lower sample_checkpoints.keep or train longer")
+        raise UserError(
+            f"keep {keep} checkpoints of {n}: keep must be between 1 and the number of checkpoints "
+            f"({n}); lower sample_checkpoints.keep or train longer"
+        )
     if keep == n:
         return list(range(1, n + 1))
     for m in range(keep, 100 * n):
@@ -315,5 +387,4 @@ def geometric_indices(n: int, keep: int) -> list[int]:
             return indices.tolist()
         if len(indices) > keep:
             break
-    raise UserError(f"the geometric rule gives no set of exactly {keep} of {n} checkpoints; choose a keep "
-                    f"near {keep}")
+    raise UserError(f"the geometric rule gives no set of exactly {keep} of {n} checkpoints; choose a keep near {keep}")

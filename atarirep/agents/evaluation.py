@@ -7,6 +7,7 @@
 - `aggregate`: IQM, median and mean of human-normalised scores with stratified-bootstrap 95% CIs (rliable).
 - `learning_curve_figure`: mean return against frames with a bootstrap 95% band.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from matplotlib.figure import Figure   # no pyplot: no global figure state; PNGs are drawn by Agg
+from matplotlib.figure import Figure  # no pyplot: no global figure state; PNGs are drawn by Agg
 from matplotlib.ticker import EngFormatter
 from torch import nn
 
@@ -28,12 +29,13 @@ from atarirep.agents.vector_env import AgentEnvs
 from atarirep.annotations import game_key
 from atarirep.errors import UserError
 
-BOOTSTRAP_REPS = 2000    # rliable's default number of bootstrap resamples
+BOOTSTRAP_REPS = 2000  # rliable's default number of bootstrap resamples
 ROW_COLUMNS = ["game", "seed", "step", "frames", "protocol", "episode", "return"]
 
 
-def evaluate(network: nn.Module, game: str, protocol: str, *, episodes: int, epsilon: float, max_steps: int,
-             seed: int) -> list[float]:
+def evaluate(
+    network: nn.Module, game: str, protocol: str, *, episodes: int, epsilon: float, max_steps: int, seed: int
+) -> list[float]:
     """Raw (unclipped) returns of `episodes` whole games of `game` under `protocol`, played by `network`.
 
     The games run side by side, one env each, with one batched forward pass per step; each env counts only
@@ -46,21 +48,26 @@ def evaluate(network: nn.Module, game: str, protocol: str, *, episodes: int, eps
     longer games in any case). Deterministic for a seed on CPU: the envs' no-ops and sticky actions
     follow `seed`, and so does the numpy generator that draws the actions.
     """
-    envs = AgentEnvs(game, episodes, protocol, training=False,
-                     full_action_space=network.full_action_space)
+    envs = AgentEnvs(game, episodes, protocol, training=False, full_action_space=network.full_action_space)
     try:
         if envs.num_actions != network.num_actions:
-            raise UserError(f"the network has {network.num_actions} actions but {envs.game} has {envs.num_actions}; "
-                            f"evaluate a checkpoint trained on {envs.game}")
+            raise UserError(
+                f"the network has {network.num_actions} actions but {envs.game} has {envs.num_actions}; "
+                f"evaluate a checkpoint trained on {envs.game}"
+            )
         device = next(network.parameters()).device
         rng = np.random.default_rng(seed)
-        returns = np.full(episodes, np.nan)     # NaN: the env's first game is still running
+        returns = np.full(episodes, np.nan)  # NaN: the env's first game is still running
         obs = envs.reset(seed)
         last_action, last_reward = np.zeros(episodes, np.int64), np.zeros(episodes, np.float32)
         for _ in range(max_steps):
-            with torch.no_grad():   # policy logits or Q-values (B, A)
-                head, _ = play_outputs(network, torch.from_numpy(obs).to(device),
-                                       torch.from_numpy(last_action).to(device), torch.from_numpy(last_reward).to(device))
+            with torch.no_grad():  # policy logits or Q-values (B, A)
+                head, _ = play_outputs(
+                    network,
+                    torch.from_numpy(obs).to(device),
+                    torch.from_numpy(last_action).to(device),
+                    torch.from_numpy(last_reward).to(device),
+                )
             actions = choose_actions(network, head, rng, epsilon)
             step = envs.step(actions)
             last_action, last_reward = _last_inputs(actions, step)
@@ -83,8 +90,7 @@ def evaluate(network: nn.Module, game: str, protocol: str, *, episodes: int, eps
 def _last_inputs(actions: np.ndarray, step) -> tuple[np.ndarray, np.ndarray]:
     """The last action and reward an IMPALA network reads at the next step: zeros where a game starts."""
     started = step.terminated | step.truncated
-    return (np.where(started, 0, actions).astype(np.int64),
-            np.where(started, 0.0, step.reward).astype(np.float32))
+    return (np.where(started, 0, actions).astype(np.int64), np.where(started, 0.0, step.reward).astype(np.float32))
 
 
 @functools.cache
@@ -103,8 +109,10 @@ def human_normalized(game: str, score):
     """(score - random) / (human - random) for `game` (any spelling: MsPacman, ms_pacman); works on arrays too."""
     by_key = {game_key(name): value for name, value in reference_scores().items()}
     if game_key(game) not in by_key:
-        raise UserError(f"game {game!r} has no random and human reference scores; atarirep/data/atari_scores.yaml "
-                        "lists the 57 games of the Atari benchmark by ALE name (e.g. MsPacman)")
+        raise UserError(
+            f"game {game!r} has no random and human reference scores; atarirep/data/atari_scores.yaml "
+            "lists the 57 games of the Atari benchmark by ALE name (e.g. MsPacman)"
+        )
     random, human = by_key[game_key(game)]
     normalized = (np.asarray(score, np.float64) - random) / (human - random)
     return float(normalized) if normalized.ndim == 0 else normalized
@@ -124,7 +132,8 @@ def aggregate(scores: dict[str, np.ndarray], reps: int = BOOTSTRAP_REPS, seed: i
     Each key is resampled from its own RandomState(seed), so its CIs do not depend on the other keys.
     Returns {key: {"iqm"|"median"|"mean": {"value", "ci_low", "ci_high"}, "runs": n, "games": m}}.
     """
-    from rliable import library as rly, metrics   # imported here: only the agents' report needs rliable
+    from rliable import library as rly  # imported here: only the agents' report needs rliable
+    from rliable import metrics
 
     names = ("iqm", "median", "mean")
 
@@ -142,12 +151,19 @@ def aggregate(scores: dict[str, np.ndarray], reps: int = BOOTSTRAP_REPS, seed: i
             with warnings.catch_warnings():
                 # arch 7 deprecates `random_state`, which rliable 1.2 passes; the resampling is the same.
                 warnings.simplefilter("ignore", FutureWarning)
-                points, intervals = rly.get_interval_estimates({key: array}, estimates, reps=reps,
-                                                               random_state=np.random.RandomState(seed))
+                points, intervals = rly.get_interval_estimates(
+                    {key: array}, estimates, reps=reps, random_state=np.random.RandomState(seed)
+                )
         finally:
             np.random.set_state(global_state)
-        out[key] = {name: {"value": float(points[key][i]), "ci_low": float(intervals[key][0, i]),
-                           "ci_high": float(intervals[key][1, i])} for i, name in enumerate(names)}
+        out[key] = {
+            name: {
+                "value": float(points[key][i]),
+                "ci_low": float(intervals[key][0, i]),
+                "ci_high": float(intervals[key][1, i]),
+            }
+            for i, name in enumerate(names)
+        }
         out[key].update(runs=array.shape[0], games=array.shape[1])
     return out
 
@@ -189,7 +205,7 @@ def draw_returns(ax, rows: pd.DataFrame) -> None:
         ax.plot(frames, means, marker=".", label=protocol)
         ax.fill_between(frames, lows, highs, alpha=0.25)
     ax.set_xlabel("frames")
-    ax.xaxis.set_major_formatter(EngFormatter())     # 100k, 10M: frame counts stay legible
+    ax.xaxis.set_major_formatter(EngFormatter())  # 100k, 10M: frame counts stay legible
     ax.set_ylabel("return")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

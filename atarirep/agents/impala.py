@@ -51,6 +51,7 @@ atarirep.agents.network.ActorCritic, so its checkpoints load as PPO's do; every 
 loads with `checkpoints.load_network` (and `load_network` here) and goes through evaluate_agent, saliency and
 probe_checkpoints.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,7 +75,7 @@ from atarirep.agents import checkpoints, resume
 from atarirep.agents.checkpoints import run_seed
 from atarirep.agents.network import IMPALANet, network_from
 from atarirep.agents.popart import STATISTICS
-from atarirep.agents.vector_env import STACK, AGENT_FRAME, AgentEnvs
+from atarirep.agents.vector_env import AGENT_FRAME, STACK, AgentEnvs
 from atarirep.agents.vtrace import action_log_probs, log_rhos, vtrace
 from atarirep.envs import Protocol, get_protocol
 from atarirep.errors import UserError
@@ -82,40 +83,40 @@ from atarirep.live import StageLive, drop_rows_after
 
 RESUME_FORMAT = "atarirep-impala-resume/1"
 ARCHITECTURES = ("nature", "impala")
-REWARD_CLIPPING = ("auto", "sign", "none")   # auto: none under PopArt (the reference's PopArt run), else sign
-POLL_S = 0.5            # how often the learner, waiting for unrolls, checks that every actor is alive
-STALL_S = 600.0         # no unroll from any living actor for this long: something is wrong; stop
+REWARD_CLIPPING = ("auto", "sign", "none")  # auto: none under PopArt (the reference's PopArt run), else sign
+POLL_S = 0.5  # how often the learner, waiting for unrolls, checks that every actor is alive
+STALL_S = 600.0  # no unroll from any living actor for this long: something is wrong; stop
 
 
 @dataclass(frozen=True)
 class IMPALAConfig:
-    total_steps: int = 50_000_000     # agent steps the learner trains on (frames = 4x); 300M multi-task
-    unroll_length: int = 80           # T: steps of one actor per unroll
-    batch_size: int = 8               # unrolls per learner step (torchbeast; the IMPALA paper: 32)
+    total_steps: int = 50_000_000  # agent steps the learner trains on (frames = 4x); 300M multi-task
+    unroll_length: int = 80  # T: steps of one actor per unroll
+    batch_size: int = 8  # unrolls per learner step (torchbeast; the IMPALA paper: 32)
     num_actors: int = 48
-    num_buffers: int = 0              # shared unroll buffers; 0: max(2 x num_actors, batch_size)
+    num_buffers: int = 0  # shared unroll buffers; 0: max(2 x num_actors, batch_size)
     lr: float = 4.8e-4
-    anneal_lr: bool = True            # linearly to 0 over total_steps
+    anneal_lr: bool = True  # linearly to 0 over total_steps
     rmsprop_alpha: float = 0.99
     rmsprop_eps: float = 0.01
     rmsprop_momentum: float = 0.0
     max_grad_norm: float = 40.0
     discount: float = 0.99
     baseline_cost: float = 0.5
-    entropy_cost: float = 0.0006      # torchbeast (the IMPALA paper: 0.01)
-    rho_bar: float = 1.0              # clips the importance weights of the TD errors (and the policy gradient's)
-    c_bar: float = 1.0                # clips the traces
+    entropy_cost: float = 0.0006  # torchbeast (the IMPALA paper: 0.01)
+    rho_bar: float = 1.0  # clips the importance weights of the TD errors (and the policy gradient's)
+    c_bar: float = 1.0  # clips the traces
     protocol: str = "classic"
-    architecture: str = "nature"      # nature (NatureCNN, 512 features) or impala (ImpalaCNN, 256)
+    architecture: str = "nature"  # nature (NatureCNN, 512 features) or impala (ImpalaCNN, 256)
     checkpoint_every: int = 1_000_000
-    games: tuple[str, ...] = ()       # a multi-task run's games (the stage passes them to train); empty: one game
-    popart: bool = True               # multi-task: PopArt-normalised values (a single game has a plain value head)
-    popart_beta: float = 4e-4         # torchbeast's effective beta (Hessel et al.: 3e-4)
-    popart_statistics: str = "torchbeast"   # or second_moment (Hessel et al.): atarirep.agents.popart
-    reward_clipping: str = "auto"     # auto: unclipped under PopArt, else sign; sign; none (PopArt only)
-    last_action_reward: bool = True   # the heads also read the last reward and action (monobeast's AtariNet)
-    greedy_evaluation: bool = True    # checkpoints play the policy's argmax (torchbeast's test mode); false: sample
-    full_action_space: bool = False   # every game plays ALE's 18 actions: games of different action sets can mix
+    games: tuple[str, ...] = ()  # a multi-task run's games (the stage passes them to train); empty: one game
+    popart: bool = True  # multi-task: PopArt-normalised values (a single game has a plain value head)
+    popart_beta: float = 4e-4  # torchbeast's effective beta (Hessel et al.: 3e-4)
+    popart_statistics: str = "torchbeast"  # or second_moment (Hessel et al.): atarirep.agents.popart
+    reward_clipping: str = "auto"  # auto: unclipped under PopArt, else sign; sign; none (PopArt only)
+    last_action_reward: bool = True  # the heads also read the last reward and action (monobeast's AtariNet)
+    greedy_evaluation: bool = True  # checkpoints play the policy's argmax (torchbeast's test mode); false: sample
+    full_action_space: bool = False  # every game plays ALE's 18 actions: games of different action sets can mix
 
     @property
     def steps_per_update(self) -> int:
@@ -136,26 +137,33 @@ class IMPALAConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"{where}.{name} is {getattr(self, name)}; it must be at least 1")
         if self.num_buffers and self.num_buffers < max(self.batch_size, self.num_actors):
-            raise UserError(f"{where}.num_buffers {self.num_buffers} is less than batch_size "
-                            f"({self.batch_size}) or num_actors ({self.num_actors}); raise it, or set 0 for "
-                            f"max(2 x num_actors, batch_size)")
+            raise UserError(
+                f"{where}.num_buffers {self.num_buffers} is less than batch_size "
+                f"({self.batch_size}) or num_actors ({self.num_actors}); raise it, or set 0 for "
+                f"max(2 x num_actors, batch_size)"
+            )
         if self.iterations < 1:
-            raise UserError(f"{where}.total_steps {self.total_steps} is less than one learner step "
-                            f"({self.steps_per_update} steps: unroll_length x batch_size); raise it")
+            raise UserError(
+                f"{where}.total_steps {self.total_steps} is less than one learner step "
+                f"({self.steps_per_update} steps: unroll_length x batch_size); raise it"
+            )
         if self.architecture not in ARCHITECTURES:
-            raise UserError(f"{where}.architecture {self.architecture!r} is unknown; use one of "
-                            f"{', '.join(ARCHITECTURES)}")
+            raise UserError(
+                f"{where}.architecture {self.architecture!r} is unknown; use one of {', '.join(ARCHITECTURES)}"
+            )
         if not 0 < self.lr < 1 or not 0 < self.discount <= 1 or not 0 <= self.popart_beta <= 1:
             raise UserError(f"{where}.lr must be in (0, 1), discount in (0, 1], popart_beta in [0, 1]")
         if self.rho_bar <= 0 or self.c_bar <= 0:
             raise UserError(f"{where}.rho_bar and c_bar must be positive (reference: 1)")
         if self.popart_statistics not in STATISTICS:
-            raise UserError(f"{where}.popart_statistics {self.popart_statistics!r} is unknown; use one of "
-                            f"{', '.join(STATISTICS)}")
+            raise UserError(
+                f"{where}.popart_statistics {self.popart_statistics!r} is unknown; use one of {', '.join(STATISTICS)}"
+            )
         if self.reward_clipping not in REWARD_CLIPPING:
-            raise UserError(f"{where}.reward_clipping {self.reward_clipping!r} is unknown; use one of "
-                            f"{', '.join(REWARD_CLIPPING)}")
-        self.clips_rewards(len(self.games) or 1, where)     # no games: a single-game run's config
+            raise UserError(
+                f"{where}.reward_clipping {self.reward_clipping!r} is unknown; use one of {', '.join(REWARD_CLIPPING)}"
+            )
+        self.clips_rewards(len(self.games) or 1, where)  # no games: a single-game run's config
 
     def uses_popart(self, num_games: int) -> bool:
         """Whether a run over `num_games` games has PopArt values (several games and `popart`)."""
@@ -166,8 +174,10 @@ class IMPALAConfig:
         rewards without PopArt (a plain value output has no scale to learn them in)."""
         if self.reward_clipping == "none" and not self.uses_popart(num_games):
             run = "a single-game run" if num_games < 2 else "a multi-task run without PopArt (algo IMPALA)"
-            raise UserError(f"{where}.reward_clipping is 'none' in {run}: unclipped rewards need PopArt's "
-                            f"normalised values (multitask.algo IMPALA_PopArt); use auto or sign")
+            raise UserError(
+                f"{where}.reward_clipping is 'none' in {run}: unclipped rewards need PopArt's "
+                f"normalised values (multitask.algo IMPALA_PopArt); use auto or sign"
+            )
         return self.reward_clipping == "sign" or (self.reward_clipping == "auto" and not self.uses_popart(num_games))
 
     def training_protocol(self, num_games: int) -> Protocol:
@@ -177,8 +187,10 @@ class IMPALAConfig:
     def checkpoint_iterations(self) -> list[int]:
         """The learner steps after which a checkpoint is written: the first to reach each multiple of
         `checkpoint_every`, and always the last (as PPO's)."""
-        marks = {math.ceil(k * self.checkpoint_every / self.steps_per_update)
-                 for k in range(1, self.total_steps // self.checkpoint_every + 1)}
+        marks = {
+            math.ceil(k * self.checkpoint_every / self.steps_per_update)
+            for k in range(1, self.total_steps // self.checkpoint_every + 1)
+        }
         return sorted({m for m in marks if m < self.iterations} | {self.iterations})
 
 
@@ -190,37 +202,65 @@ def config_from(mapping: dict, where: str = "train_agent.impala") -> IMPALAConfi
     return config
 
 
-def multitask_config(base: dict, overrides: dict, *, algo: str, protocol: str, games: list[str],
-                     full_action_space: bool) -> IMPALAConfig:
+def multitask_config(
+    base: dict, overrides: dict, *, algo: str, protocol: str, games: list[str], full_action_space: bool
+) -> IMPALAConfig:
     """train_multitask's config: train_agent.impala (`base`) with multitask.impala's keys (`overrides`) over it,
     PopArt when `algo` is IMPALA_PopArt (IMPALA: one value output shared by the games and clipped rewards, the
     reference's "multi-task (clipped)" ablation)."""
     if algo not in checkpoints.MULTITASK_ALGORITHMS:
-        raise UserError(f"params.yaml multitask.algo={algo!r} is unknown; use one of "
-                        f"{', '.join(checkpoints.MULTITASK_ALGORITHMS)}")
+        raise UserError(
+            f"params.yaml multitask.algo={algo!r} is unknown; use one of {', '.join(checkpoints.MULTITASK_ALGORITHMS)}"
+        )
     if len(games) < 2:
-        raise UserError(f"params.yaml multitask.games={games} must list at least two games (one game: train_agent "
-                        "with algo IMPALA)")
-    fixed = {"protocol": protocol, "games": list(games), "popart": algo == "IMPALA_PopArt",
-             "full_action_space": full_action_space}
+        raise UserError(
+            f"params.yaml multitask.games={games} must list at least two games (one game: train_agent with algo IMPALA)"
+        )
+    fixed = {
+        "protocol": protocol,
+        "games": list(games),
+        "popart": algo == "IMPALA_PopArt",
+        "full_action_space": full_action_space,
+    }
     clash = sorted(set(overrides) & set(fixed))
     if clash:
-        raise UserError(f"params.yaml multitask.impala sets {', '.join(clash)}, which multitask sets itself "
-                        "(algo, games, full_action_space; the protocol is train_agent.protocol); drop them")
+        raise UserError(
+            f"params.yaml multitask.impala sets {', '.join(clash)}, which multitask sets itself "
+            "(algo, games, full_action_space; the protocol is train_agent.protocol); drop them"
+        )
     return config_from({**base, **overrides, **fixed}, where="multitask.impala (over train_agent.impala)")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The network: a torso, a policy head shared by every game, a value output per game (PopArt) or one shared.
 
-def save_checkpoint(path: str | os.PathLike, network: IMPALANet, *, algo: str, protocol: str, games: list[str],
-                    seed: int, step: int, frames: int) -> None:
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    network: IMPALANet,
+    *,
+    algo: str,
+    protocol: str,
+    games: list[str],
+    seed: int,
+    step: int,
+    frames: int,
+) -> None:
     """One checkpoint in atarirep.agents.checkpoints' format (gzip of torch.save({"estimator_state": ...,
     our keys})), with this network's architecture and, beside `game` ("A+B" for several), the list `games`."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
-    payload = {"estimator_state": state, "format": checkpoints.FORMAT, "algo": algo, "protocol": protocol,
-               "game": "+".join(games), "games": list(games), "seed": int(seed), "step": int(step),
-               "frames": int(frames), "architecture": network.spec}
+    payload = {
+        "estimator_state": state,
+        "format": checkpoints.FORMAT,
+        "algo": algo,
+        "protocol": protocol,
+        "game": "+".join(games),
+        "games": list(games),
+        "seed": int(seed),
+        "step": int(step),
+        "frames": int(frames),
+        "architecture": network.spec,
+    }
     checkpoints.write(path, payload)
 
 
@@ -234,6 +274,7 @@ def load_network(path: str | os.PathLike) -> tuple[IMPALANet, dict]:
 # ----------------------------------------------------------------------------------------------------------
 # Actors: each a process with one env, writing unrolls into the shared buffers.
 
+
 def make_buffers(config: IMPALAConfig, num_actions: int) -> dict[str, torch.Tensor]:
     """The shared unroll buffers, one tensor per field with the buffer index first.
 
@@ -244,17 +285,37 @@ def make_buffers(config: IMPALAConfig, num_actions: int) -> dict[str, torch.Tens
     life lost, a game over, or the frame cap) are step t's. game_over/game_return record each whole game that
     ended, with its raw (unclipped) return, for the logs."""
     n, t = config.buffers, config.unroll_length
-    specs = {"obs": ((n, t + 1, STACK, *AGENT_FRAME), torch.uint8), "actions": ((n, t), torch.int64),
-             "last_action": ((n, t + 1), torch.int64), "last_reward": ((n, t + 1), torch.float32),
-             "logits": ((n, t, num_actions), torch.float32), "rewards": ((n, t), torch.float32),
-             "dones": ((n, t), torch.bool), "game_over": ((n, t), torch.bool), "game_return": ((n, t), torch.float64),
-             "task": ((n,), torch.int64)}
+    specs = {
+        "obs": ((n, t + 1, STACK, *AGENT_FRAME), torch.uint8),
+        "actions": ((n, t), torch.int64),
+        "last_action": ((n, t + 1), torch.int64),
+        "last_reward": ((n, t + 1), torch.float32),
+        "logits": ((n, t, num_actions), torch.float32),
+        "rewards": ((n, t), torch.float32),
+        "dones": ((n, t), torch.bool),
+        "game_over": ((n, t), torch.bool),
+        "game_return": ((n, t), torch.float64),
+        "task": ((n,), torch.int64),
+    }
     return {key: torch.zeros(shape, dtype=dtype).share_memory_() for key, (shape, dtype) in specs.items()}
 
 
-def act(actor: int, game: str, task: int, config: IMPALAConfig, protocol: Protocol, seed: int, spec: dict,
-        shared_state: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], free_queue, full_queue, errors,
-        learner_pid: int, fault: tuple[int, int, str] | None = None) -> None:
+def act(
+    actor: int,
+    game: str,
+    task: int,
+    config: IMPALAConfig,
+    protocol: Protocol,
+    seed: int,
+    spec: dict,
+    shared_state: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    free_queue,
+    full_queue,
+    errors,
+    learner_pid: int,
+    fault: tuple[int, int, str] | None = None,
+) -> None:
     """One actor process: fill free buffers with unrolls of `game` under `protocol` (the run's, its rewards
     clipped or not) until the learner stops it.
 
@@ -262,18 +323,18 @@ def act(actor: int, game: str, task: int, config: IMPALAConfig, protocol: Protoc
     exception is printed, sent to the learner on `errors` and ends the process at once with exit code 1.
     `fault` = (actor, unrolls, "raise" or "kill") makes that actor fail after that many unrolls (tests)."""
     try:
-        torch.set_num_threads(1)    # many actors share the cores; one forward pass of one stack each step
+        torch.set_num_threads(1)  # many actors share the cores; one forward pass of one stack each step
         envs = AgentEnvs(game, 1, protocol, training=True, full_action_space=config.full_action_space)
         model = IMPALANet.from_spec(spec).to(memory_format=torch.channels_last)
         rng = np.random.default_rng(seed)
         obs = torch.from_numpy(envs.reset(int(rng.integers(2**31 - 2**16))))
-        last_action, last_reward = torch.zeros(1, dtype=torch.int64), torch.zeros(1)   # monobeast's initial()
+        last_action, last_reward = torch.zeros(1, dtype=torch.int64), torch.zeros(1)  # monobeast's initial()
         unrolls = 0
         while True:
             index = _next_free(free_queue, learner_pid)
             if index is None:
                 return
-            model.load_state_dict(shared_state)     # the learner's latest weights
+            model.load_state_dict(shared_state)  # the learner's latest weights
             buffers["task"][index] = task
             buffers["obs"][index, 0] = obs[0]
             buffers["last_action"][index, 0], buffers["last_reward"][index, 0] = last_action[0], last_reward[0]
@@ -300,14 +361,14 @@ def act(actor: int, game: str, task: int, config: IMPALAConfig, protocol: Protoc
                 if fault[2] == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
                 raise RuntimeError(f"injected fault after {unrolls} unrolls at time {time.time():.3f}")
-    except KeyboardInterrupt:   # Ctrl-C reaches the whole process group; the learner reports it
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the learner reports it
         return
     except BaseException as err:
         traceback.print_exc()
         errors.put((actor, f"{type(err).__name__}: {err}"))
         errors.close()
-        errors.join_thread()    # the message is in the pipe; now exit at once: the interpreter's teardown
-        os._exit(1)             # (torch, the emulator) takes seconds, and the learner waits for the exit code
+        errors.join_thread()  # the message is in the pipe; now exit at once: the interpreter's teardown
+        os._exit(1)  # (torch, the emulator) takes seconds, and the learner waits for the exit code
 
 
 def _next_free(free_queue, learner_pid: int) -> int | None:
@@ -317,7 +378,7 @@ def _next_free(free_queue, learner_pid: int) -> int | None:
             return free_queue.get(timeout=1.0)
         except queue.Empty:
             try:
-                os.kill(learner_pid, 0)     # signal 0: only asks whether the process exists
+                os.kill(learner_pid, 0)  # signal 0: only asks whether the process exists
             except ProcessLookupError:
                 return None
 
@@ -326,8 +387,15 @@ class Actors:
     """The actor processes, started by `start` and always stopped by `stop`; `check` raises a UserError
     naming an actor that has died."""
 
-    def __init__(self, games: list[str], config: IMPALAConfig, seed: tuple[int, ...], network: IMPALANet,
-                 buffers: dict[str, torch.Tensor], fault: tuple[int, int, str] | None = None):
+    def __init__(
+        self,
+        games: list[str],
+        config: IMPALAConfig,
+        seed: tuple[int, ...],
+        network: IMPALANet,
+        buffers: dict[str, torch.Tensor],
+        fault: tuple[int, int, str] | None = None,
+    ):
         protocol = config.training_protocol(len(games))
         # forkserver: actors are forked from a clean server process that has imported this module once (not
         # from the learner, whose OpenMP threads, ALE thread pool or CUDA context a fork would inherit), so
@@ -339,11 +407,29 @@ class Actors:
         self.shared_state = {k: v.detach().to("cpu").clone().share_memory_() for k, v in network.state_dict().items()}
         self.games = [games[i % len(games)] for i in range(config.num_actors)]
         self.processes = [
-            ctx.Process(target=act, name=f"impala-actor-{i}", daemon=True,
-                        args=(i, self.games[i], i % len(games), config, protocol, _actor_seed(seed, i), network.spec,
-                              self.shared_state, buffers, self.free_queue, self.full_queue, self.errors,
-                              os.getpid(), fault))
-            for i in range(config.num_actors)]
+            ctx.Process(
+                target=act,
+                name=f"impala-actor-{i}",
+                daemon=True,
+                args=(
+                    i,
+                    self.games[i],
+                    i % len(games),
+                    config,
+                    protocol,
+                    _actor_seed(seed, i),
+                    network.spec,
+                    self.shared_state,
+                    buffers,
+                    self.free_queue,
+                    self.full_queue,
+                    self.errors,
+                    os.getpid(),
+                    fault,
+                ),
+            )
+            for i in range(config.num_actors)
+        ]
         self.num_buffers = config.buffers
         self.reported: dict[int, str] = {}
 
@@ -364,10 +450,15 @@ class Actors:
             if process.exitcode is not None:
                 self._collect_errors(i, wait=1.0)
                 code = process.exitcode
-                cause = self.reported.get(i) or (f"killed by signal {-code} ({_signal_name(-code)}; out of memory?)"
-                                                 if code < 0 else "no exception reported")
-                raise UserError(f"IMPALA actor {i} ({self.games[i]}) died with exit code {code}: {cause}; the other "
-                                f"actors were stopped; run the stage again to resume from the last checkpoint")
+                cause = self.reported.get(i) or (
+                    f"killed by signal {-code} ({_signal_name(-code)}; out of memory?)"
+                    if code < 0
+                    else "no exception reported"
+                )
+                raise UserError(
+                    f"IMPALA actor {i} ({self.games[i]}) died with exit code {code}: {cause}; the other "
+                    f"actors were stopped; run the stage again to resume from the last checkpoint"
+                )
 
     def _collect_errors(self, actor: int, wait: float) -> None:
         """Read the actors' reported exceptions until `actor`'s is in (it is sent before the exit), or `wait` s."""
@@ -389,8 +480,10 @@ class Actors:
             except queue.Empty:
                 waited += POLL_S
                 if waited >= STALL_S:
-                    raise UserError(f"no IMPALA actor delivered an unroll in {STALL_S:.0f} s though all are alive; "
-                                    "run the stage again to resume from the last checkpoint") from None
+                    raise UserError(
+                        f"no IMPALA actor delivered an unroll in {STALL_S:.0f} s though all are alive; "
+                        "run the stage again to resume from the last checkpoint"
+                    ) from None
 
     def release(self, indices: list[int]) -> None:
         for index in indices:
@@ -407,7 +500,7 @@ class Actors:
                     process.kill()
                     process.join(timeout=5)
         for q in (self.free_queue, self.full_queue, self.errors):
-            q.cancel_join_thread()   # never block the learner's exit on a pipe no one reads any more
+            q.cancel_join_thread()  # never block the learner's exit on a pipe no one reads any more
             q.close()
 
 
@@ -426,9 +519,20 @@ def _actor_seed(seed: tuple[int, ...], actor: int) -> int:
 # ----------------------------------------------------------------------------------------------------------
 # The learner.
 
-def train(games: str | list[str], seed: int, out_dir: str | os.PathLike, log_dir: str | os.PathLike,
-          config: IMPALAConfig, *, study_seed: int = 0, device: str = "auto", algo: str = "IMPALA",
-          progress: bool = True, _fault: tuple[int, int, str] | None = None) -> Path:
+
+def train(
+    games: str | list[str],
+    seed: int,
+    out_dir: str | os.PathLike,
+    log_dir: str | os.PathLike,
+    config: IMPALAConfig,
+    *,
+    study_seed: int = 0,
+    device: str = "auto",
+    algo: str = "IMPALA",
+    progress: bool = True,
+    _fault: tuple[int, int, str] | None = None,
+) -> Path:
     """Train IMPALA run `seed` on `games` (one name, or several for a multi-task run); checkpoints go to
     out_dir (model_STEP.gz), dvclive logs to log_dir, both written whole at the end. Until then everything
     lives in a hidden folder beside out_dir, from which a killed or failed run resumes at its last checkpoint.
@@ -437,21 +541,33 @@ def train(games: str | list[str], seed: int, out_dir: str | os.PathLike, log_dir
     the step it resumed from); which unrolls form a batch depends on the actors' timing."""
     games = [games] if isinstance(games, str) else list(games)
     config = config if config.games else dataclasses.replace(config, games=tuple(games))
-    config.check()      # unclipped rewards without PopArt, among others, stop the run here
+    config.check()  # unclipped rewards without PopArt, among others, stop the run here
     device_ = devices.resolve(device)
     out_dir, log_dir = Path(out_dir), Path(log_dir)
     work = resume.work_folder(out_dir)
     games, num_actions = check_games(games, config)
-    fingerprint = json.dumps({"games": games, "seed": seed, "study_seed": study_seed, "algo": algo,
-                              **asdict(config)}, sort_keys=True)
+    fingerprint = json.dumps(
+        {"games": games, "seed": seed, "study_seed": study_seed, "algo": algo, **asdict(config)}, sort_keys=True
+    )
     seeded = run_seed(study_seed, seed)
     torch.manual_seed(seeded)
-    network = IMPALANet(num_actions, len(games), config.architecture, popart=config.uses_popart(len(games)),
-                        full_action_space=config.full_action_space, last_action_reward=config.last_action_reward,
-                        acts_greedily=config.greedy_evaluation)
+    network = IMPALANet(
+        num_actions,
+        len(games),
+        config.architecture,
+        popart=config.uses_popart(len(games)),
+        full_action_space=config.full_action_space,
+        last_action_reward=config.last_action_reward,
+        acts_greedily=config.greedy_evaluation,
+    )
     network = network.to(device_, memory_format=torch.channels_last)
-    optimizer = torch.optim.RMSprop(network.parameters(), lr=config.lr, alpha=config.rmsprop_alpha,
-                                    eps=config.rmsprop_eps, momentum=config.rmsprop_momentum)
+    optimizer = torch.optim.RMSprop(
+        network.parameters(),
+        lr=config.lr,
+        alpha=config.rmsprop_alpha,
+        eps=config.rmsprop_eps,
+        momentum=config.rmsprop_momentum,
+    )
     start = 0
     saved = resume.read(work, RESUME_FORMAT, fingerprint)
     if saved is None:
@@ -461,8 +577,10 @@ def train(games: str | list[str], seed: int, out_dir: str | os.PathLike, log_dir
         optimizer.load_state_dict(saved["optimizer"])
         start = int(saved["iteration"])
         drop_rows_after(work / "live", start * config.steps_per_update)
-        print(f"resuming {'+'.join(games)} seed {seed} after learner step {start} "
-              f"({start * config.steps_per_update} steps); actors start new games")
+        print(
+            f"resuming {'+'.join(games)} seed {seed} after learner step {start} "
+            f"({start * config.steps_per_update} steps); actors start new games"
+        )
 
     live = StageLive(str(work / "live"), resume=saved is not None)
     save_at = set(config.checkpoint_iterations())
@@ -483,18 +601,21 @@ def train(games: str | list[str], seed: int, out_dir: str | os.PathLike, log_dir
 
             # 2. V-trace and one RMSprop step; the actors see the new weights from their next unroll.
             learning = time.perf_counter()
-            stats = learn(network, optimizer, config, batch)   # its .item() calls wait for a GPU to finish
+            stats = learn(network, optimizer, config, batch)  # its .item() calls wait for a GPU to finish
             actors.publish(network)
             learned = time.perf_counter()
 
             # 3. Log (each game's returns apart), checkpoint, report.
             global_step = iteration * config.steps_per_update
             live.step = global_step
-            metrics = {**{f"losses/{k}": v for k, v in stats.items()}, "charts/lr": optimizer.param_groups[0]["lr"],
-                       "charts/steps_per_s": config.steps_per_update / (time.perf_counter() - started),
-                       # the share of the step the learner computed rather than waited for unrolls (1: the
-                       # actors keep up, the learner is the bottleneck)
-                       "charts/learner_utilisation": (learned - learning) / (learned - started)}
+            metrics = {
+                **{f"losses/{k}": v for k, v in stats.items()},
+                "charts/lr": optimizer.param_groups[0]["lr"],
+                "charts/steps_per_s": config.steps_per_update / (time.perf_counter() - started),
+                # the share of the step the learner computed rather than waited for unrolls (1: the
+                # actors keep up, the learner is the bottleneck)
+                "charts/learner_utilisation": (learned - learning) / (learned - started),
+            }
             metrics.update(_episode_metrics(batch, games))
             if network.popart:
                 for task, game in enumerate(games):
@@ -504,24 +625,35 @@ def train(games: str | list[str], seed: int, out_dir: str | os.PathLike, log_dir
                 live.log_metric(name, value)
             live.next_step()
             if iteration in save_at:
-                save_checkpoint(work / "checkpoints" / checkpoints.file_name(global_step), network, algo=algo,
-                                protocol=config.protocol, games=games, seed=seed, step=global_step,
-                                frames=global_step * get_protocol(config.protocol).frame_skip)
+                save_checkpoint(
+                    work / "checkpoints" / checkpoints.file_name(global_step),
+                    network,
+                    algo=algo,
+                    protocol=config.protocol,
+                    games=games,
+                    seed=seed,
+                    step=global_step,
+                    frames=global_step * get_protocol(config.protocol).frame_skip,
+                )
                 _write_resume(work, fingerprint, network, optimizer, iteration)
             if progress:
                 shown = " ".join(f"{k.split('/', 1)[1]}={v:.4g}" for k, v in metrics.items())
-                print(f"{'+'.join(games)} seed {seed} step {global_step}/{config.iterations * config.steps_per_update}"
-                      f" {shown}", flush=True)
+                print(
+                    f"{'+'.join(games)} seed {seed} step {global_step}/{config.iterations * config.steps_per_update}"
+                    f" {shown}",
+                    flush=True,
+                )
     finally:
         actors.stop()
     live.end()
 
-    resume.finish(work, out_dir, log_dir)   # logs and checkpoints replace the stage's outputs whole
+    resume.finish(work, out_dir, log_dir)  # logs and checkpoints replace the stage's outputs whole
     return out_dir
 
 
-def learn(network: IMPALANet, optimizer: torch.optim.Optimizer, config: IMPALAConfig,
-          batch: dict[str, torch.Tensor]) -> dict[str, float]:
+def learn(
+    network: IMPALANet, optimizer: torch.optim.Optimizer, config: IMPALAConfig, batch: dict[str, torch.Tensor]
+) -> dict[str, float]:
     """One learner step on a batch of unrolls (time-major: obs (T+1, B, ...), the rest (T, B), task (B,)).
 
     Losses are sums over time and batch (torchbeast): the policy gradient weighted by V-trace's advantages,
@@ -531,28 +663,36 @@ def learn(network: IMPALANet, optimizer: torch.optim.Optimizer, config: IMPALACo
     stack's last_action and last_reward (T+1, B)."""
     obs, task = batch["obs"], batch["task"]
     t_plus_1, b = obs.shape[:2]
-    logits, outputs = network.heads(obs.reshape(t_plus_1 * b, *obs.shape[2:]), batch["last_action"].reshape(-1),
-                                    batch["last_reward"].reshape(-1))
+    logits, outputs = network.heads(
+        obs.reshape(t_plus_1 * b, *obs.shape[2:]), batch["last_action"].reshape(-1), batch["last_reward"].reshape(-1)
+    )
     logits = logits.float().view(t_plus_1, b, -1)
-    column = network.output_index(task).expand(t_plus_1, b)[..., None]     # each unroll's value output
+    column = network.output_index(task).expand(t_plus_1, b)[..., None]  # each unroll's value output
     outputs = outputs.float().view(t_plus_1, b, -1).gather(2, column).squeeze(2)
-    values = network.unnormalize(outputs.detach(), task)       # (T+1, B) in the reward's scale
+    values = network.unnormalize(outputs.detach(), task)  # (T+1, B) in the reward's scale
 
     # V-trace in the reward's scale, on the learner's policy (target) against the actors' (behaviour).
     target_logits = logits[:-1]
     discounts = config.discount * (~batch["dones"]).float()
-    vs, pg_advantages = vtrace(log_rhos(target_logits.detach(), batch["logits"], batch["actions"]), discounts,
-                               batch["rewards"], values[:-1], values[-1], rho_bar=config.rho_bar,
-                               c_bar=config.c_bar, pg_rho_bar=config.rho_bar)
+    vs, pg_advantages = vtrace(
+        log_rhos(target_logits.detach(), batch["logits"], batch["actions"]),
+        discounts,
+        batch["rewards"],
+        values[:-1],
+        values[-1],
+        rho_bar=config.rho_bar,
+        c_bar=config.c_bar,
+        pg_rho_bar=config.rho_bar,
+    )
     targets = vs
-    if network.popart:   # the baseline's targets and the advantages in the normalised space
+    if network.popart:  # the baseline's targets and the advantages in the normalised space
         targets = network.critic.normalize(vs, task)
         pg_advantages = network.critic.normalize_advantages(pg_advantages, task)
 
     pg_loss = -(action_log_probs(target_logits, batch["actions"]) * pg_advantages).sum()
     baseline_loss = config.baseline_cost * 0.5 * ((targets - outputs[:-1]) ** 2).sum()
     log_policy = torch.log_softmax(target_logits, dim=-1)
-    entropy = -(log_policy.exp() * log_policy).sum(-1)           # (T, B)
+    entropy = -(log_policy.exp() * log_policy).sum(-1)  # (T, B)
     entropy_loss = -config.entropy_cost * entropy.sum()
     loss = pg_loss + baseline_loss + entropy_loss
     optimizer.zero_grad()
@@ -561,8 +701,13 @@ def learn(network: IMPALANet, optimizer: torch.optim.Optimizer, config: IMPALACo
     optimizer.step()
     if network.popart:
         network.critic.update(vs, task, beta=config.popart_beta, statistics=config.popart_statistics)
-    return {"total": loss.item(), "policy": pg_loss.item(), "baseline": baseline_loss.item(),
-            "entropy": entropy.mean().item(), "grad_norm": grad_norm.item()}
+    return {
+        "total": loss.item(),
+        "policy": pg_loss.item(),
+        "baseline": baseline_loss.item(),
+        "entropy": entropy.mean().item(),
+        "grad_norm": grad_norm.item(),
+    }
 
 
 def check_games(games: list[str], config: IMPALAConfig) -> tuple[list[str], int]:
@@ -572,22 +717,31 @@ def check_games(games: list[str], config: IMPALAConfig) -> tuple[list[str], int]
         raise UserError("IMPALA needs at least one game")
     counts = {}
     for game in games:
-        envs = AgentEnvs(game, 1, config.protocol, training=True,   # resolves the name
-                         full_action_space=config.full_action_space)
+        envs = AgentEnvs(
+            game,
+            1,
+            config.protocol,
+            training=True,  # resolves the name
+            full_action_space=config.full_action_space,
+        )
         counts[envs.game] = envs.num_actions
         envs.close()
     if len(counts) < len(games):
         raise UserError(f"IMPALA games {', '.join(games)} name a game twice; list each once")
     if len(set(counts.values())) > 1:
         shown = ", ".join(f"{g} {n}" for g, n in counts.items())
-        raise UserError(f"IMPALA multi-task games must have the same number of actions (the policy head is "
-                        f"shared), but they have {shown}; choose games with equal action counts (e.g. AirRaid, "
-                        f"Carnival, DemonAttack, NameThisGame, Pong, SpaceInvaders: 6 each), or set "
-                        f"multitask.full_action_space: true to play every game with ALE's 18 actions")
+        raise UserError(
+            f"IMPALA multi-task games must have the same number of actions (the policy head is "
+            f"shared), but they have {shown}; choose games with equal action counts (e.g. AirRaid, "
+            f"Carnival, DemonAttack, NameThisGame, Pong, SpaceInvaders: 6 each), or set "
+            f"multitask.full_action_space: true to play every game with ALE's 18 actions"
+        )
     if config.num_actors < len(counts):
-        raise UserError(f"IMPALA has {config.num_actors} actors for {len(counts)} games; set "
-                        f"num_actors (train_agent.impala, or multitask.impala for a multi-task run) to at least "
-                        f"{len(counts)} (a multiple, for equal shares)")
+        raise UserError(
+            f"IMPALA has {config.num_actors} actors for {len(counts)} games; set "
+            f"num_actors (train_agent.impala, or multitask.impala for a multi-task run) to at least "
+            f"{len(counts)} (a multiple, for equal shares)"
+        )
     return list(counts), next(iter(counts.values()))
 
 
@@ -607,7 +761,11 @@ def _episode_metrics(batch: dict[str, torch.Tensor], games: list[str]) -> dict[s
 
 
 def _write_resume(work: Path, fingerprint: str, network: nn.Module, optimizer, iteration: int) -> None:
-    state = {"format": RESUME_FORMAT, "fingerprint": fingerprint, "iteration": iteration,
-             "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},   # PopArt's stats too
-             "optimizer": optimizer.state_dict()}
+    state = {
+        "format": RESUME_FORMAT,
+        "fingerprint": fingerprint,
+        "iteration": iteration,
+        "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},  # PopArt's stats too
+        "optimizer": optimizer.state_dict(),
+    }
     resume.write(work, state)

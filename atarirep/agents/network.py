@@ -10,6 +10,7 @@ any of them while playing, with the last action and reward for an IMPALA network
 Both have the same `encoder` (the Nature CNN up to its 512-d layer, after its ReLU) and `features`, the
 representation `probe_checkpoints` probes.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,8 @@ from atarirep.agents.popart import PopArt
 from atarirep.encoders import ImpalaCNN, NatureCNN, _init_orthogonal, preprocess
 from atarirep.errors import UserError
 
-MAX_ACTIONS = 18        # the full ALE action set: no Atari game has more actions
-C51_SUPPORT = (-10.0, 10.0)   # C51's value range (Bellemare et al. 2017), used when a file holds no support
+MAX_ACTIONS = 18  # the full ALE action set: no Atari game has more actions
+C51_SUPPORT = (-10.0, 10.0)  # C51's value range (Bellemare et al. 2017), used when a file holds no support
 
 
 class ActorCritic(nn.Module):
@@ -32,8 +33,8 @@ class ActorCritic(nn.Module):
     """
 
     architecture = "nature_actor_critic"
-    acts_greedily = False    # the head is a policy: actions are sampled from softmax(logits)
-    full_action_space = False   # it plays the game's minimal action set (as every network here but a mapped one)
+    acts_greedily = False  # the head is a policy: actions are sampled from softmax(logits)
+    full_action_space = False  # it plays the game's minimal action set (as every network here but a mapped one)
 
     def __init__(self, num_actions: int, feature_size: int = 512):
         super().__init__()
@@ -68,11 +69,10 @@ class QNetwork(nn.Module):
     """
 
     architecture = "nature_dqn"
-    acts_greedily = True     # the head holds Q-values: the action is their argmax (epsilon-greedy)
+    acts_greedily = True  # the head holds Q-values: the action is their argmax (epsilon-greedy)
     full_action_space = False
 
-    def __init__(self, num_actions: int, atoms: int = 1, support: torch.Tensor | None = None,
-                 feature_size: int = 512):
+    def __init__(self, num_actions: int, atoms: int = 1, support: torch.Tensor | None = None, feature_size: int = 512):
         super().__init__()
         if atoms < 1:
             raise ValueError(f"atoms must be at least 1, got {atoms}")
@@ -134,48 +134,77 @@ class IMPALANet(nn.Module):
     logits (torchbeast's test mode) rather than a sample.
     """
 
-    def __init__(self, num_actions: int, num_tasks: int = 1, encoder: str = "nature", popart: bool = False,
-                 full_action_space: bool = False, *, last_action_reward: bool = False,
-                 value_outputs: int | None = None, acts_greedily: bool = False):
+    def __init__(
+        self,
+        num_actions: int,
+        num_tasks: int = 1,
+        encoder: str = "nature",
+        popart: bool = False,
+        full_action_space: bool = False,
+        *,
+        last_action_reward: bool = False,
+        value_outputs: int | None = None,
+        acts_greedily: bool = False,
+    ):
         super().__init__()
         self.num_actions, self.num_tasks, self.encoder_name, self.popart = num_actions, num_tasks, encoder, popart
-        self.full_action_space = full_action_space     # it plays ALE's 18 actions in every game (a multi-task mapping)
+        self.full_action_space = full_action_space  # it plays ALE's 18 actions in every game (a multi-task mapping)
         self.last_action_reward, self.acts_greedily = last_action_reward, acts_greedily
         self.value_outputs = value_outputs or (num_tasks if popart else 1)
         if popart and self.value_outputs != num_tasks:
             raise ValueError(f"PopArt needs one value output per task ({num_tasks}), not {self.value_outputs}")
-        self.encoder = NatureCNN(in_channels=4, feature_size=512) if encoder == "nature" else \
-            ImpalaCNN(in_channels=4, feature_size=256, input_size=(84, 84))
+        self.encoder = (
+            NatureCNN(in_channels=4, feature_size=512)
+            if encoder == "nature"
+            else ImpalaCNN(in_channels=4, feature_size=256, input_size=(84, 84))
+        )
         core = self.encoder.feature_size + (1 + num_actions if last_action_reward else 0)
         self.actor = nn.Linear(core, num_actions)
         self.critic = PopArt(core, num_tasks) if popart else nn.Linear(core, self.value_outputs)
-        _init_orthogonal(self.actor, gain=0.01)     # as ActorCritic (CleanRL)
+        _init_orthogonal(self.actor, gain=0.01)  # as ActorCritic (CleanRL)
         _init_orthogonal(self.critic, gain=1.0)
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "IMPALANet":
+    def from_spec(cls, spec: dict) -> IMPALANet:
         """A fresh network of a checkpoint's "architecture" (`spec`); absent keys: ActorCritic's network."""
-        return cls(int(spec["num_actions"]), num_tasks=int(spec.get("num_tasks", 1)),
-                   encoder=spec.get("encoder", "nature"), popart=bool(spec.get("popart", False)),
-                   full_action_space=bool(spec.get("full_action_space", False)),
-                   last_action_reward=bool(spec.get("last_action_reward", False)),
-                   value_outputs=spec.get("value_outputs"), acts_greedily=bool(spec.get("acts_greedily", False)))
+        return cls(
+            int(spec["num_actions"]),
+            num_tasks=int(spec.get("num_tasks", 1)),
+            encoder=spec.get("encoder", "nature"),
+            popart=bool(spec.get("popart", False)),
+            full_action_space=bool(spec.get("full_action_space", False)),
+            last_action_reward=bool(spec.get("last_action_reward", False)),
+            value_outputs=spec.get("value_outputs"),
+            acts_greedily=bool(spec.get("acts_greedily", False)),
+        )
 
     @property
     def architecture(self) -> str:
         """ActorCritic's name when this is that network (the Nature CNN, one task, no PopArt, no last
         action/reward inputs), else our own."""
-        plain = (self.encoder_name == "nature" and self.num_tasks == 1 and not self.popart
-                 and not self.full_action_space and not self.last_action_reward)
+        plain = (
+            self.encoder_name == "nature"
+            and self.num_tasks == 1
+            and not self.popart
+            and not self.full_action_space
+            and not self.last_action_reward
+        )
         return "nature_actor_critic" if plain else "impala_actor_critic"
 
     @property
     def spec(self) -> dict:
         """What a checkpoint's "architecture" records to rebuild this network (`load_network`) and how it plays."""
-        return {"name": self.architecture, "num_actions": self.num_actions, "encoder": self.encoder_name,
-                "num_tasks": self.num_tasks, "popart": self.popart, "full_action_space": self.full_action_space,
-                "last_action_reward": self.last_action_reward, "value_outputs": self.value_outputs,
-                "acts_greedily": self.acts_greedily}
+        return {
+            "name": self.architecture,
+            "num_actions": self.num_actions,
+            "encoder": self.encoder_name,
+            "num_tasks": self.num_tasks,
+            "popart": self.popart,
+            "full_action_space": self.full_action_space,
+            "last_action_reward": self.last_action_reward,
+            "value_outputs": self.value_outputs,
+            "acts_greedily": self.acts_greedily,
+        }
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         """The torso's features of uint8 stacks, or of float stacks already in [0, 1] (saliency's perturbed stacks)."""
@@ -183,8 +212,9 @@ class IMPALANet(nn.Module):
             return self.encoder(preprocess(obs.contiguous(memory_format=torch.channels_last)))
         return self.encoder(obs.contiguous(memory_format=_memory_format(obs)))
 
-    def core(self, hidden: torch.Tensor, last_action: torch.Tensor | None = None,
-             last_reward: torch.Tensor | None = None) -> torch.Tensor:
+    def core(
+        self, hidden: torch.Tensor, last_action: torch.Tensor | None = None, last_reward: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """What the heads read: the features, then (with last_action_reward) the last reward clamped to [-1, 1]
         and the last action one-hot, as monobeast's AtariNet concatenates them; either absent: zeros (an
         episode's start). Both enter the heads linearly, so a saliency score (a difference of outputs at the
@@ -198,8 +228,9 @@ class IMPALANet(nn.Module):
         one_hot = F.one_hot(action.reshape(n).long(), self.num_actions).to(hidden.dtype)
         return torch.cat([hidden, reward, one_hot], dim=-1)
 
-    def heads(self, obs: torch.Tensor, last_action: torch.Tensor | None = None,
-              last_reward: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def heads(
+        self, obs: torch.Tensor, last_action: torch.Tensor | None = None, last_reward: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, A), the value layer's outputs (B, value_outputs): PopArt-normalised when popart)."""
         inputs = self.core(self.features(obs), last_action, last_reward)
         return self.actor(inputs), self.critic(inputs)
@@ -212,9 +243,14 @@ class IMPALANet(nn.Module):
         """The value layer's outputs in the reward's scale (sigma n + mu under PopArt)."""
         return self.critic.unnormalize(outputs, task_ids) if self.popart else outputs
 
-    def forward(self, obs: torch.Tensor, task_ids: torch.Tensor | None = None, *,
-                last_action: torch.Tensor | None = None,
-                last_reward: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        obs: torch.Tensor,
+        task_ids: torch.Tensor | None = None,
+        *,
+        last_action: torch.Tensor | None = None,
+        last_reward: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, A), values in the reward's scale): of each row's task given task_ids (B,), else (B,)
         for one value output (as ActorCritic) and (B, value_outputs) for several."""
         logits, outputs = self.heads(obs, last_action, last_reward)
@@ -239,8 +275,9 @@ class OneGame(nn.Module):
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         return self.network.features(obs)
 
-    def forward(self, obs: torch.Tensor, *, last_action: torch.Tensor | None = None,
-                last_reward: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, obs: torch.Tensor, *, last_action: torch.Tensor | None = None, last_reward: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         task_ids = torch.full((obs.shape[0],), self.task, dtype=torch.int64, device=obs.device)
         return self.network(obs, task_ids, last_action=last_action, last_reward=last_reward)
 
@@ -250,18 +287,21 @@ def network_from(state: dict, spec: dict, source: str = "the state_dict") -> IMP
     of one task); UserError starting with `source` for other weights."""
     try:
         spec = {**spec, "num_actions": int(state["actor.weight"].shape[0])}
-        if not spec.get("popart") and "value_outputs" not in spec:   # older files: one plain output per task
+        if not spec.get("popart") and "value_outputs" not in spec:  # older files: one plain output per task
             spec["value_outputs"] = int(state["critic.weight"].shape[0])
         network = IMPALANet.from_spec(spec)
         network.load_state_dict(state)
     except (KeyError, RuntimeError, TypeError, ValueError):
-        raise UserError(f"{source} holds weights of another network (keys {', '.join(list(state)[:3])}, ...), "
-                        "not an IMPALA actor-critic; point to a checkpoint written by train_agent") from None
+        raise UserError(
+            f"{source} holds weights of another network (keys {', '.join(list(state)[:3])}, ...), "
+            "not an IMPALA actor-critic; point to a checkpoint written by train_agent"
+        ) from None
     return network
 
 
-def play_outputs(network: nn.Module, obs: torch.Tensor, last_action: torch.Tensor,
-                 last_reward: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def play_outputs(
+    network: nn.Module, obs: torch.Tensor, last_action: torch.Tensor, last_reward: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The network's (head, value) for acting on `obs`: given the last action and reward (B,) when it reads them
     (`last_action_reward`, an IMPALA network), else of the stacks alone."""
     if getattr(network, "last_action_reward", False):
@@ -269,8 +309,9 @@ def play_outputs(network: nn.Module, obs: torch.Tensor, last_action: torch.Tenso
     return network(obs)
 
 
-def choose_actions(network: nn.Module, head: torch.Tensor, rng: np.random.Generator, epsilon: float, *,
-                   greedy: bool | None = None) -> np.ndarray:
+def choose_actions(
+    network: nn.Module, head: torch.Tensor, rng: np.random.Generator, epsilon: float, *, greedy: bool | None = None
+) -> np.ndarray:
     """Actions for a batch of network outputs `head` (B, A): the argmax for a network that `acts_greedily` (Q-values,
     epsilon-greedy as the published DQN-family agents were evaluated; an IMPALA policy in torchbeast's test mode),
     else a Gumbel-max draw from the policy; `greedy` overrides the network's rule. With probability `epsilon` a
@@ -278,7 +319,6 @@ def choose_actions(network: nn.Module, head: torch.Tensor, rng: np.random.Genera
     which envs took a random one."""
     head = head.double().cpu().numpy()
     greedy = getattr(network, "acts_greedily", False) if greedy is None else greedy
-    chosen = head.argmax(1) if greedy else (
-        head + rng.gumbel(size=head.shape)).argmax(1)
+    chosen = head.argmax(1) if greedy else (head + rng.gumbel(size=head.shape)).argmax(1)
     uniform = rng.integers(head.shape[1], size=len(head))
     return np.where(rng.random(len(head)) < epsilon, uniform, chosen)

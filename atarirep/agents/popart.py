@@ -33,6 +33,7 @@ difference). A learner step, sketched, with `task` (B,) the task of each actor's
     ... optimizer step ...
     popart.update(vs, task, beta=4e-4, statistics="torchbeast")
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,7 +41,7 @@ from torch import nn
 
 SIGMA_MIN = 1e-4
 SIGMA_MAX = 1e6
-STATISTICS = ("torchbeast", "second_moment")   # how sigma follows the targets (module docstring)
+STATISTICS = ("torchbeast", "second_moment")  # how sigma follows the targets (module docstring)
 
 
 class PopArt(nn.Module):
@@ -88,8 +89,9 @@ class PopArt(nn.Module):
         return advantages / sigma
 
     @torch.no_grad()
-    def update(self, targets: torch.Tensor, task_ids: torch.Tensor, beta: float = 4e-4,
-               statistics: str = "torchbeast") -> None:
+    def update(
+        self, targets: torch.Tensor, task_ids: torch.Tensor, beta: float = 4e-4, statistics: str = "torchbeast"
+    ) -> None:
         """Move the statistics of the tasks in the batch towards its targets by `statistics`' rule, then rescale
         their rows of the layer so that their unnormalised outputs are unchanged. targets: any shape, e.g. (N,)
         or vs's (T, B); task_ids: int64 of the same shape or one that broadcasts to it (the (B,) of an unroll)."""

@@ -16,6 +16,7 @@ longer than the 27,000-step cap of a game); such a cut is a truncation, bootstra
 the end of any rollout is. Actions are drawn by Gumbel-max from a seeded numpy generator, so sampling
 does not depend on the device's RNG.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,9 +44,9 @@ RESUME_FORMAT = "atarirep-ppo-resume/2"
 
 @dataclass(frozen=True)
 class PPOConfig:
-    total_steps: int = 10_000_000     # agent steps over all envs (frames = 4x)
+    total_steps: int = 10_000_000  # agent steps over all envs (frames = 4x)
     num_envs: int = 8
-    num_steps: int = 128              # rollout length per env
+    num_steps: int = 128  # rollout length per env
     lr: float = 2.5e-4
     anneal_lr: bool = True
     gamma: float = 0.99
@@ -60,8 +61,8 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     adam_eps: float = 1e-5
     protocol: str = "classic"
-    checkpoint_every: int = 50_000    # agent steps; 200 checkpoints in 10M steps
-    reset_every: int = 1_000_000      # agent steps; new games at the next checkpoint (bounds a resume's replay)
+    checkpoint_every: int = 50_000  # agent steps; 200 checkpoints in 10M steps
+    reset_every: int = 1_000_000  # agent steps; new games at the next checkpoint (bounds a resume's replay)
 
     @property
     def batch_size(self) -> int:
@@ -73,32 +74,47 @@ class PPOConfig:
 
     def check(self) -> None:
         get_protocol(self.protocol)
-        for name in ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "checkpoint_every",
-                     "reset_every"):
+        for name in (
+            "total_steps",
+            "num_envs",
+            "num_steps",
+            "num_minibatches",
+            "update_epochs",
+            "checkpoint_every",
+            "reset_every",
+        ):
             if getattr(self, name) < 1:
                 raise UserError(f"train_agent.{name} is {getattr(self, name)}; it must be at least 1")
         if self.batch_size % self.num_minibatches:
-            raise UserError(f"num_envs x num_steps ({self.batch_size}) must divide into num_minibatches "
-                            f"({self.num_minibatches}); change one of them")
+            raise UserError(
+                f"num_envs x num_steps ({self.batch_size}) must divide into num_minibatches "
+                f"({self.num_minibatches}); change one of them"
+            )
         if self.iterations < 1:
-            raise UserError(f"train_agent.total_steps {self.total_steps} is less than one rollout "
-                            f"({self.batch_size} steps); raise it")
+            raise UserError(
+                f"train_agent.total_steps {self.total_steps} is less than one rollout "
+                f"({self.batch_size} steps); raise it"
+            )
         if not 0 < self.lr < 1 or not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise UserError("train_agent.lr must be in (0, 1), gamma in (0, 1], gae_lambda in [0, 1]")
 
     def checkpoint_iterations(self) -> list[int]:
         """The iterations after which a checkpoint is written: the first to reach each multiple of
         `checkpoint_every`, and always the last."""
-        marks = {math.ceil(k * self.checkpoint_every / self.batch_size)
-                 for k in range(1, self.total_steps // self.checkpoint_every + 1)}
+        marks = {
+            math.ceil(k * self.checkpoint_every / self.batch_size)
+            for k in range(1, self.total_steps // self.checkpoint_every + 1)
+        }
         return sorted({m for m in marks if m < self.iterations} | {self.iterations})
 
     def reset_iterations(self) -> list[int]:
         """The checkpoint iterations after which every env starts a new game: the first checkpoint at or past
         each multiple of `reset_every` (none at the end)."""
         saves = self.checkpoint_iterations()
-        marks = {next((i for i in saves if i * self.batch_size >= k * self.reset_every), self.iterations)
-                 for k in range(1, self.total_steps // self.reset_every + 1)}
+        marks = {
+            next((i for i in saves if i * self.batch_size >= k * self.reset_every), self.iterations)
+            for k in range(1, self.total_steps // self.reset_every + 1)
+        }
         return sorted(m for m in marks if m < self.iterations)
 
     def replay_iterations(self) -> int:
@@ -120,8 +136,18 @@ def env_seed(seed: int, segment: int) -> int:
     return int(np.random.SeedSequence([seed, segment]).generate_state(1)[0] % (2**31 - 2**16))
 
 
-def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.PathLike, config: PPOConfig, *,
-          study_seed: int = 0, device: str = "auto", algo: str = "PPO", progress: bool = True) -> Path:
+def train(
+    game: str,
+    seed: int,
+    out_dir: str | os.PathLike,
+    log_dir: str | os.PathLike,
+    config: PPOConfig,
+    *,
+    study_seed: int = 0,
+    device: str = "auto",
+    algo: str = "PPO",
+    progress: bool = True,
+) -> Path:
     """Train PPO run `seed` on `game`; checkpoints go to out_dir (model_STEP.gz), dvclive logs to log_dir.
 
     Every random source (weights, actions, minibatches, the games' no-ops) follows run_seed(study_seed, seed).
@@ -133,8 +159,9 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
     device_ = devices.resolve(device)
     out_dir, log_dir = Path(out_dir), Path(log_dir)
     work = resume.work_folder(out_dir)
-    fingerprint = json.dumps({"game": game, "seed": seed, "study_seed": study_seed, "algo": algo,
-                              **asdict(config)}, sort_keys=True)
+    fingerprint = json.dumps(
+        {"game": game, "seed": seed, "study_seed": study_seed, "algo": algo, **asdict(config)}, sort_keys=True
+    )
     seeded = run_seed(study_seed, seed)
     envs = AgentEnvs(game, config.num_envs, config.protocol, training=True)
     torch.manual_seed(seeded)
@@ -168,11 +195,11 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
     logprobs, rewards, dones, values = (torch.zeros((n, e), device=device_) for _ in range(4))
     next_obs = torch.from_numpy(envs.reset(env_seed(seeded, segment))).to(device_)
     next_done = torch.zeros(e, device=device_)
-    for row in played[:played_steps]:   # a resumed run: the games back to where the checkpoint left them
+    for row in played[:played_steps]:  # a resumed run: the games back to where the checkpoint left them
         result = envs.step(row)
         next_obs = torch.from_numpy(result.obs).to(device_)
         next_done = torch.from_numpy(result.terminated | result.truncated).to(device_, torch.float32)
-    returns_window: list[float] = []   # games finished since the last log row (emptied each iteration)
+    returns_window: list[float] = []  # games finished since the last log row (emptied each iteration)
 
     for iteration in range(start + 1, config.iterations + 1):
         started = time.perf_counter()
@@ -200,15 +227,26 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
         with torch.no_grad():
             next_value = network(next_obs)[1].float()
         advantages = compute_gae(rewards, values, dones, next_value, next_done, config.gamma, config.gae_lambda)
-        stats = update(network, optimizer, config, rng, obs=obs.reshape(-1, *obs.shape[2:]),
-                       actions=actions.reshape(-1), logprobs=logprobs.reshape(-1),
-                       advantages=advantages.reshape(-1), values=values.reshape(-1))
+        stats = update(
+            network,
+            optimizer,
+            config,
+            rng,
+            obs=obs.reshape(-1, *obs.shape[2:]),
+            actions=actions.reshape(-1),
+            logprobs=logprobs.reshape(-1),
+            advantages=advantages.reshape(-1),
+            values=values.reshape(-1),
+        )
 
         # 4. Log, checkpoint (then start new games), report.
         global_step = iteration * config.batch_size
         live.step = global_step
-        metrics = {**{f"losses/{k}": v for k, v in stats.items()}, "charts/lr": optimizer.param_groups[0]["lr"],
-                   "charts/steps_per_s": config.batch_size / (time.perf_counter() - started)}
+        metrics = {
+            **{f"losses/{k}": v for k, v in stats.items()},
+            "charts/lr": optimizer.param_groups[0]["lr"],
+            "charts/steps_per_s": config.batch_size / (time.perf_counter() - started),
+        }
         if returns_window:
             metrics["charts/episode_return"] = float(np.mean(returns_window))
             metrics["charts/episodes"] = len(returns_window)
@@ -217,9 +255,16 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
         live.next_step()
         returns_window.clear()
         if iteration in save_at:
-            checkpoints.save(work / "checkpoints" / checkpoints.file_name(global_step), network, algo=algo,
-                             protocol=config.protocol, game=envs.game, seed=seed, step=global_step,
-                             frames=global_step * envs.protocol.frame_skip)
+            checkpoints.save(
+                work / "checkpoints" / checkpoints.file_name(global_step),
+                network,
+                algo=algo,
+                protocol=config.protocol,
+                game=envs.game,
+                seed=seed,
+                step=global_step,
+                frames=global_step * envs.protocol.frame_skip,
+            )
             if iteration in reset_at:
                 segment, played_steps = segment + 1, 0
                 next_obs = torch.from_numpy(envs.reset(env_seed(seeded, segment))).to(device_)
@@ -227,17 +272,26 @@ def train(game: str, seed: int, out_dir: str | os.PathLike, log_dir: str | os.Pa
             _write_resume(work, fingerprint, network, optimizer, rng, iteration, segment, played[:played_steps])
         if progress:
             shown = " ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in metrics.items())
-            print(f"{envs.game} seed {seed} step {global_step}/{config.iterations * config.batch_size} {shown}",
-                  flush=True)
+            print(
+                f"{envs.game} seed {seed} step {global_step}/{config.iterations * config.batch_size} {shown}",
+                flush=True,
+            )
     live.end()
     envs.close()
 
-    resume.finish(work, out_dir, log_dir)   # logs and checkpoints replace the stage's outputs whole
+    resume.finish(work, out_dir, log_dir)  # logs and checkpoints replace the stage's outputs whole
     return out_dir
 
 
-def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
-                next_done: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    dones: torch.Tensor,
+    next_value: torch.Tensor,
+    next_done: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> torch.Tensor:
     """(T, N) advantages by generalised advantage estimation; dones[t] marks obs[t] as a new episode's first."""
     advantages = torch.zeros_like(rewards)
     last = torch.zeros_like(next_value)
@@ -250,9 +304,18 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor
     return advantages
 
 
-def update(network: nn.Module, optimizer: torch.optim.Optimizer, config: PPOConfig, rng: np.random.Generator, *,
-           obs: torch.Tensor, actions: torch.Tensor, logprobs: torch.Tensor, advantages: torch.Tensor,
-           values: torch.Tensor) -> dict[str, float]:
+def update(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: PPOConfig,
+    rng: np.random.Generator,
+    *,
+    obs: torch.Tensor,
+    actions: torch.Tensor,
+    logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    values: torch.Tensor,
+) -> dict[str, float]:
     """PPO's clipped update on one flattened rollout; `network(obs)` gives (logits, value). Returns the
     last minibatch's losses (as CleanRL logs them) and the mean clip fraction."""
     returns = advantages + values
@@ -262,7 +325,7 @@ def update(network: nn.Module, optimizer: torch.optim.Optimizer, config: PPOConf
     for _ in range(config.update_epochs):
         order = torch.from_numpy(rng.permutation(size)).to(actions.device)
         for begin in range(0, size, minibatch):
-            idx = order[begin:begin + minibatch]
+            idx = order[begin : begin + minibatch]
             logits, new_value = network(obs[idx])
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             new_logprob = log_probs.gather(1, actions[idx, None]).squeeze(1)
@@ -287,8 +350,13 @@ def update(network: nn.Module, optimizer: torch.optim.Optimizer, config: PPOConf
             loss.backward()
             nn.utils.clip_grad_norm_(network.parameters(), config.max_grad_norm)
             optimizer.step()
-    return {"policy": pg_loss.item(), "value": v_loss.item(), "entropy": entropy.item(),
-            "approx_kl": approx_kl.item(), "clip_fraction": torch.stack(clip_fractions).mean().item()}
+    return {
+        "policy": pg_loss.item(),
+        "value": v_loss.item(),
+        "entropy": entropy.item(),
+        "approx_kl": approx_kl.item(),
+        "clip_fraction": torch.stack(clip_fractions).mean().item(),
+    }
 
 
 def _sample(log_probs: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -297,10 +365,17 @@ def _sample(log_probs: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return torch.from_numpy((log_probs.detach().cpu().double().numpy() + noise).argmax(1))
 
 
-def _write_resume(work: Path, fingerprint: str, network: nn.Module, optimizer, rng, iteration: int,
-                  segment: int, played: np.ndarray) -> None:
-    state = {"format": RESUME_FORMAT, "fingerprint": fingerprint, "iteration": iteration, "segment": segment,
-             "played": torch.from_numpy(played.copy()),
-             "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},
-             "optimizer": optimizer.state_dict(), "rng": json.dumps(rng.bit_generator.state)}
+def _write_resume(
+    work: Path, fingerprint: str, network: nn.Module, optimizer, rng, iteration: int, segment: int, played: np.ndarray
+) -> None:
+    state = {
+        "format": RESUME_FORMAT,
+        "fingerprint": fingerprint,
+        "iteration": iteration,
+        "segment": segment,
+        "played": torch.from_numpy(played.copy()),
+        "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "rng": json.dumps(rng.bit_generator.state),
+    }
     resume.write(work, state)

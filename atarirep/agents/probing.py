@@ -10,6 +10,7 @@ scores and the scores.csv / metrics.json format are atarirep.probe's (`probe_fea
 sample_checkpoints writes; `category_curve` and
 `category_curve_figure` are F1 per category against training frames. This module reads no params.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure   # no pyplot, as atarirep.reports
+from matplotlib.figure import Figure  # no pyplot, as atarirep.reports
 from tqdm import tqdm
 
 from atarirep import annotations, devices, episodes, reports
@@ -30,8 +31,8 @@ from atarirep.probe.features import ENCODE_BATCH_SIZE
 from atarirep.probe.stage import check_settings, load_probe_data, method_scores, probe_features, scored_test_rows
 from atarirep.scores import aggregate
 
-METHOD = "rl_agent"               # the method name of an agent's encoder in data/probes/<game>/<method>
-RESIZE_BATCH_SIZE = 1024          # stored frames read and resized at a time
+METHOD = "rl_agent"  # the method name of an agent's encoder in data/probes/<game>/<method>
+RESIZE_BATCH_SIZE = 1024  # stored frames read and resized at a time
 CHECKPOINT_COLUMNS = ("game", "seed", "step", "frames")
 
 
@@ -72,12 +73,17 @@ def agent_view(split: episodes.Episodes, *, batch_size: int = RESIZE_BATCH_SIZE)
         read = frames.__getitem__
     table = np.empty((len(ids), *AGENT_FRAME), np.uint8)
     for start in range(0, len(ids), batch_size):
-        table[start:start + batch_size] = agent_frames(np.asarray(read(ids[start:start + batch_size])))
+        table[start : start + batch_size] = agent_frames(np.asarray(read(ids[start : start + batch_size])))
     return AgentView(table, index.reshape(len(split), STACK))
 
 
-def agent_features(network: ActorCritic, split: episodes.Episodes | AgentView, *,
-                   batch_size: int = ENCODE_BATCH_SIZE, device: str = "cpu") -> torch.Tensor:
+def agent_features(
+    network: ActorCritic,
+    split: episodes.Episodes | AgentView,
+    *,
+    batch_size: int = ENCODE_BATCH_SIZE,
+    device: str = "cpu",
+) -> torch.Tensor:
     """(T, 512) float32 CPU features of a split: `network.features` of each frame's 84x84x4 stack (never reaching
     into the previous episode), `batch_size` stacks at a time, no grad, eval mode, channels-last on `device`."""
     view = split if isinstance(split, AgentView) else agent_view(split)
@@ -93,40 +99,94 @@ def agent_features(network: ActorCritic, split: episodes.Episodes | AgentView, *
                 z = network.features(torch.from_numpy(view.stacks(start, start + batch_size)).to(dev))
                 if out is None:
                     out = torch.empty((len(view), z.shape[1]), dtype=torch.float32)
-                out[start:start + len(z)] = z.float().cpu()
+                out[start : start + len(z)] = z.float().cpu()
     finally:
         network.train(was_training)
     return out
 
 
-def probe_network(network: ActorCritic, data: dict[str, episodes.Episodes], *, game: str,
-                  views: dict[str, AgentView] | None = None, method: str = METHOD, lr: float, batch_size: int,
-                  epochs: int, patience: int, seed: int, device: str, sampling: str = "reference",
-                  keep: str = "last", progress: bool = False) -> pd.DataFrame:
+def probe_network(
+    network: ActorCritic,
+    data: dict[str, episodes.Episodes],
+    *,
+    game: str,
+    views: dict[str, AgentView] | None = None,
+    method: str = METHOD,
+    lr: float,
+    batch_size: int,
+    epochs: int,
+    patience: int,
+    seed: int,
+    device: str,
+    sampling: str = "reference",
+    keep: str = "last",
+    progress: bool = False,
+) -> pd.DataFrame:
     """Scores (the probe stage's rows: game, method, variable, categories, f1, accuracy, num_epochs) of batched
     linear probes on the network's features of `data`'s train, val and test splits (`views`: their
     `agent_view`s, when computed once for many networks), sampled and kept as the probe stage does."""
     views = views or {name: agent_view(split) for name, split in data.items()}
     features = {name: agent_features(network, views[name], device=device) for name in ("train", "val", "test")}
-    predictions, num_epochs = probe_features(features, data, lr=lr, batch_size=batch_size, epochs=epochs,
-                                             patience=patience, seed=seed, device=device, sampling=sampling,
-                                             keep=keep, progress=progress)
+    predictions, num_epochs = probe_features(
+        features,
+        data,
+        lr=lr,
+        batch_size=batch_size,
+        epochs=epochs,
+        patience=patience,
+        seed=seed,
+        device=device,
+        sampling=sampling,
+        keep=keep,
+        progress=progress,
+    )
     rows = scored_test_rows(data["test"].episode_bounds(), sampling=sampling, batch_size=batch_size, seed=seed)
     return method_scores(predictions, data["test"], num_epochs, game=game, method=method, rows=rows)
 
 
-def probe_checkpoint(checkpoint_path: str | os.PathLike, episodes_dir: str | os.PathLike, *, lr: float,
-                     batch_size: int, epochs: int, patience: int, seed: int, device: str,
-                     sampling: str = "reference", keep: str = "last", progress: bool = False) -> pd.DataFrame:
+def probe_checkpoint(
+    checkpoint_path: str | os.PathLike,
+    episodes_dir: str | os.PathLike,
+    *,
+    lr: float,
+    batch_size: int,
+    epochs: int,
+    patience: int,
+    seed: int,
+    device: str,
+    sampling: str = "reference",
+    keep: str = "last",
+    progress: bool = False,
+) -> pd.DataFrame:
     """Probe one agent checkpoint's encoder on a stored probing dataset (train/val/test): its scores, one row per
     variable, in the probe stage's columns (method `rl_agent`). Writes nothing."""
-    check_settings(method=METHOD, encoder_path=checkpoint_path, lr=lr, batch_size=batch_size, epochs=epochs,
-                   patience=patience, sampling=sampling, keep=keep)
-    devices.resolve(device)   # a bad device is refused before any data is read
+    check_settings(
+        method=METHOD,
+        encoder_path=checkpoint_path,
+        lr=lr,
+        batch_size=batch_size,
+        epochs=epochs,
+        patience=patience,
+        sampling=sampling,
+        keep=keep,
+    )
+    devices.resolve(device)  # a bad device is refused before any data is read
     game, data = load_probe_data(episodes_dir)
     network, _ = checkpoints.load_for_game(checkpoint_path, game)
-    return probe_network(network, data, game=game, lr=lr, batch_size=batch_size, epochs=epochs, patience=patience,
-                         seed=seed, device=device, sampling=sampling, keep=keep, progress=progress)
+    return probe_network(
+        network,
+        data,
+        game=game,
+        lr=lr,
+        batch_size=batch_size,
+        epochs=epochs,
+        patience=patience,
+        seed=seed,
+        device=device,
+        sampling=sampling,
+        keep=keep,
+        progress=progress,
+    )
 
 
 # -- the sampled checkpoints of one game ------------------------------------------------------------
@@ -134,14 +194,28 @@ def checkpoint_frames(meta: dict, path) -> int:
     """The training frames a checkpoint's weights saw: its `frames` key (ours always have it)."""
     frames = meta.get("frames")
     if not isinstance(frames, int) or isinstance(frames, bool):
-        raise UserError(f"checkpoint {path} does not say how many frames it trained on (no 'frames' key); "
-                        "probe checkpoints written by train_agent")
+        raise UserError(
+            f"checkpoint {path} does not say how many frames it trained on (no 'frames' key); "
+            "probe checkpoints written by train_agent"
+        )
     return frames
 
 
-def probe_sampled(root: str | os.PathLike, episodes_dir: str | os.PathLike, *, game: str, lr: float,
-                  batch_size: int, epochs: int, patience: int, seed: int, device: str, sampling: str = "reference",
-                  keep: str = "last", progress: bool = False) -> tuple[pd.DataFrame, int]:
+def probe_sampled(
+    root: str | os.PathLike,
+    episodes_dir: str | os.PathLike,
+    *,
+    game: str,
+    lr: float,
+    batch_size: int,
+    epochs: int,
+    patience: int,
+    seed: int,
+    device: str,
+    sampling: str = "reference",
+    keep: str = "last",
+    progress: bool = False,
+) -> tuple[pd.DataFrame, int]:
     """Probe every checkpoint of `checkpoints.sampled_runs(root)` on the probing dataset at `episodes_dir`.
 
     Every checkpoint is read (and checked: format, network, game, frames) before any data is; the dataset is
@@ -149,25 +223,46 @@ def probe_sampled(root: str | os.PathLike, episodes_dir: str | os.PathLike, *, g
     variable): game, seed, step, frames, method, variable, categories (tuple), f1, accuracy, num_epochs;
     seeds and steps in order.
     """
-    check_settings(method=METHOD, encoder_path=root, lr=lr, batch_size=batch_size, epochs=epochs, patience=patience,
-                   sampling=sampling, keep=keep)
+    check_settings(
+        method=METHOD,
+        encoder_path=root,
+        lr=lr,
+        batch_size=batch_size,
+        epochs=epochs,
+        patience=patience,
+        sampling=sampling,
+        keep=keep,
+    )
     devices.resolve(device)
     found = []
     for run_seed, run in checkpoints.sampled_runs(root).items():
         for step, path in run:
-            _, meta = checkpoints.load_for_game(path, game)   # a damaged file, another network or game stops here
+            _, meta = checkpoints.load_for_game(path, game)  # a damaged file, another network or game stops here
             found.append((run_seed, step, checkpoint_frames(meta, path), path))
     data_game, data = load_probe_data(episodes_dir)
     if annotations.game_key(data_game) != annotations.game_key(game):
-        raise UserError(f"episodes {episodes_dir} are {data_game}, not {game}; probe {game}'s checkpoints on "
-                        f"data/episodes/{game}/probe")
+        raise UserError(
+            f"episodes {episodes_dir} are {data_game}, not {game}; probe {game}'s checkpoints on "
+            f"data/episodes/{game}/probe"
+        )
     views = {name: agent_view(split) for name, split in data.items()}
     parts = []
     for run_seed, step, frames, path in tqdm(found, desc="checkpoints", disable=not progress):
         network, _ = checkpoints.load_for_game(path, game)
-        part = probe_network(network, data, game=data_game, views=views, lr=lr, batch_size=batch_size,
-                             epochs=epochs, patience=patience, seed=seed, device=device, sampling=sampling,
-                             keep=keep)
+        part = probe_network(
+            network,
+            data,
+            game=data_game,
+            views=views,
+            lr=lr,
+            batch_size=batch_size,
+            epochs=epochs,
+            patience=patience,
+            seed=seed,
+            device=device,
+            sampling=sampling,
+            keep=keep,
+        )
         part.insert(1, "seed", run_seed)
         part.insert(2, "step", step)
         part.insert(3, "frames", frames)
@@ -188,8 +283,15 @@ def category_curve(sampled: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
     for (run_seed, step, frames), part in sampled.groupby(["seed", "step", "frames"], sort=True):
         per_category = aggregate(part[["variable", "categories", "f1", "accuracy"]], "category")
         means = dict(zip(per_category["category"], per_category[metric]))
-        rows.append({"seed": run_seed, "step": step, "frames": frames, **means,
-                     "across_categories": float(np.mean(list(means.values()))) if means else np.nan})
+        rows.append(
+            {
+                "seed": run_seed,
+                "step": step,
+                "frames": frames,
+                **means,
+                "across_categories": float(np.mean(list(means.values()))) if means else np.nan,
+            }
+        )
     categories = [c for c in annotations.CATEGORIES if any(c in row for row in rows)]
     return pd.DataFrame(rows, columns=["seed", "step", "frames", *categories, "across_categories"])
 

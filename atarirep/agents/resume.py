@@ -5,6 +5,7 @@ moves the logs and the checkpoints to the stage's outputs whole. The resume file
 there. A file of another format or made with other settings (its `fingerprint`), or a damaged one, is
 ignored with a line saying so: the run starts over rather than stops.
 """
+
 from __future__ import annotations
 
 import io

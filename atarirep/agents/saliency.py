@@ -29,13 +29,14 @@ no frame is stretched to full brightness on its own.
 - `overlay`, `write_png`, `write_gif`: the frame, policy saliency added in blue, value saliency in red.
 - `time_one_frame`: seconds for the maps of one stack on CPU (the bench's figure).
 """
+
 from __future__ import annotations
 
 import copy
 import math
 import os
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -45,11 +46,11 @@ from torch.nn import functional as F
 from atarirep.agents.network import ActorCritic, choose_actions
 from atarirep.errors import UserError
 
-BLUR_SIGMA = 3.0        # the blurred image the perturbation blends in (Greydanus: gaussian_filter(I, sigma=3))
-TRUNCATE = 4.0          # scipy.ndimage's default: a Gaussian reaches int(TRUNCATE * sigma + 0.5) pixels
-DEFAULT_RADIUS = 2      # docs/protocols.md 4: r = d = 2 on 84x84 stacks (5 on the paper's 80x80 frames)
+BLUR_SIGMA = 3.0  # the blurred image the perturbation blends in (Greydanus: gaussian_filter(I, sigma=3))
+TRUNCATE = 4.0  # scipy.ndimage's default: a Gaussian reaches int(TRUNCATE * sigma + 0.5) pixels
+DEFAULT_RADIUS = 2  # docs/protocols.md 4: r = d = 2 on 84x84 stacks (5 on the paper's 80x80 frames)
 DEFAULT_STRIDE = 2
-DEFAULT_BATCH = 256     # perturbed stacks per forward pass on CPU (about 29 MB of float32 input)
+DEFAULT_BATCH = 256  # perturbed stacks per forward pass on CPU (about 29 MB of float32 input)
 
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -95,7 +96,7 @@ def blur_matrix(size: int, sigma: float) -> torch.Tensor:
     t = torch.arange(-reach, reach + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (t / sigma) ** 2)
     kernel = kernel / kernel.sum()
-    sources = _reflect_index(size, reach).unfold(0, 2 * reach + 1, 1)     # (size, taps): pixel of each tap
+    sources = _reflect_index(size, reach).unfold(0, 2 * reach + 1, 1)  # (size, taps): pixel of each tap
     matrix = torch.zeros(size, size, dtype=torch.float64)
     return matrix.scatter_add_(1, sources, kernel.expand(size, -1).contiguous())
 
@@ -117,12 +118,14 @@ def mask_factors(size: int, centres: torch.Tensor, radius: float) -> tuple[torch
     return blur[:, centres].T.contiguous(), sides
 
 
-def combine_factors(row_centre: torch.Tensor, row_sides: torch.Tensor, col_centre: torch.Tensor,
-                    col_sides: torch.Tensor) -> torch.Tensor:
+def combine_factors(
+    row_centre: torch.Tensor, row_sides: torch.Tensor, col_centre: torch.Tensor, col_sides: torch.Tensor
+) -> torch.Tensor:
     """(K, h) row and (K, w) column factors (`mask_factors`, or a window of them) -> the (K, h, w) blurred
     discs, not yet scaled to a maximum of 1."""
-    return (row_centre[:, :, None] * (col_centre + col_sides)[:, None, :]
-            + row_sides[:, :, None] * col_centre[:, None, :])
+    return (
+        row_centre[:, :, None] * (col_centre + col_sides)[:, None, :] + row_sides[:, :, None] * col_centre[:, None, :]
+    )
 
 
 class GridMasks:
@@ -199,9 +202,11 @@ def float_forward(network: nn.Module) -> Forward:
     """The network on float stacks in [0, 1] (a perturbed stack is no longer uint8): an ActorCritic skips its
     uint8 scaling (`preprocess` divides by 255, as done here); any other module is called on the floats."""
     if isinstance(network, ActorCritic):
+
         def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             hidden = network.encoder(x.contiguous(memory_format=torch.channels_last))
             return network.actor(hidden), network.critic(hidden).squeeze(-1)
+
         return forward
     return network
 
@@ -220,8 +225,14 @@ class _LocalFirstLayer:
     def applies(network: nn.Module) -> bool:
         """Whether `network` is an ActorCritic whose first layer is a plain square convolution."""
         conv = network.encoder.layers[0] if isinstance(network, ActorCritic) else None
-        return (isinstance(conv, nn.Conv2d) and conv.padding == (0, 0) and conv.dilation == (1, 1)
-                and conv.groups == 1 and conv.kernel_size[0] == conv.kernel_size[1] and conv.stride[0] == conv.stride[1])
+        return (
+            isinstance(conv, nn.Conv2d)
+            and conv.padding == (0, 0)
+            and conv.dilation == (1, 1)
+            and conv.groups == 1
+            and conv.kernel_size[0] == conv.kernel_size[1]
+            and conv.stride[0] == conv.stride[1]
+        )
 
     def __init__(self, network: ActorCritic, images, blurred, rows, cols, masks: GridMasks):
         conv = network.encoder.layers[0]
@@ -231,22 +242,22 @@ class _LocalFirstLayer:
         self.windows = []
         for centres, factors, size in ((rows, masks.rows, images.shape[-2]), (cols, masks.cols, images.shape[-1])):
             outputs = (size - k) // s + 1
-            span = min(outputs, (2 * reach + k - 1) // s + 1)      # outputs one perturbation can change
+            span = min(outputs, (2 * reach + k - 1) // s + 1)  # outputs one perturbation can change
             first = torch.clamp(-((reach + k - 1 - centres) // s), 0, outputs - span).to(images.device)
             pixels = (s * first)[:, None] + torch.arange(s * (span - 1) + k, device=images.device)
             outs = first[:, None] + torch.arange(span, device=images.device)
             patch = tuple(f.gather(1, pixels) for f in factors)
             # Every output a mask changes lies in its window: its factors are 0 at the pixels left out.
-            read = s * (outputs - 1) + k                            # the pixels the convolution reads
+            read = s * (outputs - 1) + k  # the pixels the convolution reads
             if any(f[:, :read].scatter(1, pixels, 0.0).any() for f in factors):
                 raise RuntimeError("a saliency mask reaches beyond its first-layer window")
             self.windows.append((pixels, outs, patch))
-        self.delta = (blurred - images).permute(0, 2, 3, 1)          # (N, H, W, C)
+        self.delta = (blurred - images).permute(0, 2, 3, 1)  # (N, H, W, C)
         first_layer = F.conv2d(images, conv.weight, conv.bias, stride=s)
-        self.base = first_layer.permute(0, 2, 3, 1).contiguous()     # (N, h1, w1, 32)
+        self.base = first_layer.permute(0, 2, 3, 1).contiguous()  # (N, h1, w1, 32)
 
     def _rest(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.network.encoder.layers[1:](hidden.permute(0, 3, 1, 2))   # a channels-last view
+        hidden = self.network.encoder.layers[1:](hidden.permute(0, 3, 1, 2))  # a channels-last view
         return self.network.actor(hidden), self.network.critic(hidden).squeeze(-1)
 
     def unperturbed(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,7 +269,7 @@ class _LocalFirstLayer:
         r_px, c_px = row_pixels[row][:, :, None], col_pixels[col][:, None, :]
         masks = combine_factors(row_centre[row], row_sides[row], col_centre[col], col_sides[col])
         masks = masks / self.peaks[row, col][:, None, None]
-        patches = self.delta[stack[:, None, None], r_px, c_px] * masks[..., None]    # (K, ph, pw, C)
+        patches = self.delta[stack[:, None, None], r_px, c_px] * masks[..., None]  # (K, ph, pw, C)
         change = F.conv2d(patches.permute(0, 3, 1, 2), self.weight, stride=self.stride)
         hidden = self.base[stack]
         k = torch.arange(len(stack), device=stack.device)[:, None, None]
@@ -266,8 +277,14 @@ class _LocalFirstLayer:
         return self._rest(hidden)
 
 
-def saliency_grids(network: nn.Module, stacks, radius: float = DEFAULT_RADIUS, stride: int = DEFAULT_STRIDE,
-                   batch_size: int = DEFAULT_BATCH, local: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def saliency_grids(
+    network: nn.Module,
+    stacks,
+    radius: float = DEFAULT_RADIUS,
+    stride: int = DEFAULT_STRIDE,
+    batch_size: int = DEFAULT_BATCH,
+    local: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, C, H, W) uint8 stacks -> the policy and value scores of every grid point, (N, gh, gw) float32
     each, on the network's device. Grid point (i, j) is pixel (i stride, j stride).
 
@@ -275,8 +292,10 @@ def saliency_grids(network: nn.Module, stacks, radius: float = DEFAULT_RADIUS, s
     (`_LocalFirstLayer`); False runs every perturbed stack through the whole network.
     """
     if radius <= 0 or stride < 1 or batch_size < 1:
-        raise UserError(f"saliency radius {radius} and stride {stride} must be positive and batch_size "
-                        f"{batch_size} at least 1; docs/protocols.md 4 uses radius = stride = 2 on 84x84 stacks")
+        raise UserError(
+            f"saliency radius {radius} and stride {stride} must be positive and batch_size "
+            f"{batch_size} at least 1; docs/protocols.md 4 uses radius = stride = 2 on 84x84 stacks"
+        )
     device = next(network.parameters()).device
     stacks = torch.as_tensor(np.asarray(stacks) if not torch.is_tensor(stacks) else stacks)
     if stacks.dtype != torch.uint8 or stacks.dim() != 4:
@@ -289,7 +308,7 @@ def saliency_grids(network: nn.Module, stacks, radius: float = DEFAULT_RADIUS, s
     policy = torch.empty(n * points, device=device)
     value = torch.empty(n * points, device=device)
     with torch.inference_mode():
-        images = stacks.to(device).to(torch.float32).div_(255)     # as `preprocess` scales
+        images = stacks.to(device).to(torch.float32).div_(255)  # as `preprocess` scales
         blurred = gaussian_blur(images)
         perturbed_outputs = None
         if local and _LocalFirstLayer.applies(network):
@@ -311,18 +330,30 @@ def saliency_grids(network: nn.Module, stacks, radius: float = DEFAULT_RADIUS, s
     return policy.view(n, len(rows), len(cols)), value.view(n, len(rows), len(cols))
 
 
-def saliency_maps(network: nn.Module, stacks, radius: float = DEFAULT_RADIUS, stride: int = DEFAULT_STRIDE,
-                  batch_size: int = DEFAULT_BATCH) -> tuple[np.ndarray, np.ndarray]:
+def saliency_maps(
+    network: nn.Module,
+    stacks,
+    radius: float = DEFAULT_RADIUS,
+    stride: int = DEFAULT_STRIDE,
+    batch_size: int = DEFAULT_BATCH,
+) -> tuple[np.ndarray, np.ndarray]:
     """(N, 4, 84, 84) uint8 stacks -> (policy (N, 84, 84), value (N, 84, 84)) float32 saliency, each grid
     score interpolated over the pixels between grid points."""
     policy, value = saliency_grids(network, stacks, radius, stride, batch_size)
     size = tuple(np.shape(stacks)[-2:])
-    return (upsample(policy, size, stride).cpu().numpy().astype(np.float32),
-            upsample(value, size, stride).cpu().numpy().astype(np.float32))
+    return (
+        upsample(policy, size, stride).cpu().numpy().astype(np.float32),
+        upsample(value, size, stride).cpu().numpy().astype(np.float32),
+    )
 
 
-def time_one_frame(network: nn.Module, radius: float = DEFAULT_RADIUS, stride: int = DEFAULT_STRIDE,
-                   batch_size: int = DEFAULT_BATCH, repeats: int = 1) -> float:
+def time_one_frame(
+    network: nn.Module,
+    radius: float = DEFAULT_RADIUS,
+    stride: int = DEFAULT_STRIDE,
+    batch_size: int = DEFAULT_BATCH,
+    repeats: int = 1,
+) -> float:
     """Seconds for both maps of one 84x84x4 stack on CPU (a copy of the network; after one warm-up
     batch), the best of `repeats` timed calls."""
     network = copy.deepcopy(network).cpu().eval()
@@ -338,32 +369,35 @@ def time_one_frame(network: nn.Module, radius: float = DEFAULT_RADIUS, stride: i
 
 
 # -- the frames it is shown on ------------------------------------------------------------------------
-def episode_stacks(network: nn.Module, game: str, protocol: str, *, frames: int, epsilon: float,
-                   seed: int) -> np.ndarray:
+def episode_stacks(
+    network: nn.Module, game: str, protocol: str, *, frames: int, epsilon: float, seed: int
+) -> np.ndarray:
     """(T, 4, 84, 84) uint8: the first `frames` observations (fewer if the game ends) of one game played by
     `network` under `protocol`, acting as `evaluation.evaluate` does (`network.choose_actions`, from a numpy
     generator seeded by `seed`; an IMPALA network gets the last action and reward, zeros at the start)."""
     from atarirep.agents.network import play_outputs
-    from atarirep.agents.vector_env import AgentEnvs   # imported here: the maps need no emulator
+    from atarirep.agents.vector_env import AgentEnvs  # imported here: the maps need no emulator
 
-    envs = AgentEnvs(game, 1, protocol, training=False,
-                     full_action_space=network.full_action_space)
+    envs = AgentEnvs(game, 1, protocol, training=False, full_action_space=network.full_action_space)
     try:
         if envs.num_actions != network.num_actions:
-            raise UserError(f"the network has {network.num_actions} actions but {envs.game} has "
-                            f"{envs.num_actions}; use a checkpoint trained on {envs.game}")
+            raise UserError(
+                f"the network has {network.num_actions} actions but {envs.game} has "
+                f"{envs.num_actions}; use a checkpoint trained on {envs.game}"
+            )
         device = next(network.parameters()).device
         rng = np.random.default_rng(seed)
         obs = envs.reset(seed)
         kept = [obs[0]]
-        last_action, last_reward = torch.zeros(1, dtype=torch.int64), torch.zeros(1)   # a game's start
+        last_action, last_reward = torch.zeros(1, dtype=torch.int64), torch.zeros(1)  # a game's start
         while len(kept) < frames:
             with torch.no_grad():
-                head, _ = play_outputs(network, torch.from_numpy(obs).to(device), last_action.to(device),
-                                       last_reward.to(device))
+                head, _ = play_outputs(
+                    network, torch.from_numpy(obs).to(device), last_action.to(device), last_reward.to(device)
+                )
             actions = choose_actions(network, head, rng, epsilon)
             step = envs.step(actions)
-            if step.terminated[0] or step.truncated[0]:   # the next observation is a new game's first
+            if step.terminated[0] or step.truncated[0]:  # the next observation is a new game's first
                 break
             last_action, last_reward = torch.from_numpy(actions.astype(np.int64)), torch.from_numpy(step.reward)
             obs = step.obs
@@ -379,15 +413,19 @@ def episode_stacks(network: nn.Module, game: str, protocol: str, *, frames: int,
 # that frames (and checkpoints) compare: a map's brightest pixel is fudge x its maximum score, clipped at 255.
 POLICY_FUDGE = 500.0
 VALUE_FUDGE = 600.0
-POLICY_CHANNEL = 2      # blue, as the reference draws the actor's saliency
-VALUE_CHANNEL = 0       # red, the critic's
+POLICY_CHANNEL = 2  # blue, as the reference draws the actor's saliency
+VALUE_CHANNEL = 0  # red, the critic's
 
 
 def _resize(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if saliency.shape == size:
         return saliency
-    resized = F.interpolate(torch.from_numpy(np.ascontiguousarray(saliency, np.float32))[None, None], size=size,
-                            mode="bilinear", align_corners=False)
+    resized = F.interpolate(
+        torch.from_numpy(np.ascontiguousarray(saliency, np.float32))[None, None],
+        size=size,
+        mode="bilinear",
+        align_corners=False,
+    )
     return resized[0, 0].numpy()
 
 
@@ -402,12 +440,19 @@ def saliency_on_frame(saliency: np.ndarray, image: np.ndarray, fudge_factor: flo
     top = shown.max()
     shown = fudge_factor * top_score * shown / top if top > 0 else np.zeros_like(shown)
     image = np.asarray(image).astype(np.uint16)
-    image[..., channel] += np.clip(shown, 0, 255).astype(np.uint16)    # past 255 it is clipped anyway
+    image[..., channel] += np.clip(shown, 0, 255).astype(np.uint16)  # past 255 it is clipped anyway
     return image.clip(1, 255).astype(np.uint8)
 
 
-def overlay(frame: np.ndarray, policy_map: np.ndarray, value_map: np.ndarray, *,
-            policy_fudge: float = POLICY_FUDGE, value_fudge: float = VALUE_FUDGE, scale: int = 4) -> np.ndarray:
+def overlay(
+    frame: np.ndarray,
+    policy_map: np.ndarray,
+    value_map: np.ndarray,
+    *,
+    policy_fudge: float = POLICY_FUDGE,
+    value_fudge: float = VALUE_FUDGE,
+    scale: int = 4,
+) -> np.ndarray:
     """An RGB uint8 picture (H scale, W scale, 3): `frame` ((H, W) gray, drawn in gray, or (H, W, 3) RGB)
     with the policy saliency added to the blue channel and the value saliency to the red as the reference
     draws them (`saliency_on_frame`, one fixed factor each, not stretched per frame); enlarged `scale`
@@ -433,8 +478,7 @@ def write_gif(frames_rgb: Iterable[np.ndarray], path: str | os.PathLike, fps: fl
     images = [Image.fromarray(np.ascontiguousarray(f, np.uint8), "RGB") for f in frames_rgb]
     if not images:
         raise ValueError("write_gif needs at least one frame")
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps),
-                   loop=0)
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
 
 
 def check_settings(p) -> None:
@@ -445,6 +489,6 @@ def check_settings(p) -> None:
             raise UserError(f"params.yaml saliency.{name}={getattr(p, name)} must be at least 1")
     if not 0 <= p.epsilon <= 1:
         raise UserError(f"params.yaml saliency.epsilon={p.epsilon} must be a probability between 0 and 1")
-    from atarirep.envs import get_protocol   # imported here, as episode_stacks imports the env
+    from atarirep.envs import get_protocol  # imported here, as episode_stacks imports the env
 
     get_protocol(p.protocol)

@@ -24,6 +24,7 @@ cannot play the no-op/FIRE start of a new life, so an agent trained there learns
 `agent_frames` turns stored 210x160 grayscale frames into the 84x84 view for probing and for policies that act
 on stored episodes (their gray comes from the emulator's palette, not from the resized RGB: docs/agents.md).
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,17 +42,17 @@ from atarirep.errors import UserError
 
 AGENT_FRAME = (84, 84)
 STACK = 4
-_GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])   # gymnasium's GrayscaleObservation
+_GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])  # gymnasium's GrayscaleObservation
 
 
 @dataclass
 class Step:
     """One batched step: what PPO stores, and the raw returns of the games that ended in it."""
 
-    obs: np.ndarray             # (N, 4, 84, 84) uint8: the next observation (a new episode's first after an end)
-    reward: np.ndarray          # (N,) float32, clipped to its sign when the protocol clips
-    terminated: np.ndarray      # (N,) bool: game over, or a life lost where the protocol ends episodes there
-    truncated: np.ndarray       # (N,) bool: the frame cap
+    obs: np.ndarray  # (N, 4, 84, 84) uint8: the next observation (a new episode's first after an end)
+    reward: np.ndarray  # (N,) float32, clipped to its sign when the protocol clips
+    terminated: np.ndarray  # (N,) bool: game over, or a life lost where the protocol ends episodes there
+    truncated: np.ndarray  # (N,) bool: the frame cap
     finished_returns: list[float]
 
 
@@ -69,11 +70,11 @@ class _Game:
         self.seed(None)
         self.actions = self.ale.getLegalActionSet() if full_action_space else self.ale.getMinimalActionSet()
         self.uses_fire = _fire_start(game, self.actions, protocol)
-        height, width = self.ale.getScreenDims()   # 210 x 160 in most games, 250 rows in AirRaid
-        self._rgb = np.zeros((2, height, width, 3), np.uint8)   # MaxAndSkipEnv's buffer: it outlives resets
+        height, width = self.ale.getScreenDims()  # 210 x 160 in most games, 250 rows in AirRaid
+        self._rgb = np.zeros((2, height, width, 3), np.uint8)  # MaxAndSkipEnv's buffer: it outlives resets
         self._lives = 0
-        self.was_real_done = True   # the last step ended the game (game over or the frame cap)
-        self.raw_return = 0.0       # RecordEpisodeStatistics: every frame's raw reward since the game's reset
+        self.was_real_done = True  # the last step ended the game (game over or the frame cap)
+        self.raw_return = 0.0  # RecordEpisodeStatistics: every frame's raw reward since the game's reset
 
     def seed(self, seed: int | None) -> None:
         """AtariEnv.seed_game + load_game: one SeedSequence gives the no-op generator's and the emulator's seeds;
@@ -122,12 +123,12 @@ class _Game:
                 if self._frame(self.actions[0]):
                     self.ale.reset_game()
                     self.raw_return = 0.0
-        return self.ale.getScreenRGB()   # the reset's own observation: the last frame, not a max
+        return self.ale.getScreenRGB()  # the reset's own observation: the last frame, not a max
 
     def _life_reset(self) -> np.ndarray:
         if self.was_real_done or not self.protocol.terminal_on_life_loss:
             obs = self._real_reset()
-        else:   # a life lost: one no-op step, the game going on
+        else:  # a life lost: one no-op step, the game going on
             done = self._skip(0)[1]
             obs = self._real_reset() if done else self.pooled()
         self._lives = self.ale.lives()
@@ -154,10 +155,17 @@ class AgentEnvs:
     of an episode where the protocol says so (evaluation never does); `full_action_space`: all 18 ALE actions
     (games then share one action set), else the game's minimal set."""
 
-    def __init__(self, game: str, num_envs: int, protocol: str | Protocol = "classic", *, training: bool = True,
-                 full_action_space: bool = False):
+    def __init__(
+        self,
+        game: str,
+        num_envs: int,
+        protocol: str | Protocol = "classic",
+        *,
+        training: bool = True,
+        full_action_space: bool = False,
+    ):
         self.protocol = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
-        self.game = resolve_ale_game(game)   # agents play any game with a ROM, annotated or not
+        self.game = resolve_ale_game(game)  # agents play any game with a ROM, annotated or not
         self.num_envs = num_envs
         self.training = training
         self._games = [_Game(self.game, self.protocol, full_action_space) for _ in range(num_envs)]
@@ -181,13 +189,13 @@ class AgentEnvs:
             new_episode[i] = terminated[i] or truncated[i]
             if game.was_real_done:
                 finished_returns.append(game.raw_return)
-            if not self.training:   # a lost life still starts the next one (below), but ends nothing
+            if not self.training:  # a lost life still starts the next one (below), but ends nothing
                 terminated[i] = game.ale.game_over(with_truncation=False)
-            frames.append(game.reset() if new_episode[i] else game.pooled())   # same-step autoreset
+            frames.append(game.reset() if new_episode[i] else game.pooled())  # same-step autoreset
         gray = _agent_frames(np.stack(frames))
         going_on = ~new_episode
         self._stacks[going_on] = np.concatenate([self._stacks[going_on, 1:], gray[going_on, None]], axis=1)
-        self._stacks[new_episode] = gray[new_episode, None]    # a new episode's stack: 4 copies of its first frame
+        self._stacks[new_episode] = gray[new_episode, None]  # a new episode's stack: 4 copies of its first frame
         clipped = np.sign(reward) if self.protocol.clip_rewards else reward
         return Step(self._stacks.copy(), clipped.astype(np.float32), terminated, truncated, finished_returns)
 
@@ -215,9 +223,11 @@ def _fire_start(game: str, actions: list, protocol: Protocol) -> bool:
     if not protocol.fire_on_reset or ale_py.Action.FIRE not in actions:
         return False
     if actions[1] != ale_py.Action.FIRE or len(actions) < 3:
-        raise UserError(f"{game}'s actions ({', '.join(a.name for a in actions)}) do not have FIRE as action 1, so "
-                        f"protocol {protocol.name!r} cannot start its episodes with FIRE and action 2 as the "
-                        "reference does; play it under protocol 'modern' (no FIRE start) or choose another game")
+        raise UserError(
+            f"{game}'s actions ({', '.join(a.name for a in actions)}) do not have FIRE as action 1, so "
+            f"protocol {protocol.name!r} cannot start its episodes with FIRE and action 2 as the "
+            "reference does; play it under protocol 'modern' (no FIRE start) or choose another game"
+        )
     return True
 
 
@@ -243,7 +253,7 @@ def _area_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
         for i in range(int(np.floor(start)), int(np.ceil(stop))):
             dense[o, i] = min(stop, i + 1) - max(start, i)
     width = int((dense > 0).sum(1).max())
-    indices = np.argsort(dense == 0, axis=1, kind="stable")[:, :width]   # each row's covered pixels first
+    indices = np.argsort(dense == 0, axis=1, kind="stable")[:, :width]  # each row's covered pixels first
     return indices, (np.take_along_axis(dense, indices, 1) / scale).astype(np.float32)
 
 
@@ -251,8 +261,10 @@ def agent_frames(frames: np.ndarray) -> np.ndarray:
     """(T, 1, 210, 160) or (T, 210, 160) uint8 grayscale -> (T, 84, 84) uint8 by area weights (OpenCV's area
     resize within one gray level); the env resizes RGB, then grays it."""
     frames = frames.reshape(-1, *frames.shape[-2:])
-    (row_idx, row_w), (col_idx, col_w) = (_area_weights(frames.shape[1], AGENT_FRAME[0]),
-                                          _area_weights(frames.shape[2], AGENT_FRAME[1]))
+    (row_idx, row_w), (col_idx, col_w) = (
+        _area_weights(frames.shape[1], AGENT_FRAME[0]),
+        _area_weights(frames.shape[2], AGENT_FRAME[1]),
+    )
     # A weighted sum of the few input rows (then columns) each output pixel covers.
     rows = sum(frames[:, row_idx[:, k], :] * row_w[None, :, k, None] for k in range(row_idx.shape[1]))
     resized = sum(rows[:, :, col_idx[:, k]] * col_w[None, None, :, k] for k in range(col_idx.shape[1]))

@@ -21,6 +21,7 @@ A learner step, sketched:
     pg_loss = -(action_log_probs(learner_logits, actions) * pg_adv).sum()
     baseline_loss = 0.5 * ((vs - values) ** 2).sum()
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,9 +40,16 @@ def log_rhos(target_logits: torch.Tensor, behaviour_logits: torch.Tensor, action
 
 
 @torch.no_grad()
-def vtrace(log_rhos: torch.Tensor, discounts: torch.Tensor, rewards: torch.Tensor, values: torch.Tensor,
-           bootstrap_value: torch.Tensor, rho_bar: float = 1.0, c_bar: float = 1.0,
-           pg_rho_bar: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def vtrace(
+    log_rhos: torch.Tensor,
+    discounts: torch.Tensor,
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    bootstrap_value: torch.Tensor,
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+    pg_rho_bar: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """V-trace targets `vs` and policy-gradient advantages, both (T, B), without gradient.
 
     log_rhos, discounts, rewards, values: (T, B); bootstrap_value: (B,), the value of the state after

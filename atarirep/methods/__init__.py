@@ -11,10 +11,11 @@ An optional `early_stop_metric = "accuracy"` (CPC, JSD-ST-DIM, as AtariARI) make
 on the validation mean of `metrics["accuracy"]` (higher is better) instead of the validation loss.
 One loop (atarirep.training) trains them all.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -45,9 +46,13 @@ METHODS: tuple[str, ...] = tuple(_FACTORIES)
 
 # The AtariARI command-line names, so `--method infonce-stdim` habits keep working.
 ATARIARI_NAMES = {
-    "infonce-stdim": "stdim", "global-local-infonce-stdim": "global_local_stdim",
-    "global-infonce-stdim": "global_t_dim", "jsd-stdim": "jsd_stdim", "dim": "static_dim",
-    "random-cnn": "random_cnn", "naff": "pixel_pred",
+    "infonce-stdim": "stdim",
+    "global-local-infonce-stdim": "global_local_stdim",
+    "global-infonce-stdim": "global_t_dim",
+    "jsd-stdim": "jsd_stdim",
+    "dim": "static_dim",
+    "random-cnn": "random_cnn",
+    "naff": "pixel_pred",
 }
 
 

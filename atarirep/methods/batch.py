@@ -1,4 +1,5 @@
 """The batch every pretraining method's `loss` receives; the training loop builds it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """InfoNCE with in-batch negatives: the contrastive bound ST-DIM, its ablations and CPC share."""
+
 from __future__ import annotations
 
 import torch
@@ -16,7 +17,7 @@ def info_nce(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     logits give the same probe F1.
     """
     with torch.autocast(queries.device.type, enabled=False):
-        logits = queries.float() @ keys.float().transpose(-1, -2)                  # (..., N, N) float32
+        logits = queries.float() @ keys.float().transpose(-1, -2)  # (..., N, N) float32
     n = logits.shape[-1]
     targets = torch.arange(n, device=logits.device).repeat(logits.numel() // (n * n))  # (... * N,)
     return F.cross_entropy(logits.reshape(-1, n), targets)

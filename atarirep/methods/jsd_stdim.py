@@ -1,4 +1,5 @@
 """JSD-ST-DIM: ST-DIM's global-local and local-local pairs scored bilinearly, with a JSD (binary) objective."""
+
 from __future__ import annotations
 
 import torch
@@ -13,10 +14,10 @@ from atarirep.methods.stdim import LOCAL_DEPTH
 class JSDSTDIM(nn.Module):
     """ST-DIM with the Jensen-Shannon estimator (Anand et al. 2019, sec. 5 ablation; Hjelm et al. 2019, eq. 4)."""
 
-    window = 2             # (x_t, x_{t+1})
+    window = 2  # (x_t, x_{t+1})
     uses_negatives = True  # plus a random frame of the same episode
     is_trainable = True
-    early_stop_metric = "accuracy"   # as AtariARI's SpatioTemporalTrainer: the classifiers' val accuracy
+    early_stop_metric = "accuracy"  # as AtariARI's SpatioTemporalTrainer: the classifiers' val accuracy
 
     def __init__(self, feature_size: int = 256):
         super().__init__()
@@ -37,17 +38,19 @@ class JSDSTDIM(nn.Module):
         x_t, x_next, x_hat = batch.frames[:, 0], batch.frames[:, 1], batch.negatives  # (B, 1, 210, 160) each
         b = x_t.shape[0]
         global_all, local_all = self.encoder.forward_with_local(torch.cat([x_t, x_next, x_hat]))
-        local_all = local_all.flatten(2).transpose(1, 2)                   # (3B, P, 128)
-        local_t, local_next, local_hat = local_all[:b], local_all[b:2 * b], local_all[2 * b:]  # (B, P, 128)
-        global_next = global_all[b:2 * b, None]                            # (B, 1, 256), broadcast over P
+        local_all = local_all.flatten(2).transpose(1, 2)  # (3B, P, 128)
+        local_t, local_next, local_hat = local_all[:b], local_all[b : 2 * b], local_all[2 * b :]  # (B, P, 128)
+        global_next = global_all[b : 2 * b, None]  # (B, 1, 256), broadcast over P
 
         def jsd(bilinear: nn.Bilinear, anchor, positive, negative):
             # a^T W x + c as (a W) . x: the same score as bilinear(a, x), without its slow kernel;
             # in float32 under bf16 autocast, as info_nce's logits are
             with torch.autocast(anchor.device.type, enabled=False):
-                projected = anchor.float() @ bilinear.weight[0].float()    # (B, P or 1, 128)
-                logits = torch.cat([(projected * positive.float()).sum(-1),
-                                    (projected * negative.float()).sum(-1)]) + bilinear.bias.float()  # (2B, P)
+                projected = anchor.float() @ bilinear.weight[0].float()  # (B, P or 1, 128)
+                logits = (
+                    torch.cat([(projected * positive.float()).sum(-1), (projected * negative.float()).sum(-1)])
+                    + bilinear.bias.float()
+                )  # (2B, P)
             targets = torch.cat([torch.ones(b, logits.shape[1]), torch.zeros(b, logits.shape[1])]).to(logits.device)
             accuracy = ((logits >= 0) == (targets >= 0.5)).float().mean()  # sigmoid(T) >= 0.5, as AtariARI
             return F.binary_cross_entropy_with_logits(logits, targets), accuracy.detach()
@@ -56,6 +59,8 @@ class JSDSTDIM(nn.Module):
         local_local, accuracy_ll = jsd(self.local_local, local_next, local_t, local_hat)
         # Departs from AtariARI: its early-stopping figure is the SUM of the two accuracies (0..2); the mean
         # ranks epochs identically and reads as an accuracy.
-        return global_local + local_local, {"global_local": global_local.detach(),
-                                            "local_local": local_local.detach(),
-                                            "accuracy": (accuracy_gl + accuracy_ll) / 2}
+        return global_local + local_local, {
+            "global_local": global_local.detach(),
+            "local_local": local_local.detach(),
+            "accuracy": (accuracy_gl + accuracy_ll) / 2,
+        }

@@ -1,4 +1,5 @@
 """Pixel-prediction baseline: encode frame t, decode frame t+1."""
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,7 @@ class PixelPrediction(nn.Module):
     def __init__(self, feature_size: int = 256):
         super().__init__()
         self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
-        self.predictor = nn.Linear(feature_size, feature_size)   # AtariARI's NaFFPredictor.fc_layers, no activation
+        self.predictor = nn.Linear(feature_size, feature_size)  # AtariARI's NaFFPredictor.fc_layers, no activation
         self.decoder = encoders.BenchmarkDecoder(feature_size)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -29,9 +30,9 @@ class PixelPrediction(nn.Module):
         Each sample's loss depends on that sample only, so a data-parallel run's averaged gradient
         equals the one-process gradient on the whole batch.
         """
-        x_t, x_next = batch.frames[:, 0], batch.frames[:, 1]               # (B, 1, 210, 160) each
-        features = self.predictor(self.encoder(x_t))                      # (B, 256)
-        prediction = torch.sigmoid(self.decoder(features).float())         # (B, 1, 210, 160)
+        x_t, x_next = batch.frames[:, 0], batch.frames[:, 1]  # (B, 1, 210, 160) each
+        features = self.predictor(self.encoder(x_t))  # (B, 256)
+        prediction = torch.sigmoid(self.decoder(features).float())  # (B, 1, 210, 160)
         # The mean over pixels, as the reference: Adam divides out a constant scale but its eps (1e-5) does not.
         loss = (prediction - x_next).pow(2).mean()
         return loss, {"mse_per_pixel": loss.detach()}

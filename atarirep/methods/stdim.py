@@ -5,6 +5,7 @@
 All use the benchmark encoder and the InfoNCE of atarirep.methods.infonce. JSD-ST-DIM, which
 scores pairs differently, is in jsd_stdim.py.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,14 +21,14 @@ LOCAL_DEPTH = encoders.BenchmarkEncoder.local_shape[0]  # 128 channels per local
 class STDIM(nn.Module):
     """Spatiotemporal Deep InfoMax (Anand et al. 2019, "Unsupervised State Representation Learning in Atari")."""
 
-    window = 2              # samples are pairs (x_t, x_{t+1}) of one episode
+    window = 2  # samples are pairs (x_t, x_{t+1}) of one episode
     uses_negatives = False  # negatives are the other samples of the batch
     is_trainable = True
 
     def __init__(self, feature_size: int = 256, local_local: bool = True):
         super().__init__()
         self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
-        self.global_local = nn.Linear(feature_size, LOCAL_DEPTH)           # W_g in eq. 4
+        self.global_local = nn.Linear(feature_size, LOCAL_DEPTH)  # W_g in eq. 4
         self.local_local = nn.Linear(LOCAL_DEPTH, LOCAL_DEPTH) if local_local else None  # W_l in eq. 5
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -43,21 +44,21 @@ class STDIM(nn.Module):
         b = batch.frames.shape[0]
         # One encoder pass over the (B, 2) frames as stored (no copy): rows alternate x_t, x_{t+1}.
         global_all, local_all = self.encoder.forward_with_local(batch.frames.flatten(0, 1))
-        global_next = global_all.view(b, 2, -1)[:, 1]                      # (B, 256)
+        global_next = global_all.view(b, 2, -1)[:, 1]  # (B, 256)
         local_all = local_all.flatten(2).view(b, 2, LOCAL_DEPTH, -1).permute(1, 3, 0, 2)  # (2, P, B, 128)
-        local_t, local_next = local_all[0], local_all[1]                   # (P, B, 128) each, position-major
+        local_t, local_next = local_all[0], local_all[1]  # (P, B, 128) each, position-major
         num_positions = local_t.shape[0]
 
         # Global-local: W_g f(x_{t+1}) scored against x_t's local vector at each position.
-        queries = self.global_local(global_next)                           # (B, 128)
-        queries = queries.unsqueeze(0).expand(num_positions, -1, -1)       # (P, B, 128)
-        global_local = info_nce(queries, local_t)                          # mean over P and B
+        queries = self.global_local(global_next)  # (B, 128)
+        queries = queries.unsqueeze(0).expand(num_positions, -1, -1)  # (P, B, 128)
+        global_local = info_nce(queries, local_t)  # mean over P and B
         metrics = {"global_local": global_local.detach()}
         if self.local_local is None:
             return global_local, metrics
 
         # Local-local: W_l f_mn(x_{t+1}) scored against x_t's local vector at the same position.
-        local_local = info_nce(self.local_local(local_next), local_t)      # (P, B, 128) vs (P, B, 128)
+        local_local = info_nce(self.local_local(local_next), local_t)  # (P, B, 128) vs (P, B, 128)
         metrics["local_local"] = local_local.detach()
         return global_local + local_local, metrics
 
@@ -96,9 +97,9 @@ class StaticDIM(nn.Module):
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L = -1/P sum_mn log exp((W f(x))^T f_mn(x)) / sum_{x*} exp((W f(x))^T f_mn(x*)), x* over the batch."""
-        x = batch.frames[:, 0]                                             # (B, 1, 210, 160)
-        global_x, local_x = self.encoder.forward_with_local(x)             # (B, 256), (B, 128, 11, 8)
-        local_x = local_x.flatten(2).permute(2, 0, 1)                      # (P, B, 128)
+        x = batch.frames[:, 0]  # (B, 1, 210, 160)
+        global_x, local_x = self.encoder.forward_with_local(x)  # (B, 256), (B, 128, 11, 8)
+        local_x = local_x.flatten(2).permute(2, 0, 1)  # (P, B, 128)
         queries = self.global_local(global_x).unsqueeze(0).expand(local_x.shape[0], -1, -1)  # (P, B, 128)
         loss = info_nce(queries, local_x)
         return loss, {"global_local": loss.detach()}

@@ -10,6 +10,7 @@ Departs from IRIS (Micheli et al. 2023) in three ways:
 - no perceptual (LPIPS) term: it needs pretrained VGG weights and nothing may download at run time;
 - the decoder mirrors the benchmark encoder (transposed convs), and outputs sigmoid pixels in [0, 1].
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,10 @@ class Tokenizer(nn.Module):
         super().__init__()
         self.encoder = encoders.TokenEncoder(vocab_size=vocab_size, embed_dim=embed_dim)
         self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(embed_dim, 128, (5, 2), stride=2), nn.ReLU(),   # 4x4 -> 11x8
-            *encoders.local_decoder(1))
+            nn.ConvTranspose2d(embed_dim, 128, (5, 2), stride=2),
+            nn.ReLU(),  # 4x4 -> 11x8
+            *encoders.local_decoder(1),
+        )
         self.beta = beta
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -41,16 +44,19 @@ class Tokenizer(nn.Module):
         z: the encoder's 16 latents, z_q their nearest codebook vectors; the decoder sees
         z + sg(z_q - z) (straight-through), so reconstruction gradients reach the encoder.
         """
-        x = batch.frames[:, 0]                                             # (B, 1, 210, 160)
-        z, z_q, tokens = self.encoder.encode(x)                            # (B, 16, D), (B, 16, D), (B, 16)
-        codebook = (z.detach() - z_q).float().pow(2).mean()                # moves codes toward the latents
-        commitment = (z - z_q.detach()).float().pow(2).mean()              # keeps latents near their codes
-        z_straight = z + (z_q - z).detach()                                # (B, 16, D), straight-through
+        x = batch.frames[:, 0]  # (B, 1, 210, 160)
+        z, z_q, tokens = self.encoder.encode(x)  # (B, 16, D), (B, 16, D), (B, 16)
+        codebook = (z.detach() - z_q).float().pow(2).mean()  # moves codes toward the latents
+        commitment = (z - z_q.detach()).float().pow(2).mean()  # keeps latents near their codes
+        z_straight = z + (z_q - z).detach()  # (B, 16, D), straight-through
         grid = z_straight.transpose(1, 2).reshape(x.shape[0], -1, *self.encoder.grid)  # (B, D, 4, 4)
-        x_hat = torch.sigmoid(self.decoder(grid).float())                  # (B, 1, 210, 160)
+        x_hat = torch.sigmoid(self.decoder(grid).float())  # (B, 1, 210, 160)
         reconstruction = (x - x_hat).abs().mean()
         loss = reconstruction + codebook + self.beta * commitment
-        metrics = {"reconstruction": reconstruction.detach(), "codebook": codebook.detach(),
-                   "commitment": commitment.detach(),
-                   "codes_used": torch.tensor(float(tokens.unique().numel()))}
+        metrics = {
+            "reconstruction": reconstruction.detach(),
+            "codebook": codebook.detach(),
+            "commitment": commitment.detach(),
+            "codes_used": torch.tensor(float(tokens.unique().numel())),
+        }
         return loss, metrics

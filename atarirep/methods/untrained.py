@@ -2,6 +2,7 @@
 
 The supervised baseline is not here: atarirep.probe builds and trains its own encoder.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -22,4 +23,3 @@ class RandomCNN(nn.Module):
     def __init__(self, feature_size: int = 256):
         super().__init__()
         self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
-

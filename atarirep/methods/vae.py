@@ -1,4 +1,5 @@
 """VAE baseline: the benchmark encoder's output is the posterior mean; a decoder reconstructs the frame."""
+
 from __future__ import annotations
 
 import torch
@@ -24,7 +25,7 @@ class VAE(nn.Module):
     def __init__(self, feature_size: int = 256, beta: float = 1.0):
         super().__init__()
         self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
-        self.log_variance = nn.Linear(64 * 9 * 6, feature_size)   # a second head on the flattened conv map
+        self.log_variance = nn.Linear(64 * 9 * 6, feature_size)  # a second head on the flattened conv map
         self.decoder = encoders.BenchmarkDecoder(feature_size)
         self.beta = beta
 
@@ -36,17 +37,17 @@ class VAE(nn.Module):
         with mu = the encoder's output (the features probed) and log sigma^2 from a linear head. In eval
         mode (validation) z = mu, as AtariARI's reparametrize does.
         """
-        x = batch.frames[:, 0]                                             # (B, 1, 210, 160)
-        local = self.encoder.local_features(x)                             # (B, 128, 11, 8)
-        conv_map = self.encoder.global_layers[:-1](local)                  # (B, 3456): all but the last Linear
-        mu = self.encoder.global_layers[-1](conv_map)                      # (B, 256)
-        log_variance = self.log_variance(conv_map)                         # (B, 256)
+        x = batch.frames[:, 0]  # (B, 1, 210, 160)
+        local = self.encoder.local_features(x)  # (B, 128, 11, 8)
+        conv_map = self.encoder.global_layers[:-1](local)  # (B, 3456): all but the last Linear
+        mu = self.encoder.global_layers[-1](conv_map)  # (B, 256)
+        log_variance = self.log_variance(conv_map)  # (B, 256)
         if self.training:
             eps = torch.randn(mu.shape, generator=batch.generator, device=mu.device, dtype=mu.dtype)
-            z = mu + torch.exp(0.5 * log_variance) * eps                   # (B, 256), reparameterised
+            z = mu + torch.exp(0.5 * log_variance) * eps  # (B, 256), reparameterised
         else:
-            z = mu                                                         # as AtariARI: eval decodes the mean
-        x_hat = torch.sigmoid(self.decoder(z).float())                     # (B, 1, 210, 160)
+            z = mu  # as AtariARI: eval decodes the mean
+        x_hat = torch.sigmoid(self.decoder(z).float())  # (B, 1, 210, 160)
         reconstruction = (x_hat - x).pow(2).flatten(1).sum(1).mean()
         mu, log_variance = mu.float(), log_variance.float()
         kl = (-0.5 * (1 + log_variance - mu.pow(2) - log_variance.exp()).sum(1)).mean()

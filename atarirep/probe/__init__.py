@@ -11,13 +11,31 @@ Layouts used throughout:
   features  (N, F) float32, one row per frame
   labels    (N, V) integers in 0..255; column j holds variables[j]
 """
-from atarirep.probe.baselines import (BASELINES, SupervisedProbes, fit_supervised, majority_predictions,
-                                      predict_supervised)
+
+from atarirep.probe.baselines import (
+    BASELINES,
+    SupervisedProbes,
+    fit_supervised,
+    majority_predictions,
+    predict_supervised,
+)
 from atarirep.probe.features import encode
 from atarirep.probe.linear import NUM_CLASSES, LinearProbes, fit_probes, predict
 from atarirep.probe.reference import fit_probes_reference, predict_reference
 from atarirep.probe.stage import run
 
-__all__ = ["BASELINES", "NUM_CLASSES", "LinearProbes", "SupervisedProbes", "encode", "fit_probes",
-           "fit_probes_reference", "fit_supervised", "majority_predictions", "predict", "predict_reference",
-           "predict_supervised", "run"]
+__all__ = [
+    "BASELINES",
+    "NUM_CLASSES",
+    "LinearProbes",
+    "SupervisedProbes",
+    "encode",
+    "fit_probes",
+    "fit_probes_reference",
+    "fit_supervised",
+    "majority_predictions",
+    "predict",
+    "predict_reference",
+    "predict_supervised",
+    "run",
+]

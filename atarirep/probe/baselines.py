@@ -6,11 +6,12 @@ They bound what a probe on a pretrained encoder can be compared with; this modul
 Layouts: frames (N, 1, 210, 160) uint8 (an array, LazyFrames or tensor); labels (N, V) integers
 in 0..255, column j holding variable j.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -21,12 +22,27 @@ from tqdm import tqdm
 from atarirep import devices, encoders
 from atarirep import sampling as sampling_lib
 from atarirep.errors import UserError
-from atarirep.probe.features import (ENCODE_BATCH_SIZE, channels_last_twin, checked_forward, eval_mode,
-                                     input_dtype, is_ours)
-from atarirep.probe.linear import (ADAM_EPS, NUM_CLASSES, PREDICT_BATCH_SIZE, Schedules, check_keep, epoch_batches,
-                                   init_linear, labels_tensor, split_bounds)
+from atarirep.probe.features import (
+    ENCODE_BATCH_SIZE,
+    channels_last_twin,
+    checked_forward,
+    eval_mode,
+    input_dtype,
+    is_ours,
+)
+from atarirep.probe.linear import (
+    ADAM_EPS,
+    NUM_CLASSES,
+    PREDICT_BATCH_SIZE,
+    Schedules,
+    check_keep,
+    epoch_batches,
+    init_linear,
+    labels_tensor,
+    split_bounds,
+)
 
-BASELINES = ("majority", "supervised")   # methods that need no pretrained encoder file
+BASELINES = ("majority", "supervised")  # methods that need no pretrained encoder file
 
 
 def majority_predictions(train_labels, num_frames: int) -> np.ndarray:
@@ -52,31 +68,39 @@ class SupervisedProbes:
 
     models: list[nn.Module]
     columns: list[list[int]]
-    num_epochs: np.ndarray      # (V,)
-    val_accuracy: np.ndarray    # (V,)
+    num_epochs: np.ndarray  # (V,)
+    val_accuracy: np.ndarray  # (V,)
 
 
 class _EncoderWithHeads(nn.Module):
-    def __init__(self, encoder: nn.Module, num_features: int, num_heads: int, num_classes: int,
-                 generator: torch.Generator, layout: torch.memory_format):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_features: int,
+        num_heads: int,
+        num_classes: int,
+        generator: torch.Generator,
+        layout: torch.memory_format,
+    ):
         super().__init__()
         self.encoder = encoder
         self.num_heads, self.num_classes = num_heads, num_classes
-        self.layout = layout     # the input layout the encoder was found to agree in (`_layout`)
+        self.layout = layout  # the input layout the encoder was found to agree in (`_layout`)
         self.heads = nn.Linear(num_features, num_heads * num_classes)
         inits = [init_linear(generator, num_features, num_classes) for _ in range(num_heads)]
         with torch.no_grad():
             self.heads.weight.copy_(torch.cat([w for w, _ in inits]))
             self.heads.bias.copy_(torch.cat([b for _, b in inits]))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:          # (B, 1, 210, 160) in [0, 1]
-        return self.heads(self.encoder(x)).view(-1, self.num_heads, self.num_classes)   # (B, H, C)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, 210, 160) in [0, 1]
+        return self.heads(self.encoder(x)).view(-1, self.num_heads, self.num_classes)  # (B, H, C)
 
     def inputs(self, frames) -> torch.Tensor:
         """uint8 frames (B, 1, 210, 160) as this model's input on its device: [0, 1], in its dtype and layout."""
         device = self.heads.weight.device
-        x = encoders.preprocess(torch.as_tensor(np.asarray(frames)).to(device, non_blocking=True),
-                                input_dtype(self.encoder))
+        x = encoders.preprocess(
+            torch.as_tensor(np.asarray(frames)).to(device, non_blocking=True), input_dtype(self.encoder)
+        )
         return x.contiguous(memory_format=self.layout)
 
 
@@ -105,11 +129,27 @@ def _layout(encoder: nn.Module, first: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def fit_supervised(make_encoder: Callable[[], nn.Module], train_frames, train_labels, val_frames, val_labels,
-                   *, per_variable: bool = True, lr: float = 3e-4, batch_size: int = 64, epochs: int = 100,
-                   patience: int = 15, seed: int = 0, device: str = "cpu", num_classes: int = NUM_CLASSES,
-                   sampling: str = "reference", keep: str = "last", train_bounds=None, val_bounds=None,
-                   progress: bool = False) -> SupervisedProbes:
+def fit_supervised(
+    make_encoder: Callable[[], nn.Module],
+    train_frames,
+    train_labels,
+    val_frames,
+    val_labels,
+    *,
+    per_variable: bool = True,
+    lr: float = 3e-4,
+    batch_size: int = 64,
+    epochs: int = 100,
+    patience: int = 15,
+    seed: int = 0,
+    device: str = "cpu",
+    num_classes: int = NUM_CLASSES,
+    sampling: str = "reference",
+    keep: str = "last",
+    train_bounds=None,
+    val_bounds=None,
+    progress: bool = False,
+) -> SupervisedProbes:
     """The supervised baseline: fresh encoders with linear heads, trained end to end on the labels.
 
     per_variable=True is the reference: one fresh encoder + head per variable, each with the probe
@@ -128,8 +168,10 @@ def fit_supervised(make_encoder: Callable[[], nn.Module], train_frames, train_la
     y = labels_tensor(train_labels, num_classes, "train labels").to(dev)
     y_val = labels_tensor(val_labels, num_classes, "val labels")
     if len(frames) != len(y) or len(frames_val) != len(y_val):
-        raise ValueError(f"frames and labels differ in length: train {len(frames)} vs {len(y)}, "
-                         f"val {len(frames_val)} vs {len(y_val)}")
+        raise ValueError(
+            f"frames and labels differ in length: train {len(frames)} vs {len(y)}, "
+            f"val {len(frames_val)} vs {len(y_val)}"
+        )
     bounds = {"train": split_bounds(train_bounds, len(y)), "val": split_bounds(val_bounds, len(y_val))}
     num_variables = y.shape[1]
     # Departs from AtariARI (per_variable=False only): one shared encoder for all heads, because one
@@ -143,26 +185,52 @@ def fit_supervised(make_encoder: Callable[[], nn.Module], train_frames, train_la
             encoder = make_encoder().to(dev)
         generator = torch.Generator().manual_seed(seed + i)
         first = encoders.preprocess(torch.as_tensor(np.asarray(first_frames)).to(dev), input_dtype(encoder))
-        with torch.no_grad(), eval_mode(encoder):   # the check must not move BatchNorm statistics
+        with torch.no_grad(), eval_mode(encoder):  # the check must not move BatchNorm statistics
             num_features = checked_forward(encoder, first, None).shape[1]
             layout = _layout(encoder, first)
         model = _EncoderWithHeads(encoder, num_features, len(cols), num_classes, generator, layout)
         model.to(dev, memory_format=layout)
         num_epochs, val_accuracy = _fit_end_to_end(
-            model, frames, y[:, cols], frames_val, y_val[:, cols], bounds, lr=lr, batch_size=batch_size,
-            epochs=epochs, patience=patience, rng=np.random.default_rng([seed, i]),
-            val_rng=np.random.default_rng([seed, i, 1]), sampling=sampling, keep=keep,
-            progress=progress and len(columns) == 1)
+            model,
+            frames,
+            y[:, cols],
+            frames_val,
+            y_val[:, cols],
+            bounds,
+            lr=lr,
+            batch_size=batch_size,
+            epochs=epochs,
+            patience=patience,
+            rng=np.random.default_rng([seed, i]),
+            val_rng=np.random.default_rng([seed, i, 1]),
+            sampling=sampling,
+            keep=keep,
+            progress=progress and len(columns) == 1,
+        )
         result.models.append(model.eval())
         result.num_epochs[cols] = num_epochs
         result.val_accuracy[cols] = val_accuracy
     return result
 
 
-def _fit_end_to_end(model: _EncoderWithHeads, frames, labels: torch.Tensor, frames_val, labels_val: torch.Tensor,
-                    bounds: dict[str, np.ndarray], *, lr: float, batch_size: int, epochs: int, patience: int,
-                    rng: np.random.Generator, val_rng: np.random.Generator, sampling: str, keep: str,
-                    progress: bool) -> tuple[int, np.ndarray]:
+def _fit_end_to_end(
+    model: _EncoderWithHeads,
+    frames,
+    labels: torch.Tensor,
+    frames_val,
+    labels_val: torch.Tensor,
+    bounds: dict[str, np.ndarray],
+    *,
+    lr: float,
+    batch_size: int,
+    epochs: int,
+    patience: int,
+    rng: np.random.Generator,
+    val_rng: np.random.Generator,
+    sampling: str,
+    keep: str,
+    progress: bool,
+) -> tuple[int, np.ndarray]:
     """Train `model` (frames -> (B, H, C)); early stop and plateau on the mean of its H val accuracies.
 
     labels (N, H) on the model's device, labels_val (N_val, H) on CPU. keep "best" restores the best
@@ -181,7 +249,7 @@ def _fit_end_to_end(model: _EncoderWithHeads, frames, labels: torch.Tensor, fram
             group["lr"] = float(schedule.lr[0])
         model.train()
         for rows in epoch_batches(rng, bounds["train"], batch_size, sampling):
-            logits = model(model.inputs(_rows_of(frames, rows)))                             # (B, H, C)
+            logits = model(model.inputs(_rows_of(frames, rows)))  # (B, H, C)
             loss = F.cross_entropy(logits.transpose(1, 2), labels[rows.to(device)], reduction="none").mean(0).sum()
             optimizer.zero_grad()
             loss.backward()
@@ -189,7 +257,7 @@ def _fit_end_to_end(model: _EncoderWithHeads, frames, labels: torch.Tensor, fram
         num_epochs += 1
         val_rows = torch.from_numpy(sampling_lib.evaluation_rows(val_rng, bounds["val"], sampling, batch_size))
         predictions = _predict_model(model, frames_val)
-        accuracy = (predictions[val_rows] == labels_val[val_rows]).float().mean(0).numpy()   # (H,)
+        accuracy = (predictions[val_rows] == labels_val[val_rows]).float().mean(0).numpy()  # (H,)
         if schedule.update(np.array([accuracy.mean()]))[0]:
             best_state, best_accuracy = copy.deepcopy(model.state_dict()), accuracy
     if keep == "last":
@@ -204,7 +272,7 @@ def _predict_model(model: _EncoderWithHeads, frames) -> torch.Tensor:
     out = []
     with torch.no_grad():
         for start in range(0, len(frames), ENCODE_BATCH_SIZE):
-            out.append(model(model.inputs(frames[start:start + ENCODE_BATCH_SIZE])).argmax(-1).cpu())
+            out.append(model(model.inputs(frames[start : start + ENCODE_BATCH_SIZE])).argmax(-1).cpu())
     return torch.cat(out)
 
 
@@ -212,7 +280,7 @@ def predict_supervised(probes: SupervisedProbes, frames) -> np.ndarray:
     """(N, V) int64 predictions of the supervised baseline on uint8 frames (N, 1, 210, 160)."""
     out = np.zeros((len(frames), int(sum(len(c) for c in probes.columns))), np.int64)
     for start in range(0, len(frames), PREDICT_BATCH_SIZE):
-        chunk = np.asarray(frames[start:start + PREDICT_BATCH_SIZE])
+        chunk = np.asarray(frames[start : start + PREDICT_BATCH_SIZE])
         for model, cols in zip(probes.models, probes.columns):
-            out[start:start + len(chunk), cols] = _predict_model(model, chunk).numpy()
+            out[start : start + len(chunk), cols] = _predict_model(model, chunk).numpy()
     return out

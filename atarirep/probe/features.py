@@ -6,11 +6,12 @@ device, dtype, memory format and weights are as before when a call returns. `Fea
 way a module is run for probing; `encode` runs it over every frame. This module does not train
 encoders (atarirep.methods) or probes (atarirep.probe.linear).
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from atarirep import devices, encoders, episodes
 from atarirep.errors import UserError
 
-ENCODE_BATCH_SIZE = 256    # frames per encoder pass
+ENCODE_BATCH_SIZE = 256  # frames per encoder pass
 NEEDS = "the probe needs a module that maps float frames (B, 1, 210, 160) in [0, 1] to (B, F) features"
 
 
@@ -72,16 +73,18 @@ def _describe(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {tuple(value.shape)}"
     if isinstance(value, (tuple, list)):
-        parts = ", ".join(f"tensor {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
-                          for v in value[:4])
+        parts = ", ".join(
+            f"tensor {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__ for v in value[:4]
+        )
         return f"a {type(value).__name__} of {len(value)} ({parts}{', ...' if len(value) > 4 else ''})"
     if isinstance(value, dict):
         return f"a dict with keys {', '.join(map(str, list(value)[:6]))}"
     return f"a {type(value).__name__}"
 
 
-def checked_forward(encoder: nn.Module, x: torch.Tensor, feature_size: int | None, *,
-                    name: str | None = None) -> torch.Tensor:
+def checked_forward(
+    encoder: nn.Module, x: torch.Tensor, feature_size: int | None, *, name: str | None = None
+) -> torch.Tensor:
     """encoder(x) for a batch of preprocessed frames; UserError (one line) unless it is (B, feature_size).
 
     feature_size None takes the encoder's `feature_size` attribute, if any. An exception the module raises
@@ -91,17 +94,22 @@ def checked_forward(encoder: nn.Module, x: torch.Tensor, feature_size: int | Non
     try:
         z = encoder(x)
     except Exception as err:  # whatever a user's module raises is reported as it is
-        raise UserError(f"encoder {name} raised {_one_line(err)} on a batch of {tuple(x.shape)} {x.dtype} frames; "
-                        f"{NEEDS}") from None
+        raise UserError(
+            f"encoder {name} raised {_one_line(err)} on a batch of {tuple(x.shape)} {x.dtype} frames; {NEEDS}"
+        ) from None
     expected = feature_size if feature_size is not None else getattr(encoder, "feature_size", None)
     width = expected if isinstance(expected, int) else "F"
     if not isinstance(z, torch.Tensor):
-        raise UserError(f"encoder {name} returned {_describe(z)} for a batch of {len(x)} frames, expected one "
-                        f"tensor ({len(x)}, {width}); return only the features (for example the first output)")
+        raise UserError(
+            f"encoder {name} returned {_describe(z)} for a batch of {len(x)} frames, expected one "
+            f"tensor ({len(x)}, {width}); return only the features (for example the first output)"
+        )
     if z.ndim != 2 or z.shape[0] != len(x) or (isinstance(expected, int) and z.shape[1] != expected):
-        raise UserError(f"encoder {name} returned shape {tuple(z.shape)} for a batch of {tuple(x.shape)} frames, "
-                        f"expected ({len(x)}, {width}); flatten to one feature vector per frame"
-                        + (" (or fix representation_len/feature_size)" if isinstance(expected, int) else ""))
+        raise UserError(
+            f"encoder {name} returned shape {tuple(z.shape)} for a batch of {tuple(x.shape)} frames, "
+            f"expected ({len(x)}, {width}); flatten to one feature vector per frame"
+            + (" (or fix representation_len/feature_size)" if isinstance(expected, int) else "")
+        )
     return z
 
 
@@ -147,7 +155,7 @@ class Featurizer:
         self.layout = torch.contiguous_format
         self._stack = contextlib.ExitStack()
 
-    def __enter__(self) -> "Featurizer":
+    def __enter__(self) -> Featurizer:
         self._stack.enter_context(eval_mode(self.encoder))
         return self
 
@@ -178,12 +186,21 @@ class Featurizer:
                 z = self._choose(x)
                 self.feature_size = z.shape[1] if self.feature_size is None else self.feature_size
                 return z
-            return checked_forward(self.module, x.contiguous(memory_format=self.layout), self.feature_size,
-                                   name=self.name)
+            return checked_forward(
+                self.module, x.contiguous(memory_format=self.layout), self.feature_size, name=self.name
+            )
 
 
-def encode(encoder: nn.Module, frames, *, batch_size: int = ENCODE_BATCH_SIZE, device: str = "cpu",
-           feature_size: int | None = None, progress: bool = False, what: str = "frames") -> torch.Tensor:
+def encode(
+    encoder: nn.Module,
+    frames,
+    *,
+    batch_size: int = ENCODE_BATCH_SIZE,
+    device: str = "cpu",
+    feature_size: int | None = None,
+    progress: bool = False,
+    what: str = "frames",
+) -> torch.Tensor:
     """(N, F) float32 CPU features of uint8 frames (N, 1, 210, 160), each frame encoded once, no grad.
 
     frames: an array, LazyFrames or tensor; read `batch_size` frames at a time. The encoder is run by a
@@ -194,16 +211,17 @@ def encode(encoder: nn.Module, frames, *, batch_size: int = ENCODE_BATCH_SIZE, d
     num_frames = len(frames)
     out = None
     with Featurizer(encoder, dev, feature_size) as featurize:
-        for start in tqdm(range(0, num_frames, batch_size), desc=f"encode {what}", disable=not progress,
-                          leave=False):
-            x = torch.as_tensor(np.asarray(frames[start:start + batch_size]))
+        for start in tqdm(range(0, num_frames, batch_size), desc=f"encode {what}", disable=not progress, leave=False):
+            x = torch.as_tensor(np.asarray(frames[start : start + batch_size]))
             if x.dtype != torch.uint8 or tuple(x.shape[1:]) != episodes.FRAME_SHAPE:
-                raise UserError(f"{what} must be (N, 1, 210, 160) uint8 frames, got {tuple(x.shape)} "
-                                f"{x.dtype}; pass the frames as collected")
+                raise UserError(
+                    f"{what} must be (N, 1, 210, 160) uint8 frames, got {tuple(x.shape)} "
+                    f"{x.dtype}; pass the frames as collected"
+                )
             z = featurize(x)
             if out is None:
                 out = torch.empty((num_frames, z.shape[1]), dtype=torch.float32)
-            out[start:start + len(z)] = z.float().cpu()
+            out[start : start + len(z)] = z.float().cpu()
     if out is None:
         raise UserError(f"{what} are empty; collect more steps so every split has frames")
     return out

@@ -7,11 +7,12 @@ compute features (atarirep.probe.features) or scores (atarirep.scores).
 Layouts: features (N, F) float32, one row per frame; labels (N, V) integers in 0..255, column j
 holding variable j.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,16 +23,16 @@ from atarirep import devices
 from atarirep import sampling as sampling_lib
 from atarirep.errors import UserError
 
-NUM_CLASSES = 256          # labels are RAM bytes
+NUM_CLASSES = 256  # labels are RAM bytes
 ADAM_BETAS = (0.9, 0.999)  # torch's defaults, which the reference used
 ADAM_EPS = 1e-5
-LR_PATIENCE = 5            # ReduceLROnPlateau on val accuracy: patience 5, factor 0.2, min 1e-5
+LR_PATIENCE = 5  # ReduceLROnPlateau on val accuracy: patience 5, factor 0.2, min 1e-5
 LR_FACTOR = 0.2
 MIN_LR = 1e-5
-LR_EPS = 1e-8              # torch's ReduceLROnPlateau eps: smaller lr changes are skipped
-PLATEAU_THRESHOLD = 1e-4   # torch's ReduceLROnPlateau default (relative), which the reference used
+LR_EPS = 1e-8  # torch's ReduceLROnPlateau eps: smaller lr changes are skipped
+PLATEAU_THRESHOLD = 1e-4  # torch's ReduceLROnPlateau default (relative), which the reference used
 PREDICT_BATCH_SIZE = 1024
-KEEP = ("last", "best")    # weights a probe is tested with: its last epoch's (AtariARI) or its best val epoch's
+KEEP = ("last", "best")  # weights a probe is tested with: its last epoch's (AtariARI) or its best val epoch's
 
 
 def labels_tensor(labels, num_classes: int, what: str) -> torch.Tensor:
@@ -40,13 +41,16 @@ def labels_tensor(labels, num_classes: int, what: str) -> torch.Tensor:
     if y.ndim != 2:
         raise ValueError(f"{what} must be (N, V), got shape {tuple(y.shape)}")
     if y.numel() and (y.min() < 0 or y.max() >= num_classes):
-        raise UserError(f"{what} hold values outside 0..{num_classes - 1} (min {int(y.min())}, max "
-                        f"{int(y.max())}); labels must be RAM bytes")
+        raise UserError(
+            f"{what} hold values outside 0..{num_classes - 1} (min {int(y.min())}, max "
+            f"{int(y.max())}); labels must be RAM bytes"
+        )
     return y
 
 
-def epoch_batches(rng: np.random.Generator, bounds: np.ndarray, batch_size: int,
-                  sampling: str = "reference") -> Iterator[torch.Tensor]:
+def epoch_batches(
+    rng: np.random.Generator, bounds: np.ndarray, batch_size: int, sampling: str = "reference"
+) -> Iterator[torch.Tensor]:
     """One epoch of train row indices (int64 tensors), `batch_size` at a time (atarirep.sampling): AtariARI's draw
     of one row per frame, episodes with replacement, the last partial batch dropped (reference), or every row
     once in a seeded shuffle, the last batch possibly smaller (every_frame). bounds: the split's episode bounds."""
@@ -161,8 +165,8 @@ class BatchedAdam:
     def step(self, grads: Sequence[torch.Tensor], lr: torch.Tensor) -> None:
         """One step with (V,) float64 learning rates on the parameters' device (torch keeps an lr in float64)."""
         self.step_count += 1
-        bias_correction1 = 1 - self.beta1 ** self.step_count
-        bias_correction2_sqrt = (1 - self.beta2 ** self.step_count) ** 0.5
+        bias_correction1 = 1 - self.beta1**self.step_count
+        bias_correction2_sqrt = (1 - self.beta2**self.step_count) ** 0.5
         # torch's addcdiv_(m, denom, value=-lr / bias_correction1) rounds the step size to float32 once
         neg_step_size = (-lr / bias_correction1).float()
         for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
@@ -172,10 +176,25 @@ class BatchedAdam:
             p.add_(neg_step_size.view(-1, *[1] * (p.ndim - 1)) * m / denom)
 
 
-def fit_probes(train_features, train_labels, val_features, val_labels, *, lr: float = 3e-4,
-               batch_size: int = 64, epochs: int = 100, patience: int = 15, seed: int = 0,
-               device: str = "cpu", num_classes: int = NUM_CLASSES, sampling: str = "reference",
-               keep: str = "last", train_bounds=None, val_bounds=None, progress: bool = False) -> LinearProbes:
+def fit_probes(
+    train_features,
+    train_labels,
+    val_features,
+    val_labels,
+    *,
+    lr: float = 3e-4,
+    batch_size: int = 64,
+    epochs: int = 100,
+    patience: int = 15,
+    seed: int = 0,
+    device: str = "cpu",
+    num_classes: int = NUM_CLASSES,
+    sampling: str = "reference",
+    keep: str = "last",
+    train_bounds=None,
+    val_bounds=None,
+    progress: bool = False,
+) -> LinearProbes:
     """Train one linear probe per variable on (N, F) features and (N, V) labels, all V at once.
 
     The reference protocol (docs/protocols.md 2) per probe: Linear(F -> 256), cross-entropy, Adam (lr, eps
@@ -203,10 +222,11 @@ def fit_probes(train_features, train_labels, val_features, val_labels, *, lr: fl
     num_variables = y.shape[1]
     generator = torch.Generator().manual_seed(seed)
     inits = [init_linear(generator, num_features, num_classes) for _ in range(num_variables)]
-    weight = torch.stack([w for w, _ in inits]).to(dev).requires_grad_()    # (V, C, F)
-    bias = torch.stack([b for _, b in inits]).to(dev).requires_grad_()      # (V, C)
-    best = LinearProbes(weight.detach().clone(), bias.detach().clone(),
-                        np.zeros(num_variables, int), np.zeros(num_variables))
+    weight = torch.stack([w for w, _ in inits]).to(dev).requires_grad_()  # (V, C, F)
+    bias = torch.stack([b for _, b in inits]).to(dev).requires_grad_()  # (V, C)
+    best = LinearProbes(
+        weight.detach().clone(), bias.detach().clone(), np.zeros(num_variables, int), np.zeros(num_variables)
+    )
     current = LinearProbes(weight, bias, best.num_epochs, best.val_accuracy)
     last_val_accuracy = np.zeros(num_variables)
     adam = BatchedAdam([weight, bias])
@@ -215,10 +235,10 @@ def fit_probes(train_features, train_labels, val_features, val_labels, *, lr: fl
     for _ in tqdm(range(epochs), desc="probe epochs", disable=not progress, leave=False):
         if not schedules.active.any():
             break
-        lr_now = torch.as_tensor(np.where(schedules.active, schedules.lr, 0.0), device=dev)   # (V,) float64
+        lr_now = torch.as_tensor(np.where(schedules.active, schedules.lr, 0.0), device=dev)  # (V,) float64
         for rows in epoch_batches(order_rng, train_bounds, batch_size, sampling):
             rows = rows.to(dev)
-            logits = current.logits(x[rows])                                                 # (B, V, C)
+            logits = current.logits(x[rows])  # (B, V, C)
             # The sum of V mean cross-entropies: variable v's gradient is its own loss's gradient. Rows of
             # (B * V, C) logits are each reduced as nn.Linear's (B, C) rows are, so every probe's gradient
             # is bitwise the reference loop's (on CPU; see tests/test_probe.py).
@@ -238,7 +258,7 @@ def fit_probes(train_features, train_labels, val_features, val_labels, *, lr: fl
             best.weight[keep_rows] = weight[keep_rows]
             best.bias[keep_rows] = bias[keep_rows]
         best.val_accuracy[improved] = schedules.best[improved]
-    if keep == "last":   # a stopped probe's lr was 0 since: its weights are those of the epoch it stopped at
+    if keep == "last":  # a stopped probe's lr was 0 since: its weights are those of the epoch it stopped at
         return LinearProbes(weight.detach(), bias.detach(), best.num_epochs, last_val_accuracy)
     return best
 
@@ -246,5 +266,7 @@ def fit_probes(train_features, train_labels, val_features, val_labels, *, lr: fl
 def check_keep(keep: str) -> None:
     """UserError unless `keep` is one of KEEP."""
     if keep not in KEEP:
-        raise UserError(f"probe keep={keep!r} is not offered; use one of {', '.join(KEEP)} "
-                        "(last: each probe's last weights, as AtariARI; best: its best validation epoch's)")
+        raise UserError(
+            f"probe keep={keep!r} is not offered; use one of {', '.join(KEEP)} "
+            "(last: each probe's last weights, as AtariARI; best: its best validation epoch's)"
+        )

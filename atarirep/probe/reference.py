@@ -5,6 +5,7 @@ It is the slow, obvious twin of atarirep.probe.linear (tests) and the `probe.fas
 protocol, batches and model selection one probe at a time, not a run of AtariARI's own code. It does not
 score (atarirep.scores).
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,18 @@ from torch.nn import functional as F
 from atarirep import devices
 from atarirep import sampling as sampling_lib
 from atarirep.probe.features import ENCODE_BATCH_SIZE, Featurizer
-from atarirep.probe.linear import (ADAM_EPS, LR_FACTOR, LR_PATIENCE, MIN_LR, NUM_CLASSES, check_keep, epoch_batches,
-                                   init_linear, labels_tensor, split_bounds)
+from atarirep.probe.linear import (
+    ADAM_EPS,
+    LR_FACTOR,
+    LR_PATIENCE,
+    MIN_LR,
+    NUM_CLASSES,
+    check_keep,
+    epoch_batches,
+    init_linear,
+    labels_tensor,
+    split_bounds,
+)
 
 
 class _Features:
@@ -40,11 +51,25 @@ class _Features:
         return batch.float() if self.featurizer is None else self.featurizer(batch)
 
 
-def fit_probes_reference(train_x, train_labels, val_x, val_labels, *, encoder: nn.Module | None = None,
-                         lr: float = 3e-4, batch_size: int = 64, epochs: int = 100, patience: int = 15,
-                         seed: int = 0, device: str = "cpu", num_classes: int = NUM_CLASSES,
-                         sampling: str = "reference", keep: str = "last", train_bounds=None,
-                         val_bounds=None) -> list[nn.Linear]:
+def fit_probes_reference(
+    train_x,
+    train_labels,
+    val_x,
+    val_labels,
+    *,
+    encoder: nn.Module | None = None,
+    lr: float = 3e-4,
+    batch_size: int = 64,
+    epochs: int = 100,
+    patience: int = 15,
+    seed: int = 0,
+    device: str = "cpu",
+    num_classes: int = NUM_CLASSES,
+    sampling: str = "reference",
+    keep: str = "last",
+    train_bounds=None,
+    val_bounds=None,
+) -> list[nn.Linear]:
     """The reference loop: V separate nn.Linear probes, each with its own torch Adam, torch
     ReduceLROnPlateau and early stopper, all fed the same batches; returns the V probes.
 
@@ -72,8 +97,12 @@ def fit_probes_reference(train_x, train_labels, val_x, val_labels, *, encoder: n
                 probe.bias.copy_(bias)
             probes.append(probe)
         optimizers = [torch.optim.Adam(p.parameters(), lr=lr, eps=ADAM_EPS) for p in probes]
-        schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="max", patience=LR_PATIENCE,
-                                                                 factor=LR_FACTOR, min_lr=MIN_LR) for o in optimizers]
+        schedulers = [
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                o, mode="max", patience=LR_PATIENCE, factor=LR_FACTOR, min_lr=MIN_LR
+            )
+            for o in optimizers
+        ]
         best = [-np.inf] * num_variables
         num_bad = [0] * num_variables
         stopped = [False] * num_variables
@@ -111,8 +140,9 @@ def fit_probes_reference(train_x, train_labels, val_x, val_labels, *, encoder: n
     return probes
 
 
-def predict_reference(probes: list[nn.Linear], x, *, encoder: nn.Module | None = None,
-                      device: str = "cpu") -> np.ndarray:
+def predict_reference(
+    probes: list[nn.Linear], x, *, encoder: nn.Module | None = None, device: str = "cpu"
+) -> np.ndarray:
     """(N, V) int64 predictions of `fit_probes_reference`'s probes, re-encoding frames for each probe."""
     x = torch.as_tensor(np.asarray(x))
     with _Features(encoder, devices.resolve(device)) as featurize:
@@ -123,5 +153,4 @@ def predict_one(probe: nn.Module, x: torch.Tensor, featurize) -> torch.Tensor:
     """(N,) int64 CPU predictions of one probe on inputs x, featurized ENCODE_BATCH_SIZE rows at a time."""
     device = next(probe.parameters()).device
     with torch.no_grad():
-        return torch.cat([probe(featurize(chunk.to(device))).argmax(-1).cpu()
-                          for chunk in x.split(ENCODE_BATCH_SIZE)])
+        return torch.cat([probe(featurize(chunk.to(device))).argmax(-1).cpu() for chunk in x.split(ENCODE_BATCH_SIZE)])
