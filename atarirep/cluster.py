@@ -48,6 +48,7 @@ import time
 import warnings
 from concurrent.futures import CancelledError
 from pathlib import Path
+from typing import Any
 
 from atarirep.errors import UserError
 
@@ -239,7 +240,8 @@ def repro(
         results: dict[str, dict] = {}
         ran: dict[str, dict] = {}
         new_outputs: set[str] = set()  # stages that ran and wrote outputs other than the lock's
-        waiting, running = list(order), {}
+        waiting = list(order)
+        running: dict[Any, str] = {}  # the futures submitted -> their stages
         while waiting or running:
             for name in list(waiting):
                 if any(u in waiting or u in running.values() for u in upstream[name]):
@@ -456,7 +458,8 @@ class _output_to:
         sys.stdout.flush(), sys.stderr.flush()
         os.dup2(self.saved[0], 1)
         os.dup2(self.saved[1], 2)
-        os.close(self.saved[0]), os.close(self.saved[1])
+        os.close(self.saved[0])
+        os.close(self.saved[1])
         self.file.close()
 
 

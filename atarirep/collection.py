@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from atarirep import annotations, episodes, io, splits
+from atarirep import annotations as ram_annotations
+from atarirep import episodes, io, splits
 from atarirep.envs import LabelledAtariEnv, get_protocol, resolve_game
 from atarirep.errors import UserError
 from atarirep.policies import COLLECT_MODES, RANDOM_ACTIONS, make_policy
@@ -38,13 +39,13 @@ def _env_seeds(seed: int, stream: int, rank: int) -> tuple[int, np.random.Genera
     return ale_seed, np.random.default_rng(env_seq), np.random.default_rng(policy_seq)
 
 
-def _run_env(job: dict, report: Callable[[int], None]) -> dict:
+def _run_env(job: dict, report: Callable[[int], object]) -> dict:
     """Step one environment for its budget of frames; frames go compressed to job['part_path']."""
     env = LabelledAtariEnv(job["game"], job["protocol"], job["annotation_set"])
     ale_seed, env_rng, policy_rng = _env_seeds(job["seed"], job["stream"], job["rank"])
     policy = make_policy(
         job["collect_mode"],
-        env.action_space.n,
+        int(env.action_space.n),
         policy_rng,
         random_actions=job["random_actions"],
         agent_checkpoint=job["agent_checkpoint"],
@@ -103,6 +104,7 @@ def _init_worker(counter) -> None:
 
 
 def _report_to_counter(n: int) -> None:
+    assert _progress_counter is not None  # set by _init_worker in every pool worker
     with _progress_counter.get_lock():
         _progress_counter.value += n
 
@@ -152,10 +154,11 @@ def _too_few_episodes(
     )
 
 
-def _agent_meta(checkpoint: str, random_prob: float) -> dict:
+def _agent_meta(checkpoint: str | None, random_prob: float) -> dict:
     """Which agent collected the episodes: its checkpoint's own keys (game, seed, step, ...) and random_prob."""
     from atarirep.agents import checkpoints
 
+    assert checkpoint is not None  # agent collection without a checkpoint is refused up front
     payload = checkpoints.read(checkpoint)
     return {
         **{k: payload[k] for k in ("algo", "protocol", "game", "seed", "step", "frames") if k in payload},
@@ -257,7 +260,7 @@ def collect(
         agent_random_prob=agent_random_prob,
     )
     splits_fractions = splits.check_fractions(splits_fractions)  # canonical train, val, test order
-    variables_all = annotations.for_game(game, annotation_set).variables
+    variables_all = ram_annotations.for_game(game, annotation_set).variables
 
     with io.atomic_dir(out_dir) as folder:
         parts = folder / "parts"
@@ -285,14 +288,11 @@ def collect(
         records = _episode_records(results)
         kept = [rec for rec in records if len(rec.rows) > min_episode_length]
         num_short = len(records) - len(kept)
-        too_few = lambda: _too_few_episodes(
-            [len(rec.rows) for rec in kept],
-            num_short,
-            splits_fractions,  # noqa: E731
-            steps,
-            num_envs,
-            min_episode_length,
-        )
+
+        def too_few() -> UserError:
+            lengths = [len(rec.rows) for rec in kept]
+            return _too_few_episodes(lengths, num_short, splits_fractions, steps, num_envs, min_episode_length)
+
         if len(kept) < splits.min_episodes_for(splits_fractions):
             raise too_few()
 
@@ -339,9 +339,9 @@ def collect(
             "counts": counts,
             "variables": kept_variables,
             "dropped_variables": {
-                v: round(float(e), 6) for v, e in zip(variables_all, entropies) if v not in kept_variables
+                v: round(float(e), 6) for v, e in zip(variables_all, entropies, strict=True) if v not in kept_variables
             },
-            "label_entropy": {v: round(float(e), 6) for v, e in zip(variables_all, entropies)},
+            "label_entropy": {v: round(float(e), 6) for v, e in zip(variables_all, entropies, strict=True)},
             "collected": {
                 "episodes": len(records),
                 "frames": steps,
@@ -416,7 +416,9 @@ def _write_frames(
         [rec.field(results, "hashes") for rec in split_episodes.get("test", [])], seen
     )
     label_columns = [variables.index(v) for v in kept_variables]
-    tables, chunk_frames, chunk_bytes = [], [], []
+    tables: list[pd.DataFrame] = []
+    chunk_frames: list[int] = []
+    chunk_bytes: list[int] = []
     next_frame = 0
     with open(frames_path, "wb") as out:
         for split_name, recs in split_episodes.items():

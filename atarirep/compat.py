@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import tempfile
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,11 +52,9 @@ ATARIARI_CATEGORY_KEYS = {
 def _per_episode(episodes: Episodes) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     frames = torch.from_numpy(np.asarray(episodes.frames))
     bounds = episodes.episode_bounds()
-    frame_list = [frames[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    frame_list = [frames[a:b] for a, b in pairwise(bounds)]
     labels = torch.from_numpy(episodes.labels.astype("int64"))
-    label_list = [
-        {name: labels[a:b, j] for j, name in enumerate(episodes.variables)} for a, b in zip(bounds[:-1], bounds[1:])
-    ]
+    label_list = [{name: labels[a:b, j] for j, name in enumerate(episodes.variables)} for a, b in pairwise(bounds)]
     return frame_list, label_list
 
 
@@ -273,7 +273,7 @@ class ProbeTrainer:
                     f"{name} episodes have {len(inputs)} frames but {name} labels {len(labels)}; "
                     "pass the labels that came with the episodes"
                 )
-        settings = dict(
+        settings: dict[str, Any] = dict(
             lr=self.lr,
             batch_size=self.batch_size,
             epochs=self.epochs,
@@ -287,8 +287,10 @@ class ProbeTrainer:
             val_bounds=_episode_bounds(val_eps),
         )
         if self.fully_supervised:
+            encoder = self.encoder
+            assert encoder is not None  # __init__ refuses fully_supervised without an encoder
             self._probes = fit_supervised(
-                lambda: copy.deepcopy(self.encoder), x, y, x_val, y_val, per_variable=True, **settings
+                lambda: copy.deepcopy(encoder), x, y, x_val, y_val, per_variable=True, **settings
             )
         else:
             self._probes = fit_probes(x, y, x_val, y_val, **settings)
@@ -316,11 +318,13 @@ class ProbeTrainer:
 
 def _atariari_metrics(scores, metric: str, suffix: str) -> dict[str, float]:
     """AtariARI's postprocess_raw_metrics of one metric of `scores` (atarirep.scores layout): same keys, same order."""
-    per_variable = {v: float(value) for v, value in zip(scores["variable"], scores[metric])}
+    per_variable = {v: float(value) for v, value in zip(scores["variable"], scores[metric], strict=True)}
     category_means = {}
     for category, key in ATARIARI_CATEGORY_KEYS.items():
         members = [
-            per_variable[v] for v, categories in zip(scores["variable"], scores["categories"]) if category in categories
+            per_variable[v]
+            for v, categories in zip(scores["variable"], scores["categories"], strict=True)
+            if category in categories
         ]
         if members:
             category_means[f"{key}_avg{suffix}"] = float(np.mean(members))

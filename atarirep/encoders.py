@@ -13,6 +13,7 @@ import io
 import os
 import zipfile
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -201,7 +202,7 @@ class ImpalaCNN(nn.Module):
         input_size: tuple[int, int] = (84, 84),
     ):
         super().__init__()
-        channels, input_size = tuple(channels), tuple(input_size)
+        channels, input_size = tuple(channels), (input_size[0], input_size[1])
         self.config = {
             "in_channels": in_channels,
             "feature_size": feature_size,
@@ -288,7 +289,9 @@ def build(architecture: str, **config) -> nn.Module:
 def _unwrap(module: nn.Module) -> nn.Module:
     """The bare encoder inside DDP / torch.compile wrappers."""
     while hasattr(module, "module") or hasattr(module, "_orig_mod"):
-        module = getattr(module, "module", None) or module._orig_mod
+        wrapped = getattr(module, "module", None) or getattr(module, "_orig_mod", None)
+        assert isinstance(wrapped, nn.Module)
+        module = wrapped
     return module
 
 
@@ -305,7 +308,8 @@ def save(encoder: nn.Module, path: str | os.PathLike, **extra_meta) -> None:
     payload = {
         "format": FORMAT,
         "architecture": encoder.architecture,
-        "config": dict(encoder.config),
+        # torch's stubs type every Module attribute as a tensor or submodule; an encoder's config is a dict
+        "config": dict(cast(dict, encoder.config)),
         "state_dict": state,
         "meta": dict(extra_meta),
     }

@@ -14,7 +14,7 @@ import ale_py
 import gymnasium as gym
 import numpy as np
 
-from atarirep import annotations
+from atarirep import annotations as ram_annotations
 from atarirep.episodes import FRAME_SHAPE
 from atarirep.errors import UserError
 
@@ -90,14 +90,14 @@ def _ale_names() -> dict[str, str]:
     for env_id in gym.registry:
         if env_id.startswith("ALE/") and env_id.endswith("-v5"):
             name = env_id[4:-3]
-            names[annotations.game_key(name)] = name
+            names[ram_annotations.game_key(name)] = name
     return names
 
 
 def resolve_ale_game(name: str) -> str:
     """The ALE name of any game this ale-py has a ROM for, annotated or not (agents play unannotated games too,
     such as AirRaid, Carnival and NameThisGame of the multi-task set)."""
-    key = annotations.game_key(name)
+    key = ram_annotations.game_key(name)
     if key not in _ale_names():
         raise UserError(
             f"game {name!r} has no ROM in this ale-py; use one of {', '.join(sorted(_ale_names().values()))}"
@@ -109,9 +109,9 @@ def resolve_game(name: str, annotation_set: str = "latest") -> str:
     """The ALE name (`MsPacman`) of a game given in any spelling, if it is annotated.
 
     Accepts `Pong`, `pong`, `PongNoFrameskip-v4`, `ALE/Pong-v5`; raises UserError listing the
-    annotated games for an unknown game or one without annotations.
+    annotated games for an unknown game or one without ram_annotations.
     """
-    key = annotations.for_game(name, annotation_set).game  # refuses unannotated games
+    key = ram_annotations.for_game(name, annotation_set).game  # refuses unannotated games
     if key not in _ale_names():
         raise UserError(
             f"game {name!r} is annotated but this ale-py has no ROM for it; install an ale-py that ships it"
@@ -133,12 +133,13 @@ class LabelledAtariEnv(gym.Env):
     directly rather than through stacked wrappers, so only the two frames that are kept get copied.
     """
 
+    action_space: gym.spaces.Discrete  # the game's minimal action set
     metadata = {"render_modes": []}
 
     def __init__(self, game: str, protocol: str | Protocol = "atariari", annotation_set: str = "latest"):
         self.protocol = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
         self.game = resolve_game(game, annotation_set)
-        self.annotation = annotations.for_game(game, annotation_set)
+        self.annotation = ram_annotations.for_game(game, annotation_set)
         self._ram_indices = np.asarray(self.annotation.ram_indices, dtype=np.intp)
         self._ale_env = gym.make(
             f"ALE/{self.game}-v5",
@@ -147,9 +148,11 @@ class LabelledAtariEnv(gym.Env):
             full_action_space=False,
             max_num_frames_per_episode=self.protocol.max_frames_per_episode,
         )
-        self.ale = self._ale_env.unwrapped.ale
+        base = self._ale_env.unwrapped
+        assert isinstance(base, ale_py.AtariEnv)  # what gym.make("ALE/...") makes
+        self.ale = base.ale
         self.action_set = self.ale.getMinimalActionSet()
-        meanings = self._ale_env.unwrapped.get_action_meanings()
+        meanings = base.get_action_meanings()
         self._uses_fire = self.protocol.fire_on_reset and len(meanings) >= 3 and meanings[1] == "FIRE"
         self.action_space = gym.spaces.Discrete(len(self.action_set))
         self.observation_space = gym.spaces.Box(0, 255, FRAME_SHAPE, np.uint8)
@@ -163,7 +166,7 @@ class LabelledAtariEnv(gym.Env):
         return self.ale.getRAM()[self._ram_indices]
 
     def labels(self) -> dict[str, int]:
-        return dict(zip(self.annotation.variables, self.ram_labels().tolist()))
+        return dict(zip(self.annotation.variables, self.ram_labels().tolist(), strict=True))
 
     # -- emulator steps ---------------------------------------------------------------------------
     def _observation(self) -> np.ndarray:
@@ -264,18 +267,19 @@ class AtariARIWrapper(gym.Wrapper):
     def __init__(self, env: gym.Env, annotation_set: str = "latest"):
         super().__init__(env)
         base = env.unwrapped
-        if not hasattr(base, "ale"):
+        if not isinstance(base, ale_py.AtariEnv):
             raise UserError(
                 f"AtariARIWrapper needs an ALE Atari env, got {type(base).__name__}; "
                 "make one with gym.make('ALE/Pong-v5') after `import ale_py`"
             )
         name = getattr(base, "_game", None) or (env.spec.id if env.spec else "")
-        self.annotation = annotations.for_game(name, annotation_set)
+        self.annotation = ram_annotations.for_game(name, annotation_set)
         self._ram_indices = np.asarray(self.annotation.ram_indices, dtype=np.intp)
+        self._ale = base.ale
 
     def labels(self) -> dict[str, int]:
-        ram = self.env.unwrapped.ale.getRAM()
-        return dict(zip(self.annotation.variables, ram[self._ram_indices].tolist()))
+        ram = self._ale.getRAM()
+        return dict(zip(self.annotation.variables, ram[self._ram_indices].tolist(), strict=True))
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)

@@ -112,7 +112,7 @@ class LazyFrames:
 
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
-            return self._read(self.frame_ids[[index]])[0]
+            return self._read(self.frame_ids[np.asarray([index])])[0]
         return self._read(self.frame_ids[index])
 
     def __array__(self, dtype=None, copy=None):
@@ -209,7 +209,7 @@ class Episodes:
         return np.r_[0, starts, len(self)].astype(np.int64)
 
     def label_dicts(self) -> list[dict[str, int]]:
-        return [dict(zip(self.variables, row)) for row in self.labels.tolist()]
+        return [dict(zip(self.variables, row, strict=True)) for row in self.labels.tolist()]
 
 
 # -- writing ----------------------------------------------------------------------------------------

@@ -156,7 +156,8 @@ def gather(root: str | Path, experiments: list[Experiment], baseline_rev: str, w
         return yaml.safe_load((where / "params.yaml").read_text())
 
     baseline = params_at(baseline_rev, work / "baseline")
-    parts, by_game, record, sets = [], {}, [], set()
+    by_game: dict[str, str] = {}  # game -> the experiment that covers it
+    parts, record, sets = [], [], set()
     for i, exp in enumerate(experiments):
         folder = work / f"exp{i}"
         exp_params = params_at(exp.rev, folder)

@@ -6,6 +6,7 @@ composition of conf/ (DVC's Hydra composition writes it on `dvc exp run`); stage
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass
@@ -250,10 +251,23 @@ def compose(conf_dir: str | Path = "conf", overrides: list[str] | None = None) -
 
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
         # resolve=True as DVC does when it writes params.yaml: `games: ["${env}"]` becomes `[Pong]`
-        return OmegaConf.to_container(hydra_compose(config_name="config", overrides=overrides or []), resolve=True)
+        composed = OmegaConf.to_container(hydra_compose(config_name="config", overrides=overrides or []), resolve=True)
+    assert isinstance(composed, dict)  # a DictConfig's container
+    return composed
 
 
-if __name__ == "__main__":  # python -m atarirep.params [overrides...]: rewrite params.yaml from conf/
+def main(*argv: str) -> None:
+    """python -m atarirep.params [OVERRIDE ...]: rewrite params.yaml from conf/."""
+    parser = argparse.ArgumentParser(
+        prog="python -m atarirep.params",
+        description="Rewrite params.yaml from conf/ as DVC's Hydra composition does (`dvc exp run -S` overrides).",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides, e.g. env=Breakout")
+    args = parser.parse_args(argv)
+    Path("params.yaml").write_text(yaml.safe_dump(compose("conf", args.overrides), sort_keys=False))
+
+
+if __name__ == "__main__":
     import sys
 
-    Path("params.yaml").write_text(yaml.safe_dump(compose("conf", sys.argv[1:]), sort_keys=False))
+    main(*sys.argv[1:])

@@ -43,8 +43,9 @@ class AgentPolicy:
     """A trained agent's checkpoint acting on the stored frames (docs/protocols.md 1, trained-agent mode).
 
     Each 210x160 frame is resized as the agent saw frames in training (atarirep.agents.vector_env) and
-    stacked 4 deep, copies of an episode's first frame before it (as the training env stacks); the action is drawn from the policy (the argmax for a
-    Q-network; an IMPALA network also reads the last action and reward), and with probability `random_prob` (the reference: 0.2) a uniformly random action replaces it.
+    stacked 4 deep, copies of an episode's first frame before it (as the training env stacks); the action is
+    drawn from the policy (the argmax for a Q-network; an IMPALA network also reads the last action and reward),
+    and with probability `random_prob` (the reference: 0.2) a uniformly random action replaces it.
     """
 
     def __init__(self, checkpoint: str, num_actions: int, rng: np.random.Generator, random_prob: float = 0.2):

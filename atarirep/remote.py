@@ -237,7 +237,7 @@ def _credential_source(repo, name: str, session, args: dict) -> str:
         "env": "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment",
         "shared-credentials-file": "~/.aws/credentials (AWS_SHARED_CREDENTIALS_FILE)",
         "config-file": "~/.aws/config (AWS_CONFIG_FILE)",
-    }.get(method, f"botocore's {method} provider")
+    }.get(method or "", f"botocore's {method} provider")
 
 
 def main(*argv: str) -> None:

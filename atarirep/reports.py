@@ -18,7 +18,8 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no backend to choose
 
-from atarirep import annotations, io
+from atarirep import annotations as ram_annotations
+from atarirep import io
 from atarirep.errors import UserError
 from atarirep.scores import METRICS, aggregate
 
@@ -157,9 +158,9 @@ def category_table(results: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
     """
     per_category = aggregate(results, by="category")
     table = per_category.pivot_table(index="category", columns="method", values=metric, aggfunc="mean")
-    table = table.reindex([c for c in annotations.CATEGORIES if c in table.index])
+    table = table.reindex([c for c in ram_annotations.CATEGORIES if c in table.index])
     table = table[method_order(table.columns)]
-    table.loc["across_categories"] = game_table(results, metric).loc["mean", table.columns]
+    table.loc["across_categories"] = game_table(results, metric).loc["mean"].loc[table.columns]
     table.index.name, table.columns.name = "category", None
     return table
 
@@ -220,8 +221,8 @@ def _paper_games() -> list[str]:
 
 def _probed(game: str, annotation_set: str) -> list[tuple[int, tuple[str, ...]]]:
     """What a game's probes measure under an annotation set: each variable's RAM byte and categories."""
-    annotation = annotations.for_game(game, annotation_set)
-    return sorted(zip(annotation.ram_indices, map(annotations.categories, annotation.variables)))
+    annotation = ram_annotations.for_game(game, annotation_set)
+    return sorted(zip(annotation.ram_indices, map(ram_annotations.categories, annotation.variables), strict=True))
 
 
 def unlike_paper(games, annotation_set: str) -> list[str]:
@@ -230,9 +231,9 @@ def unlike_paper(games, annotation_set: str) -> list[str]:
     byte in other categories. Their F1 measures something else than the paper's, so it is not compared.
     A variable renamed on the same byte and in the same categories (YarsRevenge's `player_yar_x` in `paper`,
     `player_x` in `latest`) measures the same thing."""
-    if annotation_set not in annotations.ANNOTATION_SETS:
+    if annotation_set not in ram_annotations.ANNOTATION_SETS:
         raise UserError(
-            f"annotation set {annotation_set!r} is unknown; use one of {', '.join(annotations.ANNOTATION_SETS)}"
+            f"annotation set {annotation_set!r} is unknown; use one of {', '.join(ram_annotations.ANNOTATION_SETS)}"
         )
     in_paper = set(_paper_games())
     return [
@@ -323,7 +324,9 @@ def _cells(table: pd.DataFrame, digits: int) -> list[list[str]]:
             return MISSING if math.isnan(value) else f"{value:.{digits}f}"
         return str(value)
 
-    return [[str(index), *map(cell, row)] for index, row in zip(table.index, table.itertuples(index=False))]
+    return [
+        [str(index), *map(cell, row)] for index, row in zip(table.index, table.itertuples(index=False), strict=True)
+    ]
 
 
 def _numeric(table: pd.DataFrame) -> list[bool]:
@@ -333,7 +336,7 @@ def _numeric(table: pd.DataFrame) -> list[bool]:
 def to_markdown(table: pd.DataFrame, digits: int = 3, note: str | None = None) -> str:
     """A GitHub-flavoured Markdown table; numbers right-aligned with `digits` decimals, missing as '-';
     `note`, if any, as a paragraph under it."""
-    header = [table.index.name or "", *map(str, table.columns)]
+    header = [str(table.index.name or ""), *map(str, table.columns)]
     align = [":--", *("--:" if n else ":--" for n in _numeric(table))]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in _cells(table, digits)]
@@ -364,7 +367,7 @@ def to_latex(table: pd.DataFrame, digits: int = 3, note: str | None = None) -> s
     """A booktabs `tabular` (needs \\usepackage{booktabs}); a summary row (mean, across_categories)
     is set off by a rule; `note`, if any, in small type in a paragraph under it."""
     spec = "l" + "".join("r" if n else "l" for n in _numeric(table))
-    header = [table.index.name or "", *map(str, table.columns)]
+    header = [str(table.index.name or ""), *map(str, table.columns)]
     lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(map(_latex_escape, header)) + r" \\", r"\midrule"]
     for row in _cells(table, digits):
         if row[0] in ("mean", "across_categories", "mean_abs_difference"):

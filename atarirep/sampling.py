@@ -61,4 +61,6 @@ def evaluation_rows(rng: np.random.Generator | None, bounds: np.ndarray, samplin
     if sampling == "every_frame":
         return np.arange(num_items)
     check(sampling, "sampling")
+    if rng is None:
+        raise ValueError("reference sampling draws its rows: pass rng")
     return draw(rng, bounds, num_items // batch_size * batch_size or num_items)

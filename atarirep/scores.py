@@ -12,11 +12,12 @@ game, method when known.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from atarirep import annotations
+from atarirep import annotations as ram_annotations
 from atarirep.errors import UserError
 
 METRICS = ("f1", "accuracy")
@@ -41,7 +42,7 @@ def score(predictions, labels, variables: Sequence[str]) -> pd.DataFrame:
     rows = [
         {
             "variable": v,
-            "categories": annotations.categories(v),
+            "categories": ram_annotations.categories(v),
             "f1": float(f1_score(labels[:, j], predictions[:, j], average="weighted", zero_division=0)),
             "accuracy": float(np.mean(labels[:, j] == predictions[:, j])),
         }
@@ -66,7 +67,7 @@ def aggregate(scores: pd.DataFrame, by: str = "category") -> pd.DataFrame:
     if by == "category":
         per_category = scores.explode("categories").dropna(subset=["categories"])
         per_category = per_category.rename(columns={"categories": "category"})
-        per_category["category"] = pd.Categorical(per_category["category"], categories=annotations.CATEGORIES)
+        per_category["category"] = pd.Categorical(per_category["category"], categories=ram_annotations.CATEGORIES)
         out = (
             per_category.groupby([*keys, "category"], sort=True, observed=True)
             .agg(f1=("f1", "mean"), accuracy=("accuracy", "mean"), num_variables=("variable", "size"))
@@ -92,12 +93,12 @@ def summarize(scores: pd.DataFrame) -> dict:
     per_category = aggregate(scores, "category")
     across = aggregate(scores, "across_categories")
     overall = aggregate(scores, "overall")
-    out = {}
+    out: dict[str, Any] = {}
     for metric in METRICS:
         out[metric] = {
             "across_categories": float(across[metric].iloc[0]),
             "overall": float(overall[metric].iloc[0]),
-            **{c: float(v) for c, v in zip(per_category["category"], per_category[metric])},
+            **{c: float(v) for c, v in zip(per_category["category"], per_category[metric], strict=True)},
         }
     out["num_variables"] = int(len(scores))
     return out

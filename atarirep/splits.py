@@ -34,7 +34,7 @@ def split_sizes(num_episodes: int, fractions: dict[str, float]) -> dict[str, int
     """Episodes per split: cut points floor(cumulative fraction * n), as the reference does."""
     cuts = np.floor(np.cumsum(list(fractions.values())) * num_episodes + 1e-9).astype(int)
     cuts[-1] = num_episodes
-    return dict(zip(fractions, np.diff(np.r_[0, cuts]).tolist()))
+    return dict(zip(fractions, np.diff(np.r_[0, cuts]).tolist(), strict=True))
 
 
 def min_episodes_for(fractions: dict[str, float]) -> int:
@@ -72,7 +72,7 @@ def label_entropy(labels: np.ndarray) -> np.ndarray:
 
 def variables_to_keep(variables, entropies: np.ndarray, threshold: float) -> list[str]:
     """The variables whose label entropy (nats) is at least `threshold` (docs/protocols.md 1)."""
-    return [v for v, e in zip(variables, entropies) if e >= threshold]
+    return [v for v, e in zip(variables, entropies, strict=True) if e >= threshold]
 
 
 def hash_set(frame_hashes: np.ndarray) -> set[bytes]:
@@ -93,7 +93,8 @@ def dedupe_test_episodes(test_hashes: list[np.ndarray], seen: set[bytes]) -> tup
     of test frames removed, the lone frames of dropped episodes included; the number of test
     episodes dropped). docs/protocols.md 1: test episodes left with 1 frame are dropped.
     """
-    keeps, num_removed, num_dropped = [], 0, 0
+    keeps: list[np.ndarray | None] = []
+    num_removed, num_dropped = 0, 0
     for hashes in test_hashes:
         keep = ~duplicate_mask(hashes, seen)
         if keep.sum() <= 1:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from atarirep import annotations, collection, devices, envs, methods, params, sampling, training
+from atarirep import annotations as ram_annotations
+from atarirep import collection, devices, envs, methods, params, sampling, training
 from atarirep.agents import checkpoints, impala, ppo, saliency, vector_env
 from atarirep.errors import UserError
 from atarirep.probe import BASELINES
@@ -26,9 +28,9 @@ def _distinct(values: list[str], where: str) -> None:
 def check_games(study: params.Study) -> list[str]:
     """The study's games as given, if each is annotated in the study's set, has a ROM, is written as its ALE
     name (stage names and data paths use it) and appears once; UserError naming the first bad one otherwise."""
-    known = [envs.resolve_game(key, study.annotations) for key in annotations.annotated_games(study.annotations)]
+    known = [envs.resolve_game(key, study.annotations) for key in ram_annotations.annotated_games(study.annotations)]
     for where, game in (("env", study.env), *(("games", g) for g in study.games)):
-        if annotations.game_key(game) not in map(annotations.game_key, known):
+        if ram_annotations.game_key(game) not in map(ram_annotations.game_key, known):
             raise UserError(
                 f"params.yaml {where} has {game!r}, which has no RAM annotations in the "
                 f"{study.annotations!r} set; use one of {', '.join(known)}"
@@ -111,7 +113,7 @@ def check_agents(
     train: params.TrainAgent,
     sample: params.SampleCheckpoints,
     evaluate: params.EvaluateAgent,
-    games: list[str] = (),
+    games: Sequence[str] = (),
     saliency_protocols: tuple[str, ...] = (),
 ) -> None:
     """UserError unless the agent runs (on each of `games`), the checkpoint sampling and the evaluation are well
@@ -125,7 +127,7 @@ def check_agents(
     _distinct([str(s) for s in train.seeds], "train_agent.seeds")
     _misplaced(train.ppo, "train_agent.ppo", ppo.PPOConfig, {"IMPALA": impala.IMPALAConfig})
     _misplaced(train.impala, "train_agent.impala", impala.IMPALAConfig, {"PPO": ppo.PPOConfig})
-    configs = {
+    configs: dict[str, ppo.PPOConfig | impala.IMPALAConfig] = {
         "PPO": ppo.config_from({**train.ppo, "protocol": train.protocol}),
         "IMPALA": impala.config_from({**train.impala, "protocol": train.protocol}),
     }

@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ from atarirep.errors import UserError
 from atarirep.io import atomic_dir, write_bytes, write_json
 from atarirep.live import StageLive
 from atarirep.methods import Batch
+from atarirep.methods.base import Method
 
 KEEP = ("last", "best")
 LOADERS = ("auto", "resident", "streamed")
@@ -201,6 +203,7 @@ class _FrameSource:
     def __init__(self, frames: np.ndarray | LazyFrames | CompressedFrames, device: torch.device, is_streamed: bool):
         self.device = device
         self.is_streamed = is_streamed
+        self.frames: torch.Tensor | CompressedFrames
         if is_streamed:
             self.frames = frames if isinstance(frames, CompressedFrames) else CompressedFrames(frames)
         else:
@@ -210,7 +213,7 @@ class _FrameSource:
     def _gather(self, rows: np.ndarray, negatives: np.ndarray | None) -> torch.Tensor:
         """uint8 (B W [+ B], C, 210, 160): the rows' frames, then the negatives'."""
         index = np.concatenate([rows.reshape(-1), [] if negatives is None else negatives]).astype(np.int64)
-        if not self.is_streamed:
+        if isinstance(self.frames, torch.Tensor):  # resident
             return self.frames.index_select(0, torch.from_numpy(index).to(self.frames.device))
         out = torch.empty(
             (len(index), *self.frames.shape[1:]), dtype=torch.uint8, pin_memory=self.device.type == "cuda"
@@ -276,7 +279,7 @@ def _is_streamed(loader: str, frames: dict, device: torch.device) -> bool:
 class Objective(nn.Module):
     """method.loss as a forward(), so DistributedDataParallel sees the call and averages gradients."""
 
-    def __init__(self, method: nn.Module):
+    def __init__(self, method: Method):
         super().__init__()
         self.method = method
 
@@ -284,7 +287,7 @@ class Objective(nn.Module):
         return self.method.loss(batch)
 
 
-def build_method(name: str, seed: int, **method_config) -> nn.Module:
+def build_method(name: str, seed: int, **method_config) -> Method:
     """methods.make(name, **method_config) with weights drawn from `seed` (the global RNG is left as it was)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -293,7 +296,7 @@ def build_method(name: str, seed: int, **method_config) -> nn.Module:
 
 @dataclass
 class FitResult:
-    method: nn.Module  # trained; method.encoder holds the kept weights
+    method: Method  # trained; method.encoder holds the kept weights
     history: list[dict]  # one row per epoch: epoch, step (optimizer steps so far), train_loss, val_loss,
     # samples_per_s, val_<metric> of early_stop_metric, train_<metric> means
     kept_epoch: int  # epoch whose encoder is kept (0: untrained)
@@ -305,7 +308,7 @@ class FitResult:
     # and at each epoch's end: step, epoch, loss, samples_per_s
 
 
-def early_stop_metric(method: nn.Module) -> str:
+def early_stop_metric(method: Method) -> str:
     """The val figure early stopping watches: "loss" (lower is better) unless the method's class names one of
     its metrics in `early_stop_metric` (higher is better; AtariARI stops CPC and JSD-ST-DIM on val accuracy)."""
     return getattr(method, "early_stop_metric", "loss")
@@ -339,7 +342,7 @@ def _read_checkpoint(path: Path, fingerprint: str, log) -> dict | None:
 
 
 def fit(
-    method: nn.Module,
+    method: Method,
     train: Episodes,
     val: Episodes,
     config: TrainConfig,
@@ -398,7 +401,8 @@ def fit(
     sources = {name: _FrameSource(f, device, is_streamed) for name, f in frames.items()}
     metric = early_stop_metric(method)
 
-    method.to(device, memory_format=devices.memory_format(device))
+    # torch's stubs of Module.to lack the memory_format keyword that it takes
+    method.to(device, memory_format=devices.memory_format(device))  # type: ignore[call-overload]
     model = devices.wrap(Objective(method), place, device)
     # eps 1e-5 as AtariARI's trainers; a method may name its own (its CPC trainer keeps torch's 1e-8)
     optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, eps=getattr(method, "adam_eps", 1e-5))
@@ -414,7 +418,7 @@ def fit(
         }
     )
     history, steps, best_val_loss = [], [], math.inf
-    best = {"value": math.inf if metric == "loss" else -math.inf, "epoch": 0, "encoder": None}
+    best: dict[str, Any] = {"value": math.inf if metric == "loss" else -math.inf, "epoch": 0, "encoder": None}
     start_epoch, bad_epochs, is_finished = 0, 0, False
     checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
     state = None if checkpoint_path is None else _read_checkpoint(checkpoint_path, fingerprint, log)
@@ -470,6 +474,7 @@ def fit(
             disable=not (progress and place.is_main),
             file=sys.stderr,
         )
+        metric_sums: dict[str, torch.Tensor]
         loss_sum, metric_sums, started = torch.zeros((), device=device), {}, time.perf_counter()
         window_sum, window_steps, window_started = torch.zeros((), device=device), 0, started
         for step, batch in enumerate(sources["train"].batches(plan, noise), start=1):
@@ -503,21 +508,21 @@ def fit(
                 )
         bar.close()
         seconds = time.perf_counter() - started
-        val = _validate(method, sources["val"], val_plan(epoch), device, place, config.seed, config.precision)
-        if metric not in val:
+        val_metrics = _validate(method, sources["val"], val_plan(epoch), device, place, config.seed, config.precision)
+        if metric not in val_metrics:
             raise ValueError(
                 f"{type(method).__name__}.early_stop_metric is {metric!r}, which its loss() "
-                f"does not return (it returns {', '.join(sorted(val))})"
+                f"does not return (it returns {', '.join(sorted(val_metrics))})"
             )
         row = {
             "epoch": epoch,
             "step": global_step,
             "train_loss": devices.all_mean(loss_sum.item() / len(plan), place, device),
-            "val_loss": val["loss"],
+            "val_loss": val_metrics["loss"],
             "samples_per_s": len(plan) * samples_per_step / seconds,
         }
         if metric != "loss":
-            row[f"val_{metric}"] = val[metric]
+            row[f"val_{metric}"] = val_metrics[metric]
         row.update(
             {
                 f"train_{k}": devices.all_mean(float(v) / len(plan), place, device)
@@ -526,10 +531,10 @@ def fit(
         )
         history.append(row)
         best_val_loss = min(best_val_loss, row["val_loss"])
-        if _is_better(val[metric], best["value"], metric):
+        if _is_better(val_metrics[metric], best["value"], metric):
             bad_epochs = 0
             best = {
-                "value": val[metric],
+                "value": val_metrics[metric],
                 "epoch": epoch,
                 "encoder": _state_to_cpu(method.encoder) if config.keep == "best" else None,
             }
@@ -538,7 +543,7 @@ def fit(
         is_finished = bad_epochs >= config.patience or epoch == config.epochs
         log(
             f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
-            + (f"val_{metric} {val[metric]:.4f} " if metric != "loss" else "")
+            + (f"val_{metric} {val_metrics[metric]:.4f} " if metric != "loss" else "")
             + f"samples/s {row['samples_per_s']:.1f}"
             + (" (early stop)" if bad_epochs >= config.patience else "")
         )
@@ -580,7 +585,7 @@ def fit(
 
 @torch.no_grad()
 def _validate(
-    method: nn.Module,
+    method: Method,
     source: _FrameSource,
     plan,
     device: torch.device,

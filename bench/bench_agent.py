@@ -18,7 +18,7 @@ iterations (rollout + GAE + update + the loop's own logging), after 1 warm-up it
             with the ActorCritic's layer shapes and init, obs/255; Categorical sampling; CleanRL's GAE and
             minibatch loop (minus its tensorboard writes and its torch_deterministic flag; atarirep sets neither).
 Why the baseline is fair: same algorithm, settings, network shapes, seeds and threads, and the same env step for
-step (tests/test_vector_env.py); it is the loop most PPO-on-Atari code is copied from.
+step (tests/agents/test_vector_env.py); it is the loop most PPO-on-Atari code is copied from.
 
 Breakdown ("seconds_per_iteration"): rollout = rollout_env (env.step) + rollout_inference (no-grad forward;
 the baseline's includes its Categorical sampling) + rollout_rest (sampling, storage); gae includes the bootstrap

@@ -25,11 +25,12 @@ def main(root: str) -> None:
     if len(bodies) != 1:
         sys.exit("the three licenses differ; list each in full")
     copyrights = "\n".join(
-        f"{name} {version}: {copyright_line}" for (name, version, _), (copyright_line, _) in zip(PACKAGES, licenses)
+        f"{name} {version}: {copyright_line}"
+        for (name, version, _), (copyright_line, _) in zip(PACKAGES, licenses, strict=True)
     )
     scripts = "\n".join(
         f"<script>/* {name} {version} */\n{(folder / 'build' / js).read_text()}\n</script>"
-        for (name, version, js), folder in zip(PACKAGES, folders)
+        for (name, version, js), folder in zip(PACKAGES, folders, strict=True)
     )
     notice = f"{copyrights}\n\n{bodies.pop()}".replace("--", "- -")  # "--" may not appear in an HTML comment
     page = f"""<!DOCTYPE html>

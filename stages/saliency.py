@@ -68,7 +68,8 @@ def main(game: str, sampled_root: str, out_dir: str) -> None:
             folder = tmp / str(seed) / f"model_{step}"
             folder.mkdir(parents=True)
             pictures = [
-                saliency.overlay(stack[-1], pm, vm, scale=SCALE) for stack, pm, vm in zip(stacks, policy, value)
+                saliency.overlay(stack[-1], pm, vm, scale=SCALE)
+                for stack, pm, vm in zip(stacks, policy, value, strict=True)
             ]
             for index in range(0, len(pictures), PNG_EVERY):
                 saliency.write_png(pictures[index], folder / f"frame_{index:04d}.png")

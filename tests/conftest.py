@@ -21,6 +21,18 @@ from atarirep.collection import collect
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
+E2E_FIXTURES = {"built_repo", "s3_server"}  # a tiny `dvc repro` of the whole pipeline; a SeaweedFS server
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep the fast tier (`-m "not e2e"`) fast: a test that asks for an end-to-end fixture must be marked e2e."""
+    unmarked = [
+        item.nodeid for item in items if E2E_FIXTURES & set(item.fixturenames) and not item.get_closest_marker("e2e")
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"mark these @pytest.mark.e2e (they use {sorted(E2E_FIXTURES)}): {unmarked}")
+
+
 SMALL_BREAKOUT = dict(steps=1600, num_envs=4, min_episode_length=16, seed=3)
 
 
@@ -242,9 +254,11 @@ def s3_server(tmp_path_factory):
             try:
                 client.list_buckets()
                 break
-            except Exception:
+            except Exception as err:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("weed server did not start:\n" + (home / "weed.log").read_text()[-3000:])
+                    raise AssertionError(
+                        "weed server did not start:\n" + (home / "weed.log").read_text()[-3000:]
+                    ) from err
                 time.sleep(0.2)
         client.create_bucket(Bucket=BUCKET)
         yield url

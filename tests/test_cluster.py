@@ -8,10 +8,13 @@ import os
 import shutil
 import sys
 
+import pytest
 import yaml
-from conftest import BUCKET, KEY, SECRET, _free_ports, s3_client
 
 from atarirep import cluster
+from tests.conftest import BUCKET, KEY, SECRET, _free_ports, s3_client
+
+pytestmark = pytest.mark.e2e  # a Dask cluster over the built repository (one `dvc repro`)
 
 # On its first run under a Dask worker, the report stage kills that worker (a machine lost mid-stage); under
 # `dvc repro` (no Dask worker among its ancestors) it does nothing.

@@ -5,13 +5,13 @@ import stat
 
 import numpy as np
 import pytest
-from conftest import SMALL_BREAKOUT
 
 from atarirep import episodes
 from atarirep.collection import _env_seeds, collect, summary
 from atarirep.envs import LabelledAtariEnv
 from atarirep.errors import UserError
 from atarirep.policies import make_policy
+from tests.conftest import SMALL_BREAKOUT
 
 PROBE = {"train": 0.7, "val": 0.1, "test": 0.2}
 
@@ -20,6 +20,7 @@ def _files(folder):
     return {name: (folder / name).read_bytes() for name in ("frames.bin", "steps.csv.gz", "meta.json")}
 
 
+@pytest.mark.e2e
 def test_same_seed_gives_byte_identical_artifacts_with_1_or_2_workers(tmp_path, breakout_probe_dir):
     two = collect(
         "Breakout", tmp_path / "two", splits_fractions=PROBE, purpose="probe", num_workers=2, **SMALL_BREAKOUT
@@ -62,7 +63,10 @@ def test_entropy_filter_drops_breakouts_block_bytes(breakout_probe_dir):
 
 def test_no_test_frame_equals_a_train_or_val_frame(breakout_probe_dir):
     store = episodes.load(breakout_probe_dir)
-    digest = lambda frames: {hashlib.sha1(f.tobytes()).digest() for f in np.asarray(frames)}
+
+    def digest(frames):
+        return {hashlib.sha1(f.tobytes()).digest() for f in np.asarray(frames)}
+
     seen = digest(store.split("train").frames) | digest(store.split("val").frames)
     assert not digest(store.split("test").frames) & seen
     assert store.meta["collected"]["duplicate_test_frames_removed"] > 0  # Breakout repeats frames often

@@ -59,8 +59,8 @@ def atariari_episodes(split: episodes.Episodes):
     frames = torch.from_numpy(np.asarray(split.frames))
     label_dicts = split.label_dicts()
     return (
-        [frames[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
-        [label_dicts[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+        [frames[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+        [label_dicts[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
     )
 
 

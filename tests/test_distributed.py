@@ -15,13 +15,13 @@ import yaml
 
 from atarirep import devices, encoders, episodes, training
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_torch_thread")]  # e2e: torchrun, 2 processes
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "stages" / "pretrain.py"
 # pixel_pred's loss is a per-sample mean with no noise and no in-batch negatives, so the mean of two ranks'
 # gradients over the halves of a global batch is the whole batch's gradient. ST-DIM's negatives are each rank's
-# own batch, so its DDP gradient is the mean of the halves' (test_pretraining checks that one).
+# own batch, so its DDP gradient is the mean of the halves' (tests/test_training.py checks that one).
 METHOD, BATCH = "pixel_pred", 16  # BATCH: samples per step and process
 
 # torchrun's script in these tests: it runs the stage unchanged, after hooks that, with RECORD, save each rank's
@@ -142,7 +142,7 @@ def test_two_gloo_processes_average_their_gradients_and_rank_0_alone_writes(brea
     method.loss(whole)[0].backward()
     for rank in ranks:
         assert len(rank["grads"]) == len(list(method.parameters()))
-        for grad, p in zip(rank["grads"], method.parameters()):
+        for grad, p in zip(rank["grads"], method.parameters(), strict=True):
             torch.testing.assert_close(grad, p.grad, rtol=1e-4, atol=1e-6)
 
 

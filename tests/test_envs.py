@@ -15,7 +15,7 @@ def test_every_annotated_game_constructs_and_labels(game):
     obs, _, _, _, info = env.step(1)
     ram = env.ale.getRAM()
     assert list(info["labels"]) == list(env.annotation.variables)
-    for name, index in zip(env.annotation.variables, env.annotation.ram_indices):
+    for name, index in zip(env.annotation.variables, env.annotation.ram_indices, strict=True):
         assert info["labels"][name] == ram[index]  # a label is its RAM byte
     env.close()
 
@@ -88,7 +88,7 @@ def test_wrapper_labels_user_made_envs_on_reset_and_step(env_id):
     env = AtariARIWrapper(gym.make(env_id))
     _, info = env.reset(seed=0)
     ram = env.unwrapped.ale.getRAM()
-    idx = dict(zip(env.annotation.variables, env.annotation.ram_indices))
+    idx = dict(zip(env.annotation.variables, env.annotation.ram_indices, strict=True))
     assert info["labels"] == {name: int(ram[i]) for name, i in idx.items()}
     _, _, _, _, info = env.step(1)
     ram = env.unwrapped.ale.getRAM()

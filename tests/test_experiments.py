@@ -24,6 +24,8 @@ import pytest
 
 from atarirep import annotations
 
+pytestmark = pytest.mark.e2e  # queued `dvc exp run`s of whole chains
+
 BIN = Path(sys.executable).parent
 SHRINK = [
     "-S",
@@ -93,7 +95,7 @@ def table(text: str) -> dict[str, dict[str, str]]:
     """A Markdown table as {row name: {column: printed cell}}."""
     lines = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()]
     header = lines[0]
-    return {row[0]: dict(zip(header[1:], row[1:])) for row in lines[2:]}
+    return {row[0]: dict(zip(header[1:], row[1:], strict=True)) for row in lines[2:]}
 
 
 def own_table(repo, rev: str, name: str) -> str:

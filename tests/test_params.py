@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import yaml
 
@@ -17,7 +19,7 @@ def test_collect_section_loads_frozen_with_shared_keys():
     p = params.load("collect")
     assert p.seed == 42 and p.annotations == "latest" and p.dataset("probe") is p.probe
     assert p.probe.splits == {"train": 0.7, "val": 0.1, "test": 0.2}
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         p.seed = 1
 
 

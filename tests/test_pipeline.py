@@ -210,6 +210,7 @@ def test_every_data_path_a_stage_command_names_is_a_dep_or_an_out():
                 ), f"stage {name} names {token} in its command but not among its deps or outs"
 
 
+@pytest.mark.e2e
 def test_dvc_repro_runs_the_whole_chain_then_is_a_no_op(repo, built_repo):
     first = built_repo[1]
     assert ran_stages(first) == {
@@ -240,6 +241,7 @@ def test_dvc_repro_runs_the_whole_chain_then_is_a_no_op(repo, built_repo):
     assert "train_frames" in metrics.stdout and "across_categories" in metrics.stdout
 
 
+@pytest.mark.e2e
 def test_the_multi_task_run_is_sampled_evaluated_and_shown_per_game(repo):
     from atarirep.agents import checkpoints
     from atarirep.agents.network import OneGame
@@ -260,6 +262,7 @@ def test_the_multi_task_run_is_sampled_evaluated_and_shown_per_game(repo):
     assert json.loads((repo / "reports/agents/multitask_aggregate.json").read_text())["classic"]["games"] == 2
 
 
+@pytest.mark.e2e
 def test_changing_a_probe_param_reruns_only_probe_and_report(repo):
     result = run(["dvc", "exp", "run", "-S", "probe.lr=0.002"], repo, timeout=600)
     assert ran_stages(result.stdout) == {
@@ -273,6 +276,7 @@ def test_changing_a_probe_param_reruns_only_probe_and_report(repo):
     }  # report_agents draws the probes' curve
 
 
+@pytest.mark.e2e
 def test_retraining_the_agent_keeps_the_random_agents_episodes_and_encoders(repo):
     """collect_policy's output does not change in random mode, so collect and pretrain do not rerun."""
     result = run(["dvc", "exp", "run", "-S", "train_agent.ppo.lr=0.0005"], repo, timeout=600)
@@ -287,6 +291,7 @@ def test_retraining_the_agent_keeps_the_random_agents_episodes_and_encoders(repo
     assert json.loads((repo / "reports/agents/aggregate.json").read_text())
 
 
+@pytest.mark.e2e
 def test_changing_one_datasets_steps_recollects_only_that_dataset(repo):
     result = run(["dvc", "status", "--json"], repo)
     assert json.loads(result.stdout) == {}
@@ -298,6 +303,7 @@ def test_changing_one_datasets_steps_recollects_only_that_dataset(repo):
     assert not any(stage.startswith("pretrain@") for stage in changed)
 
 
+@pytest.mark.e2e
 def test_a_category_rule_change_reruns_the_probes_and_the_report(repo):
     path = repo / "atarirep/annotations.py"
     path.write_text(path.read_text().replace('_MISC = ("count",', '_MISC = ("count", "score",'))
@@ -305,6 +311,7 @@ def test_a_category_rule_change_reruns_the_probes_and_the_report(repo):
     assert {"probe@Breakout-stdim", "probe_baseline@Breakout-majority", "report"} <= changed
 
 
+@pytest.mark.e2e
 def test_the_chain_follows_the_games_list_and_the_report_shows_exactly_the_methods_in_params(repo):
     both = run(
         ["dvc", "exp", "run", "-S", "games=[Breakout,SpaceInvaders]", "-S", "pretrain.methods=[stdim]"],
@@ -335,6 +342,7 @@ RESTORE = (
 )
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "change, line",
     [
@@ -363,19 +371,20 @@ def test_bad_params_stop_dvc_repro_before_any_output_is_touched(repo, change, li
     (repo / "params.yaml").write_text(yaml.safe_dump(bad, sort_keys=False))
     result = run(["dvc", "repro"], repo, check=False, timeout=600)
     assert result.returncode != 0
-    errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+    errors = [err for err in result.stderr.splitlines() if err.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(line) and errors[0].endswith(RESTORE)
     assert "Running stage 'check_params'" in result.stdout and ran_stages(result.stdout) == {"check_params"}
     after = {p: p.stat().st_mtime_ns for p in (repo / "data").rglob("*") if p.is_file() and p.name != "params.ok"}
     assert after == before and (repo / "dvc.lock").read_text() == lock
 
 
+@pytest.mark.e2e
 def test_a_typo_in_exp_run_says_how_to_restore_and_the_restore_works(repo):
     result = run(["dvc", "exp", "run", "-S", "env=Breakoutt"], repo, check=False, timeout=600)
     assert result.returncode != 0 and ran_stages(result.stdout) == {"check_params"}
     assert any(
-        l.startswith("error: params.yaml env has 'Breakoutt'") and l.endswith(RESTORE)
-        for l in result.stderr.splitlines()
+        err.startswith("error: params.yaml env has 'Breakoutt'") and err.endswith(RESTORE)
+        for err in result.stderr.splitlines()
     )
     # (`dvc exp run` has removed Breakout's outputs from the workspace: its stages left the pipeline)
     run(["git", "checkout", "HEAD", "--", "params.yaml"], repo)
@@ -384,6 +393,7 @@ def test_a_typo_in_exp_run_says_how_to_restore_and_the_restore_works(repo):
     assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
 
 
+@pytest.mark.e2e
 def test_plots_page_renders_offline(repo):
     run(["dvc", "plots", "show", "-o", "plots_page"], repo)
     page = (repo / "plots_page/index.html").read_text()
@@ -391,6 +401,7 @@ def test_plots_page_renders_offline(repo):
     assert "data/encoders/Breakout/stdim/live/plots/metrics/train/loss.tsv" in page  # pretraining's dvclive curve
 
 
+@pytest.mark.e2e
 def test_push_and_pull_through_the_local_remote(repo):
     run(["dvc", "push"], repo)
     assert any((repo.parent / "remote").rglob("*"))

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BUCKET, KEY, SECRET, _free_ports, s3_client
+
+from tests.conftest import BUCKET, KEY, SECRET, _free_ports, s3_client
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -61,6 +62,7 @@ def _outputs_md5(root: Path) -> dict[str, str]:
     return found
 
 
+@pytest.mark.e2e
 def test_results_pushed_from_one_clone_pull_into_a_fresh_clone_and_repro_is_a_no_op(repo, s3_server, tmp_path):
     run(["dvc", "remote", "add", "-d", "shared", f"s3://{BUCKET}/cache"], repo)
     run(["dvc", "remote", "modify", "shared", "endpointurl", s3_server], repo)
@@ -139,6 +141,7 @@ def _one_error_line(result) -> str:
     return lines[0]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "case, command, env, expected",
     [
@@ -147,9 +150,9 @@ def _one_error_line(result) -> str:
             "push",
             {**CREDENTIALS, "AWS_SECRET_ACCESS_KEY": "not-the-secret"},
             [
-                "refused the credentials (SignatureDoesNotMatch; they come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the "
-                "environment); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or `dvc remote modify --local shared "
-                "access_key_id ...`"
+                "refused the credentials (SignatureDoesNotMatch; they come from "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment); set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or `dvc remote modify --local shared access_key_id ...`"
             ],
         ),
         ("unknown key", "check", {**CREDENTIALS, "AWS_ACCESS_KEY_ID": "nobody"}, ["(InvalidAccessKeyId;"]),

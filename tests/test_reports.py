@@ -42,7 +42,7 @@ def hand_results(f1=F1) -> pd.DataFrame:
                 "accuracy": x / 2,
             }
             for (game, method), values in f1.items()
-            for v, x in zip(VARIABLES[game], values)
+            for v, x in zip(VARIABLES[game], values, strict=True)
         ]
     )
 

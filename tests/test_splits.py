@@ -23,7 +23,9 @@ def test_label_entropy_of_uneven_labels_matches_the_formula():
 
 def test_a_variable_just_below_the_threshold_is_dropped_and_one_at_or_above_it_kept():
     # Binary labels over 1000 frames: 287 ones give 0.59944 nats, 288 give 0.60035.
-    column = lambda num_ones: np.r_[np.ones(num_ones), np.zeros(1000 - num_ones)].astype(np.uint8)
+    def column(num_ones):
+        return np.r_[np.ones(num_ones), np.zeros(1000 - num_ones)].astype(np.uint8)
+
     labels = np.stack([column(287), column(288)], axis=1)
     entropies = splits.label_entropy(labels)
     assert entropies[0] < 0.6 < entropies[1]

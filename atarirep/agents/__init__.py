@@ -3,8 +3,8 @@
 - `vector_env`: the games stepped as a batch as CleanRL's wrapper chain steps them (84x84x4 stacks) under a
   protocol of `atarirep.envs.PROTOCOLS`, and `agent_frames`, the 84x84 view of stored 210x160 frames.
 - `network`: the networks agents use: the actor-critic on the Nature CNN (PPO), IMPALA's (Nature CNN or
-  IMPALA ResNet, the last action and reward beside the features, a value output per game under PopArt), the Q-network of imported DQN-family checkpoints, and
-  `choose_actions`, the one rule by which they act.
+  IMPALA ResNet, the last action and reward beside the features, a value output per game under PopArt), the
+  Q-network of imported DQN-family checkpoints, and `choose_actions`, the one rule by which they act.
 - `ppo`: PPO, one file that reads top to bottom (CleanRL's `ppo_atari` settings, docs/protocols.md 4).
 - `impala`, `vtrace`, `popart`: IMPALA (monobeast actors and learner), V-trace, PopArt.
 - `checkpoints`: the published trained-agent format (gzip of a torch-saved dict with "estimator_state"),

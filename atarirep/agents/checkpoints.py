@@ -26,6 +26,7 @@ import gzip
 import io
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from atarirep.agents.network import (
     C51_SUPPORT,
     MAX_ACTIONS,
     ActorCritic,
+    AgentNetwork,
     IMPALANet,
     OneGame,
     QNetwork,
@@ -133,14 +135,16 @@ def read(path: str | os.PathLike) -> dict:
     return payload
 
 
-def load_network(path: str | os.PathLike, *, atoms: int | None = None) -> tuple[ActorCritic | QNetwork, dict]:
+def load_network(
+    path: str | os.PathLike, *, atoms: int | None = None
+) -> tuple[ActorCritic | QNetwork | IMPALANet, dict]:
     """(the network in eval mode on CPU, the checkpoint's other keys) from a checkpoint file.
 
     The network is an ActorCritic or a QNetwork, recognised from the state_dict (`build_network`; `atoms`: the
     atom count of a C51 head whose file does not say it), or the IMPALANet its "architecture" names; an
-    "architecture" with `acts_greedily` (an IMPALA run's) makes it play its argmax in evaluation. The keys: the file's own, and where it lacks them
-    `step` from the name model_STEP.gz, `frames` = 4 x step, `algo`, `protocol`, `game` and `seed` from the
-    layout ALGO_protocol/GAME/SEED/model_STEP.gz, and `architecture`.
+    "architecture" with `acts_greedily` (an IMPALA run's) makes it play its argmax in evaluation. The keys: the
+    file's own, and where it lacks them `step` from the name model_STEP.gz, `frames` = 4 x step, `algo`,
+    `protocol`, `game` and `seed` from the layout ALGO_protocol/GAME/SEED/model_STEP.gz, and `architecture`.
     """
     payload = read(path)
     state = payload.pop("estimator_state")
@@ -148,6 +152,7 @@ def load_network(path: str | os.PathLike, *, atoms: int | None = None) -> tuple[
         given = payload.get("atoms", (payload.get("architecture") or {}).get("atoms"))
         atoms = given if isinstance(given, int) and not isinstance(given, bool) else None
     spec = payload.get("architecture") or {}
+    network: ActorCritic | QNetwork | IMPALANet
     if spec.get("name") == "impala_actor_critic":  # the IMPALA ResNet, last action/reward inputs, or multi-task
         network = network_from(state, spec, source=f"checkpoint {path}")
     else:
@@ -165,9 +170,10 @@ def load_network(path: str | os.PathLike, *, atoms: int | None = None) -> tuple[
     return network.eval(), payload
 
 
-def load_for_game(path: str | os.PathLike, game: str) -> tuple[ActorCritic | QNetwork | IMPALANet | OneGame, dict]:
+def load_for_game(path: str | os.PathLike, game: str) -> tuple[AgentNetwork, dict]:
     """load_network's (network, keys) for playing or probing `game`: a multi-task network's view with `game`'s
     value output (`OneGame`); UserError when the checkpoint was not trained on `game` (its `games`, or `game`)."""
+    network: AgentNetwork
     network, meta = load_network(path)
     games = meta.get("games") or [meta.get("game", game)]
     keys = [game_key(name) for name in games]
@@ -213,7 +219,7 @@ def build_network(state: dict, *, atoms: int | None = None, source: str = "the s
         raise UserError(f"{source} holds an estimator_state that is not a state_dict of tensors; {SUPPORTED}")
     try:
         if set(state) == ACTOR_CRITIC_KEYS:
-            network = ActorCritic(num_actions_of(state))
+            network: ActorCritic | QNetwork = ActorCritic(num_actions_of(state))
             network.load_state_dict(state)
             return network
     except RuntimeError:  # our key names with other shapes: described below with the shapes found
@@ -303,7 +309,7 @@ def _load_mapped(
     extra: dict,
     source: str,
     found: str,
-    ignored: list[str] = (),
+    ignored: Sequence[str] = (),
 ) -> None:
     """Load state's `prefix`weight/bias into network's `name`.weight/bias (and `extra`), every tensor used once."""
     missing = [prefix + "bias" for prefix in prefixes if prefix + "bias" not in state]
@@ -312,7 +318,7 @@ def _load_mapped(
             f"{source} has layers without biases ({', '.join(missing[:3])} missing; weight shapes {found}); {SUPPORTED}"
         )
     mapped = dict(extra)
-    for prefix, name in zip(prefixes, names):
+    for prefix, name in zip(prefixes, names, strict=True):
         mapped[f"{name}.weight"], mapped[f"{name}.bias"] = state[prefix + "weight"], state[prefix + "bias"]
     used = {prefix + suffix for prefix in prefixes for suffix in ("weight", "bias")} | set(ignored)
     left = [key for key in state if key not in used]

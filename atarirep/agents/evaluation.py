@@ -22,9 +22,8 @@ import torch
 import yaml
 from matplotlib.figure import Figure  # no pyplot: no global figure state; PNGs are drawn by Agg
 from matplotlib.ticker import EngFormatter
-from torch import nn
 
-from atarirep.agents.network import choose_actions, play_outputs
+from atarirep.agents.network import AgentNetwork, choose_actions, play_outputs
 from atarirep.agents.vector_env import AgentEnvs
 from atarirep.annotations import game_key
 from atarirep.errors import UserError
@@ -34,7 +33,7 @@ ROW_COLUMNS = ["game", "seed", "step", "frames", "protocol", "episode", "return"
 
 
 def evaluate(
-    network: nn.Module, game: str, protocol: str, *, episodes: int, epsilon: float, max_steps: int, seed: int
+    network: AgentNetwork, game: str, protocol: str, *, episodes: int, epsilon: float, max_steps: int, seed: int
 ) -> list[float]:
     """Raw (unclipped) returns of `episodes` whole games of `game` under `protocol`, played by `network`.
 
@@ -43,10 +42,10 @@ def evaluate(
     probability `epsilon`, a uniformly random action: a sample of the policy for an actor-critic, the argmax
     of the head for a network that `acts_greedily` (a QNetwork: epsilon-greedy, as the published DQN-family
     agents were evaluated; an IMPALA checkpoint's policy, as torchbeast's test mode plays; ties go to the lowest
-    action). An IMPALA network that reads the last action and reward gets them (zeros at a game's start). A game still running after `max_steps` agent steps
-    is cut there and its return so far is counted (the protocol's 108,000-frame cap, 27,000 steps, ends
-    longer games in any case). Deterministic for a seed on CPU: the envs' no-ops and sticky actions
-    follow `seed`, and so does the numpy generator that draws the actions.
+    action). An IMPALA network that reads the last action and reward gets them (zeros at a game's start). A game
+    still running after `max_steps` agent steps is cut there and its return so far is counted (the protocol's
+    108,000-frame cap, 27,000 steps, ends longer games in any case). Deterministic for a seed on CPU: the envs'
+    no-ops and sticky actions follow `seed`, and so does the numpy generator that draws the actions.
     """
     envs = AgentEnvs(game, episodes, protocol, training=False, full_action_space=network.full_action_space)
     try:
@@ -74,7 +73,7 @@ def evaluate(
             # Outside training `terminated` is a game over only, so these are the envs of finished_returns.
             ended = np.flatnonzero(step.terminated | step.truncated)
             assert len(ended) == len(step.finished_returns)
-            for env, value in zip(ended, step.finished_returns):
+            for env, value in zip(ended, step.finished_returns, strict=True):
                 if math.isnan(returns[env]):
                     returns[env] = value
             if not np.isnan(returns).any():

@@ -74,7 +74,7 @@ from atarirep import devices, params
 from atarirep.agents import checkpoints, resume
 from atarirep.agents.checkpoints import run_seed
 from atarirep.agents.network import IMPALANet, network_from
-from atarirep.agents.popart import STATISTICS
+from atarirep.agents.popart import STATISTICS, PopArt
 from atarirep.agents.vector_env import AGENT_FRAME, STACK, AgentEnvs
 from atarirep.agents.vtrace import action_log_probs, log_rhos, vtrace
 from atarirep.envs import Protocol, get_protocol
@@ -325,7 +325,8 @@ def act(
     try:
         torch.set_num_threads(1)  # many actors share the cores; one forward pass of one stack each step
         envs = AgentEnvs(game, 1, protocol, training=True, full_action_space=config.full_action_space)
-        model = IMPALANet.from_spec(spec).to(memory_format=torch.channels_last)
+        # torch's stubs of Module.to lack the memory_format keyword that it takes
+        model = IMPALANet.from_spec(spec).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         rng = np.random.default_rng(seed)
         obs = torch.from_numpy(envs.reset(int(rng.integers(2**31 - 2**16))))
         last_action, last_reward = torch.zeros(1, dtype=torch.int64), torch.zeros(1)  # monobeast's initial()
@@ -560,7 +561,8 @@ def train(
         last_action_reward=config.last_action_reward,
         acts_greedily=config.greedy_evaluation,
     )
-    network = network.to(device_, memory_format=torch.channels_last)
+    # torch's stubs of Module.to lack the memory_format keyword that it takes
+    network = network.to(device_, memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.RMSprop(
         network.parameters(),
         lr=config.lr,
@@ -685,7 +687,7 @@ def learn(
         pg_rho_bar=config.rho_bar,
     )
     targets = vs
-    if network.popart:  # the baseline's targets and the advantages in the normalised space
+    if isinstance(network.critic, PopArt):  # the baseline's targets and the advantages in the normalised space
         targets = network.critic.normalize(vs, task)
         pg_advantages = network.critic.normalize_advantages(pg_advantages, task)
 
@@ -699,7 +701,7 @@ def learn(
     loss.backward()
     grad_norm = nn.utils.clip_grad_norm_(network.parameters(), config.max_grad_norm)
     optimizer.step()
-    if network.popart:
+    if isinstance(network.critic, PopArt):
         network.critic.update(vs, task, beta=config.popart_beta, statistics=config.popart_statistics)
     return {
         "total": loss.item(),

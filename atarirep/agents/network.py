@@ -68,6 +68,8 @@ class QNetwork(nn.Module):
     ActorCritic on its perturbed float stacks.
     """
 
+    support: torch.Tensor  # a buffer (atoms,), for a C51 head only
+
     architecture = "nature_dqn"
     acts_greedily = True  # the head holds Q-values: the action is their argmax (epsilon-greedy)
     full_action_space = False
@@ -241,7 +243,7 @@ class IMPALANet(nn.Module):
 
     def unnormalize(self, outputs: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The value layer's outputs in the reward's scale (sigma n + mu under PopArt)."""
-        return self.critic.unnormalize(outputs, task_ids) if self.popart else outputs
+        return self.critic.unnormalize(outputs, task_ids) if isinstance(self.critic, PopArt) else outputs
 
     def forward(
         self,
@@ -282,6 +284,10 @@ class OneGame(nn.Module):
         return self.network(obs, task_ids, last_action=last_action, last_reward=last_reward)
 
 
+# The networks a checkpoint loads as (atarirep.agents.checkpoints.load_for_game).
+AgentNetwork = ActorCritic | QNetwork | IMPALANet | OneGame
+
+
 def network_from(state: dict, spec: dict, source: str = "the state_dict") -> IMPALANet:
     """The IMPALANet a state_dict holds, given its checkpoint's "architecture" (absent: the Nature CNN actor-critic
     of one task); UserError starting with `source` for other weights."""
@@ -317,8 +323,8 @@ def choose_actions(
     else a Gumbel-max draw from the policy; `greedy` overrides the network's rule. With probability `epsilon` a
     uniformly random action instead. The uniform draws are made every step, so later actions do not depend on
     which envs took a random one."""
-    head = head.double().cpu().numpy()
+    outputs = head.double().cpu().numpy()
     greedy = getattr(network, "acts_greedily", False) if greedy is None else greedy
-    chosen = head.argmax(1) if greedy else (head + rng.gumbel(size=head.shape)).argmax(1)
-    uniform = rng.integers(head.shape[1], size=len(head))
-    return np.where(rng.random(len(head)) < epsilon, uniform, chosen)
+    chosen = outputs.argmax(1) if greedy else (outputs + rng.gumbel(size=outputs.shape)).argmax(1)
+    uniform = rng.integers(outputs.shape[1], size=len(outputs))
+    return np.where(rng.random(len(outputs)) < epsilon, uniform, chosen)

@@ -47,6 +47,10 @@ STATISTICS = ("torchbeast", "second_moment")  # how sigma follows the targets (m
 class PopArt(nn.Module):
     """A linear value layer of one normalized output per task, with each task's mu, nu, sigma."""
 
+    mu: torch.Tensor  # buffers (num_tasks,)
+    nu: torch.Tensor
+    sigma: torch.Tensor
+
     def __init__(self, in_features: int, num_tasks: int):
         super().__init__()
         self.num_tasks = num_tasks

@@ -24,6 +24,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,7 @@ class PPOConfig:
     def replay_iterations(self) -> int:
         """The most iterations a resumed run replays: the longest stretch between new games."""
         bounds = [0, *self.reset_iterations(), self.iterations]
-        return max(b - a for a, b in zip(bounds, bounds[1:]))
+        return max(b - a for a, b in pairwise(bounds))
 
 
 def config_from(mapping: dict) -> PPOConfig:
@@ -165,7 +166,8 @@ def train(
     seeded = run_seed(study_seed, seed)
     envs = AgentEnvs(game, config.num_envs, config.protocol, training=True)
     torch.manual_seed(seeded)
-    network = ActorCritic(envs.num_actions).to(device_, memory_format=torch.channels_last)
+    # torch's stubs of Module.to lack the memory_format keyword that it takes
+    network = ActorCritic(envs.num_actions).to(device_, memory_format=torch.channels_last)  # type: ignore[call-overload]
     # fused: one kernel for all parameters (the same Adam; ~5% of a CPU update, bench/bench_agent.py)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, eps=config.adam_eps, fused=True)
     rng = np.random.default_rng(seeded)

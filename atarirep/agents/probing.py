@@ -13,8 +13,12 @@ sample_checkpoints writes; `category_curve` and
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,9 +26,10 @@ import torch
 from matplotlib.figure import Figure  # no pyplot, as atarirep.reports
 from tqdm import tqdm
 
-from atarirep import annotations, devices, episodes, reports
+from atarirep import annotations as ram_annotations
+from atarirep import devices, episodes, reports
 from atarirep.agents import checkpoints
-from atarirep.agents.network import ActorCritic
+from atarirep.agents.network import AgentNetwork
 from atarirep.agents.vector_env import AGENT_FRAME, STACK, agent_frames, stack_indices
 from atarirep.errors import UserError
 from atarirep.probe.features import ENCODE_BATCH_SIZE
@@ -65,12 +70,13 @@ def agent_view(split: episodes.Episodes, *, batch_size: int = RESIZE_BATCH_SIZE)
     A stored split (frames that know their episodes' first frames) is stacked from frames.bin, every frame of an
     episode in its history; frames in memory are stacked over the split's own rows (`stack_indices`)."""
     frames = split.frames
+    read: Callable[[np.ndarray], Any]  # stored frames' ids -> (N, 210, 160) frames
     if isinstance(frames, episodes.LazyFrames) and frames.first_ids is not None:
         ids, index = np.unique(frames.history(STACK), return_inverse=True)
         read = frames.read
     else:
         ids, index = np.arange(len(split)), stack_indices(first_frames(split))
-        read = frames.__getitem__
+        read = functools.partial(operator.getitem, frames)
     table = np.empty((len(ids), *AGENT_FRAME), np.uint8)
     for start in range(0, len(ids), batch_size):
         table[start : start + batch_size] = agent_frames(np.asarray(read(ids[start : start + batch_size])))
@@ -78,7 +84,7 @@ def agent_view(split: episodes.Episodes, *, batch_size: int = RESIZE_BATCH_SIZE)
 
 
 def agent_features(
-    network: ActorCritic,
+    network: AgentNetwork,
     split: episodes.Episodes | AgentView,
     *,
     batch_size: int = ENCODE_BATCH_SIZE,
@@ -91,7 +97,8 @@ def agent_features(
         raise UserError("a split has no frames to probe; collect more steps so every split has frames")
     dev = devices.resolve(device)
     was_training = network.training
-    network.eval().to(dev, memory_format=devices.memory_format(dev))
+    # torch's stubs of Module.to lack the memory_format keyword that it takes
+    network.eval().to(dev, memory_format=devices.memory_format(dev))  # type: ignore[call-overload]
     out = None
     try:
         with torch.no_grad():
@@ -102,11 +109,12 @@ def agent_features(
                 out[start : start + len(z)] = z.float().cpu()
     finally:
         network.train(was_training)
+    assert out is not None  # the view has frames (checked above)
     return out
 
 
 def probe_network(
-    network: ActorCritic,
+    network: AgentNetwork,
     data: dict[str, episodes.Episodes],
     *,
     game: str,
@@ -240,7 +248,7 @@ def probe_sampled(
             _, meta = checkpoints.load_for_game(path, game)  # a damaged file, another network or game stops here
             found.append((run_seed, step, checkpoint_frames(meta, path), path))
     data_game, data = load_probe_data(episodes_dir)
-    if annotations.game_key(data_game) != annotations.game_key(game):
+    if ram_annotations.game_key(data_game) != ram_annotations.game_key(game):
         raise UserError(
             f"episodes {episodes_dir} are {data_game}, not {game}; probe {game}'s checkpoints on "
             f"data/episodes/{game}/probe"
@@ -282,7 +290,7 @@ def category_curve(sampled: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
     rows = []
     for (run_seed, step, frames), part in sampled.groupby(["seed", "step", "frames"], sort=True):
         per_category = aggregate(part[["variable", "categories", "f1", "accuracy"]], "category")
-        means = dict(zip(per_category["category"], per_category[metric]))
+        means = dict(zip(per_category["category"], per_category[metric], strict=True))
         rows.append(
             {
                 "seed": run_seed,
@@ -292,7 +300,7 @@ def category_curve(sampled: pd.DataFrame, metric: str = "f1") -> pd.DataFrame:
                 "across_categories": float(np.mean(list(means.values()))) if means else np.nan,
             }
         )
-    categories = [c for c in annotations.CATEGORIES if any(c in row for row in rows)]
+    categories = [c for c in ram_annotations.CATEGORIES if any(c in row for row in rows)]
     return pd.DataFrame(rows, columns=["seed", "step", "frames", *categories, "across_categories"])
 
 

@@ -37,13 +37,14 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
+from typing import TypeGuard
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from atarirep.agents.network import ActorCritic, choose_actions
+from atarirep.agents.network import ActorCritic, AgentNetwork, choose_actions
 from atarirep.errors import UserError
 
 BLUR_SIGMA = 3.0  # the blurred image the perturbation blends in (Greydanus: gaussian_filter(I, sigma=3))
@@ -154,8 +155,8 @@ class GridMasks:
     def to(self, device, dtype=torch.float32) -> GridMasks:
         """The factors and peaks on `device` as `dtype` (computed in float64)."""
         moved = copy.copy(self)
-        moved.rows = tuple(f.to(device, dtype) for f in self.rows)
-        moved.cols = tuple(f.to(device, dtype) for f in self.cols)
+        moved.rows = (self.rows[0].to(device, dtype), self.rows[1].to(device, dtype))
+        moved.cols = (self.cols[0].to(device, dtype), self.cols[1].to(device, dtype))
         moved.peaks = self.peaks.to(device, dtype)
         return moved
 
@@ -167,7 +168,7 @@ class GridMasks:
 
 def get_mask(centre: tuple[int, int], size: tuple[int, int], radius: float) -> np.ndarray:
     """(H, W) float64: Greydanus et al.'s `get_mask(center, size, r)` for one point (`GridMasks`)."""
-    masks = GridMasks(tuple(size), torch.tensor([centre[0]]), torch.tensor([centre[1]]), radius)
+    masks = GridMasks((size[0], size[1]), torch.tensor([centre[0]]), torch.tensor([centre[1]]), radius)
     zero = torch.zeros(1, dtype=torch.long)
     return masks(zero, zero)[0].numpy()
 
@@ -222,7 +223,7 @@ class _LocalFirstLayer:
     """
 
     @staticmethod
-    def applies(network: nn.Module) -> bool:
+    def applies(network: nn.Module) -> TypeGuard[ActorCritic]:
         """Whether `network` is an ActorCritic whose first layer is a plain square convolution."""
         conv = network.encoder.layers[0] if isinstance(network, ActorCritic) else None
         return (
@@ -236,6 +237,7 @@ class _LocalFirstLayer:
 
     def __init__(self, network: ActorCritic, images, blurred, rows, cols, masks: GridMasks):
         conv = network.encoder.layers[0]
+        assert isinstance(conv, nn.Conv2d)  # as `applies` checked
         self.network, self.weight, self.stride = network, conv.weight, conv.stride[0]
         self.peaks = masks.peaks
         k, s, reach = conv.kernel_size[0], conv.stride[0], masks.reach
@@ -370,7 +372,7 @@ def time_one_frame(
 
 # -- the frames it is shown on ------------------------------------------------------------------------
 def episode_stacks(
-    network: nn.Module, game: str, protocol: str, *, frames: int, epsilon: float, seed: int
+    network: AgentNetwork, game: str, protocol: str, *, frames: int, epsilon: float, seed: int
 ) -> np.ndarray:
     """(T, 4, 84, 84) uint8: the first `frames` observations (fewer if the game ends) of one game played by
     `network` under `protocol`, acting as `evaluation.evaluate` does (`network.choose_actions`, from a numpy

@@ -3,7 +3,7 @@
 Each env is one emulator (ale-py's `ALEInterface`) driven the way CleanRL's wrapper chain drives
 `BreakoutNoFrameskip-v4` (gymnasium's `AtariEnv` under `NoopResetEnv`, `MaxAndSkipEnv`, `EpisodicLifeEnv`,
 `FireResetEnv`, `ClipRewardEnv`, `ResizeObservation`, `GrayscaleObservation`, `FrameStackObservation`, in a
-`SyncVectorEnv` with same-step autoreset), step for step and bit for bit (tests/test_vector_env.py plays both):
+`SyncVectorEnv` with same-step autoreset), step for step and bit for bit (tests/agents/test_vector_env.py plays both):
 
 - a real reset: `reset_game`, then 1..noop_max single-frame no-ops drawn from the env's generator;
 - an agent step: the action for `frame_skip` frames, the observation the pixel-wise max of the last two
@@ -66,7 +66,10 @@ class _Game:
         self.ale.setLoggerMode(ale_py.LoggerMode.Error)
         self.ale.setFloat("repeat_action_probability", protocol.sticky_action_prob)
         self.ale.setInt("max_num_frames_per_episode", protocol.max_frames_per_episode)
-        self._rom = roms.get_rom_path(_rom_name(game))
+        rom = roms.get_rom_path(_rom_name(game))
+        if rom is None:
+            raise UserError(f"ale-py has no ROM for {game}")
+        self._rom = rom
         self.seed(None)
         self.actions = self.ale.getLegalActionSet() if full_action_space else self.ale.getMinimalActionSet()
         self.uses_fire = _fire_start(game, self.actions, protocol)
@@ -184,7 +187,7 @@ class AgentEnvs:
         reward, terminated, truncated = np.zeros(n, np.float64), np.zeros(n, bool), np.zeros(n, bool)
         frames, new_episode = [], np.zeros(n, bool)
         finished_returns = []
-        for i, (game, action) in enumerate(zip(self._games, np.asarray(actions, np.int64).tolist())):
+        for i, (game, action) in enumerate(zip(self._games, np.asarray(actions, np.int64).tolist(), strict=True)):
             reward[i], terminated[i], truncated[i] = game.step(action)
             new_episode[i] = terminated[i] or truncated[i]
             if game.was_real_done:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from torch import nn
-
 from atarirep.errors import UserError
+from atarirep.methods.base import Method
 from atarirep.methods.batch import Batch
 from atarirep.methods.cpc import CPC
 from atarirep.methods.infonce import info_nce
@@ -30,7 +29,7 @@ from atarirep.methods.tokenizer import Tokenizer
 from atarirep.methods.untrained import RandomCNN
 from atarirep.methods.vae import VAE
 
-_FACTORIES: dict[str, Callable[..., nn.Module]] = {
+_FACTORIES: dict[str, Callable[..., Method]] = {
     "stdim": STDIM,
     "global_local_stdim": functools.partial(STDIM, local_local=False),
     "global_t_dim": GlobalTDIM,
@@ -64,7 +63,7 @@ def canonical_name(name: str) -> str:
     return name
 
 
-def make(name: str, **config) -> nn.Module:
+def make(name: str, **config) -> Method:
     """A freshly initialised method `name` with its hyperparameters `config` (the paper's by default)."""
     name = canonical_name(name)
     try:
@@ -73,4 +72,4 @@ def make(name: str, **config) -> nn.Module:
         raise UserError(f"bad settings for method {name!r} ({err}); see atarirep/methods for its arguments") from None
 
 
-__all__ = ["Batch", "METHODS", "ATARIARI_NAMES", "canonical_name", "make", "info_nce"]
+__all__ = ["Batch", "Method", "METHODS", "ATARIARI_NAMES", "canonical_name", "make", "info_nce"]

@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from atarirep import encoders
 from atarirep.errors import UserError
+from atarirep.methods.base import Method
 from atarirep.methods.batch import Batch
 
 # AtariARI's CPC: sequences of 100 steps, predictions at offsets 1, 5, ..., 97 (steps 0..98 by 4, plus 1).
@@ -15,7 +16,7 @@ PAPER_OFFSETS = tuple(range(1, 100, 4))
 OFFSET_REDUCTIONS = ("sum", "mean")
 
 
-class CPC(nn.Module):
+class CPC(Method):
     """Contrastive Predictive Coding (van den Oord et al. 2018) over encoded frame sequences."""
 
     uses_negatives = False
@@ -55,7 +56,7 @@ class CPC(nn.Module):
         self.sample_stride = sequence_length  # every_frame epoch: one sequence per L windows, each frame seen ~once
         self.samples_per_episode = sequence_length  # reference epoch: L sequences per episode (AtariARI)
         self.offsets = offsets
-        self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
+        self.encoder: encoders.BenchmarkEncoder = encoders.BenchmarkEncoder(feature_size=feature_size)
         self.gru = nn.GRU(feature_size, feature_size, num_layers=int(gru_layers), batch_first=True)
         self.predictors = nn.ModuleList(nn.Linear(feature_size, feature_size) for _ in offsets)  # W_k
 
@@ -76,14 +77,14 @@ class CPC(nn.Module):
             latents = latents.float()  # (B, L, D)
             contexts, _ = self.gru(latents)  # (B, L, D)
             losses, accuracies = [], []
-            for k, predictor in zip(self.offsets, self.predictors):
+            for k, predictor in zip(self.offsets, self.predictors, strict=True):
                 predictions = predictor(contexts[:, : length - k]).reshape(-1, latents.shape[-1])  # (B(L-k), D): c_t
                 targets = latents[:, k:].reshape(-1, latents.shape[-1])  # (B(L-k), D): z_{t+k}, same row order
                 logits = predictions @ targets.T  # (B(L-k), B(L-k))
                 positives = torch.arange(logits.shape[0], device=logits.device)  # row i's positive is column i
                 losses.append(F.cross_entropy(logits, positives))
                 accuracies.append((logits.argmax(1) == positives).float().mean())
-        losses = torch.stack(losses)  # (K,)
-        metrics = {f"offset_{k}": value.detach() for k, value in zip(self.offsets, losses)}
+        per_offset = torch.stack(losses)  # (K,)
+        metrics = {f"offset_{k}": value.detach() for k, value in zip(self.offsets, per_offset, strict=True)}
         metrics["accuracy"] = torch.stack(accuracies).mean().detach()
-        return (losses.sum() if self.offset_reduction == "sum" else losses.mean()), metrics
+        return (per_offset.sum() if self.offset_reduction == "sum" else per_offset.mean()), metrics

@@ -7,11 +7,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from atarirep import encoders
+from atarirep.methods.base import Method
 from atarirep.methods.batch import Batch
 from atarirep.methods.stdim import LOCAL_DEPTH
 
 
-class JSDSTDIM(nn.Module):
+class JSDSTDIM(Method):
     """ST-DIM with the Jensen-Shannon estimator (Anand et al. 2019, sec. 5 ablation; Hjelm et al. 2019, eq. 4)."""
 
     window = 2  # (x_t, x_{t+1})
@@ -21,7 +22,7 @@ class JSDSTDIM(nn.Module):
 
     def __init__(self, feature_size: int = 256):
         super().__init__()
-        self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
+        self.encoder: encoders.BenchmarkEncoder = encoders.BenchmarkEncoder(feature_size=feature_size)
         self.global_local = nn.Bilinear(feature_size, LOCAL_DEPTH, 1)
         self.local_local = nn.Bilinear(LOCAL_DEPTH, LOCAL_DEPTH, 1)
 
@@ -36,6 +37,8 @@ class JSDSTDIM(nn.Module):
         positives, T < 0 on negatives), the mean of the two terms' fractions.
         """
         x_t, x_next, x_hat = batch.frames[:, 0], batch.frames[:, 1], batch.negatives  # (B, 1, 210, 160) each
+        if x_hat is None:
+            raise ValueError("jsd_stdim needs a batch with negatives (a random frame of each pair's episode)")
         b = x_t.shape[0]
         global_all, local_all = self.encoder.forward_with_local(torch.cat([x_t, x_next, x_hat]))
         local_all = local_all.flatten(2).transpose(1, 2)  # (3B, P, 128)

@@ -6,10 +6,11 @@ import torch
 from torch import nn
 
 from atarirep import encoders
+from atarirep.methods.base import Method
 from atarirep.methods.batch import Batch
 
 
-class PixelPrediction(nn.Module):
+class PixelPrediction(Method):
     """Next-frame pixel prediction through the benchmark encoder's features (Anand et al. 2019, sec. 5)."""
 
     window = 2
@@ -18,7 +19,7 @@ class PixelPrediction(nn.Module):
 
     def __init__(self, feature_size: int = 256):
         super().__init__()
-        self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
+        self.encoder: encoders.BenchmarkEncoder = encoders.BenchmarkEncoder(feature_size=feature_size)
         self.predictor = nn.Linear(feature_size, feature_size)  # AtariARI's NaFFPredictor.fc_layers, no activation
         self.decoder = encoders.BenchmarkDecoder(feature_size)
 

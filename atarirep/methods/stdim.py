@@ -12,13 +12,14 @@ import torch
 from torch import nn
 
 from atarirep import encoders
+from atarirep.methods.base import Method
 from atarirep.methods.batch import Batch
 from atarirep.methods.infonce import info_nce
 
 LOCAL_DEPTH = encoders.BenchmarkEncoder.local_shape[0]  # 128 channels per local vector
 
 
-class STDIM(nn.Module):
+class STDIM(Method):
     """Spatiotemporal Deep InfoMax (Anand et al. 2019, "Unsupervised State Representation Learning in Atari")."""
 
     window = 2  # samples are pairs (x_t, x_{t+1}) of one episode
@@ -27,7 +28,7 @@ class STDIM(nn.Module):
 
     def __init__(self, feature_size: int = 256, local_local: bool = True):
         super().__init__()
-        self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
+        self.encoder: encoders.BenchmarkEncoder = encoders.BenchmarkEncoder(feature_size=feature_size)
         self.global_local = nn.Linear(feature_size, LOCAL_DEPTH)  # W_g in eq. 4
         self.local_local = nn.Linear(LOCAL_DEPTH, LOCAL_DEPTH) if local_local else None  # W_l in eq. 5
 
@@ -63,7 +64,7 @@ class STDIM(nn.Module):
         return global_local + local_local, metrics
 
 
-class GlobalTDIM(nn.Module):
+class GlobalTDIM(Method):
     """Global-T-DIM ablation (Anand et al. 2019, sec. 5): InfoNCE between global features across time."""
 
     window = 2
@@ -72,7 +73,7 @@ class GlobalTDIM(nn.Module):
 
     def __init__(self, feature_size: int = 256):
         super().__init__()
-        self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
+        self.encoder: encoders.BenchmarkEncoder = encoders.BenchmarkEncoder(feature_size=feature_size)
         self.global_global = nn.Linear(feature_size, feature_size)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -83,7 +84,7 @@ class GlobalTDIM(nn.Module):
         return loss, {"global_global": loss.detach()}
 
 
-class StaticDIM(nn.Module):
+class StaticDIM(Method):
     """Static DIM ablation (Hjelm et al. 2019 with InfoNCE): global-local within the same frame, no time."""
 
     window = 1
@@ -92,7 +93,7 @@ class StaticDIM(nn.Module):
 
     def __init__(self, feature_size: int = 256):
         super().__init__()
-        self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
+        self.encoder: encoders.BenchmarkEncoder = encoders.BenchmarkEncoder(feature_size=feature_size)
         self.global_local = nn.Linear(feature_size, LOCAL_DEPTH)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from atarirep import encoders
+from atarirep.methods.base import Method
 from atarirep.methods.batch import Batch
 
 
-class Tokenizer(nn.Module):
+class Tokenizer(Method):
     """VQ-VAE (van den Oord et al. 2017) with IRIS's loss: L1 reconstruction + codebook + beta * commitment."""
 
     window = 1
@@ -29,7 +30,7 @@ class Tokenizer(nn.Module):
 
     def __init__(self, vocab_size: int = 512, embed_dim: int = 512, beta: float = 1.0):
         super().__init__()
-        self.encoder = encoders.TokenEncoder(vocab_size=vocab_size, embed_dim=embed_dim)
+        self.encoder: encoders.TokenEncoder = encoders.TokenEncoder(vocab_size=vocab_size, embed_dim=embed_dim)
         self.decoder = nn.Sequential(
             nn.ConvTranspose2d(embed_dim, 128, (5, 2), stride=2),
             nn.ReLU(),  # 4x4 -> 11x8

@@ -5,12 +5,11 @@ The supervised baseline is not here: atarirep.probe builds and trains its own en
 
 from __future__ import annotations
 
-from torch import nn
-
 from atarirep import encoders
+from atarirep.methods.base import Method
 
 
-class RandomCNN(nn.Module):
+class RandomCNN(Method):
     """Random-CNN baseline (Anand et al. 2019, sec. 5): the benchmark encoder, orthogonally initialised, frozen.
 
     Nothing is trained, so there is no loss; the pretrain stage saves the freshly seeded encoder.
@@ -22,4 +21,4 @@ class RandomCNN(nn.Module):
 
     def __init__(self, feature_size: int = 256):
         super().__init__()
-        self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
+        self.encoder: encoders.BenchmarkEncoder = encoders.BenchmarkEncoder(feature_size=feature_size)

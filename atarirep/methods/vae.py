@@ -6,10 +6,11 @@ import torch
 from torch import nn
 
 from atarirep import encoders
+from atarirep.methods.base import Method
 from atarirep.methods.batch import Batch
 
 
-class VAE(nn.Module):
+class VAE(Method):
     """Variational autoencoder (Kingma & Welling 2014) as AtariARI's VAE baseline uses it.
 
     Its loss is the reference's (squared error and KL both summed; AtariARI also sums over the batch,
@@ -24,7 +25,7 @@ class VAE(nn.Module):
 
     def __init__(self, feature_size: int = 256, beta: float = 1.0):
         super().__init__()
-        self.encoder = encoders.BenchmarkEncoder(feature_size=feature_size)
+        self.encoder: encoders.BenchmarkEncoder = encoders.BenchmarkEncoder(feature_size=feature_size)
         self.log_variance = nn.Linear(64 * 9 * 6, feature_size)  # a second head on the flattened conv map
         self.decoder = encoders.BenchmarkDecoder(feature_size)
         self.beta = beta

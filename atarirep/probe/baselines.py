@@ -66,7 +66,7 @@ def majority_predictions(train_labels, num_frames: int) -> np.ndarray:
 class SupervisedProbes:
     """End-to-end models for the supervised baseline: models[i] predicts the variables columns[i]."""
 
-    models: list[nn.Module]
+    models: list[_EncoderWithHeads]
     columns: list[list[int]]
     num_epochs: np.ndarray  # (V,)
     val_accuracy: np.ndarray  # (V,)
@@ -189,7 +189,8 @@ def fit_supervised(
             num_features = checked_forward(encoder, first, None).shape[1]
             layout = _layout(encoder, first)
         model = _EncoderWithHeads(encoder, num_features, len(cols), num_classes, generator, layout)
-        model.to(dev, memory_format=layout)
+        # torch's stubs of Module.to lack the memory_format keyword that it takes
+        model.to(dev, memory_format=layout)  # type: ignore[call-overload]
         num_epochs, val_accuracy = _fit_end_to_end(
             model,
             frames,
@@ -281,6 +282,6 @@ def predict_supervised(probes: SupervisedProbes, frames) -> np.ndarray:
     out = np.zeros((len(frames), int(sum(len(c) for c in probes.columns))), np.int64)
     for start in range(0, len(frames), PREDICT_BATCH_SIZE):
         chunk = np.asarray(frames[start : start + PREDICT_BATCH_SIZE])
-        for model, cols in zip(probes.models, probes.columns):
+        for model, cols in zip(probes.models, probes.columns, strict=True):
             out[start : start + len(chunk), cols] = _predict_model(model, chunk).numpy()
     return out

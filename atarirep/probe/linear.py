@@ -169,7 +169,7 @@ class BatchedAdam:
         bias_correction2_sqrt = (1 - self.beta2**self.step_count) ** 0.5
         # torch's addcdiv_(m, denom, value=-lr / bias_correction1) rounds the step size to float32 once
         neg_step_size = (-lr / bias_correction1).float()
-        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
+        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq, strict=True):
             m.lerp_(g, 1 - self.beta1)
             v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
             denom = (v.sqrt() / bias_correction2_sqrt).add_(self.eps)
@@ -241,7 +241,7 @@ def fit_probes(
             logits = current.logits(x[rows])  # (B, V, C)
             # The sum of V mean cross-entropies: variable v's gradient is its own loss's gradient. Rows of
             # (B * V, C) logits are each reduced as nn.Linear's (B, C) rows are, so every probe's gradient
-            # is bitwise the reference loop's (on CPU; see tests/test_probe.py).
+            # is bitwise the reference loop's (on CPU; see tests/probe/test_reference.py).
             per_row = F.cross_entropy(logits.reshape(-1, num_classes), y[rows].reshape(-1), reduction="none")
             loss = per_row.view(len(rows), num_variables).mean(0).sum()
             adam.step(torch.autograd.grad(loss, [weight, bias]), lr_now)

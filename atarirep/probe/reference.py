@@ -135,7 +135,7 @@ def fit_probes_reference(
                 if not stopped[v]:
                     schedulers[v].step(accuracy)
     if keep == "best":
-        for probe, state in zip(probes, best_states):
+        for probe, state in zip(probes, best_states, strict=True):
             probe.load_state_dict(state)
     return probes
 

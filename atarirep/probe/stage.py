@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from torch import nn
 
-from atarirep import annotations, devices, encoders, episodes, io
+from atarirep import annotations as ram_annotations
+from atarirep import devices, encoders, episodes, io
 from atarirep import sampling as sampling_lib
 from atarirep.errors import UserError
 from atarirep.probe.baselines import BASELINES, fit_supervised, majority_predictions, predict_supervised
@@ -69,7 +71,7 @@ def load_probe_data(episodes_dir: str | os.PathLike) -> tuple[str, dict[str, epi
 def check_same_game(encoder: nn.Module, encoder_path, game: str, episodes_dir) -> None:
     """UserError if the encoder file says it was trained on another game than the episodes'."""
     encoder_game = getattr(encoder, "meta", {}).get("game")
-    if encoder_game is not None and annotations.game_key(encoder_game) != annotations.game_key(game):
+    if encoder_game is not None and ram_annotations.game_key(encoder_game) != ram_annotations.game_key(game):
         raise UserError(
             f"encoder {encoder_path} was trained on {encoder_game} but episodes {episodes_dir} are "
             f"{game}; probe an encoder of the same game (data/encoders/{game}/...)"
@@ -119,12 +121,15 @@ def run(
         keep=keep,
     )
     devices.resolve(device)  # a bad device is refused before any data is read
-    encoder = None if method in BASELINES else encoders.load_any(encoder_path)
-    if encoder is not None and not is_ours(encoder):  # errors name the file, not a generic GraphModule
-        encoder.meta = {**getattr(encoder, "meta", {}), "name": Path(encoder_path).name}
+    encoder = None
+    if encoder_path is not None:  # check_settings: every method but the baselines has one
+        encoder = encoders.load_any(encoder_path)
+        if not is_ours(encoder):  # errors name the file, not a generic GraphModule
+            # torch's stubs type a Module's attributes as its submodules and tensors; any value may be set
+            encoder.meta = {**getattr(encoder, "meta", {}), "name": Path(encoder_path).name}  # type: ignore[assignment]
     game, data = load_probe_data(episodes_dir)
     train, val, test = data["train"], data["val"], data["test"]
-    settings = dict(
+    settings: dict[str, Any] = dict(
         lr=lr,
         batch_size=batch_size,
         epochs=epochs,
@@ -134,7 +139,7 @@ def run(
         sampling=sampling,
         keep=keep,
     )
-    bounds = dict(train_bounds=train.episode_bounds(), val_bounds=val.episode_bounds())
+    bounds: dict[str, Any] = dict(train_bounds=train.episode_bounds(), val_bounds=val.episode_bounds())
     if method == "majority":
         predictions = majority_predictions(train.labels, len(test))
         num_epochs = np.zeros(len(train.variables), int)
@@ -153,6 +158,7 @@ def run(
         )
         predictions, num_epochs = predict_supervised(model, test.frames), model.num_epochs
     else:
+        assert encoder is not None  # check_settings: a method not in BASELINES has an encoder
         check_same_game(encoder, encoder_path, game, episodes_dir)
         if fast:
             features = {

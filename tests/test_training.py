@@ -67,7 +67,7 @@ def test_loop_batches_hold_consecutive_frames_and_same_episode_negatives(tiny):
     plan = training.epoch_plan(found, np.random.default_rng(0), 8, True, devices.Distributed())
     source = training._FrameSource(stored, torch.device("cpu"), is_streamed=False)
     assert len(plan) == len(found) // 8
-    for (rows, negatives), batch in zip(plan, source.batches(plan, torch.Generator())):
+    for (rows, negatives), batch in zip(plan, source.batches(plan, torch.Generator()), strict=True):
         assert (rows[:, 1] == rows[:, 0] + 1).all()
         assert (split.episode_index[rows[:, 1]] == split.episode_index[rows[:, 0]]).all()
         assert (split.episode_index[negatives] == split.episode_index[rows[:, 0]]).all()
@@ -87,7 +87,7 @@ def test_reference_epochs_draw_a_window_per_frame_from_episodes_chosen_with_repl
     assert (split.episode_index[rows[:, 1]] == split.episode_index[rows[:, 0]]).all()
     assert len(np.unique(rows[:, 0])) < len(rows)  # with replacement
     again = training.epoch_plan(found, np.random.default_rng(0), 8, True, devices.Distributed(), sampling="reference")
-    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(plan, again))
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(plan, again, strict=True))
     lengths = np.diff(split.episode_bounds())
     sequences = training.windows(split, 10)
     assert training.epoch_size(sequences, "reference", 10, 10) == 10 * int((lengths >= 10).sum())
@@ -109,7 +109,7 @@ def test_streamed_batches_equal_resident_batches_frame_for_frame(tiny):
     plan = training.epoch_plan(training.windows(split, 2), np.random.default_rng(0), 8, True, devices.Distributed())
     resident = training._FrameSource(np.asarray(split.frames), torch.device("cpu"), is_streamed=False)
     streamed = training._FrameSource(split.frames, torch.device("cpu"), is_streamed=True)
-    pairs = list(zip(resident.batches(plan, torch.Generator()), streamed.batches(plan, torch.Generator())))
+    pairs = list(zip(resident.batches(plan, torch.Generator()), streamed.batches(plan, torch.Generator()), strict=True))
     assert len(pairs) == len(plan) > 1
     for a, b in pairs:
         assert torch.equal(a.frames, b.frames) and torch.equal(a.negatives, b.negatives)
@@ -407,6 +407,7 @@ def _gradients(name: str, frames: torch.Tensor) -> dict:
     return {k: p.grad.clone() for k, p in method.named_parameters()}
 
 
+@pytest.mark.e2e
 def test_ddp_with_two_gloo_processes_matches_the_one_process_gradient(tiny, tmp_path):
     split = tiny["train"]
     rows = training.windows(split, 2).rows(np.arange(0, 12 * HALF, 6))  # 2 HALF pairs from several episodes

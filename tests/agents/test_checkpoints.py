@@ -22,12 +22,12 @@ import yaml
 from torch import nn
 
 from atarirep import episodes
-from atarirep.agents import checkpoints, evaluation, probing, saliency
+from atarirep.agents import checkpoints, evaluation, probing, saliency, vector_env
 from atarirep.agents.network import ActorCritic, QNetwork
 from atarirep.agents.vector_env import AgentEnvs
 from atarirep.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # dvc of this environment
 PROBE = {
     "lr": 3e-3,
@@ -125,7 +125,7 @@ def test_a_published_dqn_loads_as_a_qnetwork_with_the_same_weights_and_outputs(t
         "architecture": {"name": "nature_dqn", "num_actions": 4},
     }
     ours = network.state_dict()
-    for layer, name in zip(("0", "2", "4", "7"), checkpoints.ENCODER_LAYERS):
+    for layer, name in zip(("0", "2", "4", "7"), checkpoints.ENCODER_LAYERS, strict=True):
         for kind in ("weight", "bias"):
             torch.testing.assert_close(ours[f"{name}.{kind}"], dqn.state_dict()[f"{layer}.{kind}"], rtol=0, atol=0)
     torch.testing.assert_close(ours["q.weight"], dqn[9].weight, rtol=0, atol=0)
@@ -280,7 +280,7 @@ def test_our_actor_critic_files_still_load_as_actor_critics(tmp_path):
         assert type(loaded) is ActorCritic and not loaded.acts_greedily
         assert (meta["step"], meta["frames"], meta.get("seed")) == (8, 32, seed)
         with torch.no_grad():
-            for mine, theirs in zip(loaded(obs), network(obs)):
+            for mine, theirs in zip(loaded(obs), network(obs), strict=True):
                 torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
     assert checkpoints.load_network(ours)[1]["architecture"] == {"name": "nature_actor_critic", "num_actions": 4}
 
@@ -335,7 +335,7 @@ def test_a_published_dqn_plays_greedily(tmp_path, monkeypatch):
     envs = Recorder.last
     assert len(returns) == 2 and len(envs.actions) == 25
     with torch.no_grad():
-        for obs, actions in zip(envs.observations, envs.actions):  # each action is the argmax of Q
+        for obs, actions in zip(envs.observations[:-1], envs.actions, strict=True):  # each action is the argmax of Q
             np.testing.assert_array_equal(actions, network(torch.from_numpy(obs))[0].argmax(1).numpy())
     again = evaluation.evaluate(network, "Breakout", "modern", episodes=2, epsilon=0.0, max_steps=25, seed=0)
     assert again == returns and [a.tolist() for a in Recorder.last.actions] == [a.tolist() for a in envs.actions]
@@ -378,7 +378,7 @@ def test_a_published_dqn_is_probed_by_the_stage_like_our_checkpoints(breakout_pr
     )
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(tmp_path / "out/scores.csv", keep_default_na=False)
-    assert set(zip(table["seed"], table["step"], table["frames"])) == {(0, 250, 1000)}
+    assert set(zip(table["seed"], table["step"], table["frames"], strict=True)) == {(0, 250, 1000)}
     assert len(table) == len(episodes.load(breakout_probe_dir).variables)
     assert json.loads((tmp_path / "out/metrics.json").read_text())["rl_agent"]["step"] == 250
     # The features probed are the published net's 512-d layer of each 84x84x4 stack.
@@ -478,7 +478,135 @@ def test_dvc_import_url_of_a_published_run_then_evaluate(tmp_path):
         repo,
     )
     rows = pd.read_csv(repo / "data/evaluations/Breakout/returns.csv")
-    assert sorted(set(zip(rows["step"], rows["frames"]))) == [(1_000_000, 4_000_000), (STEP, 4 * STEP)]
+    assert sorted(set(zip(rows["step"], rows["frames"], strict=True))) == [(1_000_000, 4_000_000), (STEP, 4 * STEP)]
     assert len(rows) == 2 * 2 and set(rows["seed"]) == {0} and set(rows["protocol"]) == {"modern"}
     metrics = json.loads((repo / "data/evaluations/Breakout/metrics.json").read_text())
     assert metrics["modern"]["step"] == STEP
+
+
+# docs/protocols.md 5: the 51 of 200 checkpoints the published collections keep.
+PUBLISHED_51 = [
+    1,
+    15,
+    28,
+    40,
+    51,
+    62,
+    71,
+    80,
+    89,
+    97,
+    104,
+    111,
+    117,
+    123,
+    128,
+    133,
+    138,
+    142,
+    146,
+    150,
+    154,
+    157,
+    160,
+    163,
+    166,
+    168,
+    170,
+    173,
+    175,
+    176,
+    178,
+    180,
+    181,
+    *range(183, 201),
+]
+
+
+def test_geometric_rule_keeps_the_published_51_of_200():
+    assert len(PUBLISHED_51) == 51
+    assert checkpoints.geometric_indices(200, 51) == PUBLISHED_51
+    assert sum(i <= 100 for i in PUBLISHED_51) == 10  # "10 of 51 in the first half"
+
+
+def test_geometric_rule_keeps_the_last_and_refuses_keeping_more_than_there_are():
+    assert checkpoints.geometric_indices(8, 1) == [8]
+    assert checkpoints.geometric_indices(8, 8) == list(range(1, 9))
+    kept = checkpoints.geometric_indices(20, 8)
+    assert len(kept) == 8 and kept[-1] == 20 and kept == sorted(kept)
+    assert np.diff(kept)[-1] <= np.diff(kept)[0]  # denser toward the end
+    with pytest.raises(UserError, match="keep 9 checkpoints of 8"):
+        checkpoints.geometric_indices(8, 9)
+
+
+def test_a_published_style_checkpoint_loads_and_plays(tmp_path):
+    """A file written with nothing but gzip + torch.save({"estimator_state": ...}), as the collections do."""
+    network = ActorCritic(num_actions=4)
+    path = tmp_path / "DQN_modern/Breakout/0/model_50000000.gz"
+    path.parent.mkdir(parents=True)
+    buffer = io.BytesIO()
+    torch.save({"estimator_state": network.state_dict()}, buffer)
+    path.write_bytes(gzip.compress(buffer.getvalue()))
+    loaded, meta = checkpoints.load_network(path)
+    assert meta["step"] == 50_000_000
+    for name, tensor in network.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
+    envs = vector_env.AgentEnvs("Breakout", 2, "modern", training=False)
+    obs = envs.reset(seed=0)
+    for _ in range(10):
+        with torch.no_grad():
+            logits, value = loaded(torch.from_numpy(obs))
+        obs = envs.step(logits.argmax(1).numpy()).obs
+    assert logits.shape == (2, 4) and value.shape == (2,)
+    envs.close()
+
+
+def test_damaged_and_foreign_checkpoints_are_refused_with_one_line(tmp_path):
+    good = tmp_path / "model_1.gz"
+    checkpoints.save(good, ActorCritic(4), algo="PPO", protocol="classic", game="Breakout", seed=0, step=1, frames=4)
+    truncated = tmp_path / "model_2.gz"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    foreign = tmp_path / "model_3.gz"
+    buffer = io.BytesIO()
+    torch.save({"estimator_state": nn.Linear(3, 2).state_dict()}, buffer)
+    foreign.write_bytes(gzip.compress(buffer.getvalue()))
+    not_ours = tmp_path / "model_4.gz"
+    not_ours.write_bytes(gzip.compress(b"hello"))
+    for path, message in (
+        (truncated, "truncated or corrupt"),
+        (foreign, "weights of another network"),
+        (not_ours, "truncated or corrupt"),
+        (tmp_path / "model_5.gz", "missing"),
+    ):
+        with pytest.raises(UserError, match=message) as err:
+            checkpoints.load_network(path)
+        assert "\n" not in str(err.value)
+
+
+def test_sample_checkpoints_stage_keeps_the_geometric_set_and_refuses_too_many(tmp_path):
+    run = tmp_path / "PPO_classic/Breakout/0"
+    run.mkdir(parents=True)
+    for step in range(1, 11):
+        checkpoints.save(
+            run / f"model_{step * 100}.gz",
+            ActorCritic(4),
+            algo="PPO",
+            protocol="classic",
+            game="Breakout",
+            seed=0,
+            step=step * 100,
+            frames=step * 400,
+        )
+    for keep, code in ((4, 0), (11, 2)):
+        (tmp_path / "params.yaml").write_text(json.dumps({"sample_checkpoints": {"keep": keep}}))
+        result = subprocess.run(
+            [sys.executable, str(REPO / "stages/sample_checkpoints.py"), str(run), str(tmp_path / f"kept{keep}")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == code, result.stderr
+    kept = sorted(int(p.name[6:-3]) for p in (tmp_path / "kept4").iterdir())
+    assert kept == [100 * i for i in checkpoints.geometric_indices(10, 4)]
+    assert result.stderr.startswith("error: keep 11 checkpoints of 10") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "kept11").exists()

@@ -21,7 +21,7 @@ from atarirep.agents.vector_env import AgentEnvs
 from atarirep.envs import PROTOCOLS
 from atarirep.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +90,7 @@ class Recorder(AgentEnvs):
         step = super().step(actions)
         self.actions.append(np.array(actions))
         self.rewards.append(step.reward)
-        for env, value in zip(np.flatnonzero(step.terminated | step.truncated), step.finished_returns):
+        for env, value in zip(np.flatnonzero(step.terminated | step.truncated), step.finished_returns, strict=True):
             self.finished[env].append(value)
         return step
 

@@ -22,7 +22,7 @@ from atarirep.agents.network import ActorCritic
 from atarirep.agents.vector_env import agent_frames
 from atarirep.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROBE = {
     "lr": 3e-3,
     "batch_size": 64,
@@ -155,7 +155,9 @@ def test_the_stage_probes_every_sampled_checkpoint_and_the_last_as_rl_agent(brea
         "accuracy",
         "num_epochs",
     ]
-    assert sorted(set(zip(table["seed"], table["step"], table["frames"]))) == [(0, s, 4 * s) for s in STEPS]
+    assert sorted(set(zip(table["seed"], table["step"], table["frames"], strict=True))) == [
+        (0, s, 4 * s) for s in STEPS
+    ]
     assert len(table) == 2 * len(variables)
     curve = pd.read_csv(tmp_path / "out/f1_by_category.csv")
     assert curve[["seed", "step", "frames"]].values.tolist() == [[0, s, 4 * s] for s in STEPS]

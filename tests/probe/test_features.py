@@ -151,8 +151,8 @@ def atariari_episodes(split: episodes.Episodes):
     x = torch.from_numpy(np.asarray(split.frames))
     label_dicts = split.label_dicts()
     return (
-        [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
-        [label_dicts[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+        [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+        [label_dicts[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
     )
 
 
@@ -268,7 +268,10 @@ def test_the_probe_stage_probes_a_users_encoder_saved_with_torch_export(breakout
         ("junk", f"error: encoder file {tmp_path / 'junk.pt2'} is truncated or corrupt"),
     ):
         with pytest.raises(SystemExit) as exit_info:
-            run_stage(lambda: probe.run(breakout_dir, tmp_path / f"{name}.pt2", tmp_path / name, **settings), argv=[])
+            run_stage(
+                lambda name=name: probe.run(breakout_dir, tmp_path / f"{name}.pt2", tmp_path / name, **settings),
+                argv=[],
+            )
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.startswith(expected) and err.count("\n") == 1, err
         assert not (tmp_path / name).exists()

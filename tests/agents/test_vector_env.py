@@ -2,7 +2,7 @@
 CleanRL's are adapted from) over gymnasium's BreakoutNoFrameskip-v4 in a same-step SyncVectorEnv, played with
 the same seed and actions: observations, rewards, ends of episodes and returns of whole games agree exactly."""
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import ale_py
@@ -10,11 +10,22 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from atarirep.agents import vector_env
 from atarirep.agents.vector_env import AgentEnvs
+from atarirep.envs import LabelledAtariEnv, Protocol
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from bench_agent import make_env  # noqa: E402  CleanRL's make_env, written once (the bench's baseline runs it too)
 
+def _bench_agent():
+    """bench/bench_agent.py, loaded by path (bench/ is scripts, not a package): CleanRL's make_env is written once
+    there, and the bench's baseline runs it too."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench_agent.py"
+    spec = importlib.util.spec_from_file_location("bench_agent", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_env = _bench_agent().make_env
 gym.register_envs(ale_py)
 
 
@@ -68,3 +79,44 @@ def test_evaluation_plays_the_training_env_but_only_games_end():
         assert b.terminated.sum() == len(b.finished_returns) and (a.terminated >= b.terminated).all()
         lives_lost += int(a.terminated.sum() - b.terminated.sum())
     assert lives_lost >= 5
+
+
+def test_agent_frames_of_stored_frames_are_close_to_the_envs_own_view():
+    """The same emulator state, seen through the vector env (RGB resized, then gray) and through our resize of the
+    stored frame (the emulator's luminance, then resized): a few gray levels apart (docs/agents.md)."""
+    still = Protocol("still", 4, 0, False, False, 0.0, 108_000, False)
+    envs, labelled = vector_env.AgentEnvs("Breakout", 1, still), LabelledAtariEnv("Breakout", still)
+    stack, (frame, _) = envs.reset(seed=0), labelled.reset(seed=0)
+    np.testing.assert_array_equal(stack[0, :3], stack[0, [3, 3, 3]])  # a new episode's stack: copies of its frame
+    for _ in range(20):
+        difference = np.abs(vector_env.agent_frames(frame)[0].astype(int) - stack[0, -1])
+        assert difference.mean() < 2 and difference.max() <= 12, (difference.mean(), difference.max())
+        stack = envs.step(np.array([3])).obs
+        frame = labelled.step(3)[0]
+    envs.close()
+
+
+def test_stacks_of_stored_frames_never_reach_into_the_previous_episode():
+    frames = np.arange(1, 7, dtype=np.uint8)[:, None, None] * np.ones((6, 84, 84), np.uint8)
+    stacks = frames[vector_env.stack_indices(np.array([1, 0, 0, 1, 0, 0], bool))]
+    assert [list(s[:, 0, 0]) for s in stacks] == [
+        [1, 1, 1, 1],
+        [1, 1, 1, 2],
+        [1, 1, 2, 3],
+        [4, 4, 4, 4],
+        [4, 4, 4, 5],
+        [4, 4, 5, 6],
+    ]
+
+
+def test_training_envs_end_episodes_at_a_life_lost_and_report_whole_games():
+    envs = vector_env.AgentEnvs("Breakout", 2, "classic", training=True)
+    envs.reset(seed=1)
+    terminations, finished, rng = 0, [], np.random.default_rng(0)
+    for _ in range(1500):
+        step = envs.step(rng.integers(0, envs.num_actions, 2))
+        terminations += int(step.terminated.sum())
+        finished += step.finished_returns
+    envs.close()
+    assert finished, "no Breakout game of random play ended in 1,500 steps"
+    assert terminations >= 5 * len(finished)  # five lives: five terminations per game

@@ -31,6 +31,7 @@ def _payload(path):
         return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
 
 
+@pytest.mark.e2e
 def test_a_single_game_run_writes_checkpoints_that_load_as_the_ppo_network(tmp_path):
     out, logs = tmp_path / "IMPALA_classic/Breakout/0", tmp_path / "logs"
     plain = dataclasses.replace(TINY, last_action_reward=False)  # the plain heads: ActorCritic's state_dict
@@ -47,7 +48,7 @@ def test_a_single_game_run_writes_checkpoints_that_load_as_the_ppo_network(tmp_p
     assert isinstance(ppo_net, ActorCritic) and meta["games"] == ["Breakout"]
     assert ppo_net.acts_greedily and net.acts_greedily  # evaluated greedily, as torchbeast tests
     obs = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
-    for mine, theirs in zip(net(obs), ppo_net(obs)):
+    for mine, theirs in zip(net(obs), ppo_net(obs), strict=True):
         torch.testing.assert_close(mine, theirs)
     # Trained: the weights moved from any fresh network's.
     first = _payload(out / "model_96.gz")["estimator_state"]
@@ -56,6 +57,7 @@ def test_a_single_game_run_writes_checkpoints_that_load_as_the_ppo_network(tmp_p
     assert (logs / "plots/metrics/losses/baseline.tsv").is_file()
 
 
+@pytest.mark.e2e
 def test_a_multi_task_run_keeps_each_games_popart_statistics_and_value_output(tmp_path):
     config = impala.IMPALAConfig(
         total_steps=192, unroll_length=8, batch_size=2, num_actors=2, checkpoint_every=96, popart_beta=0.1
@@ -94,6 +96,7 @@ def test_a_multi_task_run_keeps_each_games_popart_statistics_and_value_output(tm
         assert (logs / f"plots/metrics/popart/sigma/{game}.tsv").is_file()
 
 
+@pytest.mark.e2e
 def test_the_clipped_multi_task_ablation_has_one_shared_value_output(tmp_path):
     config = impala.multitask_config(
         {"total_steps": 32, "unroll_length": 8, "batch_size": 2, "checkpoint_every": 32},
@@ -227,10 +230,11 @@ def test_an_impala_checkpoint_is_evaluated_greedily_with_its_last_action_and_rew
     monkeypatch.setattr(evaluation, "play_outputs", recording)
     evaluation.evaluate(loaded, "Breakout", "classic", episodes=2, epsilon=0.0, max_steps=30, seed=0)
     assert len(seen) == 30 and (seen[0][1] == 0).all()  # zeros at the games' start
-    for (head, _), (_, next_last) in zip(seen, seen[1:]):
+    for (head, _), (_, next_last) in zip(seen, seen[1:], strict=False):
         torch.testing.assert_close(next_last, head.argmax(1))  # the argmax played, then fed back
 
 
+@pytest.mark.e2e
 def test_a_dead_actor_stops_the_run_within_seconds_and_the_run_resumes(tmp_path, capsys):
     config = impala.IMPALAConfig(total_steps=256, unroll_length=8, batch_size=2, num_actors=2, checkpoint_every=32)
     out, logs = tmp_path / "IMPALA_classic/Breakout/0", tmp_path / "logs"
@@ -254,6 +258,7 @@ def test_a_dead_actor_stops_the_run_within_seconds_and_the_run_resumes(tmp_path,
     assert not work.exists()
 
 
+@pytest.mark.e2e
 def test_a_killed_actor_is_named_with_its_signal(tmp_path):
     config = impala.IMPALAConfig(total_steps=10**6, unroll_length=8, batch_size=2, num_actors=2, checkpoint_every=32)
     started = time.time()
@@ -417,10 +422,10 @@ def test_the_impala_resnet_learns_on_a_batch_and_its_checkpoint_loads_back(tmp_p
     loaded, meta = impala.load_network(path)
     assert meta["architecture"]["encoder"] == "impala" and meta["game"] == "Pong+Carnival"
     obs = batch["obs"][0]
-    for mine, theirs in zip(loaded(obs), net.eval()(obs)):
+    for mine, theirs in zip(loaded(obs), net.eval()(obs), strict=True):
         torch.testing.assert_close(mine, theirs)
     shared, _ = checkpoints.load_network(path)  # the one loader evaluation and probing use
-    for mine, theirs in zip(shared(obs), net(obs)):
+    for mine, theirs in zip(shared(obs), net(obs), strict=True):
         torch.testing.assert_close(mine, theirs)
 
 
@@ -457,6 +462,7 @@ def test_config_from_params():
         impala.config_from({"reward_clipping": "none", "games": ["Pong"]})
 
 
+@pytest.mark.e2e
 def test_the_train_agent_stage_runs_impala_on_its_game(tmp_path):
     """`train_agent.algo: IMPALA` through the stage script, as `dvc repro` runs it."""
     import subprocess
@@ -464,7 +470,7 @@ def test_the_train_agent_stage_runs_impala_on_its_game(tmp_path):
 
     import yaml
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     (tmp_path / "params.yaml").write_text(
         yaml.safe_dump(
             {

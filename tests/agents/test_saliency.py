@@ -20,7 +20,7 @@ from atarirep.agents import checkpoints, saliency
 from atarirep.agents.network import ActorCritic
 from atarirep.errors import run_stage
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -86,7 +86,7 @@ def test_shapes_and_dtypes():
     assert (policy >= 0).all() and (value >= 0).all() and policy.max() > 0 and value.max() > 0
     # Grid point (i, j) is pixel (i stride, j stride); the map takes its score there.
     # (Other batches than the grid's: equal up to float32 rounding of small differences of outputs.)
-    for upsampled, grid in zip((policy, value), grids[3]):
+    for upsampled, grid in zip((policy, value), grids[3], strict=True):
         np.testing.assert_allclose(upsampled[:1, ::3, ::3], grid.numpy(), rtol=5e-3, atol=1e-3 * float(grid.max()))
     with pytest.raises(TypeError):
         saliency.saliency_maps(_actor_critic(), stacks.astype(np.float32))
@@ -99,7 +99,7 @@ def test_batched_equals_one_at_a_time_and_local_equals_whole_network(radius, str
     whole = saliency.saliency_grids(network, stacks, radius, stride, batch_size=50, local=False)  # batches span stacks
     single = saliency.saliency_grids(network, stacks, radius, stride, batch_size=1, local=False)
     local = saliency.saliency_grids(network, stacks, radius, stride, batch_size=50)
-    for a, b, c in zip(whole, single, local):
+    for a, b, c in zip(whole, single, local, strict=True):
         assert a.max() > 0
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(a.max()))
         torch.testing.assert_close(c, a, rtol=1e-3, atol=1e-4 * float(a.max()))
