@@ -25,8 +25,9 @@ the baseline's includes its Categorical sampling) + rollout_rest (sampling, stor
 value's forward; update = 4 epochs x 4 minibatches; other = the rest of the loop (lr, logging).
 
 Also measured: env stepping alone (random actions, 8 envs, --env-steps steps) for AgentEnvs, ale-py's C++
-AtariVectorEnv (how atarirep stepped games before: faster, but not CleanRL's env), envpool's Breakout-v5 and the
-SyncVectorEnv above; the peak RSS of each training (each runs in a fresh process); a "cuda" section when a GPU is present.
+AtariVectorEnv (how atarirep stepped games before: faster, but not CleanRL's env), envpool's Breakout-v5 and
+the SyncVectorEnv above; the peak RSS of each training (each runs in a fresh process);
+a "cuda" section when a GPU is present.
 
 Each training runs --rounds times, round-robin with the other, each time in a fresh process; the best round is
 reported. Usage: python bench/bench_agent.py [--iterations 6] [--threads N] [--rounds 2] [--env-steps 1000] [--quick]
@@ -95,7 +96,7 @@ def make_envs(num_envs: int) -> gym.vector.SyncVectorEnv:
     )
 
 
-def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+def layer_init(layer, std=2**0.5, bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
@@ -188,7 +189,7 @@ def run_baseline(iterations: int, device: str) -> dict:
         b_inds = np.arange(c.batch_size)
         minibatch_size = c.batch_size // c.num_minibatches
         clipfracs = []
-        for epoch in range(c.update_epochs):
+        for _epoch in range(c.update_epochs):
             np.random.shuffle(b_inds)
             for start in range(0, c.batch_size, minibatch_size):
                 mb_inds = b_inds[start : start + minibatch_size]
@@ -196,8 +197,6 @@ def run_baseline(iterations: int, device: str) -> dict:
                 logratio = newlogprob - b_logprobs[mb_inds]
                 ratio = logratio.exp()
                 with torch.no_grad():
-                    old_approx_kl = (-logratio).mean()
-                    approx_kl = ((ratio - 1) - logratio).mean()
                     clipfracs += [((ratio - 1.0).abs() > c.clip_coef).float().mean().item()]
                 mb_advantages = b_advantages[mb_inds]
                 if c.norm_adv:
@@ -257,9 +256,12 @@ def run_atarirep(iterations: int, device: str) -> dict:
 
     update_ends = [end for kind, _, end in events if kind == "update"]
     timed_iterations = []
-    for lo, hi in zip(update_ends[:-1], update_ends[1:]):
+    for lo, hi in zip(update_ends[:-1], update_ends[1:], strict=True):
         inside = [e for e in events if lo < e[1] < hi]
-        spent = lambda kind: sum(end - start for k, start, end in inside if k == kind)  # noqa: E731
+
+        def spent(kind, inside=inside):
+            return sum(end - start for k, start, end in inside if k == kind)
+
         forwards = [e for e in inside if e[0] == "inference"]  # 128 rollout steps, then the bootstrap value
         bootstrap, gae_end = forwards[-1][1], next(end for k, _, end in inside if k == "gae")
         timed_iterations.append(

@@ -126,7 +126,8 @@ def peak_memory_mib(game: str, steps: int, num_envs: int) -> dict:
         "    with tempfile.TemporaryDirectory() as tmp:\n"
         f"        collect({game!r}, os.path.join(tmp, 'out'), steps={steps}, num_envs={num_envs}, num_workers=2,\n"
         "                splits_fractions={'train': 0.7, 'val': 0.1, 'test': 0.2})\n"
-        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "    usage = resource.getrusage\n"
+        "    print(usage(resource.RUSAGE_SELF).ru_maxrss, usage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
     )
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -151,7 +152,10 @@ def main() -> None:
     plain = plain_loop(game, args.steps, args.num_envs, seed)
     one = timed_collect(game, args.steps, args.num_envs, 1, seed)
     two = timed_collect(game, args.steps, args.num_envs, 2, seed)
-    fps = lambda seconds: round(args.steps / seconds)
+
+    def fps(seconds):
+        return round(args.steps / seconds)
+
     result = {
         "game": game,
         "steps": args.steps,

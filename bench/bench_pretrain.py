@@ -95,7 +95,7 @@ def run_reference(train, steps: int, batch_size: int, device: torch.device) -> f
     """Samples/s of `steps` reference steps after one warm-up step (plain first conv, NCHW, float32)."""
     frames = np.asarray(train.frames)
     bounds = train.episode_bounds()
-    episode_list = [frames[s:e] for s, e in zip(bounds[:-1], bounds[1:]) if e - s >= 2]
+    episode_list = [frames[s:e] for s, e in zip(bounds[:-1], bounds[1:], strict=True) if e - s >= 2]
     method = training.build_method("stdim", seed=0).to(device)
     method.encoder.local_layers[0].use_space_to_depth = False
     optimizer = torch.optim.Adam(method.parameters(), lr=3e-4, eps=1e-5)
