@@ -89,7 +89,7 @@ def check(root: str | Path = ".", name: str | None = None) -> str:
 
 def _remote_name(repo, name: str | None) -> str:
     remotes = sorted(repo.config["remote"])
-    add = "`dvc remote add -d shared s3://bucket/path` (README: Sharing results through a remote)"
+    add = "`dvc remote add -d shared s3://bucket/path` (docs/sharing.md)"
     if name is None:
         name = repo.config["core"].get("remote")
         if name is None:

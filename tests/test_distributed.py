@@ -1,5 +1,6 @@
 """The pretrain stage under torchrun (DDP): `--nnodes 1 --nproc_per_node 2` on CPU with gloo, the one-node case of
-README "Several machines for one stage". Averaged gradients, rank 0 alone writing, and a lost rank failing the run."""
+docs/scaling.md "One stage over several machines (torchrun)". Averaged gradients, rank 0 alone writing,
+and a lost rank failing the run."""
 
 import json
 import math
