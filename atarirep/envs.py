@@ -109,7 +109,7 @@ def resolve_game(name: str, annotation_set: str = "latest") -> str:
     """The ALE name (`MsPacman`) of a game given in any spelling, if it is annotated.
 
     Accepts `Pong`, `pong`, `PongNoFrameskip-v4`, `ALE/Pong-v5`; raises UserError listing the
-    annotated games for an unknown game or one without ram_annotations.
+    annotated games for an unknown game or one without annotations.
     """
     key = ram_annotations.for_game(name, annotation_set).game  # refuses unannotated games
     if key not in _ale_names():

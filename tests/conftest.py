@@ -34,6 +34,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 SMALL_BREAKOUT = dict(steps=1600, num_envs=4, min_episode_length=16, seed=3)
+# probe training at test size (2 epochs, every frame once, the best epoch kept): the probe stage's and
+# checkpoint probing's tests
+PROBE_SETTINGS = dict(
+    lr=3e-3, batch_size=64, epochs=2, patience=15, seed=0, device="cpu", sampling="every_frame", keep="best"
+)
 
 
 @pytest.fixture(scope="session")

@@ -26,19 +26,10 @@ from atarirep.agents import checkpoints, evaluation, probing, saliency, vector_e
 from atarirep.agents.network import ActorCritic, QNetwork
 from atarirep.agents.vector_env import AgentEnvs
 from atarirep.errors import UserError
+from tests.conftest import PROBE_SETTINGS
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # dvc of this environment
-PROBE = {
-    "lr": 3e-3,
-    "batch_size": 64,
-    "epochs": 2,
-    "patience": 15,
-    "seed": 0,
-    "device": "cpu",
-    "sampling": "every_frame",
-    "keep": "best",
-}
 STEP = 50_000_000
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -353,7 +344,7 @@ def test_a_published_dqn_is_probed_by_the_stage_like_our_checkpoints(breakout_pr
     path = write_published(root / "0" / "model_250.gz", nature_dqn(4, seed=2).state_dict())
     probe = {
         "baselines": ["majority"],
-        **{k: v for k, v in PROBE.items() if k not in ("seed", "device")},
+        **{k: v for k, v in PROBE_SETTINGS.items() if k not in ("seed", "device")},
         "fast": True,
         "supervised_per_variable": False,
         "supervised_epochs": 1,

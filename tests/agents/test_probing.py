@@ -21,18 +21,9 @@ from atarirep.agents import checkpoints, probing
 from atarirep.agents.network import ActorCritic
 from atarirep.agents.vector_env import agent_frames
 from atarirep.errors import UserError
+from tests.conftest import PROBE_SETTINGS
 
 REPO = Path(__file__).resolve().parents[2]
-PROBE = {
-    "lr": 3e-3,
-    "batch_size": 64,
-    "epochs": 2,
-    "patience": 15,
-    "seed": 0,
-    "device": "cpu",
-    "sampling": "every_frame",
-    "keep": "best",
-}
 STEPS = (1024, 2048)
 
 
@@ -110,7 +101,7 @@ def test_agent_features_are_the_networks_512_features_of_each_stack(breakout_pro
 def _params(folder: Path) -> None:
     probe = {
         "baselines": ["majority"],
-        **{k: v for k, v in PROBE.items() if k not in ("seed", "device")},
+        **{k: v for k, v in PROBE_SETTINGS.items() if k not in ("seed", "device")},
         "fast": True,
         "supervised_per_variable": False,
         "supervised_epochs": 1,
@@ -174,7 +165,7 @@ def test_the_stage_probes_every_sampled_checkpoint_and_the_last_as_rl_agent(brea
     assert list(rl.columns) == ["game", "method", "variable", "categories", "f1", "accuracy", "num_epochs"]
     last = table[table["step"] == 2048].reset_index(drop=True)
     pd.testing.assert_frame_equal(rl.drop(columns="method"), last.drop(columns=["seed", "step", "frames"]))
-    direct = probing.probe_checkpoint(sampled_root / "0" / "model_2048.gz", breakout_probe_dir, **PROBE)
+    direct = probing.probe_checkpoint(sampled_root / "0" / "model_2048.gz", breakout_probe_dir, **PROBE_SETTINGS)
     assert rl["f1"].tolist() == pytest.approx(direct["f1"].tolist())
     rl_metrics = json.loads((rl_dir / "metrics.json").read_text())
     assert set(rl_metrics) == {"game", "method", "f1", "accuracy", "num_variables", "num_test_frames", "sampling"}
@@ -212,7 +203,7 @@ def test_bad_layouts_and_a_checkpoint_of_another_game_are_refused_in_one_line(br
         tmp_path / "model_8.gz", ActorCritic(6), algo="PPO", protocol="classic", game="Pong", seed=0, step=8, frames=32
     )
     with pytest.raises(UserError) as err:
-        probing.probe_checkpoint(tmp_path / "model_8.gz", breakout_probe_dir, **PROBE)
+        probing.probe_checkpoint(tmp_path / "model_8.gz", breakout_probe_dir, **PROBE_SETTINGS)
     assert str(err.value) == (
         f"checkpoint {tmp_path / 'model_8.gz'} was trained on Pong, not Breakout; point to "
         "sampled checkpoints of Breakout (data/checkpoints_sampled/<ALGO_protocol>/Breakout, or "

@@ -13,6 +13,7 @@ from torch import nn
 from atarirep import ProbeTrainer, encoders, episodes, probe, scores
 from atarirep.errors import UserError, run_stage
 from atarirep.probe.features import Featurizer
+from tests.conftest import PROBE_SETTINGS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -230,17 +231,7 @@ def test_the_probe_stage_probes_a_users_encoder_saved_with_torch_export(breakout
     encoder = build(MyEncoder)
     export(encoder, tmp_path / "mine.pt2")
     out = tmp_path / "probes" / "mine"
-    settings = dict(
-        method="mine",
-        lr=3e-3,
-        batch_size=64,
-        epochs=2,
-        patience=15,
-        seed=0,
-        device="cpu",
-        sampling="every_frame",
-        keep="best",
-    )
+    settings = dict(method="mine", **PROBE_SETTINGS)
     table = probe.run(breakout_dir, tmp_path / "mine.pt2", out, **settings)
     data = episodes.load_splits(breakout_dir)
     features = {k: probe.encode(encoder, split.frames) for k, split in data.items()}

@@ -15,26 +15,14 @@ from sklearn.metrics import f1_score
 
 from atarirep import encoders, episodes, probe, reports, scores
 from atarirep.errors import UserError, run_stage
+from tests.conftest import PROBE_SETTINGS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- the stage's entry point --------------------------------------------------------------------
 def run_settings(**overrides):
-    return {
-        **dict(
-            method="majority",
-            lr=3e-3,
-            batch_size=64,
-            epochs=2,
-            patience=15,
-            seed=0,
-            device="cpu",
-            sampling="every_frame",
-            keep="best",
-        ),
-        **overrides,
-    }
+    return {"method": "majority", **PROBE_SETTINGS, **overrides}
 
 
 def test_run_writes_scores_and_metrics_for_the_majority_baseline(breakout_dir, tmp_path):
