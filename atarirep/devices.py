@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from atarirep.errors import UserError
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -96,6 +99,14 @@ def memory_format(device: torch.device) -> torch.memory_format:
     plain first conv, see encoders.SpaceToDepthConv2d) beat NCHW with space-to-depth (bench/bench_pretrain.py)."""
     del device  # one answer today; kept as a function of the device, where the choice belongs
     return torch.channels_last
+
+
+def place(module: ModuleT, device: torch.device | None = None, layout: torch.memory_format | None = None) -> ModuleT:
+    """`module` moved to `device` (where given) in `layout` (default: `memory_format(device)`), in place."""
+    layout = memory_format(device or torch.device("cpu")) if layout is None else layout
+    # torch's stubs of Module.to lack the memory_format keyword that it takes
+    where = () if device is None else (device,)
+    return module.to(*where, memory_format=layout)  # type: ignore[call-overload]
 
 
 def free_bytes(device: torch.device) -> int:

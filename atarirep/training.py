@@ -401,8 +401,7 @@ def fit(
     sources = {name: _FrameSource(f, device, is_streamed) for name, f in frames.items()}
     metric = early_stop_metric(method)
 
-    # torch's stubs of Module.to lack the memory_format keyword that it takes
-    method.to(device, memory_format=devices.memory_format(device))  # type: ignore[call-overload]
+    devices.place(method, device)
     model = devices.wrap(Objective(method), place, device)
     # eps 1e-5 as AtariARI's trainers; a method may name its own (its CPC trainer keeps torch's 1e-8)
     optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, eps=getattr(method, "adam_eps", 1e-5))

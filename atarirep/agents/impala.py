@@ -325,8 +325,7 @@ def act(
     try:
         torch.set_num_threads(1)  # many actors share the cores; one forward pass of one stack each step
         envs = AgentEnvs(game, 1, protocol, training=True, full_action_space=config.full_action_space)
-        # torch's stubs of Module.to lack the memory_format keyword that it takes
-        model = IMPALANet.from_spec(spec).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model = devices.place(IMPALANet.from_spec(spec), layout=torch.channels_last)
         rng = np.random.default_rng(seed)
         obs = torch.from_numpy(envs.reset(int(rng.integers(2**31 - 2**16))))
         last_action, last_reward = torch.zeros(1, dtype=torch.int64), torch.zeros(1)  # monobeast's initial()
@@ -561,8 +560,7 @@ def train(
         last_action_reward=config.last_action_reward,
         acts_greedily=config.greedy_evaluation,
     )
-    # torch's stubs of Module.to lack the memory_format keyword that it takes
-    network = network.to(device_, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    network = devices.place(network, device_, torch.channels_last)
     optimizer = torch.optim.RMSprop(
         network.parameters(),
         lr=config.lr,
@@ -619,7 +617,7 @@ def train(
                 "charts/learner_utilisation": (learned - learning) / (learned - started),
             }
             metrics.update(_episode_metrics(batch, games))
-            if network.popart:
+            if isinstance(network.critic, PopArt):
                 for task, game in enumerate(games):
                     metrics[f"popart/mu/{game}"] = float(network.critic.mu[task])
                     metrics[f"popart/sigma/{game}"] = float(network.critic.sigma[task])

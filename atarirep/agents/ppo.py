@@ -166,8 +166,7 @@ def train(
     seeded = run_seed(study_seed, seed)
     envs = AgentEnvs(game, config.num_envs, config.protocol, training=True)
     torch.manual_seed(seeded)
-    # torch's stubs of Module.to lack the memory_format keyword that it takes
-    network = ActorCritic(envs.num_actions).to(device_, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    network = devices.place(ActorCritic(envs.num_actions), device_, torch.channels_last)
     # fused: one kernel for all parameters (the same Adam; ~5% of a CPU update, bench/bench_agent.py)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, eps=config.adam_eps, fused=True)
     rng = np.random.default_rng(seeded)

@@ -97,8 +97,7 @@ def agent_features(
         raise UserError("a split has no frames to probe; collect more steps so every split has frames")
     dev = devices.resolve(device)
     was_training = network.training
-    # torch's stubs of Module.to lack the memory_format keyword that it takes
-    network.eval().to(dev, memory_format=devices.memory_format(dev))  # type: ignore[call-overload]
+    devices.place(network.eval(), dev)
     out = None
     try:
         with torch.no_grad():

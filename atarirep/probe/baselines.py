@@ -189,8 +189,7 @@ def fit_supervised(
             num_features = checked_forward(encoder, first, None).shape[1]
             layout = _layout(encoder, first)
         model = _EncoderWithHeads(encoder, num_features, len(cols), num_classes, generator, layout)
-        # torch's stubs of Module.to lack the memory_format keyword that it takes
-        model.to(dev, memory_format=layout)  # type: ignore[call-overload]
+        devices.place(model, dev, layout)
         num_epochs, val_accuracy = _fit_end_to_end(
             model,
             frames,

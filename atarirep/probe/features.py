@@ -120,8 +120,7 @@ def channels_last_twin(module: nn.Module, x: torch.Tensor, z: torch.Tensor | Non
         return None
     with torch.no_grad(), eval_mode(module):
         z = module(x) if z is None else z
-        # torch's stubs of Module.to lack the memory_format keyword that it takes
-        twin = copy.deepcopy(module).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        twin = devices.place(copy.deepcopy(module), layout=torch.channels_last)
         try:
             z_fast = twin(x.contiguous(memory_format=torch.channels_last))
         except Exception:  # e.g. `.view` on a channels-last tensor: the plain layout it is
@@ -168,8 +167,7 @@ class Featurizer:
         """Pick the module and layout on the first batch x (NCHW); its features."""
         layout = devices.memory_format(self.device)
         if is_ours(self.encoder):
-            # torch's stubs of Module.to lack the memory_format keyword that it takes
-            self.module = copy.deepcopy(self.encoder).to(self.device, memory_format=layout).eval()  # type: ignore[call-overload]
+            self.module = devices.place(copy.deepcopy(self.encoder), self.device, layout).eval()
             self.layout = layout
             return checked_forward(self.module, x.contiguous(memory_format=layout), self.feature_size, name=self.name)
         if _device_of(self.encoder) in (None, self.device):
