@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import ale_py
 import gymnasium as gym
@@ -390,12 +391,15 @@ def compare(iterations: int, threads: int, device: str, rounds: int) -> dict:
 
 
 def main() -> None:
+    from report import finish  # here: tests load this file by path, without bench/ on sys.path
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=6, help="timed PPO iterations (1,024 steps each)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     parser.add_argument("--env-steps", type=int, default=1000, help="vector steps of the env-stepping section")
     parser.add_argument("--rounds", type=int, default=2, help="round-robin rounds; the best is reported")
     parser.add_argument("--quick", action="store_true", help="2 iterations, 1 round, 200 env steps")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the JSON here (bench/results/NAME.json)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -423,8 +427,6 @@ def main() -> None:
         },
         "torch_threads": args.threads,
         "ale_threads": min(c.num_envs, os.cpu_count() or 1),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
     }
     report["cpu"] = compare(args.iterations, args.threads, "cpu", args.rounds)
     report["env_steps_per_s"] = run_envs(args.env_steps)
@@ -436,14 +438,13 @@ def main() -> None:
     }
     if torch.cuda.is_available():
         report["cuda"] = {
-            "device": torch.cuda.get_device_name(),
             **compare(args.iterations, args.threads, "cuda", args.rounds),
             "note": "inference and update times on CUDA are launch times up to the next sync",
         }
     else:
         report["cuda"] = "not available (never run)"
     report["seconds"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(report, indent=2))
+    finish(report, args.json)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ what (JSON keys, TSV columns), and whether the runs computed the same results, l
 (steps per second, saliency's seconds per frame: no two runs agree on them, serial or not) and IMPALA's stages
 (its asynchronous actors make every run differ).
 
-Usage: python bench/bench_cluster.py [--workers 2] [--tiny]
+Usage: python bench/bench_cluster.py [--workers 2] [--tiny] [--json out.json]
   --tiny: the test suite's tiny amounts (tests/conftest.py TINY) instead of the default profile's.
 On 2 cores expect no gain (the stages already use both cores); on more cores or GPUs the gain is bounded by
 the critical path.
@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import yaml
+from report import finish
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -154,6 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the JSON here (bench/results/NAME.json)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         serial, parallel = Path(tmp) / "serial" / "repo", Path(tmp) / "cluster" / "repo"
@@ -178,7 +180,6 @@ def main() -> None:
             name for name, (_, wall_clock) in differ.items() if not wall_clock and not name.startswith(NONDETERMINISTIC)
         )
         report = {
-            "machine": {"cpus": os.cpu_count()},
             "profile": "tiny" if args.tiny else "default",
             "workers": args.workers,
             "stages": len(stages),
@@ -201,7 +202,7 @@ def main() -> None:
             },
             "per_stage": {name: {"worker": s["worker"], **s["seconds"]} for name, s in stages.items()},
         }
-    print(json.dumps(report, indent=2))
+    finish(report, args.json)
 
 
 if __name__ == "__main__":

@@ -5,21 +5,22 @@ wrappers (no-op reset, max-and-skip, episodic life, FIRE reset, grayscale), Atar
 frames kept in a Python list. Both run the same game, protocol, environment count and step count,
 in the same run. Prints one JSON object.
 
-    python bench/bench_collect.py [--game Pong] [--steps 8000] [--memory-steps 100000]
+    python bench/bench_collect.py [--game Pong] [--steps 8000] [--memory-steps 100000] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+from report import finish
 
 from atarirep import AtariARIWrapper
 from atarirep.collection import collect
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--memory-steps", type=int, default=100_000, help="0 skips the memory measurement")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the JSON here (bench/results/NAME.json)")
     args = parser.parse_args()
     game, seed = resolve_game(args.game), 42
     plain = plain_loop(game, args.steps, args.num_envs, seed)
@@ -160,7 +162,6 @@ def main() -> None:
         "game": game,
         "steps": args.steps,
         "num_envs": args.num_envs,
-        "cpu_count": os.cpu_count(),
         "plain_loop_fps": fps(plain),
         "collect_1_worker_fps": fps(one),
         "collect_2_workers_fps": fps(two),
@@ -170,7 +171,7 @@ def main() -> None:
     }
     if args.memory_steps:
         result["memory"] = peak_memory_mib(game, args.memory_steps, args.num_envs)
-    print(json.dumps(result, indent=2))
+    finish(result, args.json)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ utilisation, and saliency's time per frame. Prints one JSON object.
             Goal: under 1 s a frame batched.
 
 Usage: python bench/bench_impala.py [--game Pong] [--actors 1 2] [--learner-steps 6] [--ppo-iterations 4]
-       [--threads N] [--quick]
+       [--threads N] [--quick] [--json out.json]
 On a GPU machine the learner runs on CUDA (device auto): pass --actors 1 2 4 8 16 to see whether 16 actors
 keep it busy (learner_utilisation near 1 means the learner, not the actors, limits the frames per second).
 """
@@ -26,9 +26,6 @@ keep it busy (learner_utilisation near 1 means the learner, not the actors, limi
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from report import finish
 
 from atarirep import devices
 from atarirep.agents import impala, ppo, saliency
@@ -138,6 +136,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="fewer steps: a check that the bench runs")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the JSON here (bench/results/NAME.json)")
     args = parser.parse_args()
     if args.quick:
         args.learner_steps, args.ppo_iterations, args.actors = 2, 2, args.actors[:2]
@@ -145,14 +144,8 @@ def main() -> None:
     device = devices.resolve(args.device)
 
     report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "threads": args.threads,
-            "device": str(device),
-            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
+        "device": str(device),
+        "torch_threads": args.threads,
         "game": args.game,
         "ppo": run_ppo(args.game, args.ppo_iterations, str(device)),
     }
@@ -162,7 +155,7 @@ def main() -> None:
     first = min(fps)
     report["impala_scaling"] = {str(n): round(f / fps[first], 2) for n, f in fps.items()}  # vs the fewest actors
     report["saliency"] = time_saliency(repeats=1 if args.quick else 3)
-    print(json.dumps(report, indent=2))
+    finish(report, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ real runs on one real game, then multiplies by the paper profile's amounts (read
   supervised   seconds per epoch of atarirep.probe.fit_supervised (one fresh encoder + head end to end),
                scaled to 35k train + 5k val frames, times one encoder per variable (308 in the paper set)
 
-    python bench/bench_paper_scale.py [--quick] [--game Pong] [--device auto] [--threads 2]
+    python bench/bench_paper_scale.py [--quick] [--game Pong] [--device auto] [--threads 2] [--json out.json]
 
 Hours are given twice: an upper bound (every training runs its epoch maximum: pretraining, probes and
 supervised 100 epochs, no early stop) and a typical figure with stated epoch counts (--typical-*),
@@ -26,7 +26,6 @@ of this machine, not GPU-hours, and `cuda_paths_never_run` names the CUDA code t
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from report import finish
 
 from atarirep import annotations, collection, devices, encoders, episodes, params, probe, training
 from atarirep.methods import Batch
@@ -304,6 +304,7 @@ def main() -> None:
     parser.add_argument("--typical-pretrain-epochs", type=int, default=30)
     parser.add_argument("--typical-probe-epochs", type=int, default=40)
     parser.add_argument("--typical-supervised-epochs", type=int, default=30)
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the JSON here (bench/results/NAME.json)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -348,11 +349,10 @@ def main() -> None:
     upper, usual = estimate(amounts, measured, maximum), estimate(amounts, measured, typical)
     unit = "GPU-hours" if is_cuda else "CPU-hours of this machine (not GPU-hours)"
     report = {
-        "bench": "paper_scale",
+        "benchmark": "paper_scale",
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if is_cuda else platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "quick": args.quick,
         "game_measured": args.game,
         "paper_profile": {k: amounts[k] for k in ("source", "num_games", "num_variables", "annotation_set")}
@@ -398,7 +398,7 @@ def main() -> None:
         )
         # This bench ran none of them; no GPU run of this code base is on record either (no device in CI).
         report["cuda_paths_never_run"] = CUDA_PATHS
-    print(json.dumps(report, indent=1))
+    finish(report, args.json)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ format: the collected Breakout episodes repeated (chunk bytes copied, episodes r
 --rss-steps steps (the streamed working set is a few batches, so a longer epoch does not grow it; the
 validation pass runs over its full fixed plan); "rss_epoch_steps" says how many of the epoch's steps ran.
 
-Usage: python bench/bench_pretrain.py [--steps 6] [--batch-size 64] [--rounds 2] [--no-rss]
+Usage: python bench/bench_pretrain.py [--steps 6] [--batch-size 64] [--rounds 2] [--no-rss] [--json out.json]
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import argparse
 import gzip
 import io
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from report import finish
 from torch.nn import functional as F
 
 from atarirep import devices, encoders, episodes, training
@@ -259,6 +259,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=240.0, help="start no new round after this many seconds")
     parser.add_argument("--no-rss", dest="rss", action="store_false", help="skip the 100k-step peak-RSS runs")
     parser.add_argument("--rss-steps", type=int, default=20, help="train steps of the cut 100k-step epoch")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the JSON here (bench/results/NAME.json)")
     parser.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -271,7 +272,6 @@ def main() -> None:
         "batch_size": args.batch_size,
         "reference_steps": args.steps,
         "default_torch_threads": default_threads,
-        "cpu_count": os.cpu_count(),
     }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -327,7 +327,6 @@ def main() -> None:
             cuda = torch.device("cuda")
             big_train = subset(splits["train"], len(splits["train"].frames))
             report["cuda"] = {
-                "device": torch.cuda.get_device_name(cuda),
                 "samples_per_s": {
                     "reference_fp32": round(run_reference(big_train, 5 * args.steps, args.batch_size, cuda), 1),
                     "atarirep_resident_bf16": round(
@@ -346,7 +345,7 @@ def main() -> None:
         if args.rss:
             report.update(measure_peak_rss(folder, Path(tmp), args))
     report["seconds"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(report, indent=2))
+    finish(report, args.json)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ once and trains all probes as one batched layer (atarirep.probe.linear); the ref
 batch for every probe. Prints one JSON object: wall times, speedup, mean test F1 of each.
 
     python bench/bench_probe.py [--game Breakout] [--steps 1200] [--epochs 10] [--threads 1]
-                                [--sampling reference|every_frame] [--keep last|best]
+                                [--sampling reference|every_frame] [--keep last|best] [--json out.json]
 
 "encode_frames_per_s" times `probe.encode` alone on every frame, for the benchmark encoder (atarirep's own:
 channels-last) and for the same weights in a user's module that flattens with `.view` (channels-last
@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from report import finish
 
 from atarirep import collection, devices, encoders, episodes, probe, scores
 
@@ -47,6 +46,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadiest on a shared box)")
     parser.add_argument("--sampling", default="reference", choices=["reference", "every_frame"])
     parser.add_argument("--keep", default="last", choices=["last", "best"])
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the JSON here (bench/results/NAME.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = devices.resolve(args.device)  # checked once; the library takes the param's spelling
@@ -116,39 +116,34 @@ def main() -> None:
     encode_rates = encode_frames_per_s(encoder, np.concatenate(list(frames.values())), args.device)
     fast_f1 = scores.score(fast_predictions, labels["test"], variables)["f1"].to_numpy()
     reference_f1 = scores.score(reference_predictions, labels["test"], variables)["f1"].to_numpy()
-    print(
-        json.dumps(
-            {
-                "game": args.game,
-                "num_variables": len(variables),
-                "num_frames": {name: len(x) for name, x in frames.items()},
-                "epochs": args.epochs,
-                "settings": {
-                    "lr": args.lr,
-                    "batch_size": args.batch_size,
-                    "patience": args.patience,
-                    "seed": args.seed,
-                },
-                "device": str(device),
-                "threads": args.threads,
-                "cpu": platform.processor() or platform.machine(),
-                "fast_seconds": round(fast_seconds, 2),
-                "fast_seconds_runs": [round(t, 2) for t in fast_runs],
-                "reference_seconds": round(reference_seconds, 2),
-                "speedup": round(reference_seconds / fast_seconds, 1),
-                "frames_encoded_fast": fast_encoded,
-                "frames_encoded_reference": reference_encoded,
-                "mean_f1_fast": round(float(fast_f1.mean()), 4),
-                "mean_f1_reference": round(float(reference_f1.mean()), 4),
-                "max_abs_f1_difference": round(float(np.abs(fast_f1 - reference_f1).max()), 4),
-                "prediction_agreement": round(float((fast_predictions == reference_predictions).mean()), 4),
-                "sampling": args.sampling,
-                "keep": args.keep,
-                "encode_frames_per_s": encode_rates,
-            },
-            indent=2,
-        )
-    )
+    result = {
+        "game": args.game,
+        "num_variables": len(variables),
+        "num_frames": {name: len(x) for name, x in frames.items()},
+        "epochs": args.epochs,
+        "settings": {
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "patience": args.patience,
+            "seed": args.seed,
+        },
+        "device": str(device),
+        "threads": args.threads,
+        "fast_seconds": round(fast_seconds, 2),
+        "fast_seconds_runs": [round(t, 2) for t in fast_runs],
+        "reference_seconds": round(reference_seconds, 2),
+        "speedup": round(reference_seconds / fast_seconds, 1),
+        "frames_encoded_fast": fast_encoded,
+        "frames_encoded_reference": reference_encoded,
+        "mean_f1_fast": round(float(fast_f1.mean()), 4),
+        "mean_f1_reference": round(float(reference_f1.mean()), 4),
+        "max_abs_f1_difference": round(float(np.abs(fast_f1 - reference_f1).max()), 4),
+        "prediction_agreement": round(float((fast_predictions == reference_predictions).mean()), 4),
+        "sampling": args.sampling,
+        "keep": args.keep,
+        "encode_frames_per_s": encode_rates,
+    }
+    finish(result, args.json)
 
 
 class ViewFlattened(torch.nn.Module):

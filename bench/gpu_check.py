@@ -24,8 +24,9 @@ Sections (one function each, each timed, each in its own try/except and under it
             CUDA only, so on CPU both are fp32): batches/s of each and whether the losses are finite.
 
 Also reported: python, torch and CUDA versions, the device's name and memory, each section's peak CUDA memory,
-and the total wall time. The JSON is printed last on stdout and written to --out (default $OUT/gpu_check.json
-when $OUT is set), rewritten after every section so a run cut short still leaves what it had.
+and the total wall time, after the run's context (bench/report.py: date, commit, machine). The JSON is printed last
+on stdout and written to --json (or --out; default $OUT/gpu_check.json when $OUT is set), rewritten after every
+section so a run cut short still leaves what it had.
 
 Usage:
     python bench/gpu_check.py                      # on the GPU machine (device cuda); meant to take a few minutes
@@ -37,9 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import signal
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from report import context, finish, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # atarirep from this checkout, installed or not
 from atarirep import devices, encoders, episodes, training
@@ -369,20 +369,16 @@ def describe(err: BaseException) -> dict:
 
 
 def environment(device: str) -> dict:
+    """What the run's context (report.context: machine, python, torch, the GPU's name) leaves out."""
     info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "cuda_available": torch.cuda.is_available(),
-        "cpus": os.cpu_count(),
         "device": device,
-        "torch_threads": torch.get_num_threads(),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(
-            device_name=props.name,
             device_memory_gib=round(props.total_memory / 2**30, 1),
             capability=f"{props.major}.{props.minor}",
             bf16_supported=torch.cuda.is_bf16_supported(),
@@ -409,20 +405,16 @@ def run_section(name: str, device: str, sizes: dict, tmp: Path, limit: int) -> d
     return result
 
 
-def write(report: dict, path: Path | None) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=devices.DEVICES)
     parser.add_argument("--tiny", action="store_true", help="the smallest sizes (a check of the script on CPU)")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run these sections only")
     parser.add_argument(
+        "--json",
         "--out",
         type=Path,
+        metavar="PATH",
         default=Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None,
         help="also write the JSON here",
     )
@@ -430,18 +422,23 @@ def main() -> None:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     sizes = SIZES["tiny" if args.tiny else "full"]
     started = time.perf_counter()
-    report = {"sizes": "tiny" if args.tiny else "full", "environment": environment(args.device), "sections": {}}
+    # the context first, so that the file written after each section has it too
+    report = {
+        **context(),
+        "sizes": "tiny" if args.tiny else "full",
+        "environment": environment(args.device),
+        "sections": {},
+    }
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         for name in args.only or SECTIONS:
             print(f"== {name}", file=sys.stderr, flush=True)
             limit = TIME_LIMITS[name] * (1 if args.device == "cuda" else CPU_TIME_FACTOR)
             report["sections"][name] = run_section(name, args.device, sizes, Path(tmp), limit)
             report["total_wall_s"] = round(time.perf_counter() - started, 1)
-            write(report, args.out)
+            write_json(report, args.json)
     report["all_ok"] = all(section["ok"] for section in report["sections"].values())
     report["total_wall_s"] = round(time.perf_counter() - started, 1)
-    write(report, args.out)
-    print(json.dumps(report, indent=2, default=str))
+    finish(report, args.json)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ Usage: python bench/learning_curve.py LIVE_DIR --png curve.png [--json out.json]
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 from pathlib import Path
 
 import pandas as pd
+import report
 from matplotlib.figure import Figure
 from ppo_vs_cleanrl import ours, windowed
 
@@ -57,7 +56,6 @@ def main() -> None:
         "frames_per_s": {
             q: round(float(speed.quantile(p)), 1) for q, p in (("q25", 0.25), ("median", 0.5), ("q75", 0.75))
         },
-        "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform()},
         "note": args.note,
     }
 
@@ -71,11 +69,7 @@ def main() -> None:
     ax.set_title(args.title or f"{args.label} on {args.game} (windows of {args.window * FRAME_SKIP:,} frames)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(args.png, dpi=120, metadata={"Software": None})
-    text = json.dumps(result, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+    report.finish(result, args.json, fig, args.png)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ Usage: python bench/popart_sigma.py LIVE_DIR --png sigma.png [--json out.json]
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
+import report
 from matplotlib.figure import Figure
 
 
@@ -51,11 +51,7 @@ def main() -> None:
         ax.set_ylabel(f"PopArt {name}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.savefig(args.png, dpi=120, metadata={"Software": None})
-    text = json.dumps(result, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+    report.finish(result, args.json, fig, args.png)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ Usage: python bench/ppo_vs_cleanrl.py OURS_LIVE_DIR CLEANRL_TSV --png curve.png 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import report
 from matplotlib.figure import Figure
 
 LAST_GAMES = 100
@@ -98,11 +98,7 @@ def main() -> None:
     ax.set_title(args.title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(args.png, dpi=120, metadata={"Software": None})
-    text = json.dumps(result, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+    report.finish(result, args.json, fig, args.png)
 
 
 if __name__ == "__main__":

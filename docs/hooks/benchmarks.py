@@ -2,7 +2,7 @@
 
 A page whose Markdown holds the marker `<!-- benchmarks -->` gets, in its place, one section per JSON file of
 bench/results (sorted by name): the benchmark's name, the commit that last changed the file (from git, unless the
-file names its own commit or date), its context fields (machine, date, commit, game, seed, threads, versions,
+file names its own commit), its context fields (machine, date, commit, game, seed, threads, versions,
 settings) when present, and its results as compact tables. Nested objects are flattened to dotted keys; sibling
 objects of the same shape (one per game, or the two loops of one comparison) are drawn side by side in one table.
 Nothing is written to disk: the JSON files stay the record.
@@ -188,7 +188,7 @@ def _section(path: Path, root: Path) -> str:
     name = next((str(data[k]) for k in NAME_KEYS if isinstance(data.get(k), str)), None)
     parts = [f"{HEADING} {path.stem}", ""]
     line = f"File `{relative}`" + (f", benchmark `{name}`" if name and name != path.stem else "")
-    committed = None if {"commit", "date"} & data.keys() else _committed(path)
+    committed = None if data.get("commit") else _committed(path)  # null: bench/report.py ran outside a checkout
     parts.append(line + (f", committed in {committed}." if committed else "."))
     parts.append("")
     context = _context(data)
