@@ -1,8 +1,8 @@
 """IMPALA's throughput against PPO's on the same machine and game, its scaling with actors, the learner's
 utilisation, and saliency's time per frame. Prints one JSON object.
 
-  impala    atarirep.agents.impala.train on GAME with the reference settings (unrolls of 80, 32 a learner
-            step, RMSprop, the Nature CNN) for --learner-steps learner steps, once per actor count of
+  impala    atarirep.agents.impala.train on GAME with the reference settings (unrolls of 80, 8 a learner
+            step as in torchbeast, RMSprop, the Nature CNN) for --learner-steps learner steps, once per actor count of
             --actors (each actor a process with one env). frames_per_s = 4 x the agent steps trained on per
             second, over the learner steps after the first (the actors' start and the first batch are not
             counted), from the run's own dvclive log; learner_utilisation = the mean share of those learner
@@ -49,9 +49,8 @@ def _log(log_dir: Path, name: str) -> pd.Series:
 
 
 def run_impala(game: str, actors: int, learner_steps: int, device: str) -> dict:
-    config = impala.IMPALAConfig(
-        total_steps=learner_steps * 80 * 32, num_actors=actors, checkpoint_every=learner_steps * 80 * 32
-    )
+    steps = learner_steps * impala.IMPALAConfig().steps_per_update
+    config = impala.IMPALAConfig(total_steps=steps, num_actors=actors, checkpoint_every=steps)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         impala.train(game, 0, Path(tmp) / "out", Path(tmp) / "logs", config, device=device, progress=False)
