@@ -14,12 +14,21 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 from torch import nn
 
 from atarirep import params
 from atarirep.collection import collect
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+# Under pytest-xdist (`-n N`) each of the N test processes gets its share of the cores, for torch in this process
+# and in the processes its tests start (stages, actors): N processes of all-core thread pools thrash.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    torch.set_num_threads(_THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 
 E2E_FIXTURES = {"built_repo", "s3_server"}  # a tiny `dvc repro` of the whole pipeline; a SeaweedFS server
 
@@ -31,6 +40,10 @@ def pytest_collection_modifyitems(config, items):
     ]
     if unmarked:
         raise pytest.UsageError(f"mark these @pytest.mark.e2e (they use {sorted(E2E_FIXTURES)}): {unmarked}")
+    # The tests on the built repository first, then the other end-to-end tests, then the rest (a stable sort): under
+    # `--dist worksteal` one worker builds it at once while the others start on the fast tests, and the long tests
+    # are not left for the end.
+    items.sort(key=lambda item: 0 if "built_repo" in item.fixturenames else 1 if item.get_closest_marker("e2e") else 2)
 
 
 SMALL_BREAKOUT = dict(steps=1600, num_envs=4, min_episode_length=16, seed=3)
@@ -140,13 +153,9 @@ def _merge(base: dict, update: dict) -> dict:
     return {**base, **{k: _merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in update.items()}}
 
 
-@pytest.fixture(scope="session")
-def built_repo(tmp_path_factory):
-    """A git + DVC copy of this project at tiny default-profile amounts, after one `dvc repro` (committed).
-
-    Returns (root, stdout of that first repro)."""
-    root = tmp_path_factory.mktemp("built") / "repo"
-    root.mkdir()
+def _build_repo(root: Path) -> str:
+    """Make `root` a git + DVC copy of this project at TINY amounts and run `dvc repro` in it; its stdout."""
+    root.mkdir(parents=True)
     for name in ROOT_FILES:
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(
@@ -165,7 +174,25 @@ def built_repo(tmp_path_factory):
     first = _run(["dvc", "repro"], root, timeout=900)
     _run(["git", "add", "-A"], root)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], root)
-    return root, first.stdout
+    return first.stdout
+
+
+@pytest.fixture(scope="session")
+def built_repo(tmp_path_factory):
+    """A git + DVC copy of this project at tiny default-profile amounts, after one `dvc repro` (committed).
+
+    Built once per run: under pytest-xdist the first worker to ask builds it in the run's shared temp folder
+    while the others wait on a file lock. Returns (root, stdout of that first repro)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "built"
+    shared.mkdir(exist_ok=True)
+    stdout = shared / "first_repro.txt"
+    with FileLock(shared / "build.lock"):
+        if not stdout.exists():
+            if (shared / "repo").exists():  # a build that failed in another worker: its error was reported there
+                raise AssertionError(f"the built repository in {shared} is half made: another worker's build failed")
+            stdout.write_text(_build_repo(shared / "repo"))
+    return shared / "repo", stdout.read_text()
 
 
 @pytest.fixture

@@ -14,6 +14,9 @@ from atarirep.agents import checkpoints, ppo
 from atarirep.errors import UserError
 
 TINY = ppo.PPOConfig(total_steps=1536, num_envs=4, num_steps=128, checkpoint_every=512, reset_every=1024)
+# The resume tests' run: three iterations, a checkpoint after each, new games after the second (as TINY, a
+# quarter of its work)
+RESUMED = ppo.PPOConfig(total_steps=384, num_envs=2, num_steps=64, checkpoint_every=128, reset_every=256)
 
 
 class _MLPActorCritic(nn.Module):
@@ -118,15 +121,15 @@ def test_a_short_atari_run_checkpoints_in_the_published_layout_and_logs_a_curve(
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
-    """(checkpoint folder, log folder) of the TINY run trained without interruption."""
+    """(checkpoint folder, log folder) of the RESUMED run trained without interruption."""
     root = tmp_path_factory.mktemp("straight")
-    ppo.train("Breakout", 0, root / "straight", root / "straight_log", TINY, device="cpu", progress=False)
+    ppo.train("Breakout", 0, root / "straight", root / "straight_log", RESUMED, device="cpu", progress=False)
     return root / "straight", root / "straight_log"
 
 
 @pytest.mark.parametrize("killed_after", [1, 2])  # 1: the games are replayed; 2: new games had begun
 def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_weights(tmp_path, killed_after, straight_run):
-    assert TINY.reset_iterations() == [2] and TINY.replay_iterations() == 2
+    assert RESUMED.reset_iterations() == [2] and RESUMED.replay_iterations() == 2
     killed = tmp_path / "killed"
     code = (
         f"from atarirep.agents import ppo, checkpoints\n"
@@ -136,12 +139,12 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_weights(tmp_p
         f"    if args[5] == {killed_after}: import os; os._exit(9)   # SIGKILL-like: no cleanup\n"
         f"ppo._write_resume = write_then_die\n"
         f"ppo.train('Breakout', 0, {str(killed)!r}, {str(tmp_path / 'killed_log')!r}, "
-        f"ppo.{TINY!r}, device='cpu')\n"
+        f"ppo.{RESUMED!r}, device='cpu')\n"
     )
     died = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert died.returncode == 9, died.stderr
     assert not killed.exists() and (tmp_path / ".killed.partial/resume.pt").exists()
-    ppo.train("Breakout", 0, killed, tmp_path / "killed_log", TINY, device="cpu", progress=True)
+    ppo.train("Breakout", 0, killed, tmp_path / "killed_log", RESUMED, device="cpu", progress=True)
     straight, straight_log = straight_run
     for (step_a, a), (step_b, b) in zip(checkpoints.list_run(killed), checkpoints.list_run(straight), strict=True):
         assert step_a == step_b
