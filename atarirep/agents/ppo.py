@@ -167,7 +167,7 @@ def train(
     envs = AgentEnvs(game, config.num_envs, config.protocol, training=True)
     torch.manual_seed(seeded)
     network = devices.place(ActorCritic(envs.num_actions), device_, torch.channels_last)
-    # fused: one kernel for all parameters (the same Adam; ~5% of a CPU update, bench/bench_agent.py)
+    # fused: one kernel for all parameters (the same Adam, faster on CPU: bench/bench_agent.py)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, eps=config.adam_eps, fused=True)
     rng = np.random.default_rng(seeded)
     start, segment = 0, 0
