@@ -56,15 +56,14 @@ def context() -> dict:
 
 
 def write_json(data: dict, path: Path | None) -> str:
-    """`data` as indented JSON; written (with a trailing newline) to `path` when given, through a temporary file
-    beside it and os.replace, so the file is never half-written."""
+    """`data` as indented JSON in its own key order; written (with a trailing newline) to `path` when given,
+    atomically (atarirep.io), so the file is never half-written."""
     text = json.dumps(data, indent=2, default=str)
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        partial.write_text(text + "\n")
-        os.replace(partial, path)
+        from atarirep import io  # here: bench/ is on sys.path, the checkout (or the installed package) after it
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        io.write_bytes(path, (text + "\n").encode())
     return text
 
 
