@@ -1,6 +1,6 @@
 """The AtariARI RAM annotations: which RAM byte holds which state variable, per game, and its category.
 
-Two annotation sets ship with the package (atarirep/data): `latest` (24 games, 362 variables) and
+Two annotation sets ship with the package (atarirep/resources): `latest` (24 games, 362 variables) and
 `paper` (the 22-game, 308-variable set the benchmark's published tables used). This module does not
 touch an emulator: reading the bytes from a running game is `atarirep.envs`' job.
 """
@@ -14,7 +14,7 @@ from importlib import resources
 
 import yaml
 
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 ANNOTATION_SETS = ("latest", "paper")
 
@@ -57,7 +57,7 @@ def game_key(name: str) -> str:
 def _load_set(annotation_set: str) -> dict[str, GameAnnotation]:
     if annotation_set not in ANNOTATION_SETS:
         raise UserError(f"annotation set {annotation_set!r} is unknown; use one of {', '.join(ANNOTATION_SETS)}")
-    text = resources.files("atarirep.data").joinpath(f"annotations_{annotation_set}.yaml").read_text()
+    text = resources.files("atarirep.resources").joinpath(f"annotations_{annotation_set}.yaml").read_text()
     games = {}
     for game, entries in yaml.safe_load(text).items():
         names, indices = [], []

@@ -13,10 +13,10 @@ import sys
 
 # command -> (module, one line for `atarirep --help`)
 COMMANDS = {
-    "params": ("atarirep.params", "rewrite params.yaml from conf/ (with Hydra overrides)"),
-    "remote": ("atarirep.remote", "check a DVC remote; push and pull check it first"),
-    "experiments": ("atarirep.experiments", "the multi-game report of finished DVC experiments"),
-    "cluster": ("atarirep.cluster", "run the stage graph on a Dask cluster"),
+    "params": ("atarirep.plumbing.params", "rewrite params.yaml from conf/ (with Hydra overrides)"),
+    "remote": ("atarirep.plumbing.remote", "check a DVC remote; push and pull check it first"),
+    "experiments": ("atarirep.plumbing.experiments", "the multi-game report of finished DVC experiments"),
+    "cluster": ("atarirep.plumbing.cluster", "run the stage graph on a Dask cluster"),
 }
 
 

@@ -24,9 +24,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from atarirep import annotations as ram_annotations
-from atarirep import episodes, io, splits
+from atarirep import episodes, splits
 from atarirep.envs import LabelledAtariEnv, get_protocol, resolve_game
-from atarirep.errors import UserError
+from atarirep.plumbing import atomic
+from atarirep.plumbing.errors import UserError
 from atarirep.policies import COLLECT_MODES, RANDOM_ACTIONS, make_policy
 
 PURPOSE_STREAMS = {"pretrain": 0, "probe": 1}  # distinct seed streams for the two datasets of a game
@@ -262,7 +263,7 @@ def collect(
     splits_fractions = splits.check_fractions(splits_fractions)  # canonical train, val, test order
     variables_all = ram_annotations.for_game(game, annotation_set).variables
 
-    with io.atomic_dir(out_dir) as folder:
+    with atomic.atomic_dir(out_dir) as folder:
         parts = folder / "parts"
         parts.mkdir()
         budgets = [steps // num_envs + (rank < steps % num_envs) for rank in range(num_envs)]

@@ -23,7 +23,7 @@ from torch import nn
 from atarirep import collection
 from atarirep import sampling as sampling_lib
 from atarirep.episodes import Episodes
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 from atarirep.probe import (
     NUM_CLASSES,
     LinearProbes,
@@ -238,7 +238,7 @@ class ProbeTrainer:
         self.encoder = encoder
         self.method = method_name
         self.patience, self.num_classes, self.fully_supervised = patience, num_classes, fully_supervised
-        self.device = device.type if isinstance(device, torch.device) else device  # atarirep.devices' names
+        self.device = device.type if isinstance(device, torch.device) else device  # atarirep.plumbing.devices' names
         self.lr, self.epochs, self.batch_size = lr, epochs, batch_size  # lr default as the reference class
         self.feature_size = representation_len
         self.seed = seed  # Departs from AtariARI: runs repeat, because the reference never seeded

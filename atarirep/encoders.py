@@ -4,7 +4,7 @@ Architectures: `benchmark` (the AtariARI encoder for full-size 1x210x160 frames,
 `nature` (Nature DQN CNN, 4x84x84), `impala` (IMPALA ResNet, 4x84x84) and `tokenizer` (the discrete
 encoder half of an IRIS-style VQ autoencoder, whose features are its quantized latents).
 `BenchmarkDecoder` mirrors the benchmark encoder for the methods that reconstruct frames.
-This module does not train (atarirep.training) or define losses (atarirep.methods).
+This module does not train (atarirep.pretraining) or define losses (atarirep.methods).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from atarirep.errors import UserError
-from atarirep.io import write_bytes
+from atarirep.plumbing.atomic import write_bytes
+from atarirep.plumbing.errors import UserError
 
 FORMAT = "atarirep-encoder/1"
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from atarirep import annotations as ram_annotations
 from atarirep.episodes import FRAME_SHAPE
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 gym.register_envs(ale_py)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 FORMAT = "atarirep-episodes/1"
 FRAME_SHAPE = (1, 210, 160)  # full-size grayscale; downsampling would break the labels' meaning

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 RANDOM_ACTIONS = ("nonzero", "all")
 

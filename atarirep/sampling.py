@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 SAMPLINGS = ("reference", "every_frame")
 

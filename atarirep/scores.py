@@ -3,7 +3,7 @@ across categories and overall (docs/protocols.md section 2).
 
 Plain pandas over the predictions: it imports neither torch nor sklearn at module level (sklearn's F1
 only inside `score`), so tables and reports read scores without loading either. It does not train
-probes (atarirep.probe) or draw tables (atarirep.reports).
+probes (atarirep.probe) or draw tables (atarirep.reports.probes).
 
 Layout: scores, one row per variable: variable (str), categories (tuple of str), f1, accuracy, and
 game, method when known.
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from atarirep import annotations as ram_annotations
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 METRICS = ("f1", "accuracy")
 GROUP_COLUMNS = ("game", "method")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from atarirep.episodes import SPLITS
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 
 def check_fractions(fractions: dict[str, float]) -> dict[str, float]:

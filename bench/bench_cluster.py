@@ -1,8 +1,8 @@
-"""The default profile's stage graph on a local Dask cluster (atarirep.cluster, --local N) against a serial
+"""The default profile's stage graph on a local Dask cluster (atarirep.plumbing.cluster, --local N) against a serial
 `dvc repro`, same machine, same run. Prints one JSON object.
 
 Two fresh copies of the project (code, conf/, dvc.yaml; no outputs, no cache), each a git + DVC repository
-with its own directory remote: one runs `dvc repro`, the other `atarirep.cluster.repro(local=N)`. Reported:
+with its own directory remote: one runs `dvc repro`, the other `atarirep.plumbing.cluster.repro(local=N)`. Reported:
 both wall times and the speed-up; the critical path (the longest chain of stage commands, from the cluster
 run's own command times: no executor can beat it); per stage, its command's seconds and the executor's
 overhead around it (unpacking the project, pulling inputs, DVC's checks, pushing outputs; goal under 2 s);
@@ -36,7 +36,7 @@ from report import finish
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from atarirep import cluster, params  # noqa: E402
+from atarirep.plumbing import cluster, params  # noqa: E402
 
 PROJECT = ("atarirep", "stages", "conf", "dvc.yaml", ".dvcignore", "pyproject.toml")
 NONDETERMINISTIC = (

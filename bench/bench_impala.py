@@ -35,9 +35,9 @@ import pandas as pd
 import torch
 from report import finish
 
-from atarirep import devices
 from atarirep.agents import impala, ppo, saliency
 from atarirep.agents.network import ActorCritic, IMPALANet, OneGame
+from atarirep.plumbing import devices
 
 FRAME_SKIP = 4
 

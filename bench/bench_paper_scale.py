@@ -2,11 +2,11 @@
 
 Measures, on the machine it runs on (CUDA when present, else CPU), each stage's throughput with short
 real runs on one real game, then multiplies by the paper profile's amounts (read from
-`atarirep.params.compose("conf", ["profile=paper"])`) and prints one JSON object:
+`atarirep.plumbing.params.compose("conf", ["profile=paper"])`) and prints one JSON object:
 
   collect      agent steps/s of atarirep.collection.collect (8 envs, the profile's num_workers)
   pretrain     per method of pretrain.methods: train and validation samples/s of the training loop's step
-               (atarirep.training: the method's loss, Adam, bf16 autocast and channels-last on CUDA, frames
+               (atarirep.pretraining: the method's loss, Adam, bf16 autocast and channels-last on CUDA, frames
                resident on the device, as `fit` holds them there by default) at batch 64 on real frames;
                random_cnn trains nothing
   probe        frames/s of atarirep.probe.encode and seconds per epoch of atarirep.probe.fit_probes with
@@ -36,14 +36,15 @@ import numpy as np
 import torch
 from report import finish
 
-from atarirep import annotations, collection, devices, encoders, episodes, params, probe, training
+from atarirep import annotations, collection, encoders, episodes, pretraining, probe
 from atarirep.methods import Batch
+from atarirep.plumbing import devices, params
 
 GOAL_GPU_HOURS = 12.0
 CUDA_PATHS = {
-    "bf16_autocast_pretraining": "devices.autocast: bf16 autocast around every method's loss in training.fit",
-    "frames_resident_on_gpu": "training._FrameSource resident: uint8 frames in GPU memory, batches gathered there",
-    "pinned_memory_loader": "training._FrameSource streamed on CUDA: batches decompressed into pinned host memory",
+    "bf16_autocast_pretraining": "devices.autocast: bf16 autocast around every method's loss in pretraining.fit",
+    "frames_resident_on_gpu": "pretraining._FrameSource resident: uint8 frames in GPU memory, batches gathered there",
+    "pinned_memory_loader": "pretraining._FrameSource streamed on CUDA: batches decompressed into pinned host memory",
     "ddp_nccl": "devices.init_distributed/wrap: DistributedDataParallel over nccl under torchrun",
     "probes_on_cuda": "probe.encode and probe.fit_probes with device cuda (features and batched probes on the GPU)",
     "supervised_on_cuda": "probe.fit_supervised on cuda (host frames moved a batch at a time, float32, no autocast)",
@@ -118,9 +119,9 @@ def _batches(
     rng: np.random.Generator,
     device: torch.device,
 ):
-    """`num` Batches as training.fit builds them: windows inside one episode, negatives from the same one."""
-    windows = training.windows(episodes_, method.window)
-    source = training._FrameSource(frames, device, is_streamed=False)
+    """`num` Batches as pretraining.fit builds them: windows inside one episode, negatives from the same one."""
+    windows = pretraining.windows(episodes_, method.window)
+    source = pretraining._FrameSource(frames, device, is_streamed=False)
     plan = []
     for _ in range(num):
         picks = rng.integers(0, len(windows), batch_size)
@@ -141,9 +142,9 @@ def measure_pretrain_step(
     device: torch.device,
     num_warmup: int = 2,
 ) -> dict:
-    """Train and validation samples/s of one method: training.fit's step (loss under devices.autocast,
+    """Train and validation samples/s of one method: pretraining.fit's step (loss under devices.autocast,
     Adam, channels-last) timed over `num_steps` steps after `num_warmup` steps, on real frames."""
-    method = training.build_method(name, 0, **method_config)
+    method = pretraining.build_method(name, 0, **method_config)
     if not method.is_trainable:
         return {"is_trainable": False}
     method.to(device, memory_format=devices.memory_format(device))

@@ -6,7 +6,7 @@ optimizer on the same freshly collected Breakout frames; samples/s counts (x_t, 
   reference          AtariARI's InfoNCESpatioTemporalTrainer done plainly: per-sample Python batch
                      building from per-episode arrays, float conversion of each batch, two encoder
                      passes, the two InfoNCE terms as loops over the 11x8 positions, nn.Conv2d, NCHW.
-  atarirep_resident  atarirep.training.fit with `stdim`, frames decompressed up front (loader="resident"):
+  atarirep_resident  atarirep.pretraining.fit with `stdim`, frames decompressed up front (loader="resident"):
                      one encoder pass over both frames, batched InfoNCE, channels-last convs.
   atarirep_streamed  the same with the frames held compressed and decompressed per batch by a
                      background thread (loader="streamed", the default for stored episodes on CPU).
@@ -18,7 +18,7 @@ Each is measured at 1 and 2 torch threads (torch.set_num_threads; 2 is what a us
 With CUDA present the same variants run there too (bf16 autocast, frames resident on the GPU, plus the
 streamed loader), under "cuda"; otherwise "cuda" says it was not available.
 
-Peak memory (--rss, on by default): the peak RSS of a fresh process that runs `training.fit` for one ST-DIM
+Peak memory (--rss, on by default): the peak RSS of a fresh process that runs `pretraining.fit` for one ST-DIM
 epoch on a 100k-step store, streamed and resident. The store is made synthetically in the store's own
 format: the collected Breakout episodes repeated (chunk bytes copied, episodes renumbered) to 100k frames,
 80/20 train/val, so frames compress as real frames do. To keep the run short the train epoch is cut to
@@ -47,8 +47,9 @@ import torch
 from report import finish
 from torch.nn import functional as F
 
-from atarirep import devices, encoders, episodes, training
+from atarirep import encoders, episodes, pretraining
 from atarirep.collection import collect
+from atarirep.plumbing import devices
 
 THREADS = (1, 2)
 
@@ -96,7 +97,7 @@ def run_reference(train, steps: int, batch_size: int, device: torch.device) -> f
     frames = np.asarray(train.frames)
     bounds = train.episode_bounds()
     episode_list = [frames[s:e] for s, e in zip(bounds[:-1], bounds[1:], strict=True) if e - s >= 2]
-    method = training.build_method("stdim", seed=0).to(device)
+    method = pretraining.build_method("stdim", seed=0).to(device)
     method.encoder.local_layers[0].use_space_to_depth = False
     optimizer = torch.optim.Adam(method.parameters(), lr=3e-4, eps=1e-5)
     rng = np.random.default_rng(0)
@@ -112,11 +113,11 @@ def run_reference(train, steps: int, batch_size: int, device: torch.device) -> f
 
 # -- atarirep ----------------------------------------------------------------------------------------
 def run_atarirep(train, val, batch_size: int, loader: str, device: str, epochs: int = 1) -> float:
-    """Samples/s of the last epoch of atarirep.training.fit (train phase, as its log reports it)."""
-    method = training.build_method("stdim", seed=0)
+    """Samples/s of the last epoch of atarirep.pretraining.fit (train phase, as its log reports it)."""
+    method = pretraining.build_method("stdim", seed=0)
     precision = "bf16" if device == "cuda" else "fp32"  # the CUDA section measures bf16 autocast
-    config = training.TrainConfig(epochs=epochs, batch_size=batch_size, seed=0, device=device, precision=precision)
-    result = training.fit(method, train, val, config, loader=loader)
+    config = pretraining.TrainConfig(epochs=epochs, batch_size=batch_size, seed=0, device=device, precision=precision)
+    result = pretraining.fit(method, train, val, config, loader=loader)
     return result.history[-1]["samples_per_s"]
 
 
@@ -201,7 +202,7 @@ def peak_rss_child(folder: str, loader: str, max_steps: int, batch_size: int) ->
     """In a fresh process: one ST-DIM fit epoch on `folder`'s train/val, the train epoch cut to max_steps; prints
     {"peak_rss_mb", "epoch_steps", "samples_per_s"}."""
     cut = {}
-    plan_of = training.epoch_plan
+    plan_of = pretraining.epoch_plan
 
     def cut_plan(windows_, rng, *args, **kwargs):
         plan = plan_of(windows_, rng, *args, **kwargs)
@@ -210,13 +211,13 @@ def peak_rss_child(folder: str, loader: str, max_steps: int, batch_size: int) ->
             return plan[:max_steps]
         return plan
 
-    training.epoch_plan = cut_plan
+    pretraining.epoch_plan = cut_plan
     store = episodes.load(folder)
     train, val = store.split("train"), store.split("val")
-    cut["train_windows"] = len(training.windows(train, 2))
-    method = training.build_method("stdim", seed=0)
-    config = training.TrainConfig(epochs=1, batch_size=batch_size, seed=0, device="cpu")
-    result = training.fit(method, train, val, config, loader=loader)
+    cut["train_windows"] = len(pretraining.windows(train, 2))
+    method = pretraining.build_method("stdim", seed=0)
+    config = pretraining.TrainConfig(epochs=1, batch_size=batch_size, seed=0, device="cpu")
+    result = pretraining.fit(method, train, val, config, loader=loader)
     print(
         json.dumps(
             {
@@ -289,7 +290,7 @@ def main() -> None:
         # train: enough pairs for `steps` steps per epoch; val: one batch or two
         train = subset(splits["train"], (args.steps + 1) * args.batch_size + 60)
         val = subset(splits["val"], 2 * args.batch_size)
-        report["atarirep_steps_per_epoch"] = len(training.windows(train, 2)) // args.batch_size
+        report["atarirep_steps_per_epoch"] = len(pretraining.windows(train, 2)) // args.batch_size
         cpu = torch.device("cpu")
         streamed_train, streamed_val = (episodes.CompressedFrames(s.frames) for s in (train, val))
         as_stored = {

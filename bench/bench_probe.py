@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from report import finish
 
-from atarirep import collection, devices, encoders, episodes, probe, scores
+from atarirep import collection, encoders, episodes, probe, scores
+from atarirep.plumbing import devices
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ Sections (one function each, each timed, each in its own try/except and under it
   probing   a tiny Breakout probing dataset (collected as tests/conftest.py's breakout_probe_dir), then on the
             device: the probe stage (atarirep.probe.stage.run) on a saved random encoder, the supervised
             baseline (one shared encoder), and an agent's encoder (atarirep.agents.probing.probe_network).
-  pretrain  ST-DIM (atarirep.training.fit) at the paper's batch size (conf/config.yaml pretrain.batch_size,
+  pretrain  ST-DIM (atarirep.pretraining.fit) at the paper's batch size (conf/config.yaml pretrain.batch_size,
             64) for one short epoch of the same dataset, in fp32 and in bf16 (pretrain.precision; autocast on
             CUDA only, so on CPU both are fp32): batches/s of each and whether the losses are finite.
 
@@ -52,11 +52,12 @@ import torch
 from report import context, finish, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # atarirep from this checkout, installed or not
-from atarirep import devices, encoders, episodes, training
+from atarirep import encoders, episodes, pretraining
 from atarirep.agents import evaluation, impala, ppo, saliency
 from atarirep.agents import probing as agent_probing
 from atarirep.agents.network import ActorCritic, IMPALANet, OneGame
 from atarirep.collection import collect
+from atarirep.plumbing import devices
 from atarirep.probe import stage as probe_stage
 
 GAME = "Breakout"
@@ -328,12 +329,12 @@ def check_pretrain(device: str, sizes: dict, tmp: Path) -> dict:
     size = sizes["pretrain"]
     out = {"method": "stdim", "batch_size": size["batch_size"], "train_frames": len(train)}
     for precision in ("fp32", "bf16"):
-        method = training.build_method("stdim", seed=0, feature_size=256)
-        config = training.TrainConfig(
+        method = pretraining.build_method("stdim", seed=0, feature_size=256)
+        config = pretraining.TrainConfig(
             epochs=1, batch_size=size["batch_size"], seed=0, device=device, precision=precision
         )
         started = time.perf_counter()
-        result = training.fit(method, train, val, config, loader="resident", log_every=size["log_every"])
+        result = pretraining.fit(method, train, val, config, loader="resident", log_every=size["log_every"])
         wall = time.perf_counter() - started
         windows = result.steps[1:] if len(result.steps) > 1 else result.steps  # the first holds the warm-up
         row = result.history[-1]

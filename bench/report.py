@@ -57,13 +57,15 @@ def context() -> dict:
 
 def write_json(data: dict, path: Path | None) -> str:
     """`data` as indented JSON in its own key order; written (with a trailing newline) to `path` when given,
-    atomically (atarirep.io), so the file is never half-written."""
+    atomically (atarirep.plumbing.atomic), so the file is never half-written."""
     text = json.dumps(data, indent=2, default=str)
     if path is not None:
-        from atarirep import io  # here: bench/ is on sys.path, the checkout (or the installed package) after it
+        from atarirep.plumbing import (
+            atomic,  # here: bench/ is on sys.path, the checkout (or the installed package) after it
+        )
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        io.write_bytes(path, (text + "\n").encode())
+        atomic.write_bytes(path, (text + "\n").encode())
     return text
 
 

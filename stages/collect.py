@@ -3,8 +3,9 @@
 import json
 from pathlib import Path
 
-from atarirep import collection, io, params
-from atarirep.errors import UserError, run_stage
+from atarirep import collection
+from atarirep.plumbing import atomic, params
+from atarirep.plumbing.errors import UserError, run_stage
 
 
 def main(game: str, purpose: str, out_dir: str, summary_path: str, policy_dir: str) -> None:
@@ -36,7 +37,7 @@ def main(game: str, purpose: str, out_dir: str, summary_path: str, policy_dir: s
     )
     collection.validate(game, **options)  # every param checked before any emulator runs
     store = collection.collect(game, out_dir, seed=p.seed, progress=True, **options)
-    io.write_json(summary_path, collection.summary(store))
+    atomic.write_json(summary_path, collection.summary(store))
 
 
 if __name__ == "__main__":

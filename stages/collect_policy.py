@@ -8,14 +8,14 @@ episodes (and everything after them) stay valid; in agent mode they follow the c
 import shutil
 from pathlib import Path
 
-from atarirep import io, params
 from atarirep.agents import checkpoints
-from atarirep.errors import run_stage
+from atarirep.plumbing import atomic, params
+from atarirep.plumbing.errors import run_stage
 
 
 def main(sampled_game_dir: str, out_dir: str) -> None:
     collect, agents = params.load("collect"), params.load("train_agent")
-    with io.atomic_dir(out_dir) as tmp:
+    with atomic.atomic_dir(out_dir) as tmp:
         policy = {"collect_mode": collect.collect_mode}
         if collect.collect_mode == "agent":
             seed = agents.seeds[0]
@@ -23,7 +23,7 @@ def main(sampled_game_dir: str, out_dir: str) -> None:
             checkpoints.load_network(path)  # a damaged or foreign file stops here
             shutil.copy2(path, tmp / "model.gz")
             policy.update(checkpoint=str(path), seed=seed, step=step, random_prob=collect.agent_random_prob)
-        io.write_json(tmp / "policy.json", policy)
+        atomic.write_json(tmp / "policy.json", policy)
 
 
 if __name__ == "__main__":

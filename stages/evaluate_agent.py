@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from atarirep import devices, params
 from atarirep.agents import checkpoints, evaluation
 from atarirep.envs import get_protocol, resolve_ale_game
-from atarirep.errors import run_stage
-from atarirep.io import atomic_dir, write_json
+from atarirep.plumbing import devices, params
+from atarirep.plumbing.atomic import atomic_dir, write_json
+from atarirep.plumbing.errors import run_stage
 
 
 def checked_checkpoints(root: Path, game: str) -> list[tuple[int, int, int, Path]]:

@@ -1,12 +1,13 @@
 """pretrain: learn an encoder for one method from the collected pretraining episodes, without labels."""
 
-from atarirep import params, training
-from atarirep.errors import run_stage
+from atarirep import pretraining
+from atarirep.plumbing import params
+from atarirep.plumbing.errors import run_stage
 
 
 def main(method: str, episodes_dir: str, out_dir: str) -> None:
     p = params.load("pretrain")
-    training.pretrain(
+    pretraining.pretrain(
         method,
         episodes_dir,
         out_dir,

@@ -1,7 +1,8 @@
 """probe: score how well one method's encoder (or a baseline) tells the `env` game's state variables."""
 
-from atarirep import params, probe
-from atarirep.errors import run_stage
+from atarirep import probe
+from atarirep.plumbing import params
+from atarirep.plumbing.errors import run_stage
 
 
 def main(method: str, episodes_dir: str, out_dir: str, encoder_path: str | None = None) -> None:

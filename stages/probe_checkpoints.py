@@ -6,9 +6,10 @@ seed's last checkpoint as the method `rl_agent` in the probe stage's format (<rl
 metrics.json), for the report's tables.
 """
 
-from atarirep import io, params, reports
+from atarirep import reports
 from atarirep.agents import probing
-from atarirep.errors import run_stage
+from atarirep.plumbing import atomic, params
+from atarirep.plumbing.errors import run_stage
 from atarirep.probe.stage import write_scores
 from atarirep.scores import summarize
 
@@ -50,13 +51,13 @@ def main(game: str, sampled_root: str, episodes_dir: str, out_dir: str, rl_agent
     }
     table = sampled.assign(categories=sampled["categories"].map(";".join)).drop(columns="method")
     shown = curve.set_index("seed")
-    with io.atomic_dir(out_dir) as folder:
+    with atomic.atomic_dir(out_dir) as folder:
         (folder / "scores.csv").write_text(table.to_csv(index=False, lineterminator="\n"))
         (folder / "f1_by_category.csv").write_text(reports.to_csv(shown))
         (folder / "f1_by_category.md").write_text(reports.to_markdown(shown))
         figure = probing.category_curve_figure(curve, "f1", title=f"{game}, {reports.DISPLAY_NAMES[probing.METHOD]}: ")
         figure.savefig(folder / "f1_by_category.png", dpi=120, metadata={"Software": None})
-        io.write_json(folder / "metrics.json", metrics)
+        atomic.write_json(folder / "metrics.json", metrics)
     write_scores(rl_agent_dir, rl_agent, num_test_frames=num_test_frames, sampling=p.sampling)
     print(
         f"probed {len(curve)} checkpoints of {len(last)} seed(s) of {game}; {probing.METHOD} is seed "

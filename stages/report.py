@@ -1,7 +1,8 @@
 """report: the benchmark's tables and figures for exactly the games, methods and baselines in params."""
 
-from atarirep import params, reports
-from atarirep.errors import run_stage
+from atarirep import reports
+from atarirep.plumbing import params
+from atarirep.plumbing.errors import run_stage
 
 
 def main(probes_dir: str, out_dir: str) -> None:

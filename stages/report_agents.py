@@ -22,11 +22,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
-from atarirep import params, reports
+from atarirep import reports
 from atarirep.agents import evaluation
-from atarirep.errors import UserError, run_stage
-from atarirep.io import atomic_dir, write_json
-from atarirep.reports import to_csv, to_markdown
+from atarirep.plumbing import params
+from atarirep.plumbing.atomic import atomic_dir, write_json
+from atarirep.plumbing.errors import UserError, run_stage
+from atarirep.reports.probes import to_csv, to_markdown
 
 # The reference's three models, in its order: the column label and how a caption names each.
 MODELS = {

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atarirep import devices, params
 from atarirep.agents import checkpoints, saliency
 from atarirep.envs import resolve_ale_game
-from atarirep.errors import run_stage
-from atarirep.io import atomic_dir, write_json
+from atarirep.plumbing import devices, params
+from atarirep.plumbing.atomic import atomic_dir, write_json
+from atarirep.plumbing.errors import run_stage
 
 PNG_EVERY = 8  # a still of every 8th kept frame
 GIF_FPS = 15  # agent steps are 4 emulator frames at 60 Hz: 15 a second is real time

@@ -4,10 +4,10 @@ import os
 import shutil
 from pathlib import Path
 
-from atarirep import params
 from atarirep.agents import checkpoints
-from atarirep.errors import run_stage
-from atarirep.io import atomic_dir
+from atarirep.plumbing import params
+from atarirep.plumbing.atomic import atomic_dir
+from atarirep.plumbing.errors import run_stage
 
 
 def main(run_dir: str, out_dir: str) -> None:

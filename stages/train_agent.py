@@ -1,8 +1,8 @@
 """train_agent: one RL run (game x seed), its checkpoints in the published layout and its dvclive logs."""
 
-from atarirep import params
 from atarirep.agents import checkpoints, impala, ppo
-from atarirep.errors import UserError, run_stage
+from atarirep.plumbing import params
+from atarirep.plumbing.errors import UserError, run_stage
 
 
 def main(game: str, run_seed: str, out_dir: str, log_dir: str) -> None:

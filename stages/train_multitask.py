@@ -7,9 +7,9 @@ lists its games and keeps the PopArt statistics), dvclive logs with each game's 
 apart (LOG_DIR). A killed run resumes from its last checkpoint.
 """
 
-from atarirep import params
 from atarirep.agents import impala
-from atarirep.errors import run_stage
+from atarirep.plumbing import params
+from atarirep.plumbing.errors import run_stage
 
 
 def main(run_seed: str, out_dir: str, log_dir: str) -> None:

@@ -17,8 +17,8 @@ import yaml
 from filelock import FileLock
 from torch import nn
 
-from atarirep import params
 from atarirep.collection import collect
+from atarirep.plumbing import params
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 

@@ -1,7 +1,7 @@
 import pytest
 
 from atarirep import annotations
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 
 @pytest.mark.parametrize("annotation_set, num_games, num_variables", [("latest", 24, 362), ("paper", 22, 308)])

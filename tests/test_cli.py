@@ -46,7 +46,7 @@ def test_help_imports_no_torch():
 def test_a_subcommand_shows_its_modules_own_help(entry):
     params = run(entry, "params", "--help")
     assert params.returncode == 0, params.stderr
-    assert params.stdout.startswith("usage: python -m atarirep.params [-h] [OVERRIDE ...]")
+    assert params.stdout.startswith("usage: python -m atarirep.plumbing.params [-h] [OVERRIDE ...]")
     remote = run(entry, "remote", "--help")
     assert remote.returncode == 0, remote.stderr
     assert "{check,push,pull}" in remote.stdout and "--remote" in remote.stdout
@@ -78,7 +78,7 @@ def test_params_writes_what_python_m_writes(entry, tmp_path):
         shutil.copytree(REPO / "conf", tmp_path / name / "conf")
     assert run(entry, "params", "env=Breakout", cwd=tmp_path / "via_cli").returncode == 0
     module = subprocess.run(
-        [sys.executable, "-m", "atarirep.params", "env=Breakout"],
+        [sys.executable, "-m", "atarirep.plumbing.params", "env=Breakout"],
         cwd=tmp_path / "via_module",
         capture_output=True,
         text=True,

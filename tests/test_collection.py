@@ -9,7 +9,7 @@ import pytest
 from atarirep import episodes
 from atarirep.collection import _env_seeds, collect, summary
 from atarirep.envs import LabelledAtariEnv
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 from atarirep.policies import make_policy
 from tests.conftest import SMALL_BREAKOUT
 

@@ -8,7 +8,7 @@ import torch
 
 from atarirep import episodes, get_episodes, probe, scores
 from atarirep.compat import ProbeTrainer
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 
 def test_get_episodes_returns_the_reference_layout():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from atarirep import encoders
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 SMALL_CONFIGS = {"benchmark": {}, "nature": {}, "impala": {}, "tokenizer": {"vocab_size": 16, "embed_dim": 8}}
 INPUTS = {"benchmark": (1, 210, 160), "nature": (4, 84, 84), "impala": (4, 84, 84), "tokenizer": (1, 210, 160)}

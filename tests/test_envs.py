@@ -4,7 +4,7 @@ import pytest
 
 from atarirep import AtariARIWrapper, annotations
 from atarirep.envs import LabelledAtariEnv, _luminance, resolve_game
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 
 @pytest.mark.parametrize("game", annotations.annotated_games("latest"))

@@ -1,5 +1,5 @@
 """The pipeline as users drive it: `dvc repro`, `dvc exp run -S`, bad params, stale results, plots, and push
-and pull to a local remote (tests/test_remote.py: an S3-compatible server).
+and pull to a local remote (tests/plumbing/test_remote.py: an S3-compatible server).
 
 One tiny `dvc repro` runs once per session (the `built_repo` fixture in conftest.py); each test gets its own copy
 of that repository (git, DVC cache, outputs), so no test depends on another or on their order."""
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atarirep import params
+from atarirep.plumbing import params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -61,7 +61,7 @@ def test_default_games_follow_env_and_paper_profile_is_the_22_game_reference():
     assert params.compose(REPO / "conf", ["env=Breakout"])["games"] == ["Breakout"]
     assert params.compose(REPO / "conf", ["games=[Breakout,MsPacman]"])["games"] == ["Breakout", "MsPacman"]
     paper = params.compose(REPO / "conf", ["profile=paper"])
-    paper_tables = yaml.safe_load((REPO / "atarirep/data/paper_tables.yaml").read_text())
+    paper_tables = yaml.safe_load((REPO / "atarirep/resources/paper_tables.yaml").read_text())
     assert paper["games"] == [g for g in paper_tables["f1_by_game"] if g != "mean"] and len(paper["games"]) == 22
     assert paper["annotations"] == "paper"
     assert paper["pretrain"]["methods"] == [
@@ -147,7 +147,7 @@ def _module_file(name: str) -> Path | None:
 
 def _code_read_by(script: Path) -> set[Path]:
     """The stage script and every atarirep file it imports, directly or through other modules (the package's
-    top-level __init__, a list of re-exports, aside), plus atarirep/data where annotations or reports read it."""
+    top-level __init__, a list of re-exports, aside), plus atarirep/resources where annotations or reports read it."""
     seen, todo = set(), [script]
     while todo:
         path = todo.pop()
@@ -157,8 +157,8 @@ def _code_read_by(script: Path) -> set[Path]:
         for name in _imported_modules(path):
             parts = name.split(".")
             todo += [f for f in (_module_file(".".join(parts[:i])) for i in range(2, len(parts) + 1)) if f]
-    if {REPO / "atarirep/annotations.py", REPO / "atarirep/reports.py"} & seen:
-        seen.add(REPO / "atarirep/data")
+    if {REPO / "atarirep/annotations.py", REPO / "atarirep/reports/probes.py"} & seen:
+        seen.add(REPO / "atarirep/resources")
     return seen
 
 
@@ -331,7 +331,7 @@ def test_the_chain_follows_the_games_list_and_the_report_shows_exactly_the_metho
     assert [line.split(",")[0] for line in table] == ["game", "Breakout", "SpaceInvaders", "mean"]
     assert (repo / "reports/probe/tables/f1_by_variable_SpaceInvaders.md").exists()
     assert "SpaceInvaders" in run(["dvc", "exp", "show", "--json"], repo).stdout
-    # (`-S env=<game>` alone: tests/test_experiments.py queues such runs)
+    # (`-S env=<game>` alone: tests/plumbing/test_experiments.py queues such runs)
     assert (repo / "data/probes/Breakout/random_cnn/scores.csv").exists()  # an old result left on disk...
     assert table[0] == "game,majority,stdim,rl_agent"  # ...is not shown
     assert set(json.loads((repo / "reports/probe/summary.json").read_text())["f1"]) == {"majority", "stdim", "rl_agent"}

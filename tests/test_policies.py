@@ -8,7 +8,7 @@ import torch
 
 from atarirep.agents import checkpoints
 from atarirep.agents.network import ActorCritic
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 
 def test_collect_mode_agent_records_labelled_episodes_with_a_checkpoint(tmp_path):

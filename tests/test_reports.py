@@ -14,7 +14,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from atarirep import annotations, reports
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 # f1 per (game, method) for the variables of each game; accuracy is f1 / 2 throughout.
 VARIABLES = {

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from atarirep import sampling
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 
 def test_draw_picks_episodes_uniformly_whatever_their_length_then_an_item_inside():

@@ -45,8 +45,8 @@ from atarirep.agents.network import (
     num_actions_of,
 )
 from atarirep.annotations import game_key
-from atarirep.errors import UserError
-from atarirep.io import write_bytes
+from atarirep.plumbing.atomic import write_bytes
+from atarirep.plumbing.errors import UserError
 
 FORMAT = "atarirep-agent/1"
 ALGORITHMS = ("PPO", "IMPALA")  # train_agent: one run per game

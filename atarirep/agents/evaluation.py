@@ -2,7 +2,7 @@
 
 - `evaluate`: raw returns of whole games played by a network's policy under a protocol.
 - `human_normalized`: a raw return on the scale 0 = random play, 1 = the human reference
-  (atarirep/data/atari_scores.yaml, the Agent57 table).
+  (atarirep/resources/atari_scores.yaml, the Agent57 table).
 - `final_returns`: the rows of each run's last checkpoint, what tables and aggregates report.
 - `aggregate`: IQM, median and mean of human-normalised scores with stratified-bootstrap 95% CIs (rliable).
 - `learning_curve_figure`: mean return against frames with a bootstrap 95% band.
@@ -26,7 +26,7 @@ from matplotlib.ticker import EngFormatter
 from atarirep.agents.network import AgentNetwork, choose_actions, play_outputs
 from atarirep.agents.vector_env import AgentEnvs
 from atarirep.annotations import game_key
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 BOOTSTRAP_REPS = 2000  # rliable's default number of bootstrap resamples
 ROW_COLUMNS = ["game", "seed", "step", "frames", "protocol", "episode", "return"]
@@ -95,7 +95,7 @@ def _last_inputs(actions: np.ndarray, step) -> tuple[np.ndarray, np.ndarray]:
 @functools.cache
 def reference_scores() -> dict[str, tuple[float, float]]:
     """ALE name -> (random score, human score) of the 57 games."""
-    text = resources.files("atarirep.data").joinpath("atari_scores.yaml").read_text()
+    text = resources.files("atarirep.resources").joinpath("atari_scores.yaml").read_text()
     return {name: (float(v["random"]), float(v["human"])) for name, v in yaml.safe_load(text).items()}
 
 
@@ -109,7 +109,7 @@ def human_normalized(game: str, score):
     by_key = {game_key(name): value for name, value in reference_scores().items()}
     if game_key(game) not in by_key:
         raise UserError(
-            f"game {game!r} has no random and human reference scores; atarirep/data/atari_scores.yaml "
+            f"game {game!r} has no random and human reference scores; atarirep/resources/atari_scores.yaml "
             "lists the 57 games of the Atari benchmark by ALE name (e.g. MsPacman)"
         )
     random, human = by_key[game_key(game)]

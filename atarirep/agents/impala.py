@@ -70,7 +70,6 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from atarirep import devices, params
 from atarirep.agents import checkpoints, resume
 from atarirep.agents.checkpoints import run_seed
 from atarirep.agents.network import IMPALANet, network_from
@@ -78,8 +77,9 @@ from atarirep.agents.popart import STATISTICS, PopArt
 from atarirep.agents.vector_env import AGENT_FRAME, STACK, AgentEnvs
 from atarirep.agents.vtrace import action_log_probs, log_rhos, vtrace
 from atarirep.envs import Protocol, get_protocol
-from atarirep.errors import UserError
-from atarirep.live import StageLive, drop_rows_after
+from atarirep.plumbing import devices, params
+from atarirep.plumbing.errors import UserError
+from atarirep.plumbing.live import StageLive, drop_rows_after
 
 RESUME_FORMAT = "atarirep-impala-resume/1"
 ARCHITECTURES = ("nature", "impala")

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from atarirep.agents.popart import PopArt
 from atarirep.encoders import ImpalaCNN, NatureCNN, _init_orthogonal, preprocess
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 MAX_ACTIONS = 18  # the full ALE action set: no Atari game has more actions
 C51_SUPPORT = (-10.0, 10.0)  # C51's value range (Bellemare et al. 2017), used when a file holds no support

@@ -31,14 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from atarirep import devices, params
 from atarirep.agents import checkpoints, resume
 from atarirep.agents.checkpoints import run_seed
 from atarirep.agents.network import ActorCritic
 from atarirep.agents.vector_env import AgentEnvs
 from atarirep.envs import get_protocol
-from atarirep.errors import UserError
-from atarirep.live import StageLive, drop_rows_after
+from atarirep.plumbing import devices, params
+from atarirep.plumbing.errors import UserError
+from atarirep.plumbing.live import StageLive, drop_rows_after
 
 RESUME_FORMAT = "atarirep-ppo-resume/2"
 

@@ -23,15 +23,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure  # no pyplot, as atarirep.reports
+from matplotlib.figure import Figure  # no pyplot, as atarirep.reports.probes
 from tqdm import tqdm
 
 from atarirep import annotations as ram_annotations
-from atarirep import devices, episodes, reports
+from atarirep import episodes, reports
 from atarirep.agents import checkpoints
 from atarirep.agents.network import AgentNetwork
 from atarirep.agents.vector_env import AGENT_FRAME, STACK, agent_frames, stack_indices
-from atarirep.errors import UserError
+from atarirep.plumbing import devices
+from atarirep.plumbing.errors import UserError
 from atarirep.probe.features import ENCODE_BATCH_SIZE
 from atarirep.probe.stage import check_settings, load_probe_data, method_scores, probe_features, scored_test_rows
 from atarirep.scores import aggregate

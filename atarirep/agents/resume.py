@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from atarirep.io import atomic_dir, write_bytes
+from atarirep.plumbing.atomic import atomic_dir, write_bytes
 
 
 def work_folder(out_dir: Path) -> Path:

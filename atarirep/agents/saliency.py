@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from atarirep.agents.network import ActorCritic, AgentNetwork, choose_actions
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 BLUR_SIGMA = 3.0  # the blurred image the perturbation blends in (Greydanus: gaussian_filter(I, sigma=3))
 TRUNCATE = 4.0  # scipy.ndimage's default: a Gaussian reaches int(TRUNCATE * sigma + 0.5) pixels
@@ -484,8 +484,8 @@ def write_gif(frames_rgb: Iterable[np.ndarray], path: str | os.PathLike, fps: fl
 
 
 def check_settings(p) -> None:
-    """UserError unless the saliency params (atarirep.params.Saliency) have positive counts, epsilon a probability
-    and a known protocol."""
+    """UserError unless the saliency params (atarirep.plumbing.params.Saliency) have positive counts, epsilon a
+    probability and a known protocol."""
     for name in ("checkpoints", "frames", "radius", "stride"):
         if getattr(p, name) < 1:
             raise UserError(f"params.yaml saliency.{name}={getattr(p, name)} must be at least 1")

@@ -38,7 +38,7 @@ from ale_py import roms
 from gymnasium.utils import seeding
 
 from atarirep.envs import Protocol, get_protocol, resolve_ale_game
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 AGENT_FRAME = (84, 84)
 STACK = 4

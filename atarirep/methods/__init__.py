@@ -9,7 +9,7 @@ samples per episode instead of one per frame (atarirep.sampling). An optional `a
 loop's Adam eps of 1e-5 (CPC: 1e-8, as AtariARI's CPCTrainer).
 An optional `early_stop_metric = "accuracy"` (CPC, JSD-ST-DIM, as AtariARI) makes the loop early-stop
 on the validation mean of `metrics["accuracy"]` (higher is better) instead of the validation loss.
-One loop (atarirep.training) trains them all.
+One loop (atarirep.pretraining) trains them all.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from atarirep.errors import UserError
 from atarirep.methods.base import Method
 from atarirep.methods.batch import Batch
 from atarirep.methods.cpc import CPC
 from atarirep.methods.infonce import info_nce
 from atarirep.methods.jsd_stdim import JSDSTDIM
 from atarirep.methods.pixel_pred import PixelPrediction
+from atarirep.methods.random_cnn import RandomCNN
 from atarirep.methods.stdim import STDIM, GlobalTDIM, StaticDIM
 from atarirep.methods.tokenizer import Tokenizer
-from atarirep.methods.untrained import RandomCNN
 from atarirep.methods.vae import VAE
+from atarirep.plumbing.errors import UserError
 
 _FACTORIES: dict[str, Callable[..., Method]] = {
     "stdim": STDIM,

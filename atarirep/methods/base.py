@@ -1,4 +1,4 @@
-"""What the training loop (atarirep.training) reads of a pretraining method: the base class of every method."""
+"""What the training loop (atarirep.pretraining) reads of a pretraining method: the base class of every method."""
 
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from atarirep import encoders
-from atarirep.errors import UserError
 from atarirep.methods.base import Method
 from atarirep.methods.batch import Batch
+from atarirep.plumbing.errors import UserError
 
 # AtariARI's CPC: sequences of 100 steps, predictions at offsets 1, 5, ..., 97 (steps 0..98 by 4, plus 1).
 PAPER_OFFSETS = tuple(range(1, 100, 4))

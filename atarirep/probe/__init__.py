@@ -4,7 +4,7 @@ One module per part: `features` (encode every frame once), `linear` (all variabl
 trained as one batched layer), `reference` (the slow AtariARI-style loop, ground truth and
 `probe.fast: false`), `baselines` (majority, supervised) and `stage` (the probe stage's `run`).
 Scores live in atarirep.scores, which reports read without torch. This package does not learn
-encoders (atarirep.methods), read params, or build tables and figures (atarirep.reports).
+encoders (atarirep.methods), read params, or build tables and figures (atarirep.reports.probes).
 
 Layouts used throughout:
   frames    (N, 1, 210, 160) uint8, an array, LazyFrames or tensor

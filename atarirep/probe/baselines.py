@@ -19,9 +19,10 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from atarirep import devices, encoders
+from atarirep import encoders
 from atarirep import sampling as sampling_lib
-from atarirep.errors import UserError
+from atarirep.plumbing import devices
+from atarirep.plumbing.errors import UserError
 from atarirep.probe.features import (
     ENCODE_BATCH_SIZE,
     channels_last_twin,

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from atarirep import devices, encoders, episodes
-from atarirep.errors import UserError
+from atarirep import encoders, episodes
+from atarirep.plumbing import devices
+from atarirep.plumbing.errors import UserError
 
 ENCODE_BATCH_SIZE = 256  # frames per encoder pass
 NEEDS = "the probe needs a module that maps float frames (B, 1, 210, 160) in [0, 1] to (B, F) features"

@@ -19,9 +19,9 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from atarirep import devices
 from atarirep import sampling as sampling_lib
-from atarirep.errors import UserError
+from atarirep.plumbing import devices
+from atarirep.plumbing.errors import UserError
 
 NUM_CLASSES = 256  # labels are RAM bytes
 ADAM_BETAS = (0.9, 0.999)  # torch's defaults, which the reference used
@@ -206,7 +206,7 @@ def fit_probes(
     does, from the splits' episode bounds `train_bounds` / `val_bounds` (None: the rows as one episode);
     every_frame visits each train row once an epoch and scores every val row. `keep`: "last" returns each
     probe's weights when it stopped (AtariARI), "best" those of its best val epoch.
-    `device`: auto, cpu or cuda (atarirep.devices).
+    `device`: auto, cpu or cuda (atarirep.plumbing.devices).
     """
     # Departs from AtariARI: features are computed once (`encode`) and all probes train as one layer,
     # because the reference re-encodes every batch for every probe: the same numbers at V x epochs the cost.

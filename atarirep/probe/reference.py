@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from atarirep import devices
 from atarirep import sampling as sampling_lib
+from atarirep.plumbing import devices
 from atarirep.probe.features import ENCODE_BATCH_SIZE, Featurizer
 from atarirep.probe.linear import (
     ADAM_EPS,

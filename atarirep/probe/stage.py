@@ -4,7 +4,7 @@
 probes; or the reference loop) or trains a baseline, and writes scores.csv and metrics.json
 atomically. `probe_features`, `method_scores` and `write_scores` are its fast path's steps for features
 computed elsewhere (atarirep.agents.probing). It does not read params (stages/probe.py) or build tables
-(atarirep.reports).
+(atarirep.reports.probes).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import pandas as pd
 from torch import nn
 
 from atarirep import annotations as ram_annotations
-from atarirep import devices, encoders, episodes, io
+from atarirep import encoders, episodes
 from atarirep import sampling as sampling_lib
-from atarirep.errors import UserError
+from atarirep.plumbing import atomic, devices
+from atarirep.plumbing.errors import UserError
 from atarirep.probe.baselines import BASELINES, fit_supervised, majority_predictions, predict_supervised
 from atarirep.probe.features import encode, is_ours
 from atarirep.probe.linear import check_keep, fit_probes, predict
@@ -257,5 +258,5 @@ def write_scores(
         metrics["sampling"] = sampling
     out_dir = Path(out_dir)
     table = scores.assign(categories=scores["categories"].map(";".join))
-    io.write_bytes(out_dir / "scores.csv", table.to_csv(index=False, lineterminator="\n").encode())
-    io.write_json(out_dir / "metrics.json", metrics)  # last: a folder with metrics.json is complete
+    atomic.write_bytes(out_dir / "scores.csv", table.to_csv(index=False, lineterminator="\n").encode())
+    atomic.write_json(out_dir / "metrics.json", metrics)  # last: a folder with metrics.json is complete

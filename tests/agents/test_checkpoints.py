@@ -25,7 +25,7 @@ from atarirep import episodes
 from atarirep.agents import checkpoints, evaluation, probing, saliency, vector_env
 from atarirep.agents.network import ActorCritic, QNetwork
 from atarirep.agents.vector_env import AgentEnvs
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 from tests.conftest import PROBE_SETTINGS
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ import torch
 
 from atarirep.agents import checkpoints, evaluation, impala, saliency
 from atarirep.agents.network import ActorCritic, IMPALANet, OneGame, play_outputs
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

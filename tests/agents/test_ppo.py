@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from atarirep.agents import checkpoints, ppo
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 TINY = ppo.PPOConfig(total_steps=1536, num_envs=4, num_steps=128, checkpoint_every=512, reset_every=1024)
 # The resume tests' run: three iterations, a checkpoint after each, new games after the second (as TINY, a

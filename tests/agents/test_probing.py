@@ -20,7 +20,7 @@ from atarirep import episodes, reports
 from atarirep.agents import checkpoints, probing
 from atarirep.agents.network import ActorCritic
 from atarirep.agents.vector_env import agent_frames
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 from tests.conftest import PROBE_SETTINGS
 
 REPO = Path(__file__).resolve().parents[2]

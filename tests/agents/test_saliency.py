@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from atarirep.agents import checkpoints, saliency
 from atarirep.agents.network import ActorCritic
-from atarirep.errors import run_stage
+from atarirep.plumbing.errors import run_stage
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from atarirep import encoders, episodes, training
+from atarirep import encoders, episodes, pretraining
 from atarirep.methods import Batch
 
 
@@ -16,7 +16,7 @@ def train_split(breakout_pretrain_dir):
 def real_batch(split, method, batch_size, seed=0) -> Batch:
     """A Batch of real frames for `method`, drawn as the training loop draws them."""
     rng = np.random.default_rng(seed)
-    found = training.windows(split, method.window)
+    found = pretraining.windows(split, method.window)
     samples = rng.choice(len(found), batch_size, replace=False)
     rows = found.rows(samples)  # (B, W)
     frames = encoders.preprocess(torch.from_numpy(split.frames[rows.reshape(-1)]))

@@ -7,8 +7,8 @@ import torch
 from torch.nn import functional as F
 
 from atarirep import methods
-from atarirep.errors import UserError
 from atarirep.methods import Batch
+from atarirep.plumbing.errors import UserError
 
 
 def test_cpc_offsets_must_fit_inside_the_sequence():

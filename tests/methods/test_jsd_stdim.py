@@ -4,14 +4,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from atarirep import training
+from atarirep import pretraining
 from tests.methods.conftest import real_batch
 
 
 def test_jsd_stdim_loss_is_both_terms_scored_by_torch_bilinear_with_binary_cross_entropy(train_split):
     """The reference's SpatioTemporalTrainer: loss1 (global-local) + loss2 (local-local), each BCE over
     positives (x_{t+1}, x_t) and negatives (x_{t+1}, x_hat); early stopping on the classifiers' accuracy."""
-    method = training.build_method("jsd_stdim", seed=0)
+    method = pretraining.build_method("jsd_stdim", seed=0)
     batch = real_batch(train_split, method, batch_size=3)
     with torch.no_grad():
         method.global_local.weight.mul_(30)  # scores far from 0, so accuracies are not all 0.5

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from atarirep import methods, training
-from atarirep.errors import UserError
+from atarirep import methods, pretraining
+from atarirep.plumbing.errors import UserError
 from tests.methods.conftest import real_batch
 
 SMALL = {"cpc": {"sequence_length": 4, "offsets": (1, 2)}, "tokenizer": {"vocab_size": 32, "embed_dim": 16}}
@@ -15,7 +15,7 @@ TRAINABLE = [m for m in methods.METHODS if m != "random_cnn"]
 
 @pytest.mark.parametrize("name", TRAINABLE)
 def test_each_method_loss_goes_down_over_a_short_run_on_real_frames(train_split, name):
-    method = training.build_method(name, seed=0, **SMALL.get(name, {}))
+    method = pretraining.build_method(name, seed=0, **SMALL.get(name, {}))
     batch = real_batch(train_split, method, batch_size=8)
     optimizer = torch.optim.Adam(method.parameters(), lr=1e-3, eps=getattr(method, "adam_eps", 1e-5))
     losses = []

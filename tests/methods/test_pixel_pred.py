@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from atarirep import methods, training
+from atarirep import methods, pretraining
 from atarirep.methods import Batch
 from tests.methods.conftest import real_batch
 
@@ -24,7 +24,7 @@ def test_pixel_prediction_target_is_the_next_frame_not_the_current_one():
 
 
 def test_pixel_prediction_decodes_through_a_linear_layer_after_the_encoder(train_split):
-    method = training.build_method("pixel_pred", seed=0)
+    method = pretraining.build_method("pixel_pred", seed=0)
     assert isinstance(method.predictor, torch.nn.Linear) and method.predictor.weight.shape == (256, 256)
     batch = real_batch(train_split, method, batch_size=2)
     with torch.no_grad():

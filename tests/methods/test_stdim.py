@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from atarirep import training
+from atarirep import pretraining
 from tests.methods.conftest import real_batch
 
 
@@ -30,7 +30,7 @@ def slow_stdim_terms(method, batch):
 
 
 def test_stdim_terms_equal_a_slow_per_position_loop(train_split):
-    method = training.build_method("stdim", seed=1)
+    method = pretraining.build_method("stdim", seed=1)
     batch = real_batch(train_split, method, batch_size=3)
     with torch.no_grad():  # sharpen the scores: at init every logit is near 0 and both terms near log 3
         method.global_local.weight.mul_(300)
@@ -45,8 +45,8 @@ def test_stdim_terms_equal_a_slow_per_position_loop(train_split):
 
 
 def test_global_local_ablation_is_stdim_without_the_local_local_term(train_split):
-    full = training.build_method("stdim", seed=2)
-    ablation = training.build_method("global_local_stdim", seed=2)
+    full = pretraining.build_method("stdim", seed=2)
+    ablation = pretraining.build_method("global_local_stdim", seed=2)
     assert ablation.local_local is None and set(full.state_dict()) - set(ablation.state_dict()) == {
         "local_local.weight",
         "local_local.bias",

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from atarirep import encoders, methods, training
+from atarirep import encoders, methods, pretraining
 from atarirep.methods import Batch
 from tests.methods.conftest import real_batch
 
@@ -36,7 +36,7 @@ def test_vae_loss_is_the_summed_reconstruction_plus_beta_kl_computed_by_hand():
 
 def test_vae_loss_equals_the_reference_elbo_with_z_sampled_from_the_posterior(train_split):
     """AtariARI's VAELoss (MSE and KL summed over the batch), per frame, against torch.distributions' KL."""
-    method = training.build_method("vae", seed=0)
+    method = pretraining.build_method("vae", seed=0)
     batch = real_batch(train_split, method, batch_size=3, seed=4)
     x = batch.frames[:, 0]
     with torch.no_grad():

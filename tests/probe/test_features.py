@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from atarirep import ProbeTrainer, encoders, episodes, probe, scores
-from atarirep.errors import UserError, run_stage
+from atarirep.plumbing.errors import UserError, run_stage
 from atarirep.probe.features import Featurizer
 from tests.conftest import PROBE_SETTINGS
 

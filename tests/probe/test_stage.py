@@ -14,7 +14,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from atarirep import encoders, episodes, probe, reports, scores
-from atarirep.errors import UserError, run_stage
+from atarirep.plumbing.errors import UserError, run_stage
 from tests.conftest import PROBE_SETTINGS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

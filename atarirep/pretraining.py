@@ -42,15 +42,16 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from atarirep import devices, encoders, methods
+from atarirep import encoders, methods
 from atarirep import episodes as episodes_lib
 from atarirep import sampling as sampling_lib
 from atarirep.episodes import CompressedFrames, Episodes, LazyFrames
-from atarirep.errors import UserError
-from atarirep.io import atomic_dir, write_bytes, write_json
-from atarirep.live import StageLive
 from atarirep.methods import Batch
 from atarirep.methods.base import Method
+from atarirep.plumbing import devices
+from atarirep.plumbing.atomic import atomic_dir, write_bytes, write_json
+from atarirep.plumbing.errors import UserError
+from atarirep.plumbing.live import StageLive
 
 KEEP = ("last", "best")
 LOADERS = ("auto", "resident", "streamed")

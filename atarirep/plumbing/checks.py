@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from atarirep import annotations as ram_annotations
-from atarirep import collection, devices, envs, methods, params, sampling, training
+from atarirep import collection, envs, methods, pretraining, sampling
 from atarirep.agents import checkpoints, impala, ppo, saliency, vector_env
-from atarirep.errors import UserError
+from atarirep.plumbing import devices, params
+from atarirep.plumbing.errors import UserError
 from atarirep.probe import BASELINES
 from atarirep.probe.linear import check_keep
 
@@ -60,7 +61,7 @@ def check_methods(pretrain: params.Pretrain, probe: params.Probe, report: params
                 "{feature_size: 256})"
             )
     _distinct(pretrain.methods, "pretrain.methods")
-    config = training.TrainConfig(
+    config = pretraining.TrainConfig(
         epochs=pretrain.epochs,
         batch_size=pretrain.batch_size,
         lr=pretrain.lr,
@@ -73,7 +74,7 @@ def check_methods(pretrain: params.Pretrain, probe: params.Probe, report: params
     )
     config.check()
     for name in pretrain.methods:  # builds each method: its method_config must be accepted
-        training.build_method(name, pretrain.seed, **pretrain.method_config[name])
+        pretraining.build_method(name, pretrain.seed, **pretrain.method_config[name])
     unknown = [b for b in probe.baselines if b not in BASELINES]
     if unknown:
         raise UserError(f"params.yaml probe.baselines has {unknown[0]!r}; use some of {', '.join(BASELINES)}")

@@ -3,8 +3,8 @@ import dataclasses
 import pytest
 import yaml
 
-from atarirep import params
-from atarirep.errors import UserError
+from atarirep.plumbing import params
+from atarirep.plumbing.errors import UserError
 
 
 def _write(tmp_path, change):

@@ -3,7 +3,7 @@
 Distributed runs are launched by torchrun, which tells each process its rank through environment
 variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); `init_distributed` reads that
 launcher protocol and nothing else. The same code runs on CPU (gloo) and CUDA (nccl).
-This module does not train or decide batch sizes (atarirep.training).
+This module does not train or decide batch sizes (atarirep.pretraining).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 

@@ -1,6 +1,6 @@
 """The stage graph on a Dask cluster: every stage whose upstream stages are done runs at once, one per worker.
 
-    python -m atarirep.cluster repro [TARGET ...] [--local N | --scheduler tcp://HOST:8786] [--remote NAME]
+    python -m atarirep.plumbing.cluster repro [TARGET ...] [--local N | --scheduler tcp://HOST:8786] [--remote NAME]
 
 Why not several `dvc repro` at once: DVC 3 has no parallel executor, and it locks the repository while it
 reproduces (`.dvc/tmp/lock`, and a read/write lock on every dependency and output), so two `dvc repro`
@@ -50,7 +50,7 @@ from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
 
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 CONNECT_TIMEOUT_S = 10  # a scheduler that does not answer in this time is reported, not waited for
 WORKERS_TIMEOUT_S = 60  # a scheduler without workers after this long is reported
@@ -473,7 +473,7 @@ def _tail(path: Path) -> str:
 
 # -- the command -----------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m atarirep.cluster", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m atarirep.plumbing.cluster", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("repro", help="run the changed stages on a Dask cluster")
     run.add_argument("targets", nargs="*", help="stages (and their upstream) to bring up to date; default: all")

@@ -1,6 +1,6 @@
-"""Several games as queued DVC experiments (`dvc exp run --queue -S env=<game>`, `dvc queue start -j 2`), gathered
-by `python -m atarirep.experiments report` into the report stage's multi-game tables without rerunning them; and
-its refusals (no experiments, a game twice, a queued, failed or unknown experiment).
+"""Several games as queued DVC experiments (`dvc exp run --queue -S env=<game>`, `dvc queue start -j 2`),
+gathered by `python -m atarirep.plumbing.experiments report` into the report stage's multi-game tables without
+rerunning them; and its refusals (no experiments, a game twice, a queued, failed or unknown experiment).
 
 Each test works on its own copy of the tiny Breakout repository (`repo` in conftest.py). What the experiments run:
 - `pong` (`-S env=Pong` and SHRINK): Pong's whole chain at tiny scale: check_params, collect_policy, collect x2
@@ -51,7 +51,7 @@ def run(args, cwd, check=True, timeout=300):
 
 
 def report(repo, *args, check=True):
-    return run([sys.executable, "-m", "atarirep.experiments", "report", *args], repo, check=check)
+    return run([sys.executable, "-m", "atarirep.plumbing.experiments", "report", *args], repo, check=check)
 
 
 def refused(repo, *args) -> str:

@@ -4,9 +4,9 @@
 traceback-like wall or a generic "failed to push"; this module asks the remote once, with a short timeout
 and no retries, and says which of those it is:
 
-    python -m atarirep.remote check [-r NAME]                 # the default remote unless -r
-    python -m atarirep.remote push [-r NAME] [dvc push args]  # check, then `dvc push`
-    python -m atarirep.remote pull [-r NAME] [dvc pull args]  # check, then `dvc pull`
+    python -m atarirep.plumbing.remote check [-r NAME]                 # the default remote unless -r
+    python -m atarirep.plumbing.remote push [-r NAME] [dvc push args]  # check, then `dvc push`
+    python -m atarirep.plumbing.remote pull [-r NAME] [dvc pull args]  # check, then `dvc pull`
 
 The remote's options are read through DVC (every config level merged, `--local` included), so the check
 sees what `dvc push` will use. S3 remotes (AWS, MinIO, SeaweedFS, ...) and local folders are checked;
@@ -19,7 +19,7 @@ import argparse
 import os
 from pathlib import Path
 
-from atarirep.errors import UserError, run_stage
+from atarirep.plumbing.errors import UserError, run_stage
 
 CONNECT_TIMEOUT = 3  # seconds; a check waits this long for a silent endpoint, once
 READ_TIMEOUT = 10
@@ -242,7 +242,7 @@ def _credential_source(repo, name: str, session, args: dict) -> str:
 
 def main(*argv: str) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m atarirep.remote", description="Check a DVC remote; push and pull check it first."
+        prog="python -m atarirep.plumbing.remote", description="Check a DVC remote; push and pull check it first."
     )
     parser.add_argument("command", choices=("check", "push", "pull"))
     parser.add_argument("-r", "--remote", help="remote name (default: DVC's default remote)")

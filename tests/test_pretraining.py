@@ -17,10 +17,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from atarirep import devices, encoders, episodes, methods, training
+from atarirep import encoders, episodes, methods, pretraining
 from atarirep.collection import collect
-from atarirep.errors import UserError
 from atarirep.methods import Batch
+from atarirep.plumbing import devices
+from atarirep.plumbing.errors import UserError
 
 FAST = dict(batch_size=16, seed=0, device="cpu", progress=False)  # static_dim: one frame per sample
 
@@ -49,7 +50,7 @@ def tiny(tiny_dir):
 @pytest.mark.parametrize("window", [2, 5])
 def test_windows_never_cross_or_wrap_an_episode_boundary(tiny, window):
     split = tiny["train"]
-    found = training.windows(split, window)
+    found = pretraining.windows(split, window)
     rows = found.rows(np.arange(len(found)))  # (S, W)
     assert (split.episode_index[rows] == split.episode_index[rows[:, :1]]).all()
     bounds = split.episode_bounds()
@@ -63,9 +64,9 @@ def test_windows_never_cross_or_wrap_an_episode_boundary(tiny, window):
 def test_loop_batches_hold_consecutive_frames_and_same_episode_negatives(tiny):
     split = tiny["train"]
     stored = np.asarray(split.frames)
-    found = training.windows(split, 2)
-    plan = training.epoch_plan(found, np.random.default_rng(0), 8, True, devices.Distributed())
-    source = training._FrameSource(stored, torch.device("cpu"), is_streamed=False)
+    found = pretraining.windows(split, 2)
+    plan = pretraining.epoch_plan(found, np.random.default_rng(0), 8, True, devices.Distributed())
+    source = pretraining._FrameSource(stored, torch.device("cpu"), is_streamed=False)
     assert len(plan) == len(found) // 8
     for (rows, negatives), batch in zip(plan, source.batches(plan, torch.Generator()), strict=True):
         assert (rows[:, 1] == rows[:, 0] + 1).all()
@@ -79,19 +80,21 @@ def test_reference_epochs_draw_a_window_per_frame_from_episodes_chosen_with_repl
     """AtariARI's epoch: len(split) samples (total_steps), each an episode uniformly with replacement then a
     window inside it; CPC draws sequence_length per episode long enough (len(episodes) x sequence_length)."""
     split = tiny["train"]
-    found = training.windows(split, 2)
-    plan = training.epoch_plan(found, np.random.default_rng(0), 8, True, devices.Distributed(), sampling="reference")
+    found = pretraining.windows(split, 2)
+    plan = pretraining.epoch_plan(found, np.random.default_rng(0), 8, True, devices.Distributed(), sampling="reference")
     assert len(plan) == len(split) // 8 and len(split) > len(found)  # a sample per frame, not per window
     rows = np.concatenate([r for r, _ in plan])
     assert (rows[:, 1] == rows[:, 0] + 1).all()  # never across an episode's end
     assert (split.episode_index[rows[:, 1]] == split.episode_index[rows[:, 0]]).all()
     assert len(np.unique(rows[:, 0])) < len(rows)  # with replacement
-    again = training.epoch_plan(found, np.random.default_rng(0), 8, True, devices.Distributed(), sampling="reference")
+    again = pretraining.epoch_plan(
+        found, np.random.default_rng(0), 8, True, devices.Distributed(), sampling="reference"
+    )
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(plan, again, strict=True))
     lengths = np.diff(split.episode_bounds())
-    sequences = training.windows(split, 10)
-    assert training.epoch_size(sequences, "reference", 10, 10) == 10 * int((lengths >= 10).sum())
-    assert training.epoch_size(sequences, "every_frame", 10, 10) == len(sequences) // 10
+    sequences = pretraining.windows(split, 10)
+    assert pretraining.epoch_size(sequences, "reference", 10, 10) == 10 * int((lengths >= 10).sum())
+    assert pretraining.epoch_size(sequences, "every_frame", 10, 10) == len(sequences) // 10
 
 
 def _state(module):
@@ -106,9 +109,11 @@ def _assert_same_weights(a, b):
 
 def test_streamed_batches_equal_resident_batches_frame_for_frame(tiny):
     split = tiny["train"]
-    plan = training.epoch_plan(training.windows(split, 2), np.random.default_rng(0), 8, True, devices.Distributed())
-    resident = training._FrameSource(np.asarray(split.frames), torch.device("cpu"), is_streamed=False)
-    streamed = training._FrameSource(split.frames, torch.device("cpu"), is_streamed=True)
+    plan = pretraining.epoch_plan(
+        pretraining.windows(split, 2), np.random.default_rng(0), 8, True, devices.Distributed()
+    )
+    resident = pretraining._FrameSource(np.asarray(split.frames), torch.device("cpu"), is_streamed=False)
+    streamed = pretraining._FrameSource(split.frames, torch.device("cpu"), is_streamed=True)
     pairs = list(zip(resident.batches(plan, torch.Generator()), streamed.batches(plan, torch.Generator()), strict=True))
     assert len(pairs) == len(plan) > 1
     for a, b in pairs:
@@ -117,26 +122,26 @@ def test_streamed_batches_equal_resident_batches_frame_for_frame(tiny):
 
 def test_auto_loader_streams_stored_frames_and_keeps_arrays_resident(tiny):
     cpu = torch.device("cpu")
-    assert training._is_streamed("auto", {"train": tiny["train"].frames}, cpu)
-    assert not training._is_streamed("auto", {"train": np.asarray(tiny["train"].frames)}, cpu)
+    assert pretraining._is_streamed("auto", {"train": tiny["train"].frames}, cpu)
+    assert not pretraining._is_streamed("auto", {"train": np.asarray(tiny["train"].frames)}, cpu)
     with pytest.raises(UserError, match="pretrain loader='disk' is invalid; it must be one of auto, resident"):
-        training._is_streamed("disk", {}, cpu)
+        pretraining._is_streamed("disk", {}, cpu)
 
 
 def test_streamed_loader_trains_to_the_same_weights_as_resident_frames(tiny):
     results = []
     for loader in ("resident", "streamed"):
-        method = training.build_method("static_dim", seed=0)
-        config = training.TrainConfig(epochs=1, batch_size=16, seed=0, device="cpu")
-        results.append(training.fit(method, tiny["train"], tiny["val"], config, loader=loader))
+        method = pretraining.build_method("static_dim", seed=0)
+        config = pretraining.TrainConfig(epochs=1, batch_size=16, seed=0, device="cpu")
+        results.append(pretraining.fit(method, tiny["train"], tiny["val"], config, loader=loader))
     _assert_same_weights(_state(results[0].method), _state(results[1].method))
     assert results[0].history[0]["val_loss"] == results[1].history[0]["val_loss"]
 
 
 def test_early_stopping_and_keep_best(tiny):
-    method = training.build_method("static_dim", seed=0)
-    config = training.TrainConfig(epochs=5, batch_size=16, lr=1e-12, patience=1, keep="best", seed=0, device="cpu")
-    result = training.fit(method, tiny["train"], tiny["val"], config)
+    method = pretraining.build_method("static_dim", seed=0)
+    config = pretraining.TrainConfig(epochs=5, batch_size=16, lr=1e-12, patience=1, keep="best", seed=0, device="cpu")
+    result = pretraining.fit(method, tiny["train"], tiny["val"], config)
     assert [row["epoch"] for row in result.history] == [1, 2]  # epoch 2 did not lower val loss
     assert result.stopped_early and result.kept_epoch == 1
 
@@ -166,10 +171,10 @@ class _DriftingAccuracyMethod(_DriftingMethod):
 
 @pytest.mark.parametrize("method_class", [_DriftingMethod, _DriftingAccuracyMethod])
 def test_early_stop_metric_accuracy_keeps_the_highest_val_accuracy_epoch(tiny, method_class):
-    lr, steps_per_epoch = 0.1, len(training.windows(tiny["train"], 1)) // 16
+    lr, steps_per_epoch = 0.1, len(pretraining.windows(tiny["train"], 1)) // 16
     method = method_class(peak=2 * steps_per_epoch * lr)  # accuracy peaks after epoch 2
-    config = training.TrainConfig(epochs=5, batch_size=16, lr=lr, patience=2, keep="best", seed=0, device="cpu")
-    result = training.fit(method, tiny["train"], tiny["val"], config)
+    config = pretraining.TrainConfig(epochs=5, batch_size=16, lr=lr, patience=2, keep="best", seed=0, device="cpu")
+    result = pretraining.fit(method, tiny["train"], tiny["val"], config)
     epochs = [row["epoch"] for row in result.history]
     if method_class is _DriftingAccuracyMethod:  # accuracy: up, up, down, down
         assert epochs == [1, 2, 3, 4] and result.stopped_early and result.kept_epoch == 2
@@ -195,13 +200,13 @@ def test_info_nce_is_float32_for_bf16_inputs_and_under_bf16_autocast():
 
 def _live(out_dir, name):
     """One dvclive metric of a pretrain out dir (or a write_live folder's parent) as a frame: step, <name>."""
-    return pd.read_csv(out_dir / training.LIVE_DIR / "plots" / "metrics" / f"{name}.tsv", sep="\t")
+    return pd.read_csv(out_dir / pretraining.LIVE_DIR / "plots" / "metrics" / f"{name}.tsv", sep="\t")
 
 
 def test_a_short_run_logs_a_step_curve_with_more_points_than_epochs(tiny_dir, tiny, tmp_path):
     out, epochs, log_every = tmp_path / "out", 2, 2
-    training.pretrain("static_dim", tiny_dir, out, epochs=epochs, log_every=log_every, **FAST)
-    n = len(training.windows(tiny["train"], 1)) // 16  # optimizer steps per epoch
+    pretraining.pretrain("static_dim", tiny_dir, out, epochs=epochs, log_every=log_every, **FAST)
+    n = len(pretraining.windows(tiny["train"], 1)) // 16  # optimizer steps per epoch
     assert n % log_every == 1  # the epoch ends between points
     expected = sorted({s for s in range(1, epochs * n + 1) if s % log_every == 0} | {n, 2 * n})
     loss, speed = _live(out, "train/loss"), _live(out, "train/samples_per_s")
@@ -215,18 +220,18 @@ def test_a_short_run_logs_a_step_curve_with_more_points_than_epochs(tiny_dir, ti
     loss["epoch"] = (loss["step"] - 1) // n + 1
     means = loss.groupby("epoch").apply(lambda g: (g["loss"] * g["steps"]).sum() / g["steps"].sum())
     np.testing.assert_allclose(means.to_numpy(), _live(out, "epoch/train_loss")["train_loss"], rtol=1e-5)
-    summary = json.loads((out / training.LIVE_DIR / "metrics.json").read_text())
+    summary = json.loads((out / pretraining.LIVE_DIR / "metrics.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     assert summary["step"] == 2 * n and summary["epoch"]["epoch"] == 2 == metrics["epochs_run"]
     assert min(_live(out, "val/loss")["loss"]) == pytest.approx(metrics["best_val_loss"])
 
 
 def test_a_resumed_fit_logs_each_epoch_and_step_once(tiny, tmp_path, capsys):
-    checkpoint, config = tmp_path / "checkpoint.pt", training.TrainConfig(epochs=3, batch_size=16, device="cpu")
+    checkpoint, config = tmp_path / "checkpoint.pt", pretraining.TrainConfig(epochs=3, batch_size=16, device="cpu")
 
     def run(epochs, checkpoint_path):
-        method = training.build_method("static_dim", seed=0)
-        return training.fit(
+        method = pretraining.build_method("static_dim", seed=0)
+        return pretraining.fit(
             method,
             tiny["train"],
             tiny["val"],
@@ -239,12 +244,12 @@ def test_a_resumed_fit_logs_each_epoch_and_step_once(tiny, tmp_path, capsys):
     resumed, straight = run(3, checkpoint), run(3, None)
     assert f"resuming from {checkpoint} after epoch 2" in capsys.readouterr().err
     for name, result in (("resumed", resumed), ("straight", straight)):
-        training.write_live(tmp_path / name / training.LIVE_DIR, result)
+        pretraining.write_live(tmp_path / name / pretraining.LIVE_DIR, result)
     assert list(_live(tmp_path / "resumed", "epoch/epoch")["epoch"]) == [1, 2, 3]
     for name in ("epoch/epoch", "epoch/train_loss", "val/loss", "train/loss"):
         pd.testing.assert_frame_equal(_live(tmp_path / "resumed", name), _live(tmp_path / "straight", name))
     assert [p["step"] for p in resumed.steps] == [p["step"] for p in straight.steps]
-    assert resumed.history[-1]["step"] == 3 * (len(training.windows(tiny["train"], 1)) // 16)
+    assert resumed.history[-1]["step"] == 3 * (len(pretraining.windows(tiny["train"], 1)) // 16)
 
 
 @pytest.mark.parametrize("commits", [0, 1])
@@ -255,9 +260,9 @@ def test_write_live_leaves_an_enclosing_git_repo_alone(tiny, tmp_path, monkeypat
     if commits:
         subprocess.run([*git, "-C", str(tmp_path), "commit", "-q", "--allow-empty", "-m", "x"], check=True)
     monkeypatch.chdir(tmp_path)
-    config = training.TrainConfig(epochs=1, batch_size=16, device="cpu")
-    result = training.fit(training.build_method("static_dim", seed=0), tiny["train"], tiny["val"], config)
-    training.write_live(tmp_path / "out" / training.LIVE_DIR, result)
+    config = pretraining.TrainConfig(epochs=1, batch_size=16, device="cpu")
+    result = pretraining.fit(pretraining.build_method("static_dim", seed=0), tiny["train"], tiny["val"], config)
+    pretraining.write_live(tmp_path / "out" / pretraining.LIVE_DIR, result)
     assert list(_live(tmp_path / "out", "epoch/epoch")["epoch"]) == [1]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".git", "out"]
     assert (
@@ -273,9 +278,9 @@ def test_write_live_leaves_an_enclosing_git_repo_alone(tiny, tmp_path, monkeypat
 
 def test_resume_after_a_kill_ends_with_the_same_weights_as_a_straight_run(tiny_dir, tmp_path, capsys):
     killed_out = tmp_path / "killed"
-    checkpoint = training.default_checkpoint_path(killed_out)
+    checkpoint = pretraining.default_checkpoint_path(killed_out)
     code = (
-        "from atarirep.training import pretrain; "
+        "from atarirep.pretraining import pretrain; "
         f"pretrain('static_dim', {str(tiny_dir)!r}, {str(killed_out)!r}, epochs=1000, batch_size=16, "
         "seed=0, device='cpu', progress=False)"
     )
@@ -290,14 +295,14 @@ def test_resume_after_a_kill_ends_with_the_same_weights_as_a_straight_run(tiny_d
     assert not killed_out.exists()  # nothing looks finished
     epochs = torch.load(checkpoint, weights_only=True)["epoch"] + 1
 
-    training.pretrain("static_dim", tiny_dir, killed_out, epochs=epochs, **FAST)
+    pretraining.pretrain("static_dim", tiny_dir, killed_out, epochs=epochs, **FAST)
     assert f"resuming from {checkpoint} after epoch {epochs - 1}" in capsys.readouterr().err
     straight_out = tmp_path / "straight"
-    training.pretrain("static_dim", tiny_dir, straight_out, epochs=epochs, **FAST)
+    pretraining.pretrain("static_dim", tiny_dir, straight_out, epochs=epochs, **FAST)
 
     resumed, straight = encoders.load(killed_out / "encoder.pt"), encoders.load(straight_out / "encoder.pt")
     _assert_same_weights(resumed.state_dict(), straight.state_dict())
-    assert not checkpoint.exists() and not training.default_checkpoint_path(straight_out).exists()
+    assert not checkpoint.exists() and not pretraining.default_checkpoint_path(straight_out).exists()
     for name in ("epoch/epoch", "epoch/train_loss", "val/loss", "train/loss"):  # the resumed run's log is whole
         pd.testing.assert_frame_equal(_live(killed_out, name), _live(straight_out, name))
     assert list(_live(killed_out, "epoch/epoch")["epoch"]) == list(range(1, epochs + 1))
@@ -306,10 +311,10 @@ def test_resume_after_a_kill_ends_with_the_same_weights_as_a_straight_run(tiny_d
 
 
 def test_untrained_baseline_saves_its_seeded_encoder_with_an_empty_log(tiny_dir, tmp_path):
-    training.pretrain("random_cnn", tiny_dir, tmp_path / "random", epochs=3, **FAST)
+    pretraining.pretrain("random_cnn", tiny_dir, tmp_path / "random", epochs=3, **FAST)
     saved = encoders.load(tmp_path / "random" / "encoder.pt", expect="benchmark")
-    _assert_same_weights(saved.state_dict(), training.build_method("random_cnn", seed=0).encoder.state_dict())
-    for name in training.LIVE_PLOTS:  # dvc.yaml's plots exist, empty
+    _assert_same_weights(saved.state_dict(), pretraining.build_method("random_cnn", seed=0).encoder.state_dict())
+    for name in pretraining.LIVE_PLOTS:  # dvc.yaml's plots exist, empty
         path = tmp_path / "random" / "live" / "plots" / "metrics" / f"{name}.tsv"
         assert path.read_text() == f"step\t{name.split('/')[-1]}\n"
     assert json.loads((tmp_path / "random" / "metrics.json").read_text())["epochs_run"] == 0
@@ -357,7 +362,7 @@ def test_bad_input_is_one_user_error_line_and_nothing_is_written(tiny_dir, tmp_p
         options["precision"] = "fp16"
     out = tmp_path / "out"
     with pytest.raises(UserError) as err:
-        training.pretrain(method, folder, out, **options)
+        pretraining.pretrain(method, folder, out, **options)
     message = str(err.value)
     assert "\n" not in message
     expected = {
@@ -376,7 +381,7 @@ def test_bad_input_is_one_user_error_line_and_nothing_is_written(tiny_dir, tmp_p
         "bad precision": "pretrain precision='fp16' is not offered; use one of fp32, bf16",
     }[case]
     assert message.startswith(expected), message
-    assert not out.exists() and not training.default_checkpoint_path(out).exists()
+    assert not out.exists() and not pretraining.default_checkpoint_path(out).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == (["copy"] if case == "truncated frames" else [])
 
 
@@ -392,8 +397,8 @@ def _ddp_worker(rank: int, port: int, folder: str) -> None:
     place, device = devices.init_distributed(torch.device("cpu"))
     frames = torch.load(os.path.join(folder, "frames.pt"))  # (2 HALF, 2, 1, 210, 160)
     for name in ("pixel_pred", "stdim"):
-        method = training.build_method(name, seed=0)
-        model = devices.wrap(training.Objective(method), place, device)
+        method = pretraining.build_method(name, seed=0)
+        model = devices.wrap(pretraining.Objective(method), place, device)
         loss, _ = model(Batch(frames[rank * HALF : (rank + 1) * HALF]))
         loss.backward()
         if place.is_main:
@@ -402,7 +407,7 @@ def _ddp_worker(rank: int, port: int, folder: str) -> None:
 
 
 def _gradients(name: str, frames: torch.Tensor) -> dict:
-    method = training.build_method(name, seed=0)
+    method = pretraining.build_method(name, seed=0)
     method.loss(Batch(frames))[0].backward()
     return {k: p.grad.clone() for k, p in method.named_parameters()}
 
@@ -410,7 +415,7 @@ def _gradients(name: str, frames: torch.Tensor) -> dict:
 @pytest.mark.e2e
 def test_ddp_with_two_gloo_processes_matches_the_one_process_gradient(tiny, tmp_path):
     split = tiny["train"]
-    rows = training.windows(split, 2).rows(np.arange(0, 12 * HALF, 6))  # 2 HALF pairs from several episodes
+    rows = pretraining.windows(split, 2).rows(np.arange(0, 12 * HALF, 6))  # 2 HALF pairs from several episodes
     frames = encoders.preprocess(torch.from_numpy(split.frames[rows.reshape(-1)])).view(2 * HALF, 2, 1, 210, 160)
     torch.save(frames, tmp_path / "frames.pt")
     with socket.socket() as s:

@@ -1,5 +1,5 @@
-"""The stage graph on Dask (atarirep.cluster): two local worker processes, each stage in its own scratch copy of
-the project, sharing only an S3 object store (SeaweedFS, the DVC remote), leave the repository as a serial
+"""The stage graph on Dask (atarirep.plumbing.cluster): two local worker processes, each stage in its own scratch
+copy of the project, sharing only an S3 object store (SeaweedFS, the DVC remote), leave the repository as a serial
 `dvc repro` does; a worker killed mid-stage has its stage rerun elsewhere; bad input ends in one line with the
 workspace untouched."""
 
@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from atarirep import cluster
+from atarirep.plumbing import cluster
 from tests.conftest import BUCKET, KEY, SECRET, _free_ports, s3_client
 
 pytestmark = pytest.mark.e2e  # a Dask cluster over the built repository (one `dvc repro`)
@@ -46,7 +46,12 @@ def _cli(args, cwd):
 
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "atarirep.cluster", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "atarirep.plumbing.cluster", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

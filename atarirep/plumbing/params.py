@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -257,9 +257,9 @@ def compose(conf_dir: str | Path = "conf", overrides: list[str] | None = None) -
 
 
 def main(*argv: str) -> None:
-    """python -m atarirep.params [OVERRIDE ...]: rewrite params.yaml from conf/."""
+    """python -m atarirep.plumbing.params [OVERRIDE ...]: rewrite params.yaml from conf/."""
     parser = argparse.ArgumentParser(
-        prog="python -m atarirep.params",
+        prog="python -m atarirep.plumbing.params",
         description="Rewrite params.yaml from conf/ as DVC's Hydra composition does (`dvc exp run -S` overrides).",
     )
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides, e.g. env=Breakout")

@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from atarirep import params, study
-from atarirep.errors import UserError
+from atarirep.plumbing import checks, params
+from atarirep.plumbing.errors import UserError
 
 
 def _params(tmp_path, *overrides, edit=None):
@@ -18,7 +18,7 @@ def _params(tmp_path, *overrides, edit=None):
 
 @pytest.mark.parametrize("profile", ["default", "paper"])
 def test_both_profiles_pass(tmp_path, profile):
-    checked = study.check(_params(tmp_path, f"profile={profile}"))
+    checked = checks.check(_params(tmp_path, f"profile={profile}"))
     assert checked.games == (["Pong"] if profile == "default" else params.compose("conf", ["profile=paper"])["games"])
 
 
@@ -95,13 +95,13 @@ def test_both_profiles_pass(tmp_path, profile):
 )
 def test_each_bad_value_is_one_line_naming_it(tmp_path, overrides, message):
     with pytest.raises(UserError) as err:
-        study.check(_params(tmp_path, *overrides))
+        checks.check(_params(tmp_path, *overrides))
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
 def test_keep_counts_the_training_algorithms_checkpoints(tmp_path):
     # IMPALA makes 10 checkpoints, PPO would make 8: keeping 9 is fine when IMPALA trains.
-    study.check(
+    checks.check(
         _params(
             tmp_path,
             "sample_checkpoints.keep=9",
@@ -119,10 +119,10 @@ def test_a_method_config_the_method_refuses_is_caught(tmp_path):
         everything["pretrain"]["method_config"]["cpc"]["hidden"] = 3
 
     with pytest.raises(UserError, match="bad settings for method 'cpc'"):
-        study.check(_params(tmp_path, edit=edit))
+        checks.check(_params(tmp_path, edit=edit))
 
     def drop(everything):
         del everything["pretrain"]["method_config"]["vae"]
 
     with pytest.raises(UserError, match="pretrain.method_config has no entry for vae"):
-        study.check(_params(tmp_path, edit=drop))
+        checks.check(_params(tmp_path, edit=drop))

