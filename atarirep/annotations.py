@@ -8,12 +8,12 @@ touch an emulator: reading the bytes from a running game is `atarirep.envs`' job
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from importlib import resources
 
 import yaml
 
+from atarirep.games import game_key
 from atarirep.plumbing.errors import UserError
 
 ANNOTATION_SETS = ("latest", "paper")
@@ -38,19 +38,6 @@ class GameAnnotation:
     game: str  # annotation key: ALE name lowercased without separators, e.g. "mspacman"
     variables: tuple[str, ...]  # expanded names, in file order
     ram_indices: tuple[int, ...]  # ram_indices[j] is the RAM byte of variables[j]
-
-
-def game_key(name: str) -> str:
-    """Normalise any spelling of a game to its annotation key.
-
-    `Pong`, `pong`, `PongNoFrameskip-v4`, `ALE/Pong-v5`, `Pong-v5` and `ms_pacman` style names all
-    map to the lowercase name without separators (`pong`, `mspacman`).
-    """
-    base = name.strip().split("/")[-1]
-    base = re.sub(r"-v\d+$", "", base)
-    base = re.sub(r"(NoFrameskip|Deterministic)$", "", base, flags=re.IGNORECASE)
-    base = re.sub(r"-ram$", "", base, flags=re.IGNORECASE)
-    return re.sub(r"[^a-z0-9]", "", base.lower())
 
 
 @functools.cache

@@ -24,26 +24,18 @@ import pandas as pd
 from tqdm import tqdm
 
 from atarirep import annotations as ram_annotations
-from atarirep import episodes, splits
-from atarirep.envs import LabelledAtariEnv, get_protocol, resolve_game
+from atarirep import episodes, seeds, splits
+from atarirep.envs import LabelledAtariEnv, resolve_game
+from atarirep.games import get_protocol
 from atarirep.plumbing import atomic
 from atarirep.plumbing.errors import UserError
 from atarirep.policies import COLLECT_MODES, RANDOM_ACTIONS, make_policy
-
-PURPOSE_STREAMS = {"pretrain": 0, "probe": 1}  # distinct seed streams for the two datasets of a game
-
-
-def _env_seeds(seed: int, stream: int, rank: int) -> tuple[int, np.random.Generator, np.random.Generator]:
-    """(emulator seed, reset-noop RNG, policy RNG) of environment `rank`: independent, reproducible."""
-    env_seq, policy_seq, ale_seq = np.random.SeedSequence([seed, stream, rank]).spawn(3)
-    ale_seed = int(ale_seq.generate_state(1)[0] % (2**31))
-    return ale_seed, np.random.default_rng(env_seq), np.random.default_rng(policy_seq)
 
 
 def _run_env(job: dict, report: Callable[[int], object]) -> dict:
     """Step one environment for its budget of frames; frames go compressed to job['part_path']."""
     env = LabelledAtariEnv(job["game"], job["protocol"], job["annotation_set"])
-    ale_seed, env_rng, policy_rng = _env_seeds(job["seed"], job["stream"], job["rank"])
+    ale_seed, env_rng, policy_rng = seeds.collection_env(job["seed"], job["stream"], job["rank"])
     policy = make_policy(
         job["collect_mode"],
         int(env.action_space.n),
@@ -199,8 +191,8 @@ def validate(
         raise UserError(f"steps ({steps}) is smaller than num_envs ({num_envs}); raise steps or lower num_envs")
     if random_actions not in RANDOM_ACTIONS:
         raise UserError(f"random_actions {random_actions!r} is unknown; use one of {', '.join(RANDOM_ACTIONS)}")
-    if purpose not in PURPOSE_STREAMS:
-        raise UserError(f"purpose {purpose!r} is unknown; use one of {', '.join(PURPOSE_STREAMS)}")
+    if purpose not in seeds.DATASET_STREAMS:
+        raise UserError(f"purpose {purpose!r} is unknown; use one of {', '.join(seeds.DATASET_STREAMS)}")
     if min_episode_length < 0 or entropy_threshold < 0:
         raise UserError("min_episode_length and entropy_threshold must not be negative")
     if collect_mode not in COLLECT_MODES:
@@ -273,7 +265,7 @@ def collect(
                 "protocol": protocol,
                 "annotation_set": annotation_set,
                 "seed": seed,
-                "stream": PURPOSE_STREAMS[purpose],
+                "stream": seeds.DATASET_STREAMS[purpose],
                 "rank": rank,
                 "budget": budget,
                 "collect_mode": collect_mode,
@@ -306,7 +298,7 @@ def collect(
                 "this data; collect more steps or lower entropy_threshold"
             )
 
-        rng = np.random.default_rng(np.random.SeedSequence([seed, PURPOSE_STREAMS[purpose], 2**20]))
+        rng = seeds.dataset_split(seed, seeds.DATASET_STREAMS[purpose])
         split_episodes = {
             name: [kept[i] for i in ids]
             for name, ids in splits.split_episodes(len(kept), splits_fractions, rng).items()

@@ -8,7 +8,6 @@ Collection loops, storage and policies live elsewhere (`atarirep.collection`, `a
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
 
 import ale_py
 import gymnasium as gym
@@ -16,71 +15,10 @@ import numpy as np
 
 from atarirep import annotations as ram_annotations
 from atarirep.episodes import FRAME_SHAPE
+from atarirep.games import Protocol, game_key, get_protocol
 from atarirep.plumbing.errors import UserError
 
 gym.register_envs(ale_py)
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How an agent step maps to emulator frames, and when an episode ends (docs/protocols.md 1 and 4)."""
-
-    name: str
-    frame_skip: int  # an agent step repeats its action for this many frames
-    noop_max: int  # a real reset plays 1..noop_max no-op frames (0: none)
-    fire_on_reset: bool  # press FIRE (then action 2) after a reset, in games that need it
-    terminal_on_life_loss: bool  # a life loss ends the episode (stored episodes are per-life segments)
-    sticky_action_prob: float  # ALE repeat_action_probability
-    max_frames_per_episode: int  # emulator frame cap of a game
-    clip_rewards: bool  # rewards become their sign
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-# The AtariARI benchmark: "NoFrameskip-v4" ALE, wrapped as OpenAI baselines' wrap_deepmind does.
-PROTOCOLS = {
-    "atariari": Protocol(
-        "atariari",
-        frame_skip=4,
-        noop_max=30,
-        fire_on_reset=True,
-        terminal_on_life_loss=True,
-        sticky_action_prob=0.0,
-        max_frames_per_episode=108_000,
-        clip_rewards=True,
-    ),
-    # Agents (docs/protocols.md 4), stepped by atarirep.agents.vector_env: the life-loss rule applies to
-    # training only, evaluation always plays whole games. Rewards are clipped for training; returns
-    # are reported raw.
-    "classic": Protocol(
-        "classic",
-        frame_skip=4,
-        noop_max=30,
-        fire_on_reset=True,
-        terminal_on_life_loss=True,
-        sticky_action_prob=0.0,
-        max_frames_per_episode=108_000,
-        clip_rewards=True,
-    ),
-    "modern": Protocol(
-        "modern",
-        frame_skip=4,
-        noop_max=0,
-        fire_on_reset=False,
-        terminal_on_life_loss=False,
-        sticky_action_prob=0.25,
-        max_frames_per_episode=108_000,
-        clip_rewards=True,
-    ),
-}
-
-
-def get_protocol(name: str) -> Protocol:
-    """The protocol called `name`; UserError listing the known ones otherwise."""
-    if name not in PROTOCOLS:
-        raise UserError(f"protocol {name!r} is unknown; use one of {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[name]
 
 
 @functools.cache
@@ -90,14 +28,14 @@ def _ale_names() -> dict[str, str]:
     for env_id in gym.registry:
         if env_id.startswith("ALE/") and env_id.endswith("-v5"):
             name = env_id[4:-3]
-            names[ram_annotations.game_key(name)] = name
+            names[game_key(name)] = name
     return names
 
 
 def resolve_ale_game(name: str) -> str:
     """The ALE name of any game this ale-py has a ROM for, annotated or not (agents play unannotated games too,
     such as AirRaid, Carnival and NameThisGame of the multi-task set)."""
-    key = ram_annotations.game_key(name)
+    key = game_key(name)
     if key not in _ale_names():
         raise UserError(
             f"game {name!r} has no ROM in this ale-py; use one of {', '.join(sorted(_ale_names().values()))}"

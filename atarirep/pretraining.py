@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from atarirep import encoders, methods
+from atarirep import encoders, methods, seeds
 from atarirep import episodes as episodes_lib
 from atarirep import sampling as sampling_lib
 from atarirep.episodes import CompressedFrames, Episodes, LazyFrames
@@ -291,7 +291,7 @@ class Objective(nn.Module):
 def build_method(name: str, seed: int, **method_config) -> Method:
     """methods.make(name, **method_config) with weights drawn from `seed` (the global RNG is left as it was)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        seeds.torch_weights(seed)
         return methods.make(name, **method_config)
 
 
@@ -406,8 +406,8 @@ def fit(
     model = devices.wrap(Objective(method), place, device)
     # eps 1e-5 as AtariARI's trainers; a method may name its own (its CPC trainer keeps torch's 1e-8)
     optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, eps=getattr(method, "adam_eps", 1e-5))
-    sampling_rng = np.random.default_rng(config.seed)
-    noise = torch.Generator(device=device).manual_seed(config.seed * 1000 + place.rank)
+    sampling_rng = seeds.pretraining(config.seed)
+    noise = seeds.pretraining_noise(config.seed, place.rank, device)
     # `epochs` is left out: a longer run resumes a shorter one's checkpoint (no LR schedule depends on it).
     fingerprint = json.dumps(
         {
@@ -438,10 +438,9 @@ def fit(
     def val_plan(epoch: int):
         """every_frame: the same batches every epoch, so epochs compare on equal terms; reference: a fresh draw
         each epoch, as AtariARI, from a stream of the epoch's own (a resumed run draws the same)."""
-        seed = [config.seed, 1] if config.sampling == "every_frame" else [config.seed, 1, epoch]
         return epoch_plan(
             split_windows["val"],
-            np.random.default_rng(seed),
+            seeds.validation_plan(config.seed, None if config.sampling == "every_frame" else epoch),
             config.batch_size,
             method.uses_negatives,
             place,
@@ -596,7 +595,7 @@ def _validate(
     """{"loss": mean loss, metric: mean of each of the loss's metrics} over the fixed validation batches (each
     process evaluates its slice of each; the means are over all processes)."""
     method.eval()
-    noise = torch.Generator(device=device).manual_seed(seed * 1000 + 999 - place.rank)
+    noise = seeds.validation_noise(seed, place.rank, device)
     sums: dict[str, torch.Tensor] = {}
     for batch in source.batches(plan, noise):
         with devices.autocast(device, precision):

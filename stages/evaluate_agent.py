@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from atarirep import seeds
 from atarirep.agents import checkpoints, evaluation
-from atarirep.envs import get_protocol, resolve_ale_game
+from atarirep.envs import resolve_ale_game
+from atarirep.games import get_protocol
 from atarirep.plumbing import devices, params
 from atarirep.plumbing.atomic import atomic_dir, write_json
 from atarirep.plumbing.errors import run_stage
@@ -45,8 +47,7 @@ def main(game: str, sampled_root: str, out_dir: str) -> None:
     for seed, step, frames, path in found:
         network, _ = checkpoints.load_for_game(path, game)
         network.to(device)
-        # Every checkpoint of a run plays from the same starts (common random numbers along its curve).
-        eval_seed = int(np.random.SeedSequence([p.seed, seed]).generate_state(1)[0] >> 1)
+        eval_seed = seeds.agent_games(p.seed, seed)
         for protocol in protocols:
             started = time.perf_counter()
             returns = evaluation.evaluate(

@@ -12,9 +12,9 @@ OUT_DIR/metrics.json (per checkpoint: frames, seconds, mean policy and value sal
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from atarirep import seeds
 from atarirep.agents import checkpoints, saliency
 from atarirep.envs import resolve_ale_game
 from atarirep.plumbing import devices, params
@@ -55,8 +55,7 @@ def main(game: str, sampled_root: str, out_dir: str) -> None:
         for seed, step, path in found:
             network, _ = checkpoints.load_for_game(path, game)  # a multi-task network: game's value output
             network.to(device)
-            # The seed evaluate_agent plays this run's games from.
-            play_seed = int(np.random.SeedSequence([p.seed, seed]).generate_state(1)[0] >> 1)
+            play_seed = seeds.agent_games(p.seed, seed)
             stacks = saliency.episode_stacks(
                 network, game, p.protocol, frames=p.frames, epsilon=p.epsilon, seed=play_seed
             )

@@ -1,6 +1,6 @@
 import pytest
 
-from atarirep import annotations
+from atarirep import annotations, games
 from atarirep.plumbing.errors import UserError
 
 
@@ -32,11 +32,11 @@ def test_paper_set_differs_as_its_header_says():
     "name", ["Pong", "pong", "PONG", "PongNoFrameskip-v4", "ALE/Pong-v5", "Pong-v5", "PongDeterministic-v4"]
 )
 def test_any_spelling_of_a_game_finds_its_key(name):
-    assert annotations.game_key(name) == "pong"
+    assert games.game_key(name) == "pong"
 
 
 def test_multiword_names_normalise():
-    assert annotations.game_key("ALE/MsPacman-v5") == annotations.game_key("ms_pacman") == "mspacman"
+    assert games.game_key("ALE/MsPacman-v5") == games.game_key("ms_pacman") == "mspacman"
 
 
 def test_unknown_game_lists_the_known_ones():

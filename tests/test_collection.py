@@ -6,8 +6,8 @@ import stat
 import numpy as np
 import pytest
 
-from atarirep import episodes
-from atarirep.collection import _env_seeds, collect, summary
+from atarirep import episodes, seeds
+from atarirep.collection import collect, summary
 from atarirep.envs import LabelledAtariEnv
 from atarirep.plumbing.errors import UserError
 from atarirep.policies import make_policy
@@ -79,7 +79,7 @@ def test_every_episode_starts_with_its_own_reset_frame_and_label(breakout_probe_
     store = episodes.load(breakout_probe_dir)
     steps = store.steps[store.steps.env == 0]
     env = LabelledAtariEnv("Breakout")
-    ale_seed, env_rng, policy_rng = _env_seeds(SMALL_BREAKOUT["seed"], 1, 0)
+    ale_seed, env_rng, policy_rng = seeds.collection_env(SMALL_BREAKOUT["seed"], 1, 0)
     policy = make_policy("random_agent", env.action_space.n, policy_rng)
     obs, info = env.reset(seed=ale_seed)
     env.np_random = env_rng

@@ -1,7 +1,7 @@
 """RL agents, their checkpoints, and what is measured on them.
 
 - `vector_env`: the games stepped as a batch as CleanRL's wrapper chain steps them (84x84x4 stacks) under a
-  protocol of `atarirep.envs.PROTOCOLS`, and `agent_frames`, the 84x84 view of stored 210x160 frames.
+  protocol of `atarirep.games.PROTOCOLS`, and `agent_frames`, the 84x84 view of stored 210x160 frames.
 - `network`: the networks agents use: the actor-critic on the Nature CNN (PPO), IMPALA's (Nature CNN or
   IMPALA ResNet, the last action and reward beside the features, a value output per game under PopArt), the
   Q-network of imported DQN-family checkpoints, and `choose_actions`, the one rule by which they act.

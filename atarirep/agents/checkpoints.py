@@ -44,7 +44,7 @@ from atarirep.agents.network import (
     network_from,
     num_actions_of,
 )
-from atarirep.annotations import game_key
+from atarirep.games import PROTOCOLS, game_key
 from atarirep.plumbing.atomic import write_bytes
 from atarirep.plumbing.errors import UserError
 
@@ -71,11 +71,6 @@ _FIX = "rerun `dvc repro` for the stage that trains it, or `dvc pull` it"
 def run_dir(root: str | os.PathLike, algo: str, protocol: str, game: str, seed: int) -> Path:
     """`root/ALGO_protocol/GAME/SEED`, the published layout (e.g. PPO_classic/Pong/0)."""
     return Path(root) / f"{algo}_{protocol}" / game / str(seed)
-
-
-def run_seed(study_seed: int, seed: int) -> int:
-    """The seed of every random source of run `seed` (the SEED folder) in a study seeded `study_seed`."""
-    return study_seed * 1_000 + seed
 
 
 def file_name(step: int) -> str:
@@ -191,7 +186,6 @@ def load_for_game(path: str | os.PathLike, game: str) -> tuple[AgentNetwork, dic
 def layout_meta(path: str | os.PathLike) -> dict:
     """{algo, protocol, game, seed} of a file at .../ALGO_protocol/GAME/SEED/model_STEP.gz (a known protocol);
     {} elsewhere. Read from the path as given (made absolute, links not followed: DVC may link files into its cache)."""
-    from atarirep.envs import PROTOCOLS  # here: the envs module loads the emulator
 
     parts = Path(os.path.abspath(path)).parts
     if len(parts) < 5 or not FILE_PATTERN.match(parts[-1]) or not parts[-2].isdigit():

@@ -25,7 +25,7 @@ from matplotlib.ticker import EngFormatter
 
 from atarirep.agents.network import AgentNetwork, choose_actions, play_outputs
 from atarirep.agents.vector_env import AgentEnvs
-from atarirep.annotations import game_key
+from atarirep.games import game_key
 from atarirep.plumbing.errors import UserError
 
 BOOTSTRAP_REPS = 2000  # rliable's default number of bootstrap resamples

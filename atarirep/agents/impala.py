@@ -70,13 +70,13 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from atarirep.agents import checkpoints, resume
-from atarirep.agents.checkpoints import run_seed
+from atarirep import seeds
+from atarirep.agents import acting, checkpoints, resume
 from atarirep.agents.network import IMPALANet, network_from
 from atarirep.agents.popart import STATISTICS, PopArt
 from atarirep.agents.vector_env import AGENT_FRAME, STACK, AgentEnvs
 from atarirep.agents.vtrace import action_log_probs, log_rhos, vtrace
-from atarirep.envs import Protocol, get_protocol
+from atarirep.games import Protocol, get_protocol
 from atarirep.plumbing import devices, params
 from atarirep.plumbing.errors import UserError
 from atarirep.plumbing.live import StageLive, drop_rows_after
@@ -341,7 +341,7 @@ def act(
             for t in range(config.unroll_length):
                 with torch.no_grad():
                     logits = model.heads(obs, last_action, last_reward)[0][0].float()
-                action = int(np.argmax(logits.double().numpy() + rng.gumbel(size=len(logits))))  # a draw from softmax
+                action = int(acting.gumbel_max(logits.double().numpy(), rng))
                 step = envs.step(np.array([action]))
                 obs = torch.from_numpy(step.obs)
                 # What the network reads at the next step, across an episode's end too (as monobeast).
@@ -417,7 +417,7 @@ class Actors:
                     i % len(games),
                     config,
                     protocol,
-                    _actor_seed(seed, i),
+                    seeds.impala_actor(seed, i),
                     network.spec,
                     self.shared_state,
                     buffers,
@@ -511,11 +511,6 @@ def _signal_name(number: int) -> str:
         return "a real-time signal"
 
 
-def _actor_seed(seed: tuple[int, ...], actor: int) -> int:
-    """Actor `actor`'s seed in a run seeded (run seed, learner step it started or resumed from)."""
-    return int(np.random.SeedSequence([*seed, actor]).generate_state(1)[0])
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The learner.
 
@@ -537,7 +532,7 @@ def train(
     out_dir (model_STEP.gz), dvclive logs to log_dir, both written whole at the end. Until then everything
     lives in a hidden folder beside out_dir, from which a killed or failed run resumes at its last checkpoint.
 
-    Weights, each actor's games and action draws follow run_seed(study_seed, seed) (and, after a resume,
+    Weights, each actor's games and action draws follow seeds.agent_run(study_seed, seed) (and, after a resume,
     the step it resumed from); which unrolls form a batch depends on the actors' timing."""
     games = [games] if isinstance(games, str) else list(games)
     config = config if config.games else dataclasses.replace(config, games=tuple(games))
@@ -549,7 +544,7 @@ def train(
     fingerprint = json.dumps(
         {"games": games, "seed": seed, "study_seed": study_seed, "algo": algo, **asdict(config)}, sort_keys=True
     )
-    seeded = run_seed(study_seed, seed)
+    seeded = seeds.agent_run(study_seed, seed)
     torch.manual_seed(seeded)
     network = IMPALANet(
         num_actions,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from atarirep.agents import acting
 from atarirep.agents.popart import PopArt
 from atarirep.encoders import ImpalaCNN, NatureCNN, _init_orthogonal, preprocess
 from atarirep.plumbing.errors import UserError
@@ -325,6 +326,6 @@ def choose_actions(
     which envs took a random one."""
     outputs = head.double().cpu().numpy()
     greedy = getattr(network, "acts_greedily", False) if greedy is None else greedy
-    chosen = outputs.argmax(1) if greedy else (outputs + rng.gumbel(size=outputs.shape)).argmax(1)
+    chosen = outputs.argmax(1) if greedy else acting.gumbel_max(outputs, rng)
     uniform = rng.integers(outputs.shape[1], size=len(outputs))
     return np.where(rng.random(len(outputs)) < epsilon, uniform, chosen)

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from atarirep.agents import checkpoints, resume
-from atarirep.agents.checkpoints import run_seed
+from atarirep import seeds
+from atarirep.agents import acting, checkpoints, resume
 from atarirep.agents.network import ActorCritic
 from atarirep.agents.vector_env import AgentEnvs
-from atarirep.envs import get_protocol
+from atarirep.games import get_protocol
 from atarirep.plumbing import devices, params
 from atarirep.plumbing.errors import UserError
 from atarirep.plumbing.live import StageLive, drop_rows_after
@@ -131,12 +131,6 @@ def config_from(mapping: dict) -> PPOConfig:
     return config
 
 
-def env_seed(seed: int, segment: int) -> int:
-    """The vector env's reset seed for the games played after the `segment`-th checkpoint (env i gets this
-    plus i; ALE takes 32-bit seeds)."""
-    return int(np.random.SeedSequence([seed, segment]).generate_state(1)[0] % (2**31 - 2**16))
-
-
 def train(
     game: str,
     seed: int,
@@ -151,7 +145,7 @@ def train(
 ) -> Path:
     """Train PPO run `seed` on `game`; checkpoints go to out_dir (model_STEP.gz), dvclive logs to log_dir.
 
-    Every random source (weights, actions, minibatches, the games' no-ops) follows run_seed(study_seed, seed).
+    Every random source (weights, actions, minibatches, the games' no-ops) follows seeds.agent_run(study_seed, seed).
 
     Both are written whole at the end; until then everything lives in a hidden folder beside out_dir,
     from which a killed run resumes.
@@ -163,7 +157,7 @@ def train(
     fingerprint = json.dumps(
         {"game": game, "seed": seed, "study_seed": study_seed, "algo": algo, **asdict(config)}, sort_keys=True
     )
-    seeded = run_seed(study_seed, seed)
+    seeded = seeds.agent_run(study_seed, seed)
     envs = AgentEnvs(game, config.num_envs, config.protocol, training=True)
     torch.manual_seed(seeded)
     network = devices.place(ActorCritic(envs.num_actions), device_, torch.channels_last)
@@ -194,7 +188,7 @@ def train(
     obs = torch.zeros((n, e, 4, 84, 84), dtype=torch.uint8, device=device_)
     actions = torch.zeros((n, e), dtype=torch.long, device=device_)
     logprobs, rewards, dones, values = (torch.zeros((n, e), device=device_) for _ in range(4))
-    next_obs = torch.from_numpy(envs.reset(env_seed(seeded, segment))).to(device_)
+    next_obs = torch.from_numpy(envs.reset(seeds.ppo_games(seeded, segment))).to(device_)
     next_done = torch.zeros(e, device=device_)
     for row in played[:played_steps]:  # a resumed run: the games back to where the checkpoint left them
         result = envs.step(row)
@@ -213,7 +207,7 @@ def train(
             with torch.no_grad():
                 logits, value = network(next_obs)
             log_probs = torch.log_softmax(logits.float(), dim=-1)
-            action = _sample(log_probs, rng)
+            action = torch.from_numpy(acting.gumbel_max(log_probs.detach().cpu().double().numpy(), rng))
             played[played_steps] = action.numpy()
             played_steps += 1
             actions[step], values[step] = action.to(device_), value.float()
@@ -268,7 +262,7 @@ def train(
             )
             if iteration in reset_at:
                 segment, played_steps = segment + 1, 0
-                next_obs = torch.from_numpy(envs.reset(env_seed(seeded, segment))).to(device_)
+                next_obs = torch.from_numpy(envs.reset(seeds.ppo_games(seeded, segment))).to(device_)
                 next_done = torch.zeros(e, device=device_)
             _write_resume(work, fingerprint, network, optimizer, rng, iteration, segment, played[:played_steps])
         if progress:
@@ -358,12 +352,6 @@ def update(
         "approx_kl": approx_kl.item(),
         "clip_fraction": torch.stack(clip_fractions).mean().item(),
     }
-
-
-def _sample(log_probs: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """One action per row by Gumbel-max: argmax(log p + Gumbel noise) is a draw from p."""
-    noise = rng.gumbel(size=log_probs.shape)
-    return torch.from_numpy((log_probs.detach().cpu().double().numpy() + noise).argmax(1))
 
 
 def _write_resume(

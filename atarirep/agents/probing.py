@@ -31,6 +31,7 @@ from atarirep import episodes, reports
 from atarirep.agents import checkpoints
 from atarirep.agents.network import AgentNetwork
 from atarirep.agents.vector_env import AGENT_FRAME, STACK, agent_frames, stack_indices
+from atarirep.games import game_key
 from atarirep.plumbing import devices
 from atarirep.plumbing.errors import UserError
 from atarirep.probe.features import ENCODE_BATCH_SIZE
@@ -248,7 +249,7 @@ def probe_sampled(
             _, meta = checkpoints.load_for_game(path, game)  # a damaged file, another network or game stops here
             found.append((run_seed, step, checkpoint_frames(meta, path), path))
     data_game, data = load_probe_data(episodes_dir)
-    if ram_annotations.game_key(data_game) != ram_annotations.game_key(game):
+    if game_key(data_game) != game_key(game):
         raise UserError(
             f"episodes {episodes_dir} are {data_game}, not {game}; probe {game}'s checkpoints on "
             f"data/episodes/{game}/probe"

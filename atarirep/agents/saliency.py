@@ -491,6 +491,6 @@ def check_settings(p) -> None:
             raise UserError(f"params.yaml saliency.{name}={getattr(p, name)} must be at least 1")
     if not 0 <= p.epsilon <= 1:
         raise UserError(f"params.yaml saliency.epsilon={p.epsilon} must be a probability between 0 and 1")
-    from atarirep.envs import get_protocol  # imported here, as episode_stacks imports the env
+    from atarirep.games import get_protocol
 
     get_protocol(p.protocol)

@@ -37,7 +37,9 @@ import numpy as np
 from ale_py import roms
 from gymnasium.utils import seeding
 
-from atarirep.envs import Protocol, get_protocol, resolve_ale_game
+from atarirep import seeds
+from atarirep.envs import resolve_ale_game
+from atarirep.games import Protocol, get_protocol
 from atarirep.plumbing.errors import UserError
 
 AGENT_FRAME = (84, 84)
@@ -80,9 +82,9 @@ class _Game:
         self.raw_return = 0.0  # RecordEpisodeStatistics: every frame's raw reward since the game's reset
 
     def seed(self, seed: int | None) -> None:
-        """AtariEnv.seed_game + load_game: one SeedSequence gives the no-op generator's and the emulator's seeds;
+        """AtariEnv.seed_game + load_game: one seed gives the no-op generator's and the emulator's seeds;
         the next `reset` starts a new game."""
-        np_seed, ale_seed = np.random.SeedSequence(seed).generate_state(n_words=2)
+        np_seed, ale_seed = seeds.emulator(seed)
         self.rng, _ = seeding.np_random(int(np_seed))
         self.ale.setInt("random_seed", np.int32(ale_seed))
         self.ale.loadROM(self._rom)

@@ -14,6 +14,7 @@ from pathlib import Path
 from atarirep import annotations as ram_annotations
 from atarirep import collection, envs, methods, pretraining, sampling
 from atarirep.agents import checkpoints, impala, ppo, saliency, vector_env
+from atarirep.games import game_key, get_protocol
 from atarirep.plumbing import devices, params
 from atarirep.plumbing.errors import UserError
 from atarirep.probe import BASELINES
@@ -31,7 +32,7 @@ def check_games(study: params.Study) -> list[str]:
     name (stage names and data paths use it) and appears once; UserError naming the first bad one otherwise."""
     known = [envs.resolve_game(key, study.annotations) for key in ram_annotations.annotated_games(study.annotations)]
     for where, game in (("env", study.env), *(("games", g) for g in study.games)):
-        if ram_annotations.game_key(game) not in map(ram_annotations.game_key, known):
+        if game_key(game) not in map(game_key, known):
             raise UserError(
                 f"params.yaml {where} has {game!r}, which has no RAM annotations in the "
                 f"{study.annotations!r} set; use one of {', '.join(known)}"
@@ -143,7 +144,7 @@ def check_agents(
         for protocol in dict.fromkeys([train.protocol, *evaluate.protocols, *saliency_protocols]):
             vector_env.check_game(game, protocol)
     for protocol in evaluate.protocols:
-        envs.get_protocol(protocol)
+        get_protocol(protocol)
     _distinct(evaluate.protocols, "evaluate_agent.protocols")
     if not evaluate.protocols or evaluate.episodes < 1 or evaluate.max_steps < 1 or not 0 <= evaluate.epsilon <= 1:
         raise UserError(

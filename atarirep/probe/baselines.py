@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from atarirep import encoders
+from atarirep import encoders, seeds
 from atarirep import sampling as sampling_lib
 from atarirep.plumbing import devices
 from atarirep.plumbing.errors import UserError
@@ -181,10 +181,10 @@ def fit_supervised(
     result = SupervisedProbes([], columns, np.zeros(num_variables, int), np.zeros(num_variables))
     first_frames = _rows_of(frames, torch.arange(1))
     for i, cols in enumerate(tqdm(columns, desc="supervised", disable=not progress or len(columns) == 1)):
+        encoder_seed, generator, order_rng, val_rng = seeds.supervised_streams(seed, i)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + i)
+            seeds.torch_weights(encoder_seed)
             encoder = make_encoder().to(dev)
-        generator = torch.Generator().manual_seed(seed + i)
         first = encoders.preprocess(torch.as_tensor(np.asarray(first_frames)).to(dev), input_dtype(encoder))
         with torch.no_grad(), eval_mode(encoder):  # the check must not move BatchNorm statistics
             num_features = checked_forward(encoder, first, None).shape[1]
@@ -202,8 +202,8 @@ def fit_supervised(
             batch_size=batch_size,
             epochs=epochs,
             patience=patience,
-            rng=np.random.default_rng([seed, i]),
-            val_rng=np.random.default_rng([seed, i, 1]),
+            rng=order_rng,
+            val_rng=val_rng,
             sampling=sampling,
             keep=keep,
             progress=progress and len(columns) == 1,

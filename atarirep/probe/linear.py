@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from atarirep import sampling as sampling_lib
+from atarirep import seeds
 from atarirep.plumbing import devices
 from atarirep.plumbing.errors import UserError
 
@@ -220,7 +221,7 @@ def fit_probes(
     num_rows, num_features = x.shape
     train_bounds, val_bounds = split_bounds(train_bounds, num_rows), split_bounds(val_bounds, len(x_val))
     num_variables = y.shape[1]
-    generator = torch.Generator().manual_seed(seed)
+    generator, order_rng, val_rng = seeds.probe_streams(seed)
     inits = [init_linear(generator, num_features, num_classes) for _ in range(num_variables)]
     weight = torch.stack([w for w, _ in inits]).to(dev).requires_grad_()  # (V, C, F)
     bias = torch.stack([b for _, b in inits]).to(dev).requires_grad_()  # (V, C)
@@ -231,7 +232,6 @@ def fit_probes(
     last_val_accuracy = np.zeros(num_variables)
     adam = BatchedAdam([weight, bias])
     schedules = Schedules(num_variables, lr, patience)
-    order_rng, val_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     for _ in tqdm(range(epochs), desc="probe epochs", disable=not progress, leave=False):
         if not schedules.active.any():
             break

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from atarirep import sampling as sampling_lib
+from atarirep import seeds
 from atarirep.plumbing import devices
 from atarirep.probe.features import ENCODE_BATCH_SIZE, Featurizer
 from atarirep.probe.linear import (
@@ -87,7 +88,7 @@ def fit_probes_reference(
     num_variables = y.shape[1]
     with _Features(encoder, dev) as featurize:
         num_features = featurize(x[:1].to(dev)).shape[1]
-        generator = torch.Generator().manual_seed(seed)
+        generator, order_rng, val_rng = seeds.probe_streams(seed)
         probes = []
         for _ in range(num_variables):
             probe = nn.Linear(num_features, num_classes).to(dev)
@@ -107,7 +108,6 @@ def fit_probes_reference(
         num_bad = [0] * num_variables
         stopped = [False] * num_variables
         best_states = [copy.deepcopy(p.state_dict()) for p in probes]
-        order_rng, val_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
         for _ in range(epochs):
             if all(stopped):
                 break

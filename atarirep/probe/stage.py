@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from atarirep import annotations as ram_annotations
-from atarirep import encoders, episodes
+from atarirep import encoders, episodes, seeds
 from atarirep import sampling as sampling_lib
+from atarirep.games import game_key
 from atarirep.plumbing import atomic, devices
 from atarirep.plumbing.errors import UserError
 from atarirep.probe.baselines import BASELINES, fit_supervised, majority_predictions, predict_supervised
@@ -72,7 +72,7 @@ def load_probe_data(episodes_dir: str | os.PathLike) -> tuple[str, dict[str, epi
 def check_same_game(encoder: nn.Module, encoder_path, game: str, episodes_dir) -> None:
     """UserError if the encoder file says it was trained on another game than the episodes'."""
     encoder_game = getattr(encoder, "meta", {}).get("game")
-    if encoder_game is not None and ram_annotations.game_key(encoder_game) != ram_annotations.game_key(game):
+    if encoder_game is not None and game_key(encoder_game) != game_key(game):
         raise UserError(
             f"encoder {encoder_path} was trained on {encoder_game} but episodes {episodes_dir} are "
             f"{game}; probe an encoder of the same game (data/encoders/{game}/...)"
@@ -184,7 +184,7 @@ def scored_test_rows(test_bounds: np.ndarray, *, sampling: str, batch_size: int,
     """The test rows scored, given the test split's episode bounds: every frame once (every_frame), or AtariARI's
     draw of one sample per test frame, episodes with replacement, whole batches (reference), from a seed stream
     of its own."""
-    return sampling_lib.evaluation_rows(np.random.default_rng([seed, 2]), test_bounds, sampling, batch_size)
+    return sampling_lib.evaluation_rows(seeds.test_rows(seed), test_bounds, sampling, batch_size)
 
 
 def probe_features(

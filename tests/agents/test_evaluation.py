@@ -18,7 +18,7 @@ from atarirep import annotations
 from atarirep.agents import checkpoints, evaluation, impala
 from atarirep.agents.network import ActorCritic, IMPALANet
 from atarirep.agents.vector_env import AgentEnvs
-from atarirep.envs import PROTOCOLS
+from atarirep.games import PROTOCOLS
 from atarirep.plumbing.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from atarirep.agents import checkpoints, ppo
+from atarirep.agents import acting, checkpoints, ppo
 from atarirep.plumbing.errors import UserError
 
 TINY = ppo.PPOConfig(total_steps=1536, num_envs=4, num_steps=128, checkpoint_every=512, reset_every=1024)
@@ -58,7 +58,7 @@ def test_ppos_update_learns_cartpole():
             with torch.no_grad():
                 logits, value = network(next_obs)
             log_probs = torch.log_softmax(logits, -1)
-            action = ppo._sample(log_probs, rng)
+            action = torch.from_numpy(acting.gumbel_max(log_probs.double().numpy(), rng))
             actions[step], values[step] = action.float(), value
             logprobs[step] = log_probs.gather(1, action[:, None]).squeeze(1)
             obs, reward, terminated, truncated, _ = envs.step(action.numpy())

@@ -12,7 +12,8 @@ import pytest
 
 from atarirep.agents import vector_env
 from atarirep.agents.vector_env import AgentEnvs
-from atarirep.envs import LabelledAtariEnv, Protocol
+from atarirep.envs import LabelledAtariEnv
+from atarirep.games import Protocol
 
 
 def _bench_agent():

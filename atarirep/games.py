@@ -1,0 +1,88 @@
+"""Games by name, and the protocols they are played under: plain data, needing neither the emulator nor torch.
+
+`game_key` turns any spelling of a game into one key; `PROTOCOLS` say how an agent step maps to emulator frames
+and when an episode ends. Modules that only name games or protocols (checkpoints, reports, params checks)
+import this one, not `atarirep.envs`, which loads ale-py.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from atarirep.plumbing.errors import UserError
+
+
+def game_key(name: str) -> str:
+    """Normalise any spelling of a game to its annotation key.
+
+    `Pong`, `pong`, `PongNoFrameskip-v4`, `ALE/Pong-v5`, `Pong-v5` and `ms_pacman` style names all
+    map to the lowercase name without separators (`pong`, `mspacman`).
+    """
+    base = name.strip().split("/")[-1]
+    base = re.sub(r"-v\d+$", "", base)
+    base = re.sub(r"(NoFrameskip|Deterministic)$", "", base, flags=re.IGNORECASE)
+    base = re.sub(r"-ram$", "", base, flags=re.IGNORECASE)
+    return re.sub(r"[^a-z0-9]", "", base.lower())
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How an agent step maps to emulator frames, and when an episode ends (docs/protocols.md 1 and 4)."""
+
+    name: str
+    frame_skip: int  # an agent step repeats its action for this many frames
+    noop_max: int  # a real reset plays 1..noop_max no-op frames (0: none)
+    fire_on_reset: bool  # press FIRE (then action 2) after a reset, in games that need it
+    terminal_on_life_loss: bool  # a life loss ends the episode (stored episodes are per-life segments)
+    sticky_action_prob: float  # ALE repeat_action_probability
+    max_frames_per_episode: int  # emulator frame cap of a game
+    clip_rewards: bool  # rewards become their sign
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# The AtariARI benchmark: "NoFrameskip-v4" ALE, wrapped as OpenAI baselines' wrap_deepmind does.
+PROTOCOLS = {
+    "atariari": Protocol(
+        "atariari",
+        frame_skip=4,
+        noop_max=30,
+        fire_on_reset=True,
+        terminal_on_life_loss=True,
+        sticky_action_prob=0.0,
+        max_frames_per_episode=108_000,
+        clip_rewards=True,
+    ),
+    # Agents (docs/protocols.md 4), stepped by atarirep.agents.vector_env: the life-loss rule applies to
+    # training only, evaluation always plays whole games. Rewards are clipped for training; returns
+    # are reported raw.
+    "classic": Protocol(
+        "classic",
+        frame_skip=4,
+        noop_max=30,
+        fire_on_reset=True,
+        terminal_on_life_loss=True,
+        sticky_action_prob=0.0,
+        max_frames_per_episode=108_000,
+        clip_rewards=True,
+    ),
+    "modern": Protocol(
+        "modern",
+        frame_skip=4,
+        noop_max=0,
+        fire_on_reset=False,
+        terminal_on_life_loss=False,
+        sticky_action_prob=0.25,
+        max_frames_per_episode=108_000,
+        clip_rewards=True,
+    ),
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    """The protocol called `name`; UserError listing the known ones otherwise."""
+    if name not in PROTOCOLS:
+        raise UserError(f"protocol {name!r} is unknown; use one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
