@@ -17,6 +17,7 @@ COMMANDS = {
     "remote": ("atarirep.plumbing.remote", "check a DVC remote; push and pull check it first"),
     "experiments": ("atarirep.plumbing.experiments", "the multi-game report of finished DVC experiments"),
     "cluster": ("atarirep.plumbing.cluster", "run the stage graph on a Dask cluster"),
+    "deps": ("atarirep.plumbing.deps", "check or write dvc.yaml's code deps, computed from each stage's imports"),
 }
 
 

@@ -9,6 +9,7 @@ written atomically: a killed collection leaves no folder that looks finished.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import multiprocessing as mp
 import os
@@ -16,27 +17,24 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
 from atarirep import annotations as ram_annotations
-from atarirep import episodes, seeds, splits
+from atarirep import episodes, policies, seeds, splits
 from atarirep.envs import LabelledAtariEnv, resolve_game
 from atarirep.games import get_protocol
 from atarirep.plumbing import atomic
 from atarirep.plumbing.errors import UserError
-from atarirep.policies import COLLECT_MODES, RANDOM_ACTIONS, make_policy
 
 
 def _run_env(job: dict, report: Callable[[int], object]) -> dict:
     """Step one environment for its budget of frames; frames go compressed to job['part_path']."""
     env = LabelledAtariEnv(job["game"], job["protocol"], job["annotation_set"])
     ale_seed, env_rng, policy_rng = seeds.collection_env(job["seed"], job["stream"], job["rank"])
-    policy = make_policy(
+    policy = policies.make_policy(
         job["collect_mode"],
         int(env.action_space.n),
         policy_rng,
@@ -44,20 +42,14 @@ def _run_env(job: dict, report: Callable[[int], object]) -> dict:
         agent_checkpoint=job["agent_checkpoint"],
         agent_random_prob=job["agent_random_prob"],
     )
-    budget, num_vars = job["budget"], len(env.annotation.variables)
-    labels = np.empty((budget, num_vars), np.uint8)
-    actions = np.full(budget, -1, np.int16)  # the action that led to this frame; -1 on a first frame
-    rewards = np.zeros(budget, np.float32)  # the (protocol-clipped) reward of that step
-    episode = np.empty(budget, np.int32)
+    budget = job["budget"]
+    writer = episodes.PartWriter(Path(job["part_path"]), budget, len(env.annotation.variables))
     hashes = np.empty((budget, 16), np.uint8)  # for removing test frames equal to train/val frames
-    writer = episodes.ChunkWriter(Path(job["part_path"]))
     obs, _ = env.reset(seed=ale_seed)
     env.np_random = env_rng  # reset noops draw from this environment's own stream
-    ep, is_first, ended = 0, True, False
+    action, reward, is_first, ended = -1, 0.0, True, False  # what led to `obs`: nothing on a first frame
     for i in range(budget):
-        writer.add(obs)
-        labels[i] = env.ram_labels()
-        episode[i] = ep
+        writer.add(obs, env.ram_labels(), action, reward)
         hashes[i] = np.frombuffer(hashlib.blake2b(obs, digest_size=16).digest(), np.uint8)
         if i % 256 == 255:
             report(256)
@@ -65,27 +57,16 @@ def _run_env(job: dict, report: Callable[[int], object]) -> dict:
             break
         if ended:  # the terminal frame is stored; the reset frame starts the next episode, with its own label
             writer.end_episode()
-            ep, is_first, ended = ep + 1, True, False
+            action, reward, is_first, ended = -1, 0.0, True, False
             obs, _ = env.reset()
             continue
-        action = policy.act(obs, is_first, 0.0 if is_first else float(rewards[i]))
+        action = policy.act(obs, is_first, float(np.float32(reward)))  # the reward as stored
         obs, reward, terminated, truncated, _ = env.step(action)
-        actions[i + 1], rewards[i + 1] = action, reward
         is_first, ended = False, terminated or truncated
-    writer.close()
+    part = writer.close()
     env.close()
     report(budget % 256)
-    return {
-        "rank": job["rank"],
-        "labels": labels,
-        "actions": actions,
-        "rewards": rewards,
-        "episode": episode,
-        "hashes": hashes,
-        "variables": env.annotation.variables,
-        "chunk_frames": np.asarray(writer.chunk_frames, np.int64),
-        "chunk_bytes": np.asarray(writer.chunk_bytes, np.int64),
-    }
+    return {"rank": job["rank"], "part": part, "hashes": hashes}
 
 
 _progress_counter = None
@@ -189,21 +170,11 @@ def validate(
         raise UserError(f"num_envs and num_workers must be at least 1, got {num_envs} and {num_workers}")
     if steps < num_envs:
         raise UserError(f"steps ({steps}) is smaller than num_envs ({num_envs}); raise steps or lower num_envs")
-    if random_actions not in RANDOM_ACTIONS:
-        raise UserError(f"random_actions {random_actions!r} is unknown; use one of {', '.join(RANDOM_ACTIONS)}")
     if purpose not in seeds.DATASET_STREAMS:
         raise UserError(f"purpose {purpose!r} is unknown; use one of {', '.join(seeds.DATASET_STREAMS)}")
     if min_episode_length < 0 or entropy_threshold < 0:
         raise UserError("min_episode_length and entropy_threshold must not be negative")
-    if collect_mode not in COLLECT_MODES:
-        raise UserError(f"collect_mode {collect_mode!r} is unknown; use one of {', '.join(COLLECT_MODES)}")
-    if collect_mode == "agent" and not agent_checkpoint:
-        raise UserError(
-            "collect_mode agent needs an agent checkpoint; run train_agent and sample_checkpoints "
-            "first (dvc repro does)"
-        )
-    if not 0 <= agent_random_prob <= 1:
-        raise UserError(f"agent_random_prob {agent_random_prob} must be in [0, 1] (the reference: 0.2)")
+    policies.check_policy(collect_mode, random_actions, agent_checkpoint, agent_random_prob)
     return ale_name
 
 
@@ -278,19 +249,19 @@ def collect(
         ]
         results = _run_all(jobs, min(num_workers, num_envs), progress, f"collect {ale_name} ({purpose})")
 
-        records = _episode_records(results)
-        kept = [rec for rec in records if len(rec.rows) > min_episode_length]
+        records = [rec for r in results for rec in r["part"].episodes(r["rank"])]
+        kept = [rec for rec in records if len(rec) > min_episode_length]
         num_short = len(records) - len(kept)
 
         def too_few() -> UserError:
-            lengths = [len(rec.rows) for rec in kept]
+            lengths = [len(rec) for rec in kept]
             return _too_few_episodes(lengths, num_short, splits_fractions, steps, num_envs, min_episode_length)
 
         if len(kept) < splits.min_episodes_for(splits_fractions):
             raise too_few()
 
         # Variables whose labels barely vary carry no signal for a probe (Breakout's block bytes).
-        entropies = splits.label_entropy(np.concatenate([rec.field(results, "labels") for rec in kept]))
+        entropies = splits.label_entropy(np.concatenate([rec.part.labels[rec.rows] for rec in kept]))
         kept_variables = splits.variables_to_keep(variables_all, entropies, entropy_threshold)
         if not kept_variables:
             raise UserError(
@@ -303,16 +274,11 @@ def collect(
             name: [kept[i] for i in ids]
             for name, ids in splits.split_episodes(len(kept), splits_fractions, rng).items()
         }
-        steps_table, chunk_frames, chunk_bytes, num_removed, num_test_dropped = _write_frames(
-            folder / "frames.tmp", parts, results, split_episodes, variables_all, kept_variables
+        stored, num_removed, num_test_dropped = _dedupe_test(results, split_episodes)
+        steps_table, chunk_frames, chunk_bytes = episodes.copy_episodes(
+            folder / "frames.tmp", stored, variables_all, kept_variables
         )
-        counts = {
-            name: {
-                "episodes": int(steps_table.loc[steps_table.split == name, "episode"].nunique()),
-                "frames": int((steps_table.split == name).sum()),
-            }
-            for name in split_episodes
-        }
+        counts = episodes.split_counts(steps_table, split_episodes)
         if any(c["frames"] == 0 for c in counts.values()):
             raise too_few()
         meta = {
@@ -348,105 +314,28 @@ def collect(
     return episodes.load(out_dir)
 
 
-@dataclass(frozen=True)
-class _EpisodeRecord:
-    """Where one collected episode lies: its rows in its environment's arrays and its chunks' bytes."""
+def _dedupe_test(
+    results: list[dict], split_episodes: dict[str, list[episodes.PartEpisode]]
+) -> tuple[dict[str, list[tuple[episodes.PartEpisode, np.ndarray]]], int, int]:
+    """Per split, (episode, mask of the frames its table keeps): test frames equal to a train or val frame are
+    left out (their bytes stay in their chunk) and a test episode left with one frame or none is dropped.
+    Returns (them, number of test frames removed (a dropped episode's lone frame included), number of test
+    episodes dropped)."""
 
-    rank: int  # the environment
-    env_episode: int  # the episode's number in that environment
-    rows: np.ndarray  # (T,) rows of the environment's result arrays
-    chunk_frames: np.ndarray  # frames per compressed chunk
-    chunk_bytes: np.ndarray  # bytes per compressed chunk
-    byte_range: tuple[int, int]  # the chunks' span in the environment's part file
+    def hashes(rec: episodes.PartEpisode) -> np.ndarray:
+        return results[rec.env]["hashes"][rec.rows]
 
-    def field(self, results: list[dict], key: str) -> np.ndarray:
-        return results[self.rank][key][self.rows]
-
-
-def _episode_records(results: list[dict]) -> list[_EpisodeRecord]:
-    """One record per collected episode, in (environment, episode) order; chunks never span episodes."""
-    records = []
-    for r in results:
-        chunk_starts = np.r_[0, np.cumsum(r["chunk_frames"])]
-        byte_starts = np.r_[0, np.cumsum(r["chunk_bytes"])]
-        chunk_episode = r["episode"][chunk_starts[:-1]]
-        for ep in np.unique(r["episode"]):
-            chunks = np.flatnonzero(chunk_episode == ep)
-            records.append(
-                _EpisodeRecord(
-                    r["rank"],
-                    int(ep),
-                    np.flatnonzero(r["episode"] == ep),
-                    r["chunk_frames"][chunks],
-                    r["chunk_bytes"][chunks],
-                    (int(byte_starts[chunks[0]]), int(byte_starts[chunks[-1] + 1])),
-                )
-            )
-    return records
-
-
-def _write_frames(
-    frames_path: Path,
-    parts: Path,
-    results: list[dict],
-    split_episodes: dict[str, list[_EpisodeRecord]],
-    variables: tuple[str, ...],
-    kept_variables: list[str],
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, int, int]:
-    """Copy the split episodes' compressed chunks into one file, split by split, without recompressing.
-
-    Test frames equal to a train or val frame are left out of the table (their bytes stay in their
-    chunk); a test episode left with one frame or none is dropped. Returns (steps table, frames per
-    chunk, bytes per chunk, number of test frames removed (a dropped episode's lone frame included),
-    number of test episodes dropped).
-    """
     seen = splits.hash_set(
-        np.concatenate(
-            [rec.field(results, "hashes") for name, recs in split_episodes.items() if name != "test" for rec in recs]
-        )
+        np.concatenate([hashes(rec) for name, recs in split_episodes.items() if name != "test" for rec in recs])
     )
     test_keeps, num_removed, num_dropped = splits.dedupe_test_episodes(
-        [rec.field(results, "hashes") for rec in split_episodes.get("test", [])], seen
+        [hashes(rec) for rec in split_episodes.get("test", [])], seen
     )
-    label_columns = [variables.index(v) for v in kept_variables]
-    tables: list[pd.DataFrame] = []
-    chunk_frames: list[int] = []
-    chunk_bytes: list[int] = []
-    next_frame = 0
-    with open(frames_path, "wb") as out:
-        for split_name, recs in split_episodes.items():
-            for i, rec in enumerate(recs):
-                keep = test_keeps[i] if split_name == "test" else np.ones(len(rec.rows), bool)
-                if keep is None:  # a test episode left with one frame or none
-                    continue
-                with open(parts / f"env{rec.rank}.bin", "rb") as part:
-                    part.seek(rec.byte_range[0])
-                    out.write(part.read(rec.byte_range[1] - rec.byte_range[0]))
-                chunk_frames += rec.chunk_frames.tolist()
-                chunk_bytes += rec.chunk_bytes.tolist()
-                t = np.flatnonzero(keep)
-                table = pd.DataFrame(
-                    {
-                        "split": split_name,
-                        "episode": len(tables),
-                        "t": t,
-                        "env": rec.rank,
-                        "env_episode": rec.env_episode,
-                        "frame": next_frame + t,
-                        "action": rec.field(results, "actions")[keep],
-                        "reward": rec.field(results, "rewards")[keep],
-                    }
-                )
-                labels = rec.field(results, "labels")[keep][:, label_columns]
-                tables.append(pd.concat([table, pd.DataFrame(labels, columns=kept_variables)], axis=1))
-                next_frame += len(rec.rows)
-    return (
-        pd.concat(tables, ignore_index=True),
-        np.asarray(chunk_frames),
-        np.asarray(chunk_bytes),
-        num_removed,
-        num_dropped,
-    )
+    stored = {}
+    for name, recs in split_episodes.items():
+        keeps = test_keeps if name == "test" else [np.ones(len(rec), bool) for rec in recs]
+        stored[name] = [(rec, keep) for rec, keep in zip(recs, keeps, strict=True) if keep is not None]
+    return stored, num_removed, num_dropped
 
 
 def summary(store: episodes.EpisodeStore) -> dict:
@@ -461,3 +350,46 @@ def summary(store: episodes.EpisodeStore) -> dict:
         "test_episodes_dropped_after_dedup": meta["collected"]["test_episodes_dropped_after_dedup"],
         "short_episodes_dropped": meta["collected"]["short_episodes_dropped"],
     }
+
+
+def stage_options(settings, purpose: str, agent_checkpoint: str | None) -> dict:
+    """`collect`'s and `validate`'s keyword arguments for the `purpose` dataset under `settings` (the params'
+    `collect` section)."""
+    dataset = settings.dataset(purpose)
+    return dict(
+        steps=dataset.steps,
+        splits_fractions=dataset.splits,
+        purpose=purpose,
+        num_envs=settings.num_envs,
+        num_workers=settings.num_workers,
+        annotation_set=settings.annotations,
+        protocol=settings.protocol,
+        collect_mode=settings.collect_mode,
+        random_actions=settings.random_actions,
+        min_episode_length=settings.min_episode_length,
+        entropy_threshold=settings.entropy_threshold,
+        agent_checkpoint=agent_checkpoint,
+        agent_random_prob=settings.agent_random_prob,
+    )
+
+
+def collect_dataset(
+    game: str, purpose: str, out_dir: str | os.PathLike, summary_path: str | os.PathLike, policy_dir, settings
+) -> None:
+    """The collect stage: the `purpose` dataset ("pretrain" or "probe") of `game` under `settings` (the params'
+    `collect` section), acted by the policy collect_policy chose (<policy_dir>/policy.json, and model.gz in agent
+    mode); `collect` checks every setting (`validate`) before any emulator runs. Writes the dataset at `out_dir`
+    and its `summary` as JSON at `summary_path`."""
+    policy_file = Path(policy_dir) / "policy.json"
+    if not policy_file.is_file():
+        raise UserError(f"{policy_file} is missing; run `dvc repro` (collect_policy makes it)")
+    policy = json.loads(policy_file.read_text())
+    if policy["collect_mode"] != settings.collect_mode:
+        raise UserError(
+            f"{policy_dir} was made for collect_mode {policy['collect_mode']}, params say "
+            f"{settings.collect_mode}; run `dvc repro` (it remakes collect_policy first)"
+        )
+    agent_checkpoint = str(Path(policy_dir) / "model.gz") if settings.collect_mode == "agent" else None
+    options = stage_options(settings, purpose, agent_checkpoint)
+    store = collect(game, out_dir, seed=settings.seed, progress=True, **options)
+    atomic.write_json(summary_path, summary(store))

@@ -7,40 +7,16 @@ Collection loops, storage and policies live elsewhere (`atarirep.collection`, `a
 
 from __future__ import annotations
 
-import functools
-
 import ale_py
 import gymnasium as gym
 import numpy as np
 
 from atarirep import annotations as ram_annotations
 from atarirep.episodes import FRAME_SHAPE
-from atarirep.games import Protocol, game_key, get_protocol
+from atarirep.games import ALE_GAMES, Protocol, game_key, get_protocol, resolve_ale_game
 from atarirep.plumbing.errors import UserError
 
 gym.register_envs(ale_py)
-
-
-@functools.cache
-def _ale_names() -> dict[str, str]:
-    """annotation key -> ALE v5 name, e.g. 'mspacman' -> 'MsPacman'."""
-    names = {}
-    for env_id in gym.registry:
-        if env_id.startswith("ALE/") and env_id.endswith("-v5"):
-            name = env_id[4:-3]
-            names[game_key(name)] = name
-    return names
-
-
-def resolve_ale_game(name: str) -> str:
-    """The ALE name of any game this ale-py has a ROM for, annotated or not (agents play unannotated games too,
-    such as AirRaid, Carnival and NameThisGame of the multi-task set)."""
-    key = game_key(name)
-    if key not in _ale_names():
-        raise UserError(
-            f"game {name!r} has no ROM in this ale-py; use one of {', '.join(sorted(_ale_names().values()))}"
-        )
-    return _ale_names()[key]
 
 
 def resolve_game(name: str, annotation_set: str = "latest") -> str:
@@ -50,11 +26,11 @@ def resolve_game(name: str, annotation_set: str = "latest") -> str:
     annotated games for an unknown game or one without annotations.
     """
     key = ram_annotations.for_game(name, annotation_set).game  # refuses unannotated games
-    if key not in _ale_names():
+    if key not in map(game_key, ALE_GAMES):
         raise UserError(
             f"game {name!r} is annotated but this ale-py has no ROM for it; install an ale-py that ships it"
         )
-    return _ale_names()[key]
+    return resolve_ale_game(key)
 
 
 def _luminance(rgb: np.ndarray) -> np.ndarray:

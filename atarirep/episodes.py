@@ -11,6 +11,8 @@ A stored dataset is a folder:
   meta.json     game, annotation set, protocol, seed, counts, kept and dropped variables, chunk index.
 This module reads and writes that format, and holds frames compressed in memory (CompressedFrames)
 for loops that sample them at random; it does not collect (atarirep.collection) or split (atarirep.splits).
+Writing goes through part files: each environment's frames and step columns as collected (`PartWriter`,
+`Part`, `PartEpisode`), then the chosen episodes copied into one dataset (`copy_episodes`, `write_store`).
 """
 
 from __future__ import annotations
@@ -213,33 +215,152 @@ class Episodes:
 
 
 # -- writing ----------------------------------------------------------------------------------------
-class ChunkWriter:
-    """Appends frames to a compressed chunk file; a chunk is closed at CHUNK_FRAMES or at `end_episode`."""
+@dataclass(frozen=True)
+class Part:
+    """One environment's collected frames: its part file of compressed chunks (chunks never span episodes) and
+    the step columns of each frame, in order: the episode (numbered within the environment), the labels of
+    every variable, the action that led to the frame (-1 on a first frame) and that step's reward."""
 
-    def __init__(self, path: Path):
-        self._file = open(path, "wb")
+    path: Path
+    episode: np.ndarray  # (N,) int32
+    labels: np.ndarray  # (N, V) uint8
+    actions: np.ndarray  # (N,) int16
+    rewards: np.ndarray  # (N,) float32
+    chunk_frames: np.ndarray  # (C,) int64 frames per chunk
+    chunk_bytes: np.ndarray  # (C,) int64 compressed bytes per chunk
+
+    def episodes(self, env: int) -> list[PartEpisode]:
+        """Its episodes in order, `env` the environment's number."""
+        chunk_starts = np.r_[0, np.cumsum(self.chunk_frames)]
+        byte_starts = np.r_[0, np.cumsum(self.chunk_bytes)]
+        chunk_episode = self.episode[chunk_starts[:-1]]
+        found = []
+        for ep in np.unique(self.episode):
+            chunks = np.flatnonzero(chunk_episode == ep)
+            byte_range = (int(byte_starts[chunks[0]]), int(byte_starts[chunks[-1] + 1]))
+            rows = np.flatnonzero(self.episode == ep)
+            found.append(PartEpisode(self, env, int(ep), rows, chunks, byte_range))
+        return found
+
+
+@dataclass(frozen=True)
+class PartEpisode:
+    """Where one collected episode lies: its rows in its part's columns and its chunks' bytes in its part file."""
+
+    part: Part
+    env: int  # the environment
+    env_episode: int  # the episode's number in that environment
+    rows: np.ndarray  # (T,) rows of the part's columns
+    chunks: np.ndarray  # its chunks' numbers in the part
+    byte_range: tuple[int, int]  # the chunks' span in the part file
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+class PartWriter:
+    """Writes one environment's part file while it is collected, a frame at a time with its step columns;
+    a chunk is closed at CHUNK_FRAMES frames or at `end_episode`. `close` gives the Part."""
+
+    def __init__(self, path: Path, budget: int, num_variables: int):
+        self._path, self._file = path, open(path, "wb")
         self._pending: list[np.ndarray] = []
-        self.chunk_frames: list[int] = []  # frames in each chunk written
-        self.chunk_bytes: list[int] = []  # compressed size of each chunk written
+        self._chunk_frames: list[int] = []
+        self._chunk_bytes: list[int] = []
+        self._rows, self._episode = 0, 0
+        self._columns = (
+            np.empty(budget, np.int32),
+            np.empty((budget, num_variables), np.uint8),
+            np.full(budget, -1, np.int16),
+            np.zeros(budget, np.float32),
+        )
 
-    def add(self, frame: np.ndarray) -> None:
+    def add(self, frame: np.ndarray, labels: np.ndarray, action: int = -1, reward: float = 0.0) -> None:
+        """`frame` (1, 210, 160) uint8 and its labels; the action and reward of the step that led to it (a first
+        frame: -1 and 0)."""
+        episode, label_rows, actions, rewards = self._columns
+        i = self._rows
+        episode[i], label_rows[i], actions[i], rewards[i] = self._episode, labels, action, reward
+        self._rows += 1
         self._pending.append(frame)
         if len(self._pending) == CHUNK_FRAMES:
-            self.flush()
+            self._flush()
 
-    def flush(self) -> None:
+    def _flush(self) -> None:
         if self._pending:
             data = zlib.compress(np.stack(self._pending).tobytes(), COMPRESSION_LEVEL)
             self._file.write(data)
-            self.chunk_frames.append(len(self._pending))
-            self.chunk_bytes.append(len(data))
+            self._chunk_frames.append(len(self._pending))
+            self._chunk_bytes.append(len(data))
             self._pending = []
 
-    end_episode = flush
+    def end_episode(self) -> None:
+        """The frames added next are the environment's next episode."""
+        self._flush()
+        self._episode += 1
 
-    def close(self) -> None:
-        self.flush()
+    def close(self) -> Part:
+        self._flush()
         self._file.close()
+        n = self._rows
+        episode, labels, actions, rewards = (column[:n] for column in self._columns)
+        frames, sizes = np.asarray(self._chunk_frames, np.int64), np.asarray(self._chunk_bytes, np.int64)
+        return Part(self._path, episode, labels, actions, rewards, frames, sizes)
+
+
+def copy_episodes(
+    frames_bin: Path,
+    split_episodes: dict[str, list[tuple[PartEpisode, np.ndarray]]],
+    variables: tuple[str, ...],
+    kept_variables: list[str],
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Copy each split's episodes' compressed chunks, split by split, into `frames_bin` without recompressing,
+    and their steps table (STEP_COLUMNS, then the labels of `kept_variables`; the parts' label columns are
+    `variables`).
+
+    `split_episodes`: per split, (episode, (T,) bool mask of its frames the table keeps); a frame left out of
+    the table keeps its bytes in its chunk. Returns (steps table, frames per chunk, bytes per chunk)."""
+    label_columns = [variables.index(v) for v in kept_variables]
+    tables: list[pd.DataFrame] = []
+    chunk_frames: list[int] = []
+    chunk_bytes: list[int] = []
+    next_frame = 0
+    with open(frames_bin, "wb") as out:
+        for split_name, recs in split_episodes.items():
+            for rec, keep in recs:
+                with open(rec.part.path, "rb") as part:
+                    part.seek(rec.byte_range[0])
+                    out.write(part.read(rec.byte_range[1] - rec.byte_range[0]))
+                chunk_frames += rec.part.chunk_frames[rec.chunks].tolist()
+                chunk_bytes += rec.part.chunk_bytes[rec.chunks].tolist()
+                t = np.flatnonzero(keep)
+                table = pd.DataFrame(
+                    {
+                        "split": split_name,
+                        "episode": len(tables),
+                        "t": t,
+                        "env": rec.env,
+                        "env_episode": rec.env_episode,
+                        "frame": next_frame + t,
+                        "action": rec.part.actions[rec.rows][keep],
+                        "reward": rec.part.rewards[rec.rows][keep],
+                    }
+                )
+                labels = rec.part.labels[rec.rows][keep][:, label_columns]
+                tables.append(pd.concat([table, pd.DataFrame(labels, columns=kept_variables)], axis=1))
+                next_frame += len(rec.rows)
+    return pd.concat(tables, ignore_index=True), np.asarray(chunk_frames), np.asarray(chunk_bytes)
+
+
+def split_counts(steps: pd.DataFrame, split_names) -> dict[str, dict[str, int]]:
+    """Per split of `split_names`: the episodes and frames a steps table holds (meta.json's `counts`)."""
+    return {
+        name: {
+            "episodes": int(steps.loc[steps.split == name, "episode"].nunique()),
+            "frames": int((steps.split == name).sum()),
+        }
+        for name in split_names
+    }
 
 
 def write_store(

@@ -12,6 +12,115 @@ from dataclasses import asdict, dataclass
 
 from atarirep.plumbing.errors import UserError
 
+# The games this ale-py ships, as its gymnasium registry names them (`ALE/<Name>-v5`), in sorted order.
+# conf/env/ holds one file per name (`-S env=<Name>`); tests/test_imports.py checks both against ale-py.
+ALE_GAMES: tuple[str, ...] = (
+    "Adventure",
+    "AirRaid",
+    "Alien",
+    "Amidar",
+    "Assault",
+    "Asterix",
+    "Asteroids",
+    "Atlantis",
+    "Atlantis2",
+    "Backgammon",
+    "BankHeist",
+    "BasicMath",
+    "BattleZone",
+    "BeamRider",
+    "Berzerk",
+    "Blackjack",
+    "Bowling",
+    "Boxing",
+    "Breakout",
+    "Carnival",
+    "Casino",
+    "Centipede",
+    "ChopperCommand",
+    "CrazyClimber",
+    "Crossbow",
+    "Darkchambers",
+    "Defender",
+    "DemonAttack",
+    "DonkeyKong",
+    "DoubleDunk",
+    "Earthworld",
+    "ElevatorAction",
+    "Enduro",
+    "Entombed",
+    "Et",
+    "FishingDerby",
+    "FlagCapture",
+    "Freeway",
+    "Frogger",
+    "Frostbite",
+    "Galaxian",
+    "Gopher",
+    "Gravitar",
+    "Hangman",
+    "HauntedHouse",
+    "Hero",
+    "HumanCannonball",
+    "IceHockey",
+    "Jamesbond",
+    "JourneyEscape",
+    "Kaboom",
+    "Kangaroo",
+    "KeystoneKapers",
+    "KingKong",
+    "Klax",
+    "Koolaid",
+    "Krull",
+    "KungFuMaster",
+    "LaserGates",
+    "LostLuggage",
+    "MarioBros",
+    "MiniatureGolf",
+    "MontezumaRevenge",
+    "MrDo",
+    "MsPacman",
+    "NameThisGame",
+    "Othello",
+    "Pacman",
+    "Phoenix",
+    "Pitfall",
+    "Pitfall2",
+    "Pong",
+    "Pooyan",
+    "PrivateEye",
+    "Qbert",
+    "Riverraid",
+    "RoadRunner",
+    "Robotank",
+    "Seaquest",
+    "SirLancelot",
+    "Skiing",
+    "Solaris",
+    "SpaceInvaders",
+    "SpaceWar",
+    "StarGunner",
+    "Superman",
+    "Surround",
+    "Tennis",
+    "Tetris",
+    "TicTacToe3D",
+    "TimePilot",
+    "Trondead",
+    "Turmoil",
+    "Tutankham",
+    "UpNDown",
+    "Venture",
+    "VideoCheckers",
+    "VideoChess",
+    "VideoCube",
+    "VideoPinball",
+    "WizardOfWor",
+    "WordZapper",
+    "YarsRevenge",
+    "Zaxxon",
+)
+
 
 def game_key(name: str) -> str:
     """Normalise any spelling of a game to its annotation key.
@@ -24,6 +133,15 @@ def game_key(name: str) -> str:
     base = re.sub(r"(NoFrameskip|Deterministic)$", "", base, flags=re.IGNORECASE)
     base = re.sub(r"-ram$", "", base, flags=re.IGNORECASE)
     return re.sub(r"[^a-z0-9]", "", base.lower())
+
+
+def resolve_ale_game(name: str) -> str:
+    """The ALE name of any game this ale-py has a ROM for, given in any spelling, annotated or not (agents play
+    unannotated games too, such as AirRaid, Carnival and NameThisGame of the multi-task set)."""
+    names = {game_key(game): game for game in ALE_GAMES}
+    if game_key(name) not in names:
+        raise UserError(f"game {name!r} has no ROM in this ale-py; use one of {', '.join(ALE_GAMES)}")
+    return names[game_key(name)]
 
 
 @dataclass(frozen=True)

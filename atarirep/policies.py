@@ -29,8 +29,7 @@ class RandomAgent:
     """Uniform random actions over 1..n-1 (`nonzero`, the reference never picks NOOP) or 0..n-1 (`all`)."""
 
     def __init__(self, num_actions: int, rng: np.random.Generator, random_actions: str = "nonzero"):
-        if random_actions not in RANDOM_ACTIONS:
-            raise UserError(f"random_actions {random_actions!r} is unknown; use one of {', '.join(RANDOM_ACTIONS)}")
+        _check_choice("random_actions", random_actions, RANDOM_ACTIONS)
         self._low = 1 if random_actions == "nonzero" else 0
         self._num_actions = num_actions
         self._rng = rng
@@ -51,12 +50,11 @@ class AgentPolicy:
     def __init__(self, checkpoint: str, num_actions: int, rng: np.random.Generator, random_prob: float = 0.2):
         import torch
 
-        from atarirep.agents import checkpoints, network, vector_env
+        from atarirep.agents import acting, checkpoints, network, vector_env
 
         if multiprocessing.parent_process() is not None:  # a collecting worker: they run side by side
             torch.set_num_threads(1)  # (never changed in the caller's own process)
-        self._torch, self._resize, self._choose = torch, vector_env.agent_frames, network.choose_actions
-        self._play = network.play_outputs
+        self._resize, self._act = vector_env.agent_frames, acting.act
         self._network, _ = checkpoints.load_network(checkpoint)
         if self._network.num_actions != num_actions:
             raise UserError(
@@ -75,17 +73,13 @@ class AgentPolicy:
         else:
             self._stack[0, :-1] = self._stack[0, 1:]
             self._stack[0, -1] = frame84
-        torch = self._torch
-        with torch.no_grad():
-            head, _ = self._play(
-                self._network,
-                torch.from_numpy(self._stack),
-                torch.tensor([self._last_action]),
-                torch.tensor([reward], dtype=torch.float32),
-            )
         # The reference's trained-agent mode samples a policy (greedy only for a Q-network), whatever the
         # checkpoint's evaluation rule.
-        action = int(self._choose(self._network, head, self._rng, self._random_prob, greedy=self._greedy)[0])
+        last_action, last_reward = np.array([self._last_action], np.int64), np.array([reward], np.float32)
+        chosen = self._act(
+            self._network, self._stack, last_action, last_reward, self._rng, self._random_prob, greedy=self._greedy
+        )
+        action = int(chosen[0])
         self._last_action = action
         return action
 
@@ -98,6 +92,26 @@ def make_policy(collect_mode: str, num_actions: int, rng: np.random.Generator, *
     agent_checkpoint, a model_STEP.gz file, and agent_random_prob)."""
     if collect_mode == "random_agent":
         return RandomAgent(num_actions, rng, options.get("random_actions", "nonzero"))
-    if collect_mode == "agent":
-        return AgentPolicy(options["agent_checkpoint"], num_actions, rng, options.get("agent_random_prob", 0.2))
-    raise UserError(f"collect_mode {collect_mode!r} is unknown; use one of {', '.join(COLLECT_MODES)}")
+    _check_choice("collect_mode", collect_mode, COLLECT_MODES)
+    return AgentPolicy(options["agent_checkpoint"], num_actions, rng, options.get("agent_random_prob", 0.2))
+
+
+def check_policy(
+    collect_mode: str, random_actions: str, agent_checkpoint: str | None, agent_random_prob: float
+) -> None:
+    """UserError (one line, with the fix) unless `make_policy` can build the policy: a known collect_mode and
+    random_actions, a checkpoint in agent mode, agent_random_prob a probability."""
+    _check_choice("collect_mode", collect_mode, COLLECT_MODES)
+    _check_choice("random_actions", random_actions, RANDOM_ACTIONS)
+    if collect_mode == "agent" and not agent_checkpoint:
+        raise UserError(
+            "collect_mode agent needs an agent checkpoint; run train_agent and sample_checkpoints "
+            "first (dvc repro does)"
+        )
+    if not 0 <= agent_random_prob <= 1:
+        raise UserError(f"agent_random_prob {agent_random_prob} must be in [0, 1] (the reference: 0.2)")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{name} {value!r} is unknown; use one of {', '.join(choices)}")

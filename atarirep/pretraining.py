@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
-import json
 import math
 import os
 import queue
@@ -34,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -48,8 +46,8 @@ from atarirep import sampling as sampling_lib
 from atarirep.episodes import CompressedFrames, Episodes, LazyFrames
 from atarirep.methods import Batch
 from atarirep.methods.base import Method
-from atarirep.plumbing import devices
-from atarirep.plumbing.atomic import atomic_dir, write_bytes, write_json
+from atarirep.plumbing import devices, resume
+from atarirep.plumbing.atomic import atomic_dir, write_json
 from atarirep.plumbing.errors import UserError
 from atarirep.plumbing.live import StageLive
 
@@ -76,20 +74,22 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
 
     def check(self) -> None:
-        """UserError, one line, for a bad value."""
+        """Every range of the config, each checked here once: UserError "pretrain.key must be ...; set it to ..."."""
 
-        def bad(name, rule):
-            raise UserError(f"pretrain {name}={getattr(self, name)!r} is invalid; it must be {rule}")
+        def bad(name: str, rule: str) -> NoReturn:
+            raise UserError(
+                f"pretrain.{name} must be {rule}, not {getattr(self, name)!r}; set it to {getattr(TrainConfig, name)!r}"
+            )
 
         for name in ("epochs", "batch_size", "patience", "seed"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 bad(name, "an integer")
         if self.epochs < 0:
-            bad("epochs", ">= 0")
+            bad("epochs", "at least 0")
         if self.batch_size < 2:
-            bad("batch_size", ">= 2 (contrastive losses need negatives)")
+            bad("batch_size", "at least 2 (contrastive losses need negatives)")
         if self.patience < 1:
-            bad("patience", ">= 1")
+            bad("patience", "at least 1")
         if not isinstance(self.lr, (int, float)) or not (self.lr > 0 and math.isfinite(self.lr)):
             bad("lr", "a positive number")
         if self.keep not in KEEP:
@@ -325,23 +325,6 @@ def _state_to_cpu(module: nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def _read_checkpoint(path: Path, fingerprint: str, log) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["format"] != CHECKPOINT_FORMAT:
-            raise ValueError(f"format {state['format']!r}")
-    except Exception as err:  # torch raises many types for a foreign or damaged file
-        log(f"ignoring checkpoint {path}: unreadable ({type(err).__name__}); starting from epoch 0")
-        return None
-    if state["fingerprint"] != fingerprint:
-        log(f"ignoring checkpoint {path}: made with other data or settings; starting from epoch 0")
-        return None
-    log(f"resuming from {path} after epoch {state['epoch']}")
-    return state
-
-
 def fit(
     method: Method,
     train: Episodes,
@@ -409,7 +392,7 @@ def fit(
     sampling_rng = seeds.pretraining(config.seed)
     noise = seeds.pretraining_noise(config.seed, place.rank, device)
     # `epochs` is left out: a longer run resumes a shorter one's checkpoint (no LR schedule depends on it).
-    fingerprint = json.dumps(
+    fingerprint = resume.fingerprint(
         {
             "config": {**dataclasses.asdict(config), "epochs": None},
             "world_size": place.world_size,
@@ -421,7 +404,11 @@ def fit(
     best: dict[str, Any] = {"value": math.inf if metric == "loss" else -math.inf, "epoch": 0, "encoder": None}
     start_epoch, bad_epochs, is_finished = 0, 0, False
     checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
-    state = None if checkpoint_path is None else _read_checkpoint(checkpoint_path, fingerprint, log)
+    state = None
+    if checkpoint_path is not None:
+        state = resume.read(checkpoint_path, CHECKPOINT_FORMAT, fingerprint, start="epoch 0", log=log)
+    if state is not None:
+        log(f"resuming from {checkpoint_path} after epoch {state['epoch']}")
     if state is not None and state["epoch"] > config.epochs:
         log(f"ignoring checkpoint {checkpoint_path}: it is past epoch {config.epochs}; starting from epoch 0")
         state = None
@@ -549,10 +536,9 @@ def fit(
         if checkpoint_path is not None:
             _write_checkpoint(
                 checkpoint_path,
+                fingerprint,
                 place,
                 {
-                    "format": CHECKPOINT_FORMAT,
-                    "fingerprint": fingerprint,
                     "epoch": epoch,
                     "method": _state_to_cpu(method),
                     "optimizer": optimizer.state_dict(),
@@ -606,17 +592,15 @@ def _validate(
     return {key: devices.all_mean(float(total) / len(plan), place, device) for key, total in sorted(sums.items())}
 
 
-def _write_checkpoint(path: Path, place: devices.Distributed, state: dict) -> None:
-    """Rank 0 writes one file atomically, holding every rank's noise-generator state."""
+def _write_checkpoint(path: Path, fingerprint: str, place: devices.Distributed, state: dict) -> None:
+    """Rank 0 writes the resume file (atarirep.plumbing.resume), holding every rank's noise-generator state."""
     noise_states = [state["rng"]["noise"]]
     if place.is_distributed:
         noise_states = [None] * place.world_size
         dist.all_gather_object(noise_states, state["rng"]["noise"])
     if place.is_main:
         state["rng"] = {**state["rng"], "noise": noise_states}
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        write_bytes(path, buffer.getvalue())
+        resume.write(path, CHECKPOINT_FORMAT, fingerprint, state)
     if place.is_distributed:
         dist.barrier()
 
@@ -632,8 +616,7 @@ def _data_fingerprint(folder: Path) -> str:
 
 def default_checkpoint_path(out_dir: str | os.PathLike) -> Path:
     """Where `pretrain` keeps its resume checkpoint: a hidden file beside out_dir (`.<name>.checkpoint.pt`)."""
-    out_dir = Path(out_dir)
-    return out_dir.with_name(f".{out_dir.name}.checkpoint.pt")
+    return resume.beside(out_dir, ".checkpoint.pt")
 
 
 def write_live(live_dir: str | os.PathLike, result: FitResult) -> None:
@@ -723,10 +706,8 @@ def pretrain(
             )
     train, val = store.split("train"), store.split("val")
     checkpoint_path = default_checkpoint_path(out_dir) if checkpoint_path is None else Path(checkpoint_path)
-    fingerprint = json.dumps(
-        {"method": name, "method_config": method_config, "data": _data_fingerprint(Path(episodes_dir))},
-        sort_keys=True,
-        default=str,
+    fingerprint = resume.fingerprint(
+        {"method": name, "method_config": method_config, "data": _data_fingerprint(Path(episodes_dir))}
     )
     result = fit(
         module,

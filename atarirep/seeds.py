@@ -20,12 +20,17 @@ accident and a reader can see every one of them at once:
 | `emulator` | an env's reset seed | its no-op generator and ALE's sticky-action seed |
 
 The formulas are the ones the pipeline's committed results were made with: changing one changes results.
+Torch is imported only by the streams that are torch generators, so collection and agents' envs do not load it.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 DATASET_STREAMS = {"pretrain": 0, "probe": 1}  # distinct streams for the two datasets of a game
 
@@ -49,6 +54,8 @@ def pretraining(seed: int) -> np.random.Generator:
 
 def pretraining_noise(seed: int, rank: int, device: torch.device) -> torch.Generator:
     """A method's training noise (the VAE's samples) in DDP process `rank`."""
+    import torch
+
     return torch.Generator(device=device).manual_seed(seed * 1000 + rank)
 
 
@@ -59,22 +66,30 @@ def validation_plan(seed: int, epoch: int | None) -> np.random.Generator:
 
 def validation_noise(seed: int, rank: int, device: torch.device) -> torch.Generator:
     """A method's noise during validation in DDP process `rank`."""
+    import torch
+
     return torch.Generator(device=device).manual_seed(seed * 1000 + 999 - rank)
 
 
 def torch_weights(seed: int) -> None:
     """Seed torch's global RNG for the weights a module is built with (callers fork the RNG around it)."""
+    import torch
+
     torch.manual_seed(seed)
 
 
 def probe_streams(seed: int) -> tuple[torch.Generator, np.random.Generator, np.random.Generator]:
     """(the probes' initial weights, the training batches' order, the validation draws)."""
+    import torch
+
     return torch.Generator().manual_seed(seed), np.random.default_rng(seed), np.random.default_rng([seed, 1])
 
 
 def supervised_streams(seed: int, group: int) -> tuple[int, torch.Generator, np.random.Generator, np.random.Generator]:
     """Variable group `group`'s supervised baseline: (the encoder's torch seed, its heads' weights, the training
     batches' order, the validation draws)."""
+    import torch
+
     return (
         seed + group,
         torch.Generator().manual_seed(seed + group),

@@ -119,8 +119,8 @@ def one_torch_thread():
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+TINY_GAME = "Breakout"  # the tiny repository's default `env` (its conf's env group default)
 TINY = {
-    "env": "Breakout",
     "collect": {
         "num_envs": 4,
         "num_workers": 2,
@@ -163,6 +163,9 @@ def _build_repo(root: Path) -> str:
         )
     default = yaml.safe_load((root / "conf/profile/default.yaml").read_text())
     (root / "conf/profile/default.yaml").write_text("# @package _global_\n" + yaml.safe_dump(_merge(default, TINY)))
+    config = (root / "conf/config.yaml").read_text()
+    assert "  - env: Pong" in config, "conf/config.yaml's defaults list no longer picks env: Pong"
+    (root / "conf/config.yaml").write_text(config.replace("  - env: Pong", f"  - env: {TINY_GAME}", 1))
     (root / "params.yaml").write_text(yaml.safe_dump(params.compose(root / "conf"), sort_keys=False))
     _run(["git", "init", "-q"], root)
     _run(["dvc", "init", "-q"], root)

@@ -33,7 +33,7 @@ def test_help_lists_every_command_on_one_line(entry):
     lines = result.stdout.splitlines()
     for name, (_, summary) in cli.COMMANDS.items():
         assert sum(line.split()[:1] == [name] and line.endswith(summary) for line in lines) == 1, result.stdout
-    assert set(cli.COMMANDS) == {"params", "remote", "experiments", "cluster"}
+    assert set(cli.COMMANDS) == {"params", "remote", "experiments", "cluster", "deps"}
 
 
 def test_help_imports_no_torch():
@@ -57,7 +57,7 @@ def test_unknown_command_exits_2_with_one_line(entry):
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        "atarirep: unknown command 'colect'; use one of params, remote, experiments, cluster (atarirep --help)"
+        "atarirep: unknown command 'colect'; use one of params, remote, experiments, cluster, deps (atarirep --help)"
     ]
 
 

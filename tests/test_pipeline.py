@@ -4,7 +4,6 @@ and pull to a local remote (tests/plumbing/test_remote.py: an S3-compatible serv
 One tiny `dvc repro` runs once per session (the `built_repo` fixture in conftest.py); each test gets its own copy
 of that repository (git, DVC cache, outputs), so no test depends on another or on their order."""
 
-import ast
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atarirep.plumbing import params
+from atarirep.plumbing import deps, params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -129,48 +128,11 @@ def test_default_profile_shows_all_seven_columns_of_table_2():
     }
 
 
-def _imported_modules(path: Path) -> set[str]:
-    """atarirep modules a file imports anywhere (function-level imports included)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("atarirep.")}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("atarirep"):
-            found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
-    return found
-
-
-def _module_file(name: str) -> Path | None:
-    path = REPO / Path(*name.split("."))
-    return next((p for p in (path / "__init__.py", path.with_suffix(".py")) if p.exists()), None)
-
-
-def _code_read_by(script: Path) -> set[Path]:
-    """The stage script and every atarirep file it imports, directly or through other modules (the package's
-    top-level __init__, a list of re-exports, aside), plus atarirep/resources where annotations or reports read it."""
-    seen, todo = set(), [script]
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for name in _imported_modules(path):
-            parts = name.split(".")
-            todo += [f for f in (_module_file(".".join(parts[:i])) for i in range(2, len(parts) + 1)) if f]
-    if {REPO / "atarirep/annotations.py", REPO / "atarirep/reports/probes.py"} & seen:
-        seen.add(REPO / "atarirep/resources")
-    return seen
-
-
-def test_every_stage_depends_on_all_the_code_it_reads():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
-        script = REPO / stage["cmd"].split()[1]
-        deps = [REPO / d for d in stage["deps"] if not d.startswith("data/")]
-        uncovered = sorted(
-            str(f.relative_to(REPO)) for f in _code_read_by(script) if not any(f == d or d in f.parents for d in deps)
-        )
-        assert not uncovered, f"stage {name} reads {uncovered} but does not list them as deps"
+def test_every_stage_depends_on_exactly_the_code_it_reads_and_declares_the_params_it_loads():
+    """dvc.yaml's code deps are what `atarirep deps --write` computes from each script's imports: nothing
+    missing (a change would not rerun the stage), nothing extra (a change would rerun it for nothing)."""
+    problems = deps.check(REPO)
+    assert not problems, "\n".join([*problems, "run `atarirep deps --write`"])
 
 
 def test_the_sampling_keep_and_precision_params_rerun_the_stages_that_pass_them():
@@ -378,12 +340,48 @@ def test_bad_params_stop_dvc_repro_before_any_output_is_touched(repo, change, li
     assert after == before and (repo / "dvc.lock").read_text() == lock
 
 
+MINIMAL_DVC_YAML = """\
+stages:
+  game:
+    cmd: python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['games'])" > game.txt
+    params: [env, games]
+    outs: [game.txt]
+"""
+
+
 @pytest.mark.e2e
-def test_a_typo_in_exp_run_says_how_to_restore_and_the_restore_works(repo):
-    result = run(["dvc", "exp", "run", "-S", "env=Breakoutt"], repo, check=False, timeout=600)
+def test_an_unknown_env_stops_exp_run_at_composition_and_a_known_one_runs(tmp_path):
+    """`env` is a config group (conf/env/): a typo stops Hydra's composition, naming the games, before DVC writes
+    params.yaml or checks anything out; a known game composes and runs."""
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    shutil.copy(REPO / "params.yaml", tmp_path)
+    (tmp_path / "dvc.yaml").write_text(MINIMAL_DVC_YAML)
+    for args in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "hydra.enabled", "true"],
+        ["dvc", "repro", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "minimal"],
+    ):
+        run(args, tmp_path)
+    params_yaml, game = (tmp_path / "params.yaml").read_text(), (tmp_path / "game.txt").read_text()
+    bad = run(["dvc", "exp", "run", "-S", "env=NotAGame"], tmp_path, check=False, timeout=300)
+    assert bad.returncode != 0 and "Could not find 'env/NotAGame'" in bad.stderr, bad.stderr
+    assert "Available options in 'env'" in bad.stderr and "\tBreakout\n" in bad.stderr
+    assert ran_stages(bad.stdout) == set()
+    assert (tmp_path / "params.yaml").read_text() == params_yaml and (tmp_path / "game.txt").read_text() == game
+    assert run(["git", "status", "--porcelain"], tmp_path).stdout == ""
+    run(["dvc", "exp", "run", "-S", "env=Breakout"], tmp_path, timeout=300)
+    assert (tmp_path / "game.txt").read_text() == "['Breakout']\n"
+
+
+@pytest.mark.e2e
+def test_a_bad_game_in_exp_run_says_how_to_restore_and_the_restore_works(repo):
+    result = run(["dvc", "exp", "run", "-S", "games=[Breakoutt]"], repo, check=False, timeout=600)
     assert result.returncode != 0 and ran_stages(result.stdout) == {"check_params"}
     assert any(
-        err.startswith("error: params.yaml env has 'Breakoutt'") and err.endswith(RESTORE)
+        err.startswith("error: params.yaml games has 'Breakoutt'") and err.endswith(RESTORE)
         for err in result.stderr.splitlines()
     )
     # (`dvc exp run` has removed Breakout's outputs from the workspace: its stages left the pipeline)

@@ -53,21 +53,21 @@ def test_collect_mode_agent_records_labelled_episodes_with_a_checkpoint(tmp_path
 
 def test_an_impala_checkpoint_collects_by_sampling_and_reads_its_last_action_and_reward(tmp_path, monkeypatch):
     from atarirep import policies
-    from atarirep.agents import impala, network
+    from atarirep.agents import acting, checkpoints
     from atarirep.agents.network import IMPALANet
 
     torch.manual_seed(0)
     net = IMPALANet(4, last_action_reward=True, acts_greedily=True)  # evaluated greedily, as torchbeast tests
     path = tmp_path / "model_8.gz"
-    impala.save_checkpoint(path, net, algo="IMPALA", protocol="classic", games=["Breakout"], seed=0, step=8, frames=32)
+    checkpoints.save(path, net, algo="IMPALA", protocol="classic", games=["Breakout"], seed=0, step=8, frames=32)
     seen = []
-    play = network.play_outputs
+    play = acting.play_outputs
 
     def recording(net_, obs, last_action, last_reward):
         seen.append((int(last_action[0]), float(last_reward[0])))
         return play(net_, obs, last_action, last_reward)
 
-    monkeypatch.setattr(network, "play_outputs", recording)
+    monkeypatch.setattr(acting, "play_outputs", recording)
     policy = policies.AgentPolicy(str(path), 4, np.random.default_rng(0), random_prob=0.0)
     frame = np.zeros((1, 210, 160), np.uint8)
     actions = [policy.act(frame, i == 0, reward=float(i % 2)) for i in range(200)]

@@ -372,7 +372,7 @@ def test_bad_input_is_one_user_error_line_and_nothing_is_written(tiny_dir, tmp_p
         "batch too large": "the train split has ",
         "cpc sequence too long": "the train split has 0 samples of 40 consecutive frames (longest episode: 24 "
         "frames), fewer than one batch of 16; lower pretrain batch_size",
-        "bad keep": "pretrain keep='first' is invalid; it must be one of last, best",
+        "bad keep": "pretrain.keep must be one of last, best, not 'first'; set it to 'last'",
         "bad log_every": "pretrain log_every=0 is invalid; it must be an integer >= 1",
         "cpc reference epoch too small": "the val split has 12 samples of 4 consecutive frames (longest episode: 36 "
         "frames), fewer than one batch of 16; under sampling: reference each of its 3 "

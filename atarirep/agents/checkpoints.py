@@ -5,7 +5,7 @@ state_dict; files sit at `ALGO_protocol/GAME/SEED/model_STEP.gz`. Ours add plain
 (format, algo, protocol, game, seed, step, frames, architecture) and still load with nothing but
 `torch.load(gzip.open(path), weights_only=True)["estimator_state"]`; a file that holds only
 "estimator_state" (as the published ones do) loads too. Optimizer and RNG state for resuming live in
-one resume file per run (see atarirep.agents.ppo), not in each of the 200 checkpoints.
+one resume file per run (atarirep.plumbing.resume), not in each of the 200 checkpoints.
 
 `load_network` recognises a state_dict without a config: our actor-critic by its key names, and the published
 DQN-family networks (DQN, M-DQN, C51: a Nature CNN with a Q head, `QNetwork`) by the sequence of their
@@ -28,25 +28,19 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
-from atarirep.agents.network import (
-    C51_SUPPORT,
-    MAX_ACTIONS,
-    ActorCritic,
-    AgentNetwork,
-    IMPALANet,
-    OneGame,
-    QNetwork,
-    network_from,
-    num_actions_of,
-)
 from atarirep.games import PROTOCOLS, game_key
 from atarirep.plumbing.atomic import write_bytes
 from atarirep.plumbing.errors import UserError
+
+if TYPE_CHECKING:  # the networks (torch modules, the encoders) load only where a network is built or named
+    from torch import nn
+
+    from atarirep.agents.network import ActorCritic, AgentNetwork, IMPALANet, QNetwork
 
 FORMAT = "atarirep-agent/1"
 ALGORITHMS = ("PPO", "IMPALA")  # train_agent: one run per game
@@ -59,13 +53,19 @@ ENCODER_LAYERS = ("encoder.layers.0", "encoder.layers.2", "encoder.layers.4", "e
 ACTOR_CRITIC_KEYS = frozenset(
     f"{layer}.{kind}" for layer in (*ENCODER_LAYERS, "actor", "critic") for kind in ("weight", "bias")
 )
-SUPPORTED = (
-    "supported: our actor-critic (encoder.layers.*, actor.*, critic.*) and, under any names, a Nature CNN "
-    "Q-network whose weights are in order conv 32x4x8x8, conv 64x32x4x4, conv 64x64x3x3, linear 512x3136, "
-    f"linear Ax512 (DQN, M-DQN; A <= {MAX_ACTIONS} actions) or (A x atoms)x512 (C51, with a *support or "
-    "*atoms tensor in the file, or load_network's atoms), each with its bias"
-)
 _FIX = "rerun `dvc repro` for the stage that trains it, or `dvc pull` it"
+
+
+def supported() -> str:
+    """What `build_network` loads, the end of each of its refusals."""
+    from atarirep.agents.network import MAX_ACTIONS
+
+    return (
+        "supported: our actor-critic (encoder.layers.*, actor.*, critic.*) and, under any names, a Nature CNN "
+        "Q-network whose weights are in order conv 32x4x8x8, conv 64x32x4x4, conv 64x64x3x3, linear 512x3136, "
+        f"linear Ax512 (DQN, M-DQN; A <= {MAX_ACTIONS} actions) or (A x atoms)x512 (C51, with a *support or "
+        "*atoms tensor in the file, or load_network's atoms), each with its bias"
+    )
 
 
 def run_dir(root: str | os.PathLike, algo: str, protocol: str, game: str, seed: int) -> Path:
@@ -79,28 +79,40 @@ def file_name(step: int) -> str:
 
 def save(
     path: str | os.PathLike,
-    network: ActorCritic | QNetwork,
+    network: ActorCritic | QNetwork | IMPALANet,
     *,
     algo: str,
     protocol: str,
-    game: str,
+    game: str | None = None,
+    games: Sequence[str] | None = None,
     seed: int,
     step: int,
     frames: int,
 ) -> None:
-    """Write one checkpoint atomically: gzip(torch.save({"estimator_state": ..., our keys}))."""
+    """Write one checkpoint atomically: gzip(torch.save({"estimator_state": ..., our keys})).
+
+    A run names its `game`, or (IMPALA) its `games`: then `game` is "A+B" and the list is kept beside it. An
+    IMPALANet records its whole `spec` as "architecture", so that `load_network` rebuilds it."""
+    from atarirep.agents.network import IMPALANet
+
+    if (game is None) == (games is None):
+        raise ValueError("checkpoints.save takes either game or games")
     state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
-    payload = {
+    payload: dict = {
         "estimator_state": state,
         "format": FORMAT,
         "algo": algo,
         "protocol": protocol,
-        "game": game,
-        "seed": int(seed),
-        "step": int(step),
-        "frames": int(frames),
-        "architecture": _architecture(network),
+        "game": game if games is None else "+".join(games),
     }
+    if games is not None:
+        payload["games"] = list(games)
+    payload.update(
+        seed=int(seed),
+        step=int(step),
+        frames=int(frames),
+        architecture=network.spec if isinstance(network, IMPALANet) else _architecture(network),
+    )
     write(path, payload)
 
 
@@ -141,6 +153,8 @@ def load_network(
     file's own, and where it lacks them `step` from the name model_STEP.gz, `frames` = 4 x step, `algo`,
     `protocol`, `game` and `seed` from the layout ALGO_protocol/GAME/SEED/model_STEP.gz, and `architecture`.
     """
+    from atarirep.agents.network import network_from
+
     payload = read(path)
     state = payload.pop("estimator_state")
     if atoms is None:  # a count the file gives as a plain key (ours write it in "architecture")
@@ -168,6 +182,8 @@ def load_network(
 def load_for_game(path: str | os.PathLike, game: str) -> tuple[AgentNetwork, dict]:
     """load_network's (network, keys) for playing or probing `game`: a multi-task network's view with `game`'s
     value output (`OneGame`); UserError when the checkpoint was not trained on `game` (its `games`, or `game`)."""
+    from atarirep.agents.network import IMPALANet, OneGame
+
     network: AgentNetwork
     network, meta = load_network(path)
     games = meta.get("games") or [meta.get("game", game)]
@@ -207,10 +223,13 @@ def build_network(state: dict, *, atoms: int | None = None, source: str = "the s
     - the torso and two heads Ax512 and 1x512 named *actor and *critic (CleanRL's PPO agent): an ActorCritic.
     A dueling head (a 1xN value stream beside an advantage stream) is refused, as is any other sequence of shapes.
     """
+    from atarirep.agents.network import C51_SUPPORT, MAX_ACTIONS, ActorCritic, QNetwork, num_actions_of
+
+    offered = supported()  # the text every refusal ends with
     if atoms is not None and atoms < 1:
         raise UserError(f"atoms={atoms} for {source}: a C51 head has at least 2 atoms (51 in C51); give none for DQN")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{source} holds an estimator_state that is not a state_dict of tensors; {SUPPORTED}")
+        raise UserError(f"{source} holds an estimator_state that is not a state_dict of tensors; {offered}")
     try:
         if set(state) == ACTOR_CRITIC_KEYS:
             network: ActorCritic | QNetwork = ActorCritic(num_actions_of(state))
@@ -243,12 +262,12 @@ def build_network(state: dict, *, atoms: int | None = None, source: str = "the s
         raise UserError(
             f"{source} looks like a dueling Q-network (weight shapes {found}: a value head 1xN beside an "
             f"advantage head) or an actor-critic whose heads are not named actor and critic, which is not "
-            f"supported; {SUPPORTED}"
+            f"supported; {offered}"
         )
     if not (is_torso and len(shapes) == 5 and len(heads) == 1):
         raise UserError(
             f"{source} holds weights of another network (weight shapes {found}), not a network that "
-            f"loads here; {SUPPORTED}"
+            f"loads here; {offered}"
         )
 
     outputs = shapes[4][0]
@@ -257,7 +276,7 @@ def build_network(state: dict, *, atoms: int | None = None, source: str = "the s
     if len(supports) > 1 or len(counts) > 1 or any(state[key].numel() != 1 for key in counts):
         raise UserError(
             f"{source} holds several or non-scalar support/atoms tensors ({', '.join(supports + counts)}); "
-            "it is not clear which is the C51 head's; " + SUPPORTED
+            "it is not clear which is the C51 head's; " + offered
         )
     support = state[supports[0]].flatten() if supports else None
     in_file = support.numel() if support is not None else int(state[counts[0]].item()) if counts else None
@@ -270,7 +289,7 @@ def build_network(state: dict, *, atoms: int | None = None, source: str = "the s
     if outputs % num_atoms:
         raise UserError(
             f"{source}'s Q head has {outputs} outputs, not a multiple of {num_atoms} atoms; give the "
-            f"head's atom count (C51: 51) or none for a DQN head; {SUPPORTED}"
+            f"head's atom count (C51: 51) or none for a DQN head; {offered}"
         )
     num_actions = outputs // num_atoms
     if num_actions > MAX_ACTIONS:
@@ -285,7 +304,7 @@ def build_network(state: dict, *, atoms: int | None = None, source: str = "the s
             )
         raise UserError(
             f"{source}'s Q head has {outputs} outputs, {what} the {MAX_ACTIONS} actions of any Atari "
-            f"game; {fix}; {SUPPORTED}"
+            f"game; {fix}; {offered}"
         )
     if num_atoms > 1 and support is None:
         support = torch.linspace(*C51_SUPPORT, num_atoms)
@@ -306,10 +325,11 @@ def _load_mapped(
     ignored: Sequence[str] = (),
 ) -> None:
     """Load state's `prefix`weight/bias into network's `name`.weight/bias (and `extra`), every tensor used once."""
+    offered = supported()  # the text every refusal ends with
     missing = [prefix + "bias" for prefix in prefixes if prefix + "bias" not in state]
     if missing:
         raise UserError(
-            f"{source} has layers without biases ({', '.join(missing[:3])} missing; weight shapes {found}); {SUPPORTED}"
+            f"{source} has layers without biases ({', '.join(missing[:3])} missing; weight shapes {found}); {offered}"
         )
     mapped = dict(extra)
     for prefix, name in zip(prefixes, names, strict=True):
@@ -320,14 +340,14 @@ def _load_mapped(
         raise UserError(
             f"{source} holds tensors beyond the Nature CNN and its head ({', '.join(left[:4])}"
             f"{', ...' if len(left) > 4 else ''}; weight shapes {found}): batch norm, noisy or extra "
-            f"layers are not supported; {SUPPORTED}"
+            f"layers are not supported; {offered}"
         )
     try:
         network.load_state_dict(mapped)
     except RuntimeError as err:  # a bias of the wrong size
         raise UserError(
             f"{source} has weights and biases of mismatched sizes (weight shapes {found}: "
-            f"{str(err).splitlines()[-1].strip()}); {SUPPORTED}"
+            f"{str(err).splitlines()[-1].strip()}); {offered}"
         ) from None
 
 

@@ -48,21 +48,19 @@ killed outright notice within a second or two and exit.
 
 A single-game run with the Nature CNN and `last_action_reward: false` has exactly the state_dict of
 atarirep.agents.network.ActorCritic, so its checkpoints load as PPO's do; every checkpoint this file writes
-loads with `checkpoints.load_network` (and `load_network` here) and goes through evaluate_agent, saliency and
+(through `checkpoints.save`) loads with `checkpoints.load_network` and goes through evaluate_agent, saliency and
 probe_checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import queue
 import signal
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,15 +69,14 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from atarirep import seeds
-from atarirep.agents import acting, checkpoints, resume
-from atarirep.agents.network import IMPALANet, network_from
+from atarirep.agents import acting, checkpoints, runner
+from atarirep.agents.network import IMPALANet
 from atarirep.agents.popart import STATISTICS, PopArt
 from atarirep.agents.vector_env import AGENT_FRAME, STACK, AgentEnvs
 from atarirep.agents.vtrace import action_log_probs, log_rhos, vtrace
 from atarirep.games import Protocol, get_protocol
 from atarirep.plumbing import devices, params
 from atarirep.plumbing.errors import UserError
-from atarirep.plumbing.live import StageLive, drop_rows_after
 
 RESUME_FORMAT = "atarirep-impala-resume/1"
 ARCHITECTURES = ("nature", "impala")
@@ -131,38 +128,48 @@ class IMPALAConfig:
         return self.num_buffers or max(2 * self.num_actors, self.batch_size)
 
     def check(self, where: str = "train_agent.impala") -> None:
-        """UserError (naming the params as `where`.key) for a value out of range."""
+        """Every range of the config, each checked here once: UserError "`where`.key must be ...; set it to ..."."""
         get_protocol(self.protocol)
         for name in ("total_steps", "unroll_length", "batch_size", "num_actors", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise UserError(f"{where}.{name} is {getattr(self, name)}; it must be at least 1")
-        if self.num_buffers and self.num_buffers < max(self.batch_size, self.num_actors):
-            raise UserError(
-                f"{where}.num_buffers {self.num_buffers} is less than batch_size "
-                f"({self.batch_size}) or num_actors ({self.num_actors}); raise it, or set 0 for "
-                f"max(2 x num_actors, batch_size)"
+                raise runner.out_of_range(self, where, name, "at least 1")
+        if self.num_buffers < 0 or (self.num_buffers and self.num_buffers < max(self.batch_size, self.num_actors)):
+            raise runner.out_of_range(
+                self,
+                where,
+                "num_buffers",
+                f"0 or at least batch_size ({self.batch_size}) and num_actors ({self.num_actors})",
+                "0 (max(2 x num_actors, batch_size))",
             )
         if self.iterations < 1:
-            raise UserError(
-                f"{where}.total_steps {self.total_steps} is less than one learner step "
-                f"({self.steps_per_update} steps: unroll_length x batch_size); raise it"
+            raise runner.out_of_range(
+                self,
+                where,
+                "total_steps",
+                f"at least one learner step (unroll_length x batch_size = {self.steps_per_update})",
             )
-        if self.architecture not in ARCHITECTURES:
-            raise UserError(
-                f"{where}.architecture {self.architecture!r} is unknown; use one of {', '.join(ARCHITECTURES)}"
-            )
-        if not 0 < self.lr < 1 or not 0 < self.discount <= 1 or not 0 <= self.popart_beta <= 1:
-            raise UserError(f"{where}.lr must be in (0, 1), discount in (0, 1], popart_beta in [0, 1]")
-        if self.rho_bar <= 0 or self.c_bar <= 0:
-            raise UserError(f"{where}.rho_bar and c_bar must be positive (reference: 1)")
-        if self.popart_statistics not in STATISTICS:
-            raise UserError(
-                f"{where}.popart_statistics {self.popart_statistics!r} is unknown; use one of {', '.join(STATISTICS)}"
-            )
-        if self.reward_clipping not in REWARD_CLIPPING:
-            raise UserError(
-                f"{where}.reward_clipping {self.reward_clipping!r} is unknown; use one of {', '.join(REWARD_CLIPPING)}"
-            )
+        for name, choices in (
+            ("architecture", ARCHITECTURES),
+            ("popart_statistics", STATISTICS),
+            ("reward_clipping", REWARD_CLIPPING),
+        ):
+            if getattr(self, name) not in choices:
+                raise runner.out_of_range(self, where, name, f"one of {', '.join(choices)}")
+        for name, rule, ok in (
+            ("lr", "in (0, 1)", 0 < self.lr < 1),
+            ("discount", "in (0, 1]", 0 < self.discount <= 1),
+            ("popart_beta", "in [0, 1]", 0 <= self.popart_beta <= 1),
+            ("rho_bar", "positive", self.rho_bar > 0),
+            ("c_bar", "positive", self.c_bar > 0),
+            ("rmsprop_alpha", "in [0, 1)", 0 <= self.rmsprop_alpha < 1),
+            ("rmsprop_eps", "positive", self.rmsprop_eps > 0),
+            ("rmsprop_momentum", "at least 0", self.rmsprop_momentum >= 0),
+            ("max_grad_norm", "positive", self.max_grad_norm > 0),
+            ("baseline_cost", "at least 0", self.baseline_cost >= 0),
+            ("entropy_cost", "at least 0", self.entropy_cost >= 0),
+        ):
+            if not ok:
+                raise runner.out_of_range(self, where, name, rule)
         self.clips_rewards(len(self.games) or 1, where)  # no games: a single-game run's config
 
     def uses_popart(self, num_games: int) -> bool:
@@ -187,11 +194,7 @@ class IMPALAConfig:
     def checkpoint_iterations(self) -> list[int]:
         """The learner steps after which a checkpoint is written: the first to reach each multiple of
         `checkpoint_every`, and always the last (as PPO's)."""
-        marks = {
-            math.ceil(k * self.checkpoint_every / self.steps_per_update)
-            for k in range(1, self.total_steps // self.checkpoint_every + 1)
-        }
-        return sorted({m for m in marks if m < self.iterations} | {self.iterations})
+        return runner.checkpoint_iterations(self.total_steps, self.checkpoint_every, self.steps_per_update)
 
 
 def config_from(mapping: dict, where: str = "train_agent.impala") -> IMPALAConfig:
@@ -207,14 +210,16 @@ def multitask_config(
 ) -> IMPALAConfig:
     """train_multitask's config: train_agent.impala (`base`) with multitask.impala's keys (`overrides`) over it,
     PopArt when `algo` is IMPALA_PopArt (IMPALA: one value output shared by the games and clipped rewards, the
-    reference's "multi-task (clipped)" ablation)."""
+    reference's "multi-task (clipped)" ablation). Checks multitask's own keys here, the rest in IMPALAConfig.check."""
     if algo not in checkpoints.MULTITASK_ALGORITHMS:
         raise UserError(
-            f"params.yaml multitask.algo={algo!r} is unknown; use one of {', '.join(checkpoints.MULTITASK_ALGORITHMS)}"
+            f"multitask.algo must be one of {', '.join(checkpoints.MULTITASK_ALGORITHMS)}, not {algo!r}; set it "
+            "to IMPALA_PopArt"
         )
     if len(games) < 2:
         raise UserError(
-            f"params.yaml multitask.games={games} must list at least two games (one game: train_agent with algo IMPALA)"
+            f"multitask.games must list at least two games, not {list(games)}; set it to games of one action count "
+            "such as [Pong, SpaceInvaders] (one game: train_agent with algo IMPALA)"
         )
     fixed = {
         "protocol": protocol,
@@ -229,46 +234,6 @@ def multitask_config(
             "(algo, games, full_action_space; the protocol is train_agent.protocol); drop them"
         )
     return config_from({**base, **overrides, **fixed}, where="multitask.impala (over train_agent.impala)")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The network: a torso, a policy head shared by every game, a value output per game (PopArt) or one shared.
-
-
-def save_checkpoint(
-    path: str | os.PathLike,
-    network: IMPALANet,
-    *,
-    algo: str,
-    protocol: str,
-    games: list[str],
-    seed: int,
-    step: int,
-    frames: int,
-) -> None:
-    """One checkpoint in atarirep.agents.checkpoints' format (gzip of torch.save({"estimator_state": ...,
-    our keys})), with this network's architecture and, beside `game` ("A+B" for several), the list `games`."""
-    state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
-    payload = {
-        "estimator_state": state,
-        "format": checkpoints.FORMAT,
-        "algo": algo,
-        "protocol": protocol,
-        "game": "+".join(games),
-        "games": list(games),
-        "seed": int(seed),
-        "step": int(step),
-        "frames": int(frames),
-        "architecture": network.spec,
-    }
-    checkpoints.write(path, payload)
-
-
-def load_network(path: str | os.PathLike) -> tuple[IMPALANet, dict]:
-    """(the IMPALANet in eval mode on CPU, the checkpoint's other keys) from a checkpoint file."""
-    payload = checkpoints.read(path)
-    state = payload.pop("estimator_state")
-    return network_from(state, payload.get("architecture") or {}, source=f"checkpoint {path}").eval(), payload
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -538,12 +503,9 @@ def train(
     config = config if config.games else dataclasses.replace(config, games=tuple(games))
     config.check()  # unclipped rewards without PopArt, among others, stop the run here
     device_ = devices.resolve(device)
-    out_dir, log_dir = Path(out_dir), Path(log_dir)
-    work = resume.work_folder(out_dir)
     games, num_actions = check_games(games, config)
-    fingerprint = json.dumps(
-        {"games": games, "seed": seed, "study_seed": study_seed, "algo": algo, **asdict(config)}, sort_keys=True
-    )
+    fingerprint = runner.fingerprint(config, games=games, seed=seed, study_seed=study_seed, algo=algo)
+    work = runner.WorkFolder(out_dir, log_dir, RESUME_FORMAT, fingerprint)
     seeded = seeds.agent_run(study_seed, seed)
     torch.manual_seed(seeded)
     network = IMPALANet(
@@ -564,20 +526,17 @@ def train(
         momentum=config.rmsprop_momentum,
     )
     start = 0
-    saved = resume.read(work, RESUME_FORMAT, fingerprint)
-    if saved is None:
-        resume.start_over(work)
-    else:
+    saved = work.resume()
+    if saved is not None:
         network.load_state_dict(saved["network"])
         optimizer.load_state_dict(saved["optimizer"])
         start = int(saved["iteration"])
-        drop_rows_after(work / "live", start * config.steps_per_update)
         print(
             f"resuming {'+'.join(games)} seed {seed} after learner step {start} "
             f"({start * config.steps_per_update} steps); actors start new games"
         )
 
-    live = StageLive(str(work / "live"), resume=saved is not None)
+    live = work.live(None if saved is None else start * config.steps_per_update)
     save_at = set(config.checkpoint_iterations())
     buffers = make_buffers(config, num_actions)
     actors = Actors(games, config, (seeded, start), network, buffers, fault=_fault)
@@ -586,7 +545,7 @@ def train(
         for iteration in range(start + 1, config.iterations + 1):
             started = time.perf_counter()
             if config.anneal_lr:
-                optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / config.iterations) * config.lr
+                optimizer.param_groups[0]["lr"] = runner.annealed(config.lr, iteration, config.iterations)
 
             # 1. A batch of full unrolls, copied out (time-major: (T, B, ...)); their buffers go back to the actors.
             indices = [actors.next_full() for _ in range(config.batch_size)]
@@ -602,7 +561,6 @@ def train(
 
             # 3. Log (each game's returns apart), checkpoint, report.
             global_step = iteration * config.steps_per_update
-            live.step = global_step
             metrics = {
                 **{f"losses/{k}": v for k, v in stats.items()},
                 "charts/lr": optimizer.param_groups[0]["lr"],
@@ -616,12 +574,10 @@ def train(
                 for task, game in enumerate(games):
                     metrics[f"popart/mu/{game}"] = float(network.critic.mu[task])
                     metrics[f"popart/sigma/{game}"] = float(network.critic.sigma[task])
-            for name, value in metrics.items():
-                live.log_metric(name, value)
-            live.next_step()
+            runner.log(live, global_step, metrics)
             if iteration in save_at:
-                save_checkpoint(
-                    work / "checkpoints" / checkpoints.file_name(global_step),
+                checkpoints.save(
+                    work.checkpoint(global_step),
                     network,
                     algo=algo,
                     protocol=config.protocol,
@@ -630,7 +586,7 @@ def train(
                     step=global_step,
                     frames=global_step * get_protocol(config.protocol).frame_skip,
                 )
-                _write_resume(work, fingerprint, network, optimizer, iteration)
+                _write_resume(work, network, optimizer, iteration)
             if progress:
                 shown = " ".join(f"{k.split('/', 1)[1]}={v:.4g}" for k, v in metrics.items())
                 print(
@@ -642,8 +598,8 @@ def train(
         actors.stop()
     live.end()
 
-    resume.finish(work, out_dir, log_dir)  # logs and checkpoints replace the stage's outputs whole
-    return out_dir
+    work.finish()  # logs and checkpoints replace the stage's outputs whole
+    return Path(out_dir)
 
 
 def learn(
@@ -755,12 +711,11 @@ def _episode_metrics(batch: dict[str, torch.Tensor], games: list[str]) -> dict[s
     return metrics
 
 
-def _write_resume(work: Path, fingerprint: str, network: nn.Module, optimizer, iteration: int) -> None:
+def _write_resume(work: runner.WorkFolder, network: nn.Module, optimizer, iteration: int) -> None:
+    """What a resumed run needs beyond the checkpoint: the optimizer and the learner step."""
     state = {
-        "format": RESUME_FORMAT,
-        "fingerprint": fingerprint,
         "iteration": iteration,
         "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},  # PopArt's stats too
         "optimizer": optimizer.state_dict(),
     }
-    resume.write(work, state)
+    work.save(state)

@@ -5,20 +5,18 @@ probing.
 Both take (B, 4, 84, 84) uint8 stacks, scale them to [0, 1] (obs / 255) once in `features`, and return
 (head output (B, A), value (B,)), so code written for the actor-critic's (logits, value) runs on either;
 `acts_greedily` tells whether the head is a policy's logits to sample (False) or Q-values to maximise (True);
-an IMPALA checkpoint sets it for its policy (torchbeast's test mode takes the argmax). `play_outputs` calls
-any of them while playing, with the last action and reward for an IMPALA network that reads them.
+an IMPALA checkpoint sets it for its policy (torchbeast's test mode takes the argmax); how they act is
+atarirep.agents.acting's.
 Both have the same `encoder` (the Nature CNN up to its 512-d layer, after its ReLU) and `features`, the
 representation `probe_checkpoints` probes.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from atarirep.agents import acting
 from atarirep.agents.popart import PopArt
 from atarirep.encoders import ImpalaCNN, NatureCNN, _init_orthogonal, preprocess
 from atarirep.plumbing.errors import UserError
@@ -304,28 +302,3 @@ def network_from(state: dict, spec: dict, source: str = "the state_dict") -> IMP
             "not an IMPALA actor-critic; point to a checkpoint written by train_agent"
         ) from None
     return network
-
-
-def play_outputs(
-    network: nn.Module, obs: torch.Tensor, last_action: torch.Tensor, last_reward: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The network's (head, value) for acting on `obs`: given the last action and reward (B,) when it reads them
-    (`last_action_reward`, an IMPALA network), else of the stacks alone."""
-    if getattr(network, "last_action_reward", False):
-        return network(obs, last_action=last_action, last_reward=last_reward)
-    return network(obs)
-
-
-def choose_actions(
-    network: nn.Module, head: torch.Tensor, rng: np.random.Generator, epsilon: float, *, greedy: bool | None = None
-) -> np.ndarray:
-    """Actions for a batch of network outputs `head` (B, A): the argmax for a network that `acts_greedily` (Q-values,
-    epsilon-greedy as the published DQN-family agents were evaluated; an IMPALA policy in torchbeast's test mode),
-    else a Gumbel-max draw from the policy; `greedy` overrides the network's rule. With probability `epsilon` a
-    uniformly random action instead. The uniform draws are made every step, so later actions do not depend on
-    which envs took a random one."""
-    outputs = head.double().cpu().numpy()
-    greedy = getattr(network, "acts_greedily", False) if greedy is None else greedy
-    chosen = outputs.argmax(1) if greedy else acting.gumbel_max(outputs, rng)
-    uniform = rng.integers(outputs.shape[1], size=len(outputs))
-    return np.where(rng.random(len(outputs)) < epsilon, uniform, chosen)

@@ -20,10 +20,9 @@ does not depend on the device's RNG.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
@@ -32,13 +31,11 @@ import torch
 from torch import nn
 
 from atarirep import seeds
-from atarirep.agents import acting, checkpoints, resume
+from atarirep.agents import acting, checkpoints, runner
 from atarirep.agents.network import ActorCritic
 from atarirep.agents.vector_env import AgentEnvs
 from atarirep.games import get_protocol
 from atarirep.plumbing import devices, params
-from atarirep.plumbing.errors import UserError
-from atarirep.plumbing.live import StageLive, drop_rows_after
 
 RESUME_FORMAT = "atarirep-ppo-resume/2"
 
@@ -73,7 +70,8 @@ class PPOConfig:
     def iterations(self) -> int:
         return self.total_steps // self.batch_size
 
-    def check(self) -> None:
+    def check(self, where: str = "train_agent.ppo") -> None:
+        """Every range of the config, each checked here once: UserError "`where`.key must be ...; set it to ..."."""
         get_protocol(self.protocol)
         for name in (
             "total_steps",
@@ -85,28 +83,32 @@ class PPOConfig:
             "reset_every",
         ):
             if getattr(self, name) < 1:
-                raise UserError(f"train_agent.{name} is {getattr(self, name)}; it must be at least 1")
+                raise runner.out_of_range(self, where, name, "at least 1")
         if self.batch_size % self.num_minibatches:
-            raise UserError(
-                f"num_envs x num_steps ({self.batch_size}) must divide into num_minibatches "
-                f"({self.num_minibatches}); change one of them"
+            raise runner.out_of_range(
+                self, where, "num_minibatches", f"a divisor of num_envs x num_steps ({self.batch_size})"
             )
         if self.iterations < 1:
-            raise UserError(
-                f"train_agent.total_steps {self.total_steps} is less than one rollout "
-                f"({self.batch_size} steps); raise it"
+            raise runner.out_of_range(
+                self, where, "total_steps", f"at least one rollout (num_envs x num_steps = {self.batch_size})"
             )
-        if not 0 < self.lr < 1 or not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
-            raise UserError("train_agent.lr must be in (0, 1), gamma in (0, 1], gae_lambda in [0, 1]")
+        for name, rule, ok in (
+            ("lr", "in (0, 1)", 0 < self.lr < 1),
+            ("gamma", "in (0, 1]", 0 < self.gamma <= 1),
+            ("gae_lambda", "in [0, 1]", 0 <= self.gae_lambda <= 1),
+            ("clip_coef", "positive", self.clip_coef > 0),
+            ("ent_coef", "at least 0", self.ent_coef >= 0),
+            ("vf_coef", "at least 0", self.vf_coef >= 0),
+            ("max_grad_norm", "positive", self.max_grad_norm > 0),
+            ("adam_eps", "positive", self.adam_eps > 0),
+        ):
+            if not ok:
+                raise runner.out_of_range(self, where, name, rule)
 
     def checkpoint_iterations(self) -> list[int]:
         """The iterations after which a checkpoint is written: the first to reach each multiple of
         `checkpoint_every`, and always the last."""
-        marks = {
-            math.ceil(k * self.checkpoint_every / self.batch_size)
-            for k in range(1, self.total_steps // self.checkpoint_every + 1)
-        }
-        return sorted({m for m in marks if m < self.iterations} | {self.iterations})
+        return runner.checkpoint_iterations(self.total_steps, self.checkpoint_every, self.batch_size)
 
     def reset_iterations(self) -> list[int]:
         """The checkpoint iterations after which every env starts a new game: the first checkpoint at or past
@@ -152,11 +154,8 @@ def train(
     """
     config.check()
     device_ = devices.resolve(device)
-    out_dir, log_dir = Path(out_dir), Path(log_dir)
-    work = resume.work_folder(out_dir)
-    fingerprint = json.dumps(
-        {"game": game, "seed": seed, "study_seed": study_seed, "algo": algo, **asdict(config)}, sort_keys=True
-    )
+    fingerprint = runner.fingerprint(config, game=game, seed=seed, study_seed=study_seed, algo=algo)
+    work = runner.WorkFolder(out_dir, log_dir, RESUME_FORMAT, fingerprint)
     seeded = seeds.agent_run(study_seed, seed)
     envs = AgentEnvs(game, config.num_envs, config.protocol, training=True)
     torch.manual_seed(seeded)
@@ -168,19 +167,16 @@ def train(
     # Every action since the envs last started new games (allocated once): a resume replays them.
     played = np.zeros((config.replay_iterations() * config.num_steps, config.num_envs), np.uint8)
     played_steps = 0
-    saved = resume.read(work, RESUME_FORMAT, fingerprint)
-    if saved is None:
-        resume.start_over(work)
-    else:
+    saved = work.resume()
+    if saved is not None:
         network.load_state_dict(saved["network"])
         optimizer.load_state_dict(saved["optimizer"])
         rng.bit_generator.state = json.loads(saved["rng"])
         start, segment = int(saved["iteration"]), int(saved["segment"])
         played_steps = len(saved["played"])
         played[:played_steps] = saved["played"].numpy()
-        drop_rows_after(work / "live", start * config.batch_size)
         print(f"resuming {game} seed {seed} after iteration {start} ({start * config.batch_size} steps)")
-    live = StageLive(str(work / "live"), resume=saved is not None)
+    live = work.live(None if saved is None else start * config.batch_size)
     save_at, reset_at = set(config.checkpoint_iterations()), set(config.reset_iterations())
 
     # Rollout storage, allocated once (memory does not grow with training length).
@@ -199,7 +195,7 @@ def train(
     for iteration in range(start + 1, config.iterations + 1):
         started = time.perf_counter()
         if config.anneal_lr:
-            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / config.iterations) * config.lr
+            optimizer.param_groups[0]["lr"] = runner.annealed(config.lr, iteration, config.iterations)
 
         # 1. Collect a rollout of num_steps from every env.
         for step in range(n):
@@ -236,7 +232,6 @@ def train(
 
         # 4. Log, checkpoint (then start new games), report.
         global_step = iteration * config.batch_size
-        live.step = global_step
         metrics = {
             **{f"losses/{k}": v for k, v in stats.items()},
             "charts/lr": optimizer.param_groups[0]["lr"],
@@ -245,13 +240,11 @@ def train(
         if returns_window:
             metrics["charts/episode_return"] = float(np.mean(returns_window))
             metrics["charts/episodes"] = len(returns_window)
-        for name, value in metrics.items():
-            live.log_metric(name, value)
-        live.next_step()
+        runner.log(live, global_step, metrics)
         returns_window.clear()
         if iteration in save_at:
             checkpoints.save(
-                work / "checkpoints" / checkpoints.file_name(global_step),
+                work.checkpoint(global_step),
                 network,
                 algo=algo,
                 protocol=config.protocol,
@@ -264,7 +257,7 @@ def train(
                 segment, played_steps = segment + 1, 0
                 next_obs = torch.from_numpy(envs.reset(seeds.ppo_games(seeded, segment))).to(device_)
                 next_done = torch.zeros(e, device=device_)
-            _write_resume(work, fingerprint, network, optimizer, rng, iteration, segment, played[:played_steps])
+            _write_resume(work, network, optimizer, rng, iteration, segment, played[:played_steps])
         if progress:
             shown = " ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in metrics.items())
             print(
@@ -274,8 +267,8 @@ def train(
     live.end()
     envs.close()
 
-    resume.finish(work, out_dir, log_dir)  # logs and checkpoints replace the stage's outputs whole
-    return out_dir
+    work.finish()  # logs and checkpoints replace the stage's outputs whole
+    return Path(out_dir)
 
 
 def compute_gae(
@@ -355,11 +348,10 @@ def update(
 
 
 def _write_resume(
-    work: Path, fingerprint: str, network: nn.Module, optimizer, rng, iteration: int, segment: int, played: np.ndarray
+    work: runner.WorkFolder, network: nn.Module, optimizer, rng, iteration: int, segment: int, played: np.ndarray
 ) -> None:
+    """What a resumed run needs beyond the checkpoint: the optimizer, the generator, and the actions to replay."""
     state = {
-        "format": RESUME_FORMAT,
-        "fingerprint": fingerprint,
         "iteration": iteration,
         "segment": segment,
         "played": torch.from_numpy(played.copy()),
@@ -367,4 +359,4 @@ def _write_resume(
         "optimizer": optimizer.state_dict(),
         "rng": json.dumps(rng.bit_generator.state),
     }
-    resume.write(work, state)
+    work.save(state)

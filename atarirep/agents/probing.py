@@ -8,7 +8,8 @@ table as duplicates included, so no stack skips back in time where a frame was r
 scores and the scores.csv / metrics.json format are atarirep.probe's (`probe_features`, `method_scores`,
 `write_scores`), not a copy. `probe_sampled` probes every checkpoint of the `SEED/model_STEP.gz` folders that
 sample_checkpoints writes; `category_curve` and
-`category_curve_figure` are F1 per category against training frames. This module reads no params.
+`category_curve_figure` are F1 per category against training frames; `probe_checkpoints` is the
+probe_checkpoints stage, its files written. This module reads no params.
 """
 
 from __future__ import annotations
@@ -30,13 +31,19 @@ from atarirep import annotations as ram_annotations
 from atarirep import episodes, reports
 from atarirep.agents import checkpoints
 from atarirep.agents.network import AgentNetwork
-from atarirep.agents.vector_env import AGENT_FRAME, STACK, agent_frames, stack_indices
 from atarirep.games import game_key
-from atarirep.plumbing import devices
+from atarirep.plumbing import atomic, devices
 from atarirep.plumbing.errors import UserError
 from atarirep.probe.features import ENCODE_BATCH_SIZE
-from atarirep.probe.stage import check_settings, load_probe_data, method_scores, probe_features, scored_test_rows
-from atarirep.scores import aggregate
+from atarirep.probe.stage import (
+    check_settings,
+    load_probe_data,
+    method_scores,
+    probe_features,
+    scored_test_rows,
+    write_scores,
+)
+from atarirep.scores import aggregate, summarize
 
 METHOD = "rl_agent"  # the method name of an agent's encoder in data/probes/<game>/<method>
 RESIZE_BATCH_SIZE = 1024  # stored frames read and resized at a time
@@ -71,6 +78,8 @@ def agent_view(split: episodes.Episodes, *, batch_size: int = RESIZE_BATCH_SIZE)
 
     A stored split (frames that know their episodes' first frames) is stacked from frames.bin, every frame of an
     episode in its history; frames in memory are stacked over the split's own rows (`stack_indices`)."""
+    from atarirep.agents.vector_env import AGENT_FRAME, STACK, agent_frames, stack_indices  # the env's resize
+
     frames = split.frames
     read: Callable[[np.ndarray], Any]  # stored frames' ids -> (N, 210, 160) frames
     if isinstance(frames, episodes.LazyFrames) and frames.first_ids is not None:
@@ -314,3 +323,74 @@ def category_curve_figure(curve: pd.DataFrame, metric: str = "f1", title: str = 
     ax.set_title(f"{title}{metric} per category, mean over {num_seeds} seed{'s' * (num_seeds != 1)}")
     fig.legend(loc="outside right upper", fontsize="small")
     return fig
+
+
+# -- the probe_checkpoints stage --------------------------------------------------------------------
+def probe_checkpoints(
+    game: str,
+    sampled_root: str | os.PathLike,
+    episodes_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    rl_agent_dir: str | os.PathLike,
+    *,
+    lr: float,
+    batch_size: int,
+    epochs: int,
+    patience: int,
+    seed: int,
+    device: str,
+    sampling: str = "reference",
+    keep: str = "last",
+    progress: bool = False,
+) -> None:
+    """The probe_checkpoints stage: `probe_sampled`, then, all at once, <out_dir>/scores.csv (per seed, checkpoint
+    and variable), f1_by_category.{csv,md} (a row per seed x checkpoint), f1_by_category.png (against training
+    frames, mean over seeds) and metrics.json; and the first seed's last checkpoint as the method `rl_agent` in
+    the probe stage's format (<rl_agent_dir>/scores.csv and metrics.json), for the report's tables."""
+    sampled, num_test_frames = probe_sampled(
+        sampled_root,
+        episodes_dir,
+        game=game,
+        lr=lr,
+        batch_size=batch_size,
+        epochs=epochs,
+        patience=patience,
+        seed=seed,
+        device=device,
+        sampling=sampling,
+        keep=keep,
+        progress=progress,
+    )
+    curve = category_curve(sampled, "f1")
+    game = sampled["game"].iloc[0]
+    first_seed = int(sampled["seed"].min())
+    last_step = int(sampled.loc[sampled["seed"] == first_seed, "step"].max())
+    rl_agent = method_rows(sampled, first_seed, last_step)
+    last = curve.loc[curve.groupby("seed")["step"].idxmax()]
+    metrics = {
+        "game": game,
+        "seeds": [int(s) for s in last["seed"]],
+        "num_checkpoints": len(curve),
+        "num_variables": int(rl_agent.shape[0]),
+        "num_test_frames": num_test_frames,
+        "last_checkpoint": {
+            "frames": [int(f) for f in last["frames"]],
+            "f1_across_categories": [float(v) for v in last["across_categories"]],
+            "f1_across_categories_mean": float(last["across_categories"].mean()),
+        },
+        "rl_agent": {"seed": first_seed, "step": last_step, **summarize(rl_agent)},
+    }
+    table = sampled.assign(categories=sampled["categories"].map(";".join)).drop(columns="method")
+    shown = curve.set_index("seed")
+    with atomic.atomic_dir(out_dir) as folder:
+        (folder / "scores.csv").write_text(table.to_csv(index=False, lineterminator="\n"))
+        (folder / "f1_by_category.csv").write_text(reports.to_csv(shown))
+        (folder / "f1_by_category.md").write_text(reports.to_markdown(shown))
+        figure = category_curve_figure(curve, "f1", title=f"{game}, {reports.DISPLAY_NAMES[METHOD]}: ")
+        figure.savefig(folder / "f1_by_category.png", dpi=120, metadata={"Software": None})
+        atomic.write_json(folder / "metrics.json", metrics)
+    write_scores(rl_agent_dir, rl_agent, num_test_frames=num_test_frames, sampling=sampling)
+    print(
+        f"probed {len(curve)} checkpoints of {len(last)} seed(s) of {game}; {METHOD} is seed "
+        f"{first_seed}'s step {last_step}"
+    )

@@ -28,15 +28,18 @@ no frame is stretched to full brightness on its own.
 - `episode_stacks`: the first observations of one game played by a network under a protocol.
 - `overlay`, `write_png`, `write_gif`: the frame, policy saliency added in blue, value saliency in red.
 - `time_one_frame`: seconds for the maps of one stack on CPU (the bench's figure).
+- `check_settings`: the saliency params' ranges; `checkpoint_saliency`: the saliency stage, its files written.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TypeGuard
 
 import numpy as np
@@ -44,7 +47,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from atarirep.agents.network import ActorCritic, AgentNetwork, choose_actions
+from atarirep import seeds
+from atarirep.agents import acting, checkpoints
+from atarirep.agents.network import ActorCritic, AgentNetwork
+from atarirep.games import get_protocol
+from atarirep.plumbing import atomic, devices
 from atarirep.plumbing.errors import UserError
 
 BLUR_SIGMA = 3.0  # the blurred image the perturbation blends in (Greydanus: gaussian_filter(I, sigma=3))
@@ -375,35 +382,17 @@ def episode_stacks(
     network: AgentNetwork, game: str, protocol: str, *, frames: int, epsilon: float, seed: int
 ) -> np.ndarray:
     """(T, 4, 84, 84) uint8: the first `frames` observations (fewer if the game ends) of one game played by
-    `network` under `protocol`, acting as `evaluation.evaluate` does (`network.choose_actions`, from a numpy
-    generator seeded by `seed`; an IMPALA network gets the last action and reward, zeros at the start)."""
-    from atarirep.agents.network import play_outputs
-    from atarirep.agents.vector_env import AgentEnvs  # imported here: the maps need no emulator
-
-    envs = AgentEnvs(game, 1, protocol, training=False, full_action_space=network.full_action_space)
+    `network` under `protocol` in one env, acting as `evaluation.evaluate` does (`acting.play`, from a numpy
+    generator seeded by `seed`)."""
+    envs = acting.agent_envs(network, game, protocol, 1)
     try:
-        if envs.num_actions != network.num_actions:
-            raise UserError(
-                f"the network has {network.num_actions} actions but {envs.game} has "
-                f"{envs.num_actions}; use a checkpoint trained on {envs.game}"
-            )
-        device = next(network.parameters()).device
-        rng = np.random.default_rng(seed)
         obs = envs.reset(seed)
         kept = [obs[0]]
-        last_action, last_reward = torch.zeros(1, dtype=torch.int64), torch.zeros(1)  # a game's start
-        while len(kept) < frames:
-            with torch.no_grad():
-                head, _ = play_outputs(
-                    network, torch.from_numpy(obs).to(device), last_action.to(device), last_reward.to(device)
-                )
-            actions = choose_actions(network, head, rng, epsilon)
-            step = envs.step(actions)
+        played = acting.play(network, envs, obs, np.random.default_rng(seed), epsilon)
+        for step in itertools.islice(played, max(frames - 1, 0)):
             if step.terminated[0] or step.truncated[0]:  # the next observation is a new game's first
                 break
-            last_action, last_reward = torch.from_numpy(actions.astype(np.int64)), torch.from_numpy(step.reward)
-            obs = step.obs
-            kept.append(obs[0])
+            kept.append(step.obs[0])
         return np.stack(kept)
     finally:
         envs.close()
@@ -491,6 +480,74 @@ def check_settings(p) -> None:
             raise UserError(f"params.yaml saliency.{name}={getattr(p, name)} must be at least 1")
     if not 0 <= p.epsilon <= 1:
         raise UserError(f"params.yaml saliency.epsilon={p.epsilon} must be a probability between 0 and 1")
-    from atarirep.games import get_protocol
-
     get_protocol(p.protocol)
+
+
+# -- the saliency stage -------------------------------------------------------------------------------
+PNG_EVERY = 8  # a still of every 8th kept frame
+GIF_FPS = 15  # agent steps are 4 emulator frames at 60 Hz: 15 a second is real time
+SCALE = 4  # 84x84 -> 336x336, nearest neighbour
+
+
+def last_checkpoints(root: str | os.PathLike, game: str, count: int) -> list[tuple[int, int, Path]]:
+    """[(seed, step, path)] of the last `count` sampled checkpoints of the first seed, each read once first so
+    that a bad one stops before any game is played."""
+    seed, run = next(iter(checkpoints.sampled_runs(Path(root)).items()))
+    found = []
+    for step, path in run[-count:]:
+        checkpoints.load_for_game(path, game)
+        found.append((seed, step, path))
+    return found
+
+
+def checkpoint_saliency(game: str, sampled_root: str | os.PathLike, out_dir: str | os.PathLike, settings) -> None:
+    """The saliency stage: for each of `last_checkpoints` (`settings.checkpoints`, params.Saliency, checked by
+    `check_settings`), one game played (`episode_stacks`, seeded by `seeds.agent_games(settings.seed, run
+    seed)`) and both maps of its stacks. Writes, all at once, <out_dir>/SEED/model_STEP/episode.gif (every
+    kept frame), frame_XXXX.png (every PNG_EVERY-th) and <out_dir>/metrics.json (per checkpoint: frames,
+    seconds, mean policy and value saliency)."""
+    from atarirep.games import resolve_ale_game
+
+    check_settings(settings)
+    game = resolve_ale_game(game)  # agents play any game with a ROM
+    device = devices.resolve(settings.device)
+    found = last_checkpoints(sampled_root, game, settings.checkpoints)
+    batch_size = 1024 if device.type == "cuda" else DEFAULT_BATCH
+    metrics = {}
+    with atomic.atomic_dir(out_dir) as tmp:
+        for seed, step, path in found:
+            network, _ = checkpoints.load_for_game(path, game)  # a multi-task network: game's value output
+            network.to(device)
+            play_seed = seeds.agent_games(settings.seed, seed)
+            stacks = episode_stacks(
+                network, game, settings.protocol, frames=settings.frames, epsilon=settings.epsilon, seed=play_seed
+            )
+            started = time.perf_counter()
+            policy, value = saliency_maps(network, stacks, settings.radius, settings.stride, batch_size)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+            folder = tmp / str(seed) / f"model_{step}"
+            folder.mkdir(parents=True)
+            pictures = [
+                overlay(stack[-1], pm, vm, scale=SCALE) for stack, pm, vm in zip(stacks, policy, value, strict=True)
+            ]
+            for index in range(0, len(pictures), PNG_EVERY):
+                write_png(pictures[index], folder / f"frame_{index:04d}.png")
+            write_gif(pictures, folder / "episode.gif", fps=GIF_FPS)
+            metrics[f"{seed}/model_{step}"] = {
+                "seed": seed,
+                "step": step,
+                "frames": len(stacks),
+                "seconds": round(seconds, 3),
+                "seconds_per_frame": round(seconds / len(stacks), 4),
+                "mean_policy_saliency": float(policy.mean()),
+                "mean_value_saliency": float(value.mean()),
+            }
+            print(
+                f"{game} seed {seed} step {step}: saliency of {len(stacks)} frames in {seconds:.1f} s "
+                f"({seconds / len(stacks):.2f} s a frame on {device.type})",
+                flush=True,
+            )
+        atomic.write_json(tmp / "metrics.json", metrics)
+    print(f"saliency of {len(found)} checkpoints of {game} in {out_dir}")

@@ -38,8 +38,7 @@ from ale_py import roms
 from gymnasium.utils import seeding
 
 from atarirep import seeds
-from atarirep.envs import resolve_ale_game
-from atarirep.games import Protocol, get_protocol
+from atarirep.games import Protocol, get_protocol, resolve_ale_game
 from atarirep.plumbing.errors import UserError
 
 AGENT_FRAME = (84, 84)

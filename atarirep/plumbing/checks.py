@@ -12,19 +12,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from atarirep import annotations as ram_annotations
-from atarirep import collection, envs, methods, pretraining, sampling
+from atarirep import collection, envs, methods, pretraining
 from atarirep.agents import checkpoints, impala, ppo, saliency, vector_env
-from atarirep.games import game_key, get_protocol
+from atarirep.games import game_key, resolve_ale_game
 from atarirep.plumbing import devices, params
 from atarirep.plumbing.errors import UserError
-from atarirep.probe import BASELINES
-from atarirep.probe.linear import check_keep
+from atarirep.probe import stage as probe_stage
+from atarirep.probe.baselines import BASELINES
 
 
 def _distinct(values: list[str], where: str) -> None:
     repeated = sorted({v for v in values if values.count(v) > 1})
     if repeated:
         raise UserError(f"params.yaml {where} lists {', '.join(repeated)} more than once; list each once")
+
+
+def _check_seeds(seeds: list[int], where: str) -> None:
+    if not seeds or min(seeds) < 0:
+        raise UserError(f"params.yaml {where}={seeds} must list seeds >= 0, for example [0]")
+    _distinct([str(s) for s in seeds], where)
 
 
 def check_games(study: params.Study) -> list[str]:
@@ -80,13 +86,16 @@ def check_methods(pretrain: params.Pretrain, probe: params.Probe, report: params
     if unknown:
         raise UserError(f"params.yaml probe.baselines has {unknown[0]!r}; use some of {', '.join(BASELINES)}")
     _distinct(probe.baselines, "probe.baselines")
-    for name in ("batch_size", "epochs", "patience", "supervised_epochs"):
-        if getattr(probe, name) < 1:
-            raise UserError(f"params.yaml probe.{name}={getattr(probe, name)} must be at least 1")
-    if not probe.lr > 0:
-        raise UserError(f"params.yaml probe.lr={probe.lr} must be positive, for example 0.0003")
-    sampling.check(probe.sampling, "params.yaml probe.sampling")
-    check_keep(probe.keep)
+    probe_stage.check_settings(
+        method=None,
+        lr=probe.lr,
+        batch_size=probe.batch_size,
+        epochs=probe.epochs,
+        patience=probe.patience,
+        sampling=probe.sampling,
+        keep=probe.keep,
+        supervised_epochs=probe.supervised_epochs,
+    )
     for shown, computed, where in (
         (report.methods, pretrain.methods, "pretrain.methods"),
         (report.baselines, probe.baselines, "probe.baselines"),
@@ -124,9 +133,7 @@ def check_agents(
         raise UserError(
             f"params.yaml train_agent.algo={train.algo!r} is unknown; use one of {', '.join(checkpoints.ALGORITHMS)}"
         )
-    if not train.seeds or min(train.seeds) < 0:
-        raise UserError(f"params.yaml train_agent.seeds={train.seeds} must list seeds >= 0, for example [0]")
-    _distinct([str(s) for s in train.seeds], "train_agent.seeds")
+    _check_seeds(train.seeds, "train_agent.seeds")
     _misplaced(train.ppo, "train_agent.ppo", ppo.PPOConfig, {"IMPALA": impala.IMPALAConfig})
     _misplaced(train.impala, "train_agent.impala", impala.IMPALAConfig, {"PPO": ppo.PPOConfig})
     configs: dict[str, ppo.PPOConfig | impala.IMPALAConfig] = {
@@ -143,8 +150,6 @@ def check_agents(
     for game in games:  # every protocol a game is played under: training, evaluation, saliency
         for protocol in dict.fromkeys([train.protocol, *evaluate.protocols, *saliency_protocols]):
             vector_env.check_game(game, protocol)
-    for protocol in evaluate.protocols:
-        get_protocol(protocol)
     _distinct(evaluate.protocols, "evaluate_agent.protocols")
     if not evaluate.protocols or evaluate.episodes < 1 or evaluate.max_steps < 1 or not 0 <= evaluate.epsilon <= 1:
         raise UserError(
@@ -166,7 +171,7 @@ def check_multitask(train: params.TrainAgent, multitask: params.Multitask, sampl
         full_action_space=multitask.full_action_space,
     )
     for game in multitask.games:
-        ale_name = envs.resolve_ale_game(game)
+        ale_name = resolve_ale_game(game)
         if game != ale_name:
             raise UserError(
                 f"params.yaml multitask.games has {game!r}; write its ALE name {ale_name!r} (stage "
@@ -174,9 +179,7 @@ def check_multitask(train: params.TrainAgent, multitask: params.Multitask, sampl
             )
     _distinct(multitask.games, "multitask.games")
     impala.check_games(list(multitask.games), config)
-    if not multitask.seeds or min(multitask.seeds) < 0:
-        raise UserError(f"params.yaml multitask.seeds={multitask.seeds} must list seeds >= 0, for example [0]")
-    _distinct([str(s) for s in multitask.seeds], "multitask.seeds")
+    _check_seeds(multitask.seeds, "multitask.seeds")
     made = len(config.checkpoint_iterations())
     if not 1 <= sample.keep <= made:
         raise UserError(
@@ -197,23 +200,8 @@ def check(path: str | os.PathLike = "params.yaml") -> params.Study:
     collect = params.load("collect", path)
     for game in games:
         for purpose in params.DATASETS:
-            dataset = collect.dataset(purpose)
-            collection.validate(
-                game,
-                steps=dataset.steps,
-                splits_fractions=dataset.splits,
-                purpose=purpose,
-                num_envs=collect.num_envs,
-                num_workers=collect.num_workers,
-                annotation_set=collect.annotations,
-                protocol=collect.protocol,
-                collect_mode=collect.collect_mode,
-                random_actions=collect.random_actions,
-                min_episode_length=collect.min_episode_length,
-                entropy_threshold=collect.entropy_threshold,
-                agent_checkpoint="made by sample_checkpoints",
-                agent_random_prob=collect.agent_random_prob,
-            )
+            # agent mode: the checkpoint is sample_checkpoints' output, not made yet
+            collection.validate(game, **collection.stage_options(collect, purpose, "made by sample_checkpoints"))
     check_methods(params.load("pretrain", path), params.load("probe", path), params.load("report", path))
     check_agents(
         params.load("train_agent", path),

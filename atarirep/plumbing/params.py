@@ -1,5 +1,8 @@
 """Stage parameters: one frozen, validated dataclass per params.yaml section, plus the shared keys.
 
+The dataclasses check types and keys only: each value's range is checked once, beside the code that uses it
+(atarirep.plumbing.checks gathers those checks), and its reference value is in conf/config.yaml alone.
+
 Only stage scripts call `load(section)`; library functions take plain arguments. params.yaml is the
 composition of conf/ (DVC's Hydra composition writes it on `dvc exp run`); stages see plain values.
 """
@@ -29,14 +32,14 @@ class Collect:
     annotations: str  # shared: annotation set, paper or latest
     collect_mode: str  # random_agent, or agent: the first seed's last sampled checkpoint of train_agent
     random_actions: str  # nonzero: actions 1..n-1 as the reference; all: 0..n-1
-    agent_random_prob: float  # agent mode: a uniformly random action with this probability (reference: 0.2)
+    agent_random_prob: float  # agent mode: a uniformly random action with this probability
     protocol: str  # environment protocol, atariari
-    num_envs: int  # environments, each with its own seed stream (reference: 8)
+    num_envs: int  # environments, each with its own seed stream
     num_workers: int  # processes stepping them; does not change the output
-    min_episode_length: int  # episodes of this many frames or fewer are dropped (reference: 64)
-    entropy_threshold: float  # variables below this label entropy (nats) are dropped (reference: 0.6)
-    pretrain: Dataset  # encoder pretraining data (reference: 100k steps, 80/20)
-    probe: Dataset  # probing data (reference: 50k steps, 70/10/20)
+    min_episode_length: int  # episodes of this many frames or fewer are dropped
+    entropy_threshold: float  # variables below this label entropy (nats) are dropped
+    pretrain: Dataset  # encoder pretraining data
+    probe: Dataset  # probing data
 
     def dataset(self, name: str) -> Dataset:
         """The `pretrain` or `probe` dataset's settings; UserError for another name."""
@@ -50,10 +53,10 @@ class Pretrain:
     seed: int  # shared
     device: str  # shared: auto, cpu or cuda
     methods: list[str]  # one pretrain stage per method (a DVC matrix)
-    epochs: int  # reference: 100
-    batch_size: int  # reference: 64
-    lr: float  # Adam, reference: 3e-4 (eps 1e-5)
-    patience: int  # early stop on validation loss, reference: 15
+    epochs: int
+    batch_size: int
+    lr: float  # Adam
+    patience: int  # early stop on validation loss
     keep: str  # last (reference) or best encoder
     sampling: str  # reference (AtariARI: episodes drawn with replacement) or every_frame
     precision: str  # fp32 (reference) or bf16 (autocast on CUDA; no effect on CPU)
@@ -65,13 +68,13 @@ class Probe:
     seed: int  # shared
     device: str  # shared
     baselines: list[str]  # majority and supervised need no pretrained encoder
-    lr: float  # Adam, reference: 3e-4
-    batch_size: int  # reference: 64
-    epochs: int  # reference: 100
-    patience: int  # early stop on validation accuracy, reference: 15
+    lr: float  # Adam
+    batch_size: int
+    epochs: int
+    patience: int  # early stop on validation accuracy
     fast: bool  # encode once, all variables' probes as one batched layer (same results)
     supervised_per_variable: bool  # reference: one end-to-end encoder per variable; false: one shared encoder
-    supervised_epochs: int  # the supervised baseline's epochs, reference: 100
+    supervised_epochs: int  # the supervised baseline's epochs
     sampling: str  # reference (AtariARI: train, val and test drawn by episode) or every_frame
     keep: str  # weights tested: last (reference) or best (best val epoch's)
 
@@ -92,7 +95,7 @@ class Multitask:
     seed: int  # shared: each run's seeds derive from it and the run's own seed
     device: str  # shared
     algo: str  # IMPALA_PopArt (reference) or IMPALA: one plain value output per game
-    games: list[str]  # the games one network plays (reference: 6 games of 6 actions each)
+    games: list[str]  # the games one network plays
     seeds: list[int]  # one run per seed (a DVC matrix); the checkpoints' SEED folder
     full_action_space: bool  # every game plays ALE's 18 actions, so games of other action sets mix
     impala: dict[str, object]  # keys of train_agent.impala set otherwise here (total_steps: 300M, ...)
@@ -100,7 +103,7 @@ class Multitask:
 
 @dataclass(frozen=True)
 class SampleCheckpoints:
-    keep: int  # checkpoints kept of each run, by the geometric rule (reference: 51 of 200)
+    keep: int  # checkpoints kept of each run, by the geometric rule
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,8 @@ class EvaluateAgent:
     device: str  # shared
     protocols: list[str]  # classic and/or modern (docs/protocols.md 4)
     episodes: int  # games played per checkpoint and protocol
-    epsilon: float  # probability of a uniformly random action (reference: 0.001)
-    max_steps: int  # agent steps a game may last (reference: 27000, the 108,000-frame cap)
+    epsilon: float  # probability of a uniformly random action
+    max_steps: int  # agent steps a game may last
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ class Saliency:
     radius: int  # sigma of the perturbation's Gaussian, in pixels (docs/protocols.md 4: 2 on 84x84)
     stride: int  # pixels between perturbed points (docs/protocols.md 4: 2 on 84x84)
     protocol: str  # evaluation protocol of the game played (classic or modern)
-    epsilon: float  # probability of a uniformly random action (reference: 0.001)
+    epsilon: float  # probability of a uniformly random action
 
 
 @dataclass(frozen=True)

@@ -31,29 +31,32 @@ from atarirep.scores import score, summarize
 
 def check_settings(
     *,
-    method: str,
-    encoder_path,
+    method: str | None,
+    encoder_path=None,
     lr: float,
     batch_size: int,
     epochs: int,
     patience: int,
-    sampling: str = "reference",
-    keep: str = "last",
+    sampling: str,
+    keep: str,
+    supervised_epochs: int | None = None,
 ) -> None:
-    """UserError (one line) for settings that cannot work, before any data is read."""
-    sampling_lib.check(sampling, "probe.sampling")
+    """UserError (one line) for settings that cannot work, before any data is read: the one check of the probe
+    section's ranges (check_params runs it with `method=None`, for every method at once)."""
+    sampling_lib.check(sampling, "params.yaml probe.sampling")
     check_keep(keep)
     if method in BASELINES and encoder_path is not None:
         raise UserError(
             f"method {method!r} trains its own model and takes no encoder file; drop the encoder path {encoder_path}"
         )
-    if method not in BASELINES and encoder_path is None:
+    if method is not None and method not in BASELINES and encoder_path is None:
         raise UserError(f"method {method!r} needs an encoder file to probe (or use one of {', '.join(BASELINES)})")
-    for name, value in (("batch_size", batch_size), ("epochs", epochs), ("patience", patience)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UserError(f"probe.{name} must be a positive integer, got {value!r}; fix it in params.yaml")
+    counts = {"batch_size": batch_size, "epochs": epochs, "patience": patience, "supervised_epochs": supervised_epochs}
+    for name, value in counts.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise UserError(f"params.yaml probe.{name}={value!r} must be at least 1")
     if not lr > 0:
-        raise UserError(f"probe.lr must be positive, got {lr!r}; for example lr: 0.0003")
+        raise UserError(f"params.yaml probe.lr={lr!r} must be positive, for example 0.0003")
 
 
 def load_probe_data(episodes_dir: str | os.PathLike) -> tuple[str, dict[str, episodes.Episodes]]:

@@ -1,20 +1,21 @@
-"""Reports: the benchmark's tables and figures, from the probe and agent stages' artifacts."""
+"""Reports: the benchmark's tables and figures, from the probe and agent stages' artifacts.
 
+probes (probe scores read back, their tables, the paper comparison), figures (the probe figures; `save`),
+formats (Markdown, LaTeX, CSV), returns (the agents' returns as human-normalised scores and rliable aggregates),
+curves (the agents' learning curves) and agents (the agents' report). None imports torch or the emulator.
+"""
+
+from atarirep.reports.figures import category_bars, draw_category_curve, figures, game_heatmap, save
+from atarirep.reports.formats import MISSING, NOTE, to_csv, to_latex, to_markdown
 from atarirep.reports.probes import (
     ABLATIONS,
     DISPLAY_NAMES,
     EXTRA_METHODS,
-    MISSING,
-    NOTE,
     PAPER_METHODS,
     PAPER_REFERENCE,
     RL_AGENT,
     SCORE_COLUMNS,
-    category_bars,
     category_table,
-    draw_category_curve,
-    figures,
-    game_heatmap,
     game_table,
     left_out_note,
     load_results,
@@ -22,14 +23,10 @@ from atarirep.reports.probes import (
     method_order,
     paper_difference,
     paper_tables,
-    save,
     scores_path,
     shown_methods,
     summary,
     tables,
-    to_csv,
-    to_latex,
-    to_markdown,
     unlike_paper,
     variable_table,
 )

@@ -1,26 +1,23 @@
-"""Reports: the benchmark's tables and figures from probe scores, per game, category, variable and method.
+"""The probe report: probe scores read back, the benchmark's tables per game, category, variable and method,
+and the comparison with the paper's tables.
 
-Builds pandas DataFrames and matplotlib Figures from the probe stage's per-variable scores and
-renders tables as Markdown, CSV and LaTeX (docs/protocols.md section 2: per game the mean of the
-category means, then the mean over games). It does not probe (atarirep.probe); `save` is the only
-function that writes, and only into the folder it is given.
+Builds pandas DataFrames from the probe stage's per-variable scores (docs/protocols.md section 2: per game the
+mean of the category means, then the mean over games). It does not probe (atarirep.probe), draw
+(atarirep.reports.figures, which also writes the folder) or render text (atarirep.reports.formats).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
-from matplotlib.figure import Figure  # no pyplot: no global figure state, no backend to choose
 
 from atarirep import annotations as ram_annotations
-from atarirep.plumbing import atomic
 from atarirep.plumbing.errors import UserError
+from atarirep.reports.formats import NOTE
 from atarirep.scores import METRICS, aggregate
 
 SCORE_COLUMNS = ("game", "method", "variable", "categories", "f1", "accuracy")
@@ -45,7 +42,6 @@ DISPLAY_NAMES = {
     "jsd_stdim": "JSD-ST-DIM",
     "static_dim": "static DIM",
 }
-MISSING = "-"
 PAPER_REFERENCE = "Anand et al. 2019, Unsupervised State Representation Learning in Atari (NeurIPS), random-agent data"
 
 
@@ -243,9 +239,6 @@ def unlike_paper(games, annotation_set: str) -> list[str]:
     ]
 
 
-NOTE = "note"  # DataFrame.attrs key: a line that to_markdown and to_latex write under the table, never the CSV
-
-
 def paper_difference(
     ours: pd.DataFrame, paper: pd.DataFrame, games, annotation_set: str = "paper"
 ) -> pd.DataFrame | None:
@@ -315,184 +308,3 @@ def summary(results: pd.DataFrame, annotation_set: str = "paper") -> dict:
 def _number(value) -> float | None:
     """A float for JSON, None for a missing value (JSON has no NaN)."""
     return None if pd.isna(value) else float(value)
-
-
-# -- rendering -------------------------------------------------------------------------------------
-def _cells(table: pd.DataFrame, digits: int) -> list[list[str]]:
-    def cell(value) -> str:
-        if isinstance(value, (float, np.floating)):
-            return MISSING if math.isnan(value) else f"{value:.{digits}f}"
-        return str(value)
-
-    return [
-        [str(index), *map(cell, row)] for index, row in zip(table.index, table.itertuples(index=False), strict=True)
-    ]
-
-
-def _numeric(table: pd.DataFrame) -> list[bool]:
-    return [pd.api.types.is_numeric_dtype(dtype) for dtype in table.dtypes]
-
-
-def to_markdown(table: pd.DataFrame, digits: int = 3, note: str | None = None) -> str:
-    """A GitHub-flavoured Markdown table; numbers right-aligned with `digits` decimals, missing as '-';
-    `note`, if any, as a paragraph under it."""
-    header = [str(table.index.name or ""), *map(str, table.columns)]
-    align = [":--", *("--:" if n else ":--" for n in _numeric(table))]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in _cells(table, digits)]
-    if note:
-        lines += ["", f"Note: {note}"]  # the blank line ends the table
-    return "\n".join(lines) + "\n"
-
-
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
-
-
-def _latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
-
-
-def to_latex(table: pd.DataFrame, digits: int = 3, note: str | None = None) -> str:
-    """A booktabs `tabular` (needs \\usepackage{booktabs}); a summary row (mean, across_categories)
-    is set off by a rule; `note`, if any, in small type in a paragraph under it."""
-    spec = "l" + "".join("r" if n else "l" for n in _numeric(table))
-    header = [str(table.index.name or ""), *map(str, table.columns)]
-    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(map(_latex_escape, header)) + r" \\", r"\midrule"]
-    for row in _cells(table, digits):
-        if row[0] in ("mean", "across_categories", "mean_abs_difference"):
-            lines.append(r"\midrule")
-        lines.append(" & ".join("--" if c == MISSING else _latex_escape(c) for c in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if note:
-        lines.append(rf"\par\smallskip{{\footnotesize Note: {_latex_escape(note)}\par}}")
-    return "\n".join(lines) + "\n"
-
-
-def to_csv(table: pd.DataFrame) -> str:
-    """CSV with the index as first column, numbers to 6 decimals, missing values empty; a plain table (a
-    table's note is in its Markdown and LaTeX only)."""
-    return table.to_csv(float_format="%.6f", lineterminator="\n")
-
-
-# -- figures ---------------------------------------------------------------------------------------
-def category_bars(results: pd.DataFrame, metric: str = "f1") -> Figure:
-    """Grouped bars: one group per category (and across categories), one bar per method; mean over games."""
-    table = category_table(results, metric)
-    num_groups, num_methods = table.shape
-    fig = Figure(figsize=(max(6.0, 1.3 * num_groups + 1), 4.0), layout="constrained")
-    ax = fig.add_subplot()
-    width = 0.8 / max(num_methods, 1)
-    x = np.arange(num_groups)
-    for i, method in enumerate(table.columns):
-        ax.bar(
-            x - 0.4 + width * (i + 0.5),
-            table[method].to_numpy(dtype=float),
-            width,
-            label=DISPLAY_NAMES.get(method, method),
-        )
-    ax.set_xticks(x, [c.replace("_", " ") for c in table.index], rotation=20, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel(metric)
-    num_games = results["game"].nunique()
-    ax.set_title(f"{metric} per category, mean over {num_games} game{'s' * (num_games != 1)}")
-    fig.legend(loc="outside right upper", fontsize="small")
-    ax.grid(axis="y", alpha=0.3)
-    return fig
-
-
-def game_heatmap(results: pd.DataFrame, metric: str = "f1") -> Figure:
-    """Heatmap of games (and their mean) x methods: the across-categories `metric`, values written in."""
-    table = game_table(results, metric)
-    values = table.to_numpy(dtype=float)
-    fig = Figure(
-        figsize=(max(5.0, 1.1 * table.shape[1] + 2), max(2.5, 0.45 * table.shape[0] + 1.5)), layout="constrained"
-    )
-    ax = fig.add_subplot()
-    image = ax.imshow(np.ma.masked_invalid(values), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(table.shape[1]), [DISPLAY_NAMES.get(m, m) for m in table.columns], rotation=30, ha="right")
-    ax.set_yticks(range(table.shape[0]), table.index)
-    for (row, col), value in np.ndenumerate(values):
-        if not math.isnan(value):
-            ax.text(
-                col,
-                row,
-                f"{value:.2f}",
-                ha="center",
-                va="center",
-                fontsize="small",
-                color="black" if value > 0.6 else "white",
-            )
-    fig.colorbar(image, ax=ax, label=f"{metric} (mean across categories)")
-    ax.set_title(f"{metric} per game and method")
-    return fig
-
-
-def draw_category_curve(ax, curve: pd.DataFrame, metric: str = "f1") -> None:
-    """On `ax`: `metric` per category (across categories dashed, black) against training frames, the mean over
-    seeds of `curve` (rows seed, step, frames and one column per category, as probe_checkpoints writes it)."""
-    columns = [c for c in curve.columns if c not in ("seed", "step", "frames")]
-    mean = curve.groupby("frames")[columns].mean().sort_index()
-    for column in columns:
-        across = column == "across_categories"
-        ax.plot(
-            mean.index,
-            mean[column],
-            marker="" if across else ".",
-            linestyle="--" if across else "-",
-            color="black" if across else None,
-            linewidth=2 if across else 1.2,
-            label=column.replace("_", " "),
-        )
-    ax.set_xlabel("training frames")
-    ax.set_ylabel(metric)
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-
-
-def figures(results: pd.DataFrame) -> dict[str, Figure]:
-    """Every figure, by name: <metric>_by_category (grouped bars), <metric>_by_game (heatmap); the main
-    table's methods (ablations are in their tables)."""
-    results, _ = main_and_ablations(results)
-    out = {}
-    for metric in METRICS:
-        out[f"{metric}_by_category"] = category_bars(results, metric)
-        out[f"{metric}_by_game"] = game_heatmap(results, metric)
-    return out
-
-
-# -- writing ---------------------------------------------------------------------------------------
-def save(
-    out_dir: str | os.PathLike,
-    tables_by_name: dict[str, pd.DataFrame],
-    figures_by_name: dict[str, Figure],
-    metrics: dict,
-    extra_json: dict[str, object] | None = None,
-) -> None:
-    """Write one report folder atomically: tables/<name>.{md,csv,tex} (a table's attrs[NOTE] under its
-    Markdown and LaTeX), figures/<name>.png, summary.json, and `extra_json`'s files by name
-    (atarirep.plumbing.experiments: experiments.json), if any."""
-    with atomic.atomic_dir(out_dir) as folder:
-        (folder / "tables").mkdir()
-        (folder / "figures").mkdir()
-        for name, table in tables_by_name.items():
-            shown = table.rename(columns=DISPLAY_NAMES)  # the paper's names; the CSV keeps the method keys
-            note = table.attrs.get(NOTE)
-            (folder / "tables" / f"{name}.md").write_text(to_markdown(shown, note=note))
-            (folder / "tables" / f"{name}.csv").write_text(to_csv(table))
-            (folder / "tables" / f"{name}.tex").write_text(to_latex(shown, note=note))
-        for name, fig in figures_by_name.items():
-            fig.savefig(folder / "figures" / f"{name}.png", dpi=120, metadata={"Software": None})
-        atomic.write_json(folder / "summary.json", metrics)
-        for name, obj in (extra_json or {}).items():
-            atomic.write_json(folder / name, obj)

@@ -251,7 +251,7 @@ def test_other_shapes_are_refused_in_one_line_naming_the_shapes_and_what_is_supp
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"checkpoint {path} ")
     assert words in message, message
-    assert message.endswith(checkpoints.SUPPORTED)
+    assert message.endswith(checkpoints.supported())
     assert "supported: our actor-critic" in message and "conv 32x4x8x8" in message and "C51" in message
 
 
@@ -321,7 +321,7 @@ def test_a_published_dqn_plays_greedily(tmp_path, monkeypatch):
         renamed(nature_dqn(4, seed=1).state_dict(), RENAMINGS["atari_net"]),
     )
     network, _ = checkpoints.load_network(path)
-    monkeypatch.setattr(evaluation, "AgentEnvs", Recorder)
+    monkeypatch.setattr(vector_env, "AgentEnvs", Recorder)  # acting.agent_envs builds them
     returns = evaluation.evaluate(network, "Breakout", "modern", episodes=2, epsilon=0.0, max_steps=25, seed=0)
     envs = Recorder.last
     assert len(returns) == 2 and len(envs.actions) == 25

@@ -15,11 +15,12 @@ import torch
 import yaml
 
 from atarirep import annotations
-from atarirep.agents import checkpoints, evaluation, impala
+from atarirep.agents import checkpoints, evaluation, vector_env
 from atarirep.agents.network import ActorCritic, IMPALANet
 from atarirep.agents.vector_env import AgentEnvs
 from atarirep.games import PROTOCOLS
 from atarirep.plumbing.errors import UserError
+from atarirep.reports import returns as agent_returns
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,7 +98,7 @@ class Recorder(AgentEnvs):
 
 @pytest.fixture
 def recorder(monkeypatch):
-    monkeypatch.setattr(evaluation, "AgentEnvs", Recorder)
+    monkeypatch.setattr(vector_env, "AgentEnvs", Recorder)  # acting.agent_envs opens them
     return Recorder
 
 
@@ -143,7 +144,7 @@ def test_evaluate_refuses_a_network_of_another_game():
 
 # -- scores ------------------------------------------------------------------------------------------
 def test_reference_scores_cover_the_annotated_games():
-    scores = evaluation.reference_scores()
+    scores = agent_returns.reference_scores()
     assert len(scores) == 57 and "AirRaid" not in scores and "Carnival" not in scores
     assert scores["NameThisGame"] == (2292.3, 8049.0)
     ale_names = {name.lower(): name for name in scores}
@@ -159,17 +160,17 @@ def test_reference_scores_cover_the_annotated_games():
 
 
 def test_human_normalized():
-    assert evaluation.human_normalized("Pong", -20.7) == 0.0
-    assert evaluation.human_normalized("Pong", 14.6) == pytest.approx(1.0)
-    assert evaluation.human_normalized("Breakout", 16.1) == pytest.approx(0.5)  # (16.1 - 1.7) / 28.8
-    np.testing.assert_allclose(evaluation.human_normalized("MsPacman", np.array([307.3, 6951.6])), [0.0, 1.0])
+    assert agent_returns.human_normalized("Pong", -20.7) == 0.0
+    assert agent_returns.human_normalized("Pong", 14.6) == pytest.approx(1.0)
+    assert agent_returns.human_normalized("Breakout", 16.1) == pytest.approx(0.5)  # (16.1 - 1.7) / 28.8
+    np.testing.assert_allclose(agent_returns.human_normalized("MsPacman", np.array([307.3, 6951.6])), [0.0, 1.0])
     with pytest.raises(UserError, match="'AirRaid' has no random and human reference scores"):
-        evaluation.human_normalized("AirRaid", 100.0)
+        agent_returns.human_normalized("AirRaid", 100.0)
 
 
 def test_aggregate_matches_hand_computed_iqm():
     scores = np.array([[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 100.0]])  # 2 runs x 4 games
-    result = evaluation.aggregate({"classic": scores}, reps=500, seed=0)["classic"]
+    result = agent_returns.aggregate({"classic": scores}, reps=500, seed=0)["classic"]
     assert result["iqm"]["value"] == pytest.approx((2 + 3 + 4 + 5) / 4)  # the middle half of the 8 scores
     assert result["median"]["value"] == pytest.approx(3.5)
     assert result["mean"]["value"] == pytest.approx(121 / 8)
@@ -178,7 +179,7 @@ def test_aggregate_matches_hand_computed_iqm():
     assert result["iqm"]["ci_low"] < result["iqm"]["ci_high"]
     assert (result["runs"], result["games"]) == (2, 4)
     np.random.seed(1)  # rliable resamples with numpy's global generator: aggregate seeds it itself
-    both = evaluation.aggregate({"classic": scores, "modern": scores + 1}, reps=500, seed=0)
+    both = agent_returns.aggregate({"classic": scores, "modern": scores + 1}, reps=500, seed=0)
     assert both["classic"] == result  # each key resampled on its own
     assert np.random.get_state()[1][:4].tolist() == np.random.RandomState(1).get_state()[1][:4].tolist()
 
@@ -241,7 +242,7 @@ def evaluated(tmp_path_factory):
     assert result.returncode == 0, result.stderr
     torch.manual_seed(0)
     network = IMPALANet(18, 2, popart=True, full_action_space=True, last_action_reward=True, acts_greedily=True)
-    impala.save_checkpoint(
+    checkpoints.save(
         root / "multitask/0/model_100.gz",
         network,
         algo="IMPALA_PopArt",
@@ -261,7 +262,7 @@ def test_evaluate_agent_stage_writes_returns_metrics_and_curve(evaluated):
     root, result = evaluated
     out = root / "evaluations" / "Breakout"
     rows = pd.read_csv(out / "returns.csv")
-    assert list(rows.columns) == evaluation.ROW_COLUMNS
+    assert list(rows.columns) == agent_returns.ROW_COLUMNS
     assert len(rows) == 2 * 2 * 2 * 2  # seeds x checkpoints x protocols x episodes
     assert set(rows["frames"]) == {400, 800} and set(rows["protocol"]) == {"classic", "modern"}
     assert len(result.stdout.splitlines()) >= 8  # a progress line per checkpoint and protocol

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from atarirep.agents import checkpoints, evaluation, impala, saliency
-from atarirep.agents.network import ActorCritic, IMPALANet, OneGame, play_outputs
+from atarirep.agents import acting, checkpoints, evaluation, impala, saliency
+from atarirep.agents.acting import play_outputs
+from atarirep.agents.network import ActorCritic, IMPALANet, OneGame, network_from
 from atarirep.plumbing.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -44,8 +45,8 @@ def test_a_single_game_run_writes_checkpoints_that_load_as_the_ppo_network(tmp_p
     assert payload["frames"] == 4 * 192 and payload["architecture"]["name"] == "nature_actor_critic"
     # The Nature CNN on one game is ActorCritic's state_dict: the PPO loader (evaluate_agent, probing) takes it.
     ppo_net, _ = checkpoints.load_network(out / "model_192.gz")
-    net, meta = impala.load_network(out / "model_192.gz")
-    assert isinstance(ppo_net, ActorCritic) and meta["games"] == ["Breakout"]
+    net = network_from(payload["estimator_state"], payload["architecture"]).eval()  # the same weights as IMPALANet
+    assert isinstance(ppo_net, ActorCritic) and payload["games"] == ["Breakout"]
     assert ppo_net.acts_greedily and net.acts_greedily  # evaluated greedily, as torchbeast tests
     obs = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
     for mine, theirs in zip(net(obs), ppo_net(obs), strict=True):
@@ -86,7 +87,7 @@ def test_a_multi_task_run_keeps_each_games_popart_statistics_and_value_output(tm
         assert state[key].shape == (2,)
     assert not torch.equal(state["critic.sigma"], torch.ones(2))  # updated after every learner step
     assert not torch.equal(state["critic.mu"], _payload(out / "model_96.gz")["estimator_state"]["critic.mu"])
-    net, _ = impala.load_network(out / "model_192.gz")
+    net, _ = checkpoints.load_network(out / "model_192.gz")
     torch.testing.assert_close(net.critic.sigma, state["critic.sigma"])
     obs = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
     logits, values = net(obs)
@@ -215,9 +216,7 @@ def test_an_impala_checkpoint_is_evaluated_greedily_with_its_last_action_and_rew
     torch.manual_seed(0)
     network = IMPALANet(4, last_action_reward=True, acts_greedily=True)
     path = tmp_path / "model_8.gz"
-    impala.save_checkpoint(
-        path, network, algo="IMPALA", protocol="classic", games=["Breakout"], seed=0, step=8, frames=32
-    )
+    checkpoints.save(path, network, algo="IMPALA", protocol="classic", games=["Breakout"], seed=0, step=8, frames=32)
     loaded, _ = checkpoints.load_for_game(path, "Breakout")
     assert isinstance(loaded, IMPALANet) and loaded.acts_greedily and loaded.last_action_reward
     seen = []
@@ -227,7 +226,7 @@ def test_an_impala_checkpoint_is_evaluated_greedily_with_its_last_action_and_rew
         seen.append((head, last_action.clone()))
         return head, value
 
-    monkeypatch.setattr(evaluation, "play_outputs", recording)
+    monkeypatch.setattr(acting, "play_outputs", recording)
     evaluation.evaluate(loaded, "Breakout", "classic", episodes=2, epsilon=0.0, max_steps=30, seed=0)
     assert len(seen) == 30 and (seen[0][1] == 0).all()  # zeros at the games' start
     for (head, _), (_, next_last) in zip(seen, seen[1:], strict=False):
@@ -294,9 +293,7 @@ def _multi_task_checkpoint(path, games, num_actions=6, full_action_space=False) 
         network.critic.mu.copy_(torch.linspace(-3.0, 3.0, len(games)))
         network.critic.sigma.copy_(torch.linspace(2.0, 5.0, len(games)))
         network.critic.nu.copy_(network.critic.sigma**2 + network.critic.mu**2)
-    impala.save_checkpoint(
-        path, network, algo="IMPALA_PopArt", protocol="classic", games=games, seed=0, step=8, frames=32
-    )
+    checkpoints.save(path, network, algo="IMPALA_PopArt", protocol="classic", games=games, seed=0, step=8, frames=32)
     return network.eval()
 
 
@@ -370,14 +367,14 @@ def test_multitask_params_are_checked_in_one_line():
     )
     assert sign.clips_rewards(2)  # PopArt on clipped rewards: an ablation
     for overrides, algo, games, message in [
-        ({}, "PopArt", ["Pong", "SpaceInvaders"], "multitask.algo='PopArt' is unknown; use one of IMPALA_PopArt"),
-        ({}, "IMPALA_PopArt", ["Pong"], "multitask.games=['Pong'] must list at least two games"),
+        ({}, "PopArt", ["Pong", "SpaceInvaders"], "multitask.algo must be one of IMPALA_PopArt, IMPALA, not 'PopArt'"),
+        ({}, "IMPALA_PopArt", ["Pong"], "multitask.games must list at least two games, not ['Pong']"),
         ({"games": ["Pong"]}, "IMPALA_PopArt", ["Pong", "SpaceInvaders"], "multitask.impala sets games"),
         (
             {"total_steps": 0},
             "IMPALA_PopArt",
             ["Pong", "SpaceInvaders"],
-            "multitask.impala (over train_agent.impala).total_steps is 0",
+            "multitask.impala (over train_agent.impala).total_steps must be at least 1, not 0",
         ),
         (
             {"reward_clipping": "none"},
@@ -416,10 +413,10 @@ def test_the_impala_resnet_learns_on_a_batch_and_its_checkpoint_loads_back(tmp_p
     assert not torch.equal(before["actor.weight"], net.actor.weight)
     assert (net.critic.mu > 0).all()  # both tasks' targets are positive returns
     path = tmp_path / "model_15.gz"
-    impala.save_checkpoint(
+    checkpoints.save(
         path, net, algo="IMPALA", protocol="classic", games=["Pong", "Carnival"], seed=0, step=15, frames=60
     )
-    loaded, meta = impala.load_network(path)
+    loaded, meta = checkpoints.load_network(path)
     assert meta["architecture"]["encoder"] == "impala" and meta["game"] == "Pong+Carnival"
     obs = batch["obs"][0]
     for mine, theirs in zip(loaded(obs), net.eval()(obs), strict=True):
@@ -439,20 +436,20 @@ def test_config_from_params():
     assert default.last_action_reward and default.greedy_evaluation and default.popart_statistics == "torchbeast"
     with pytest.raises(UserError, match="unknown keys nope"):
         impala.config_from({"nope": 1})
-    with pytest.raises(UserError, match="architecture 'resnet' is unknown"):
+    with pytest.raises(UserError, match="architecture must be one of nature, impala, not 'resnet'"):
         impala.config_from({"architecture": "resnet"})
     with pytest.raises(UserError, match="games must be a list"):
         impala.config_from({"games": "Pong"})
-    with pytest.raises(UserError, match="less than one learner step"):
+    with pytest.raises(UserError, match="total_steps must be at least one learner step"):
         impala.config_from({"total_steps": 100})
     assert impala.IMPALAConfig(checkpoint_every=1_000_000, total_steps=2_600_000).checkpoint_iterations() == [
         1563,
         3125,
         4062,
     ]  # 640 steps a learner step
-    with pytest.raises(UserError, match="popart_statistics 'hessel' is unknown; use one of torchbeast, second_moment"):
+    with pytest.raises(UserError, match="popart_statistics must be one of torchbeast, second_moment, not 'hessel'"):
         impala.config_from({"popart_statistics": "hessel"})
-    with pytest.raises(UserError, match="reward_clipping 'abs_one' is unknown; use one of auto, sign, none"):
+    with pytest.raises(UserError, match="reward_clipping must be one of auto, sign, none, not 'abs_one'"):
         impala.config_from({"reward_clipping": "abs_one"})
     with pytest.raises(
         UserError,

@@ -136,7 +136,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_weights(tmp_p
         f"real = ppo._write_resume\n"
         f"def write_then_die(*args, **kwargs):\n"
         f"    real(*args, **kwargs)\n"
-        f"    if args[5] == {killed_after}: import os; os._exit(9)   # SIGKILL-like: no cleanup\n"
+        f"    if args[4] == {killed_after}: import os; os._exit(9)   # SIGKILL-like: no cleanup\n"
         f"ppo._write_resume = write_then_die\n"
         f"ppo.train('Breakout', 0, {str(killed)!r}, {str(tmp_path / 'killed_log')!r}, "
         f"ppo.{RESUMED!r}, device='cpu')\n"

@@ -38,7 +38,10 @@ def test_both_profiles_pass(tmp_path, profile):
             ["report.methods=[stdim,cpc]", "pretrain.methods=[stdim]"],
             "params.yaml report shows 'cpc', which pretrain.methods does not compute",
         ),
-        (["pretrain.batch_size=1"], "pretrain batch_size=1 is invalid; it must be >= 2"),
+        (
+            ["pretrain.batch_size=1"],
+            "pretrain.batch_size must be at least 2 (contrastive losses need negatives), not 1",
+        ),
         (["probe.lr=0"], "params.yaml probe.lr=0.0 must be positive"),
         (
             ["probe.sampling=uniform"],
@@ -56,7 +59,7 @@ def test_both_profiles_pass(tmp_path, profile):
         ),
         (["collect.probe.splits.test=0.3"], "split fractions {'train': 0.7, 'val': 0.1, 'test': 0.3} must be positive"),
         (["device=tpu"], "params.yaml device='tpu' must be one of auto, cpu, cuda"),
-        (["multitask.algo=PopArt"], "params.yaml multitask.algo='PopArt' is unknown; use one of IMPALA_PopArt, IMPALA"),
+        (["multitask.algo=PopArt"], "multitask.algo must be one of IMPALA_PopArt, IMPALA, not 'PopArt'"),
         (
             ["multitask.games=[Pong,Breakout]"],
             "IMPALA multi-task games must have the same number of actions (the "

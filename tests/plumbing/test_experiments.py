@@ -8,7 +8,8 @@ Each test works on its own copy of the tiny Breakout repository (`repo` in conft
   kept), evaluate_agent, probe_checkpoints (the rl_agent column), saliency, report_agents, report.
 - `breakout` (`-S env=Breakout`): the baseline's own game and params, so DVC finds every stage up to date and runs
   none (the cheapest second game: a second fresh chain doubles the test's time on 2 cores).
-- `bad` (`-S env=NoSuchGame`): check_params refuses the game, so the experiment fails.
+- `bad` (`-S games=[NoSuchGame]`): check_params refuses the game, so the experiment fails. (`-S env=NoSuchGame`
+  is refused before it is queued: conf/env/ has no such file.)
 """
 
 import json
@@ -105,7 +106,9 @@ def own_table(repo, rev: str, name: str) -> str:
 
 def test_queued_games_are_gathered_into_one_report_without_rerunning(repo):
     assert {"pong", "breakout"} <= set(annotations.annotated_games("latest"))  # both have RAM labels
-    run(["dvc", "exp", "run", "--queue", "-n", "bad", "-S", "env=NoSuchGame"], repo)  # first: fails at once
+    unknown = run(["dvc", "exp", "run", "--queue", "-n", "bad", "-S", "env=NoSuchGame"], repo, check=False)
+    assert unknown.returncode != 0 and "Could not find 'env/NoSuchGame'" in unknown.stderr  # not even queued
+    run(["dvc", "exp", "run", "--queue", "-n", "bad", "-S", "games=[NoSuchGame]"], repo)  # first: fails at once
     run(["dvc", "exp", "run", "--queue", "-n", "pong", "-S", "env=Pong", *SHRINK], repo)
     run(["dvc", "exp", "run", "--queue", "-n", "breakout", "-S", "env=Breakout"], repo)
     try:

@@ -61,3 +61,39 @@ def test_every_section_loads_under_each_profile(tmp_path, profile):
         assert (loaded["probe"].epochs, loaded["probe"].patience, loaded["probe"].lr) == (100, 15, 3e-4)
         assert loaded["probe"].supervised_per_variable and loaded["pretrain"].keep == "last"
         assert len(loaded["pretrain"].methods) == 10
+
+
+def _defaults(cls) -> dict:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+@pytest.mark.parametrize(
+    "config, section",
+    [
+        ("atarirep.agents.ppo:PPOConfig", ("train_agent", "ppo")),
+        ("atarirep.agents.impala:IMPALAConfig", ("train_agent", "impala")),
+        ("atarirep.pretraining:TrainConfig", ("pretrain",)),
+    ],
+)
+def test_config_defaults_are_conf_s_reference_values(config, section):
+    """conf/ is the one source of the reference values: a default a config also holds must equal it (the paper
+    profile departs from nothing). Shared keys (seed, device) are passed by every stage and not compared."""
+    import importlib
+
+    module, name = config.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    reference = params.compose("conf", ["profile=paper"])
+    values = reference
+    for key in section:
+        values = values[key]
+    if section[0] == "train_agent":
+        values = {**values, "protocol": reference["train_agent"]["protocol"]}
+    compared = {k: v for k, v in _defaults(cls).items() if k in values and k not in params.SHARED_KEYS}
+    assert compared, f"{name} shares no keys with {'.'.join(section)}"
+    assert compared == {k: values[k] for k in compared}
+
+
+def test_params_dataclasses_hold_no_defaults():
+    """Every params value comes from params.yaml (composed from conf/); a default here would be a second source."""
+    for cls in params.SECTIONS.values():
+        assert not _defaults(cls), cls
